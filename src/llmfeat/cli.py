@@ -1,0 +1,115 @@
+"""The ``llmfeat`` command line. Each command parses options, builds the config and calls one stage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmfeat.config import Config, ConfigError, load_config
+from llmfeat.sources.raw import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Text -> language-model features for recommenders.")
+console = Console()
+
+
+class Exit:
+    """Process exit codes, so a scheduler can tell the cases apart."""
+
+    OK = 0
+    FAILURE = 1
+    CONFIG_ERROR = 2
+    INPUT_ERROR = 3
+    """An input file is unusable (missing column, wrong format): nothing was written."""
+    QUARANTINED = 4
+    """The run completed, but some input rows were quarantined."""
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Shorthand for --set paths.data_dir=...")]
+
+
+def _config(config: Path | None, sets: list[str] | None, data_dir: Path | None = None, extra: list[str] = ()) -> Config:
+    overrides = list(sets or []) + list(extra)
+    if data_dir is not None:
+        overrides.append(f"paths.data_dir={data_dir}")
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+
+
+def _date(value: str | None) -> dt.date:
+    if value is None:
+        return dt.datetime.now(dt.UTC).date()
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        console.print(f"[red]configuration error:[/red] --as-of {value!r} is not a date like 2024-01-31")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+
+
+@app.command("fetch-demo")
+def fetch_demo(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Download and verify MovieLens-100k (from the recbole wheel on the package registry)."""
+    from llmfeat.demo_data import ensure_movielens_100k
+
+    cfg = _config(config, set_)
+    path = ensure_movielens_100k(cfg.paths.cache_dir)
+    console.print(f"MovieLens-100k: {path}")
+
+
+@app.command()
+def ingest(
+    source: Annotated[str | None, typer.Option(help="movielens | mind | mapped (default: ingest.source).")] = None,
+    path: Annotated[Path | None, typer.Option(help="Source directory, or the mapping YAML for 'mapped'.")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Snapshot date (YYYY-MM-DD); default today (UTC).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Load a source, validate it, and write the canonical tables and the quarantine for one snapshot date."""
+    from llmfeat.ingest import run_ingest
+
+    extra = ([f"ingest.source={source}"] if source else []) + ([f"ingest.source_path={path}"] if path else [])
+    cfg = _config(config, set_, data_dir, extra)
+    try:
+        result = run_ingest(cfg, _date(as_of))
+    except InputError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    print_counts(f"ingest {result.source} -> snapshot {result.snapshot_date}", result.counts)
+    for key, value in result.notes.items():
+        console.print(f"  {key}: {value}")
+    for name, out in result.outputs.items():
+        console.print(f"  {name:<13} {out}")
+    if result.quarantined:
+        console.print(f"[yellow]{result.quarantined} row(s) quarantined[/yellow]: see {result.outputs['quarantine']}")
+        raise typer.Exit(Exit.QUARANTINED)
+
+
+def print_counts(title: str, counts: dict[str, dict[str, int]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for col in ("table", "read", "kept", "quarantined", "reasons"):
+        table.add_column(col, justify="left" if col in ("table", "reasons") else "right")
+    for name, c in counts.items():
+        reasons = ", ".join(f"{k}={v}" for k, v in c.items() if k not in ("read", "kept", "quarantined"))
+        table.add_row(name, str(c["read"]), str(c["kept"]), str(c["quarantined"]), reasons or "-")
+    console.print(table)
+
+
+@app.command("show-config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
+    """Print the effective configuration (defaults + file + overrides)."""
+    console.print_json(json.dumps(_config(config, set_).to_dict()))
+
+
+if __name__ == "__main__":
+    app()

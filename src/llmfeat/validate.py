@@ -1,0 +1,209 @@
+"""Validation: split raw loader output into trusted canonical tables and a quarantine table.
+
+Every row a loader produced ends in exactly one place: its canonical table or ``quarantine`` (with source
+file, row number, reason code, detail and the raw record). Rules are checked in the order of ``REASONS``; a
+row is quarantined for the first rule it breaks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pyarrow as pa
+
+from llmfeat import schemas
+from llmfeat.sources.raw import RawTables
+
+REASONS: dict[str, str] = {
+    "MALFORMED_ROW": "the line does not have the fields its format requires",
+    "MISSING_ID": "the id (or a referenced id) is null or blank",
+    "BAD_ENCODING": "bytes that do not decode in the file's encoding",
+    "CONTROL_CHARS": "control characters (other than tab / newline) in a text field",
+    "EMPTY_TEXT": "a required text field is null, empty or whitespace only",
+    "TEXT_TOO_LONG": "a text field is longer than ingest.max_text_chars",
+    "MISSING_TIMESTAMP": "the timestamp is null or blank",
+    "BAD_TIMESTAMP": "the timestamp does not parse",
+    "FUTURE_TIMESTAMP": "the timestamp is at or after the snapshot time",
+    "BAD_LABEL": "the label (or the rating it derives from) is not valid",
+    "DUPLICATE_ID": "an older version of an id that appears again (the newest updated_at is kept)",
+    "DUPLICATE_EVENT": "an exact repeat of an interaction (user, item, time, impression)",
+    "UNKNOWN_USER": "the interaction's user is not in the valid users table",
+    "UNKNOWN_ITEM": "the interaction's item is not in the valid items table",
+}
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
+# C0 controls except \t \n \r, DEL, and C1 controls (what a mis-decoded Windows-1252 file leaves behind).
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+@dataclass
+class Validated:
+    items: pa.Table
+    users: pa.Table
+    interactions: pa.Table
+    quarantine: pa.Table
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Per table: read, kept, quarantined, and one entry per reason code seen."""
+
+
+class _Verdicts:
+    """First-failing-rule bookkeeping for one raw frame."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.reason = df["_reject"].where(df["_reject"].notna(), None).astype(object)
+        self.detail = df["_detail"].astype(object)
+
+    def fail(self, mask: pd.Series, code: str, detail: pd.Series | str) -> None:
+        assert code in REASONS, code
+        new = mask.fillna(False).astype(bool) & self.reason.isna()
+        if not new.any():
+            return
+        self.reason = self.reason.mask(new, code)
+        detail_values = detail if isinstance(detail, pd.Series) else pd.Series(detail, index=mask.index)
+        self.detail = self.detail.mask(new, detail_values)
+
+    @property
+    def ok(self) -> pd.Series:
+        return self.reason.isna()
+
+
+def _text(series: pd.Series) -> pd.Series:
+    """String view of a column where lists (tags) are joined, so one regex checks them all."""
+    return series.map(lambda v: " ".join(map(str, v)) if isinstance(v, list | tuple) else v).astype("string")
+
+
+def _blank(series: pd.Series) -> pd.Series:
+    return series.isna() | (series.astype("string").str.strip() == "")
+
+
+def _check_text(v: _Verdicts, df: pd.DataFrame, columns: list[str]) -> None:
+    for code, pattern in (("BAD_ENCODING", _SURROGATE), ("CONTROL_CHARS", _CONTROL)):
+        for col in columns:
+            hit = _text(df[col]).str.contains(pattern, na=False)
+            what = "undecodable bytes" if code == "BAD_ENCODING" else "control characters"
+            v.fail(hit, code, f"column {col!r} has {what}")
+
+
+def _check_length(v: _Verdicts, df: pd.DataFrame, columns: list[str], max_chars: int) -> None:
+    for col in columns:
+        length = _text(df[col]).str.len()
+        v.fail(length > max_chars, "TEXT_TOO_LONG", f"column {col!r} is longer than {max_chars} characters")
+
+
+def _check_timestamp(v: _Verdicts, df: pd.DataFrame, col: str, snapshot_time: pd.Timestamp) -> None:
+    raw_col = f"_{col}_raw"
+    missing = df[col].isna() & (_blank(df[raw_col]) if raw_col in df else True)
+    v.fail(missing, "MISSING_TIMESTAMP", f"column {col!r} is empty")
+    if raw_col in df:
+        raw = df[raw_col].astype("string")
+        v.fail(df[col].isna(), "BAD_TIMESTAMP", "column " + repr(col) + " = " + raw.fillna("") + " does not parse")
+    future = df[col] >= snapshot_time
+    v.fail(future, "FUTURE_TIMESTAMP", f"column {col!r} is at or after the snapshot time {snapshot_time.isoformat()}")
+
+
+def _printable(value: object) -> str | None:
+    """Text safe to store: undecodable bytes (kept as surrogates while reading) become \\xNN escapes."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return None
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _quarantine_rows(df: pd.DataFrame, v: _Verdicts, table: str) -> pd.DataFrame:
+    bad = ~v.ok
+    return pd.DataFrame(
+        {
+            "table": table,
+            "source_file": df.loc[bad, "_file"].astype(str),
+            "row": df.loc[bad, "_row"].astype("int64"),
+            "reason": v.reason[bad].astype(str),
+            "detail": v.detail[bad].map(_printable),
+            "raw": df.loc[bad, "_raw"].map(_printable),
+        }
+    )
+
+
+def _entities(
+    df: pd.DataFrame, table: str, id_col: str, text_cols: tuple[str, ...], required_text: str | None,
+    max_chars: int, snapshot_time: pd.Timestamp,
+) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    df = df.reset_index(drop=True).copy()
+    df[id_col] = df[id_col].map(lambda s: s.strip() if isinstance(s, str) else s)
+    v = _Verdicts(df)
+    v.fail(_blank(df[id_col]), "MISSING_ID", f"column {id_col!r} is empty")
+    checked = [id_col, *text_cols] + (["tags"] if "tags" in df else [])
+    _check_text(v, df, checked)
+    if required_text:
+        v.fail(_blank(df[required_text]), "EMPTY_TEXT", f"column {required_text!r} is empty")
+    _check_length(v, df, checked, max_chars)
+    _check_timestamp(v, df, "updated_at", snapshot_time)
+
+    # Duplicates among otherwise valid rows: the newest updated_at wins; on a tie, the later row.
+    ok = df[v.ok].sort_values(["updated_at", "_row"])
+    winners = ok.drop_duplicates(id_col, keep="last")
+    losers = ok.index.difference(winners.index)
+    winner_row = winners.set_index(id_col)["_row"]
+    v.fail(
+        pd.Series(df.index.isin(losers), index=df.index),
+        "DUPLICATE_ID",
+        df[id_col].map(lambda i: f"{id_col} {i!r} appears again at row {winner_row.get(i)} with a newer or equal updated_at"),
+    )
+    return df[v.ok], _quarantine_rows(df, v, table)
+
+
+def _interactions(
+    df: pd.DataFrame, item_ids: set[str], user_ids: set[str], snapshot_time: pd.Timestamp
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    df = df.reset_index(drop=True).copy()
+    for col in ("user_id", "item_id"):
+        df[col] = df[col].map(lambda s: s.strip() if isinstance(s, str) else s)
+    v = _Verdicts(df)
+    v.fail(_blank(df["user_id"]), "MISSING_ID", "column 'user_id' is empty")
+    v.fail(_blank(df["item_id"]), "MISSING_ID", "column 'item_id' is empty")
+    _check_text(v, df, ["user_id", "item_id", "impression_id"])
+    _check_timestamp(v, df, "event_ts", snapshot_time)
+    v.fail(~df["label"].isin([0, 1]), "BAD_LABEL", "label is not 0 or 1")
+    v.fail(~df["user_id"].isin(user_ids), "UNKNOWN_USER", "user_id " + df["user_id"].astype(str) + " is not a valid user")
+    v.fail(~df["item_id"].isin(item_ids), "UNKNOWN_ITEM", "item_id " + df["item_id"].astype(str) + " is not a valid item")
+    key = ["user_id", "item_id", "event_ts", "impression_id"]
+    ok = df[v.ok]
+    dup = ok.duplicated(key, keep="first")
+    v.fail(pd.Series(df.index.isin(ok.index[dup]), index=df.index), "DUPLICATE_EVENT", "same user, item, time and impression as an earlier row")
+    return df[v.ok], _quarantine_rows(df, v, "interactions")
+
+
+def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    out = pd.DataFrame({f.name: df[f.name] if f.name in df else None for f in schema})
+    for f in schema:
+        if pa.types.is_string(f.type):
+            out[f.name] = out[f.name].map(lambda s: s.strip() if isinstance(s, str) else (None if pd.isna(s) else str(s)))
+        elif pa.types.is_integer(f.type):
+            out[f.name] = pd.to_numeric(out[f.name], errors="coerce").astype("Int64")
+        elif pa.types.is_floating(f.type):
+            out[f.name] = pd.to_numeric(out[f.name], errors="coerce")
+        elif pa.types.is_list(f.type):
+            out[f.name] = out[f.name].map(lambda v: list(v) if isinstance(v, list | tuple) else None)
+    return pa.Table.from_pandas(out, schema=schema, preserve_index=False)
+
+
+def validate(raw: RawTables, *, snapshot_time: pd.Timestamp, max_text_chars: int) -> Validated:
+    snapshot_time = pd.Timestamp(snapshot_time)
+    snapshot_time = snapshot_time.tz_localize("UTC") if snapshot_time.tzinfo is None else snapshot_time.tz_convert("UTC")
+    items, q_items = _entities(raw.items, "items", "item_id", schemas.ITEM_TEXT_COLUMNS, "title", max_text_chars, snapshot_time)
+    users, q_users = _entities(raw.users, "users", "user_id", schemas.USER_TEXT_COLUMNS, None, max_text_chars, snapshot_time)
+    inter, q_inter = _interactions(raw.interactions, set(items["item_id"]), set(users["user_id"]), snapshot_time)
+    inter = inter.sort_values(["event_ts", "user_id", "item_id"], kind="stable")
+
+    quarantine = pd.concat([q_items, q_users, q_inter], ignore_index=True)
+    counts: dict[str, dict[str, int]] = {}
+    for name, raw_df, kept in (("items", raw.items, items), ("users", raw.users, users), ("interactions", raw.interactions, inter)):
+        q = quarantine[quarantine["table"] == name]
+        counts[name] = {"read": len(raw_df), "kept": len(kept), "quarantined": len(q), **q["reason"].value_counts().to_dict()}
+    return Validated(
+        items=_to_arrow(items, schemas.ITEMS),
+        users=_to_arrow(users, schemas.USERS),
+        interactions=_to_arrow(inter, schemas.INTERACTIONS),
+        quarantine=_to_arrow(quarantine, schemas.QUARANTINE),
+        counts=counts,
+    )
