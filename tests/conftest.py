@@ -26,3 +26,21 @@ def movielens_dir() -> Path:
 @pytest.fixture()
 def fixtures() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One real local Spark session for the whole test run."""
+    from llmfeat.config import SparkConfig
+    from llmfeat.spark import build_spark
+
+    session = build_spark(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="2g"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir
+
+    return TextEncoder(EncoderSpec(str(default_model_dir()), precision="fp32", threads=2))

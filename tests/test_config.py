@@ -45,3 +45,12 @@ def test_missing_file_is_refused(tmp_path):
 def test_round_trip_to_dict():
     d = load_config(None, ["paths.data_dir=/tmp/q"]).to_dict()
     assert d["paths"]["data_dir"] == "/tmp/q"
+
+
+def test_string_overrides_are_taken_verbatim():
+    cfg = load_config(
+        None,
+        ["embed.item_template={title}: {description}", "embed.model_dir=null", "spark.executor_memory=2g"],
+    )
+    assert cfg.embed.item_template == "{title}: {description}"
+    assert cfg.embed.model_dir is None and cfg.spark.executor_memory == "2g"

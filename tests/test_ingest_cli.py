@@ -16,7 +16,18 @@ def _table(data_dir, name, day):
 
 def test_ingest_movielens_100k(tmp_path, movielens_dir):
     res = runner.invoke(
-        app, ["ingest", "--source", "movielens", "--path", str(movielens_dir), "--as-of", "1998-04-23", "--data-dir", str(tmp_path)]
+        app,
+        [
+            "ingest",
+            "--source",
+            "movielens",
+            "--path",
+            str(movielens_dir),
+            "--as-of",
+            "1998-04-23",
+            "--data-dir",
+            str(tmp_path),
+        ],
     )
     assert res.exit_code == Exit.OK, res.output
     day = "1998-04-23"
@@ -44,11 +55,26 @@ def test_ingest_bad_rows_counts_match_fixture(tmp_path, fixtures):
     assert _table(tmp_path, "quarantine", "2024-02-01").num_rows == n_bad
     assert f"{n_bad} row(s) quarantined" in res.output
     for name, file in (("items", "items.csv"), ("users", "users.csv"), ("interactions", "events.csv")):
-        assert _table(tmp_path, name, "2024-02-01").num_rows == sum(r["file"] == file and r["reason"] == "OK" for r in expected)
+        assert _table(tmp_path, name, "2024-02-01").num_rows == sum(
+            r["file"] == file and r["reason"] == "OK" for r in expected
+        )
 
 
 def test_input_error_exit_code(tmp_path):
-    res = runner.invoke(app, ["ingest", "--source", "mind", "--path", str(tmp_path), "--as-of", "2024-01-01", "--data-dir", str(tmp_path)])
+    res = runner.invoke(
+        app,
+        [
+            "ingest",
+            "--source",
+            "mind",
+            "--path",
+            str(tmp_path),
+            "--as-of",
+            "2024-01-01",
+            "--data-dir",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == Exit.INPUT_ERROR
     assert "news.tsv does not exist" in res.output
     assert not (tmp_path / "canonical").exists()  # nothing written

@@ -51,7 +51,10 @@ def test_grouplens_wrong_shape_fails_fast(tmp_path, fixtures):
     for f in (fixtures / "grouplens_small").iterdir():
         shutil.copy(f, tmp_path / f.name)
     (tmp_path / "u.user").write_text("1,24,M,technician,85711\n")  # commas, not pipes
-    with pytest.raises(InputError, match=r"u\.user: does not look like a GroupLens u\.user file: line 1: expected 5 fields, found 1"):
+    with pytest.raises(
+        InputError,
+        match=r"u\.user: does not look like a GroupLens u\.user file: line 1: expected 5 fields, found 1",
+    ):
         movielens.load(tmp_path)
 
 
@@ -80,7 +83,7 @@ def test_mind_format(fixtures):
     # a malformed impression token is flagged for quarantine, not dropped
     bad = inter[inter["_reject"] == "BAD_LABEL"]
     assert list(bad["item_id"]) == ["N4"] and bad["_row"].iloc[0] == 4
-    assert sorted(raw.users["user_id"]) == ["U1", "U2", "U3"]
+    assert sorted(raw.users["user_id"]) == ["U1", "U2", "U3", "U4"]
 
 
 def test_mind_missing_file(tmp_path, fixtures):

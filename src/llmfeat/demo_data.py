@@ -29,7 +29,9 @@ def sha256(path: Path) -> str:
 
 
 def _complete(target: Path) -> bool:
-    return all((target / name).is_file() and sha256(target / name) == digest for name, digest in SHA256.items())
+    return all(
+        (target / name).is_file() and sha256(target / name) == digest for name, digest in SHA256.items()
+    )
 
 
 def ensure_movielens_100k(cache_dir: Path) -> Path:

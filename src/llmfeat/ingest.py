@@ -46,8 +46,12 @@ def resolve_source_path(cfg: Config) -> Path:
 
 def run_ingest(cfg: Config, snapshot_date: dt.date) -> IngestResult:
     source_path = resolve_source_path(cfg)
-    raw = load_source(cfg.ingest.source, source_path, click_rating_threshold=cfg.ingest.click_rating_threshold)
-    checked = validate(raw, snapshot_time=snapshot_time(snapshot_date), max_text_chars=cfg.ingest.max_text_chars)
+    raw = load_source(
+        cfg.ingest.source, source_path, click_rating_threshold=cfg.ingest.click_rating_threshold
+    )
+    checked = validate(
+        raw, snapshot_time=snapshot_time(snapshot_date), max_text_chars=cfg.ingest.max_text_chars
+    )
     result = IngestResult(snapshot_date, cfg.ingest.source, source_path, checked.counts, raw.notes)
     for name in TABLES:
         root = tables.canonical_dir(cfg.paths.data_dir, name)

@@ -65,6 +65,7 @@ def staged_dir(final: Path) -> Iterator[Path]:
 
 def publish_dir(staging: Path, final: Path) -> None:
     """Make ``staging`` visible as ``final`` in one step; an existing ``final`` is replaced and deleted."""
+    final.parent.mkdir(parents=True, exist_ok=True)
     if not final.exists():
         os.rename(staging, final)
         return
@@ -116,7 +117,9 @@ def write_snapshot(root: Path, snapshot_date: dt.date, table: pa.Table) -> Path:
     return final
 
 
-def read_snapshot(root: Path, snapshot_date: dt.date | None = None, schema: pa.Schema | None = None) -> pa.Table:
+def read_snapshot(
+    root: Path, snapshot_date: dt.date | None = None, schema: pa.Schema | None = None
+) -> pa.Table:
     """Read one snapshot (the latest when ``snapshot_date`` is None)."""
     dates = snapshot_dates(root)
     if not dates:

@@ -98,9 +98,17 @@ def _check_timestamp(v: _Verdicts, df: pd.DataFrame, col: str, snapshot_time: pd
     v.fail(missing, "MISSING_TIMESTAMP", f"column {col!r} is empty")
     if raw_col in df:
         raw = df[raw_col].astype("string")
-        v.fail(df[col].isna(), "BAD_TIMESTAMP", "column " + repr(col) + " = " + raw.fillna("") + " does not parse")
+        v.fail(
+            df[col].isna(),
+            "BAD_TIMESTAMP",
+            "column " + repr(col) + " = " + raw.fillna("") + " does not parse",
+        )
     future = df[col] >= snapshot_time
-    v.fail(future, "FUTURE_TIMESTAMP", f"column {col!r} is at or after the snapshot time {snapshot_time.isoformat()}")
+    v.fail(
+        future,
+        "FUTURE_TIMESTAMP",
+        f"column {col!r} is at or after the snapshot time {snapshot_time.isoformat()}",
+    )
 
 
 def _printable(value: object) -> str | None:
@@ -147,7 +155,11 @@ def _entities(
     v.fail(
         pd.Series(df.index.isin(losers), index=df.index),
         "DUPLICATE_ID",
-        df[id_col].map(lambda i: f"{id_col} {i!r} appears again at row {winner_row.get(i)} with a newer or equal updated_at"),
+        df[id_col].map(
+            lambda i: (
+                f"{id_col} {i!r} appears again at row {winner_row.get(i)} with a newer or equal updated_at"
+            )
+        ),
     )
     return df[v.ok], _quarantine_rows(df, v, table)
 
@@ -164,12 +176,24 @@ def _interactions(
     _check_text(v, df, ["user_id", "item_id", "impression_id"])
     _check_timestamp(v, df, "event_ts", snapshot_time)
     v.fail(~df["label"].isin([0, 1]), "BAD_LABEL", "label is not 0 or 1")
-    v.fail(~df["user_id"].isin(user_ids), "UNKNOWN_USER", "user_id " + df["user_id"].astype(str) + " is not a valid user")
-    v.fail(~df["item_id"].isin(item_ids), "UNKNOWN_ITEM", "item_id " + df["item_id"].astype(str) + " is not a valid item")
+    v.fail(
+        ~df["user_id"].isin(user_ids),
+        "UNKNOWN_USER",
+        "user_id " + df["user_id"].astype(str) + " is not a valid user",
+    )
+    v.fail(
+        ~df["item_id"].isin(item_ids),
+        "UNKNOWN_ITEM",
+        "item_id " + df["item_id"].astype(str) + " is not a valid item",
+    )
     key = ["user_id", "item_id", "event_ts", "impression_id"]
     ok = df[v.ok]
     dup = ok.duplicated(key, keep="first")
-    v.fail(pd.Series(df.index.isin(ok.index[dup]), index=df.index), "DUPLICATE_EVENT", "same user, item, time and impression as an earlier row")
+    v.fail(
+        pd.Series(df.index.isin(ok.index[dup]), index=df.index),
+        "DUPLICATE_EVENT",
+        "same user, item, time and impression as an earlier row",
+    )
     return df[v.ok], _quarantine_rows(df, v, "interactions")
 
 
@@ -177,7 +201,9 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     out = pd.DataFrame({f.name: df[f.name] if f.name in df else None for f in schema})
     for f in schema:
         if pa.types.is_string(f.type):
-            out[f.name] = out[f.name].map(lambda s: s.strip() if isinstance(s, str) else (None if pd.isna(s) else str(s)))
+            out[f.name] = out[f.name].map(
+                lambda s: s.strip() if isinstance(s, str) else (None if pd.isna(s) else str(s))
+            )
         elif pa.types.is_integer(f.type):
             out[f.name] = pd.to_numeric(out[f.name], errors="coerce").astype("Int64")
         elif pa.types.is_floating(f.type):
@@ -189,17 +215,34 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 
 def validate(raw: RawTables, *, snapshot_time: pd.Timestamp, max_text_chars: int) -> Validated:
     snapshot_time = pd.Timestamp(snapshot_time)
-    snapshot_time = snapshot_time.tz_localize("UTC") if snapshot_time.tzinfo is None else snapshot_time.tz_convert("UTC")
-    items, q_items = _entities(raw.items, "items", "item_id", schemas.ITEM_TEXT_COLUMNS, "title", max_text_chars, snapshot_time)
-    users, q_users = _entities(raw.users, "users", "user_id", schemas.USER_TEXT_COLUMNS, None, max_text_chars, snapshot_time)
-    inter, q_inter = _interactions(raw.interactions, set(items["item_id"]), set(users["user_id"]), snapshot_time)
+    snapshot_time = (
+        snapshot_time.tz_localize("UTC") if snapshot_time.tzinfo is None else snapshot_time.tz_convert("UTC")
+    )
+    items, q_items = _entities(
+        raw.items, "items", "item_id", schemas.ITEM_TEXT_COLUMNS, "title", max_text_chars, snapshot_time
+    )
+    users, q_users = _entities(
+        raw.users, "users", "user_id", schemas.USER_TEXT_COLUMNS, None, max_text_chars, snapshot_time
+    )
+    inter, q_inter = _interactions(
+        raw.interactions, set(items["item_id"]), set(users["user_id"]), snapshot_time
+    )
     inter = inter.sort_values(["event_ts", "user_id", "item_id"], kind="stable")
 
     quarantine = pd.concat([q_items, q_users, q_inter], ignore_index=True)
     counts: dict[str, dict[str, int]] = {}
-    for name, raw_df, kept in (("items", raw.items, items), ("users", raw.users, users), ("interactions", raw.interactions, inter)):
+    for name, raw_df, kept in (
+        ("items", raw.items, items),
+        ("users", raw.users, users),
+        ("interactions", raw.interactions, inter),
+    ):
         q = quarantine[quarantine["table"] == name]
-        counts[name] = {"read": len(raw_df), "kept": len(kept), "quarantined": len(q), **q["reason"].value_counts().to_dict()}
+        counts[name] = {
+            "read": len(raw_df),
+            "kept": len(kept),
+            "quarantined": len(q),
+            **q["reason"].value_counts().to_dict(),
+        }
     return Validated(
         items=_to_arrow(items, schemas.ITEMS),
         users=_to_arrow(users, schemas.USERS),

@@ -58,7 +58,9 @@ def load(mapping_path: Path, *, click_rating_threshold: float = 4.0) -> RawTable
     require_file(mapping_path, "column mapping")
     spec = yaml.safe_load(mapping_path.read_text()) or {}
     if not isinstance(spec, dict):
-        raise InputError(f"{mapping_path}: a mapping file has sections items:, interactions: and optionally users:")
+        raise InputError(
+            f"{mapping_path}: a mapping file has sections items:, interactions: and optionally users:"
+        )
     for section in ("items", "interactions"):
         if not isinstance(spec.get(section), dict):
             raise InputError(f"{mapping_path}: missing section {section!r}")
@@ -75,7 +77,9 @@ def load(mapping_path: Path, *, click_rating_threshold: float = 4.0) -> RawTable
     return RawTables(items=items, users=users, interactions=inter, notes={})
 
 
-def _read(root: Path, section: dict, mapping_path: Path, name: str, needed: list[str]) -> tuple[Path, list[dict]]:
+def _read(
+    root: Path, section: dict, mapping_path: Path, name: str, needed: list[str]
+) -> tuple[Path, list[dict]]:
     """Rows of one mapped file as dicts of source column -> value, each with provenance."""
     if "path" not in section:
         raise InputError(f"{mapping_path}: section {name!r} has no 'path'")
@@ -89,7 +93,16 @@ def _read(root: Path, section: dict, mapping_path: Path, name: str, needed: list
             raise InputError(f"{path}: not a readable Parquet file ({exc})") from exc
         require_columns(path, table.column_names, needed)
         for i, rec in enumerate(table.to_pylist(), start=1):
-            rows.append({"_file": str(path), "_row": i, "_raw": record_json(rec), "_reject": None, "_detail": None, **rec})
+            rows.append(
+                {
+                    "_file": str(path),
+                    "_row": i,
+                    "_raw": record_json(rec),
+                    "_reject": None,
+                    "_detail": None,
+                    **rec,
+                }
+            )
         return path, rows
     if suffix not in (".csv", ".tsv"):
         raise InputError(f"{path}: unsupported file type {suffix!r} (use .csv, .tsv or .parquet)")
@@ -118,7 +131,11 @@ def _interactions(root: Path, sec: dict, mapping_path: Path, threshold: float) -
             raise InputError(f"{mapping_path}: interactions needs {key!r} (the source column name)")
     if "label" not in sec and "rating" not in sec:
         raise InputError(f"{mapping_path}: interactions needs 'label' (0/1 column) or 'rating'")
-    cols = {k: sec[k] for k in ("user_id", "item_id", "timestamp", "label", "rating", "impression_id", "dwell") if sec.get(k)}
+    cols = {
+        k: sec[k]
+        for k in ("user_id", "item_id", "timestamp", "label", "rating", "impression_id", "dwell")
+        if sec.get(k)
+    }
     path, rows = _read(root, sec, mapping_path, "interactions", list(cols.values()))
     out = []
     for r in rows:
@@ -149,17 +166,27 @@ def _interactions(root: Path, sec: dict, mapping_path: Path, threshold: float) -
 
 
 def _entities(
-    root: Path, sec: dict, mapping_path: Path, name: str, id_col: str, fields: tuple[str, ...], default_ts: Any
+    root: Path,
+    sec: dict,
+    mapping_path: Path,
+    name: str,
+    id_col: str,
+    fields: tuple[str, ...],
+    default_ts: Any,
 ) -> pd.DataFrame:
     if "id" not in sec:
         raise InputError(f"{mapping_path}: section {name!r} needs 'id' (the source column name)")
     columns = sec.get("columns") or {}
     unknown = set(columns) - set(fields)
     if unknown:
-        raise InputError(f"{mapping_path}: {name}.columns has unknown target(s) {sorted(unknown)}; known: {list(fields)}")
+        raise InputError(
+            f"{mapping_path}: {name}.columns has unknown target(s) {sorted(unknown)}; known: {list(fields)}"
+        )
     if name == "items" and "title" not in columns:
         raise InputError(f"{mapping_path}: items.columns must map 'title'")
-    needed = [sec["id"], *[c for c in columns.values() if c]] + ([sec["updated_at"]] if sec.get("updated_at") else [])
+    needed = [sec["id"], *[c for c in columns.values() if c]] + (
+        [sec["updated_at"]] if sec.get("updated_at") else []
+    )
     path, rows = _read(root, sec, mapping_path, name, needed)
     out = []
     for r in rows:
@@ -200,4 +227,3 @@ def _users_from_interactions(inter: pd.DataFrame) -> pd.DataFrame:
     for col in USER_FIELDS:
         users[col] = None
     return users
-

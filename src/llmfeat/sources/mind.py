@@ -37,7 +37,16 @@ from llmfeat.sources.raw import (
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 ITEM_COLS = ["item_id", "title", "description", "category", "subcategory", "tags", "updated_at"]
 USER_COLS = ["user_id", "age", "gender", "occupation", "location", "bio", "updated_at"]
-INTER_COLS = ["user_id", "item_id", "event_ts", "_event_ts_raw", "label", "impression_id", "rating", "dwell_s"]
+INTER_COLS = [
+    "user_id",
+    "item_id",
+    "event_ts",
+    "_event_ts_raw",
+    "label",
+    "impression_id",
+    "rating",
+    "dwell_s",
+]
 
 
 def load(directory: Path) -> RawTables:
@@ -70,13 +79,19 @@ def load(directory: Path) -> RawTables:
         imp_id, user_id, time_raw, hist, shown = rec.fields
         common = {"user_id": user_id, "_event_ts_raw": time_raw}
         for news_id in hist.split():
-            history.append({**base(beh_path, rec), **common, "item_id": news_id, "label": 1, "impression_id": None})
+            history.append(
+                {**base(beh_path, rec), **common, "item_id": news_id, "label": 1, "impression_id": None}
+            )
         for token in shown.split():
             news_id, sep, clicked = token.rpartition("-")
             row = {**base(beh_path, rec), **common, "item_id": news_id or token, "impression_id": imp_id}
-            row["_raw"] = record_json({"impression_id": imp_id, "user_id": user_id, "time": time_raw, "shown": token})
+            row["_raw"] = record_json(
+                {"impression_id": imp_id, "user_id": user_id, "time": time_raw, "shown": token}
+            )
             if not sep or clicked not in ("0", "1") or not news_id:
-                row.update(_reject="BAD_LABEL", _detail=f"impression token {token!r} is not NEWS_ID-0 or NEWS_ID-1")
+                row.update(
+                    _reject="BAD_LABEL", _detail=f"impression token {token!r} is not NEWS_ID-0 or NEWS_ID-1"
+                )
             else:
                 row["label"] = int(clicked)
             impressions.append(row)
@@ -101,7 +116,9 @@ def load(directory: Path) -> RawTables:
 
     first_seen = inter["event_ts"].min()
     if pd.isna(first_seen):
-        raise InputError(f"{beh_path}: no impression has a parseable time (expected like '11/15/2019 8:55:22 AM')")
+        raise InputError(
+            f"{beh_path}: no impression has a parseable time (expected like '11/15/2019 8:55:22 AM')"
+        )
     items_df["updated_at"] = first_seen
 
     ok = inter[inter["event_ts"].notna() & inter["user_id"].notna()]
@@ -115,4 +132,6 @@ def load(directory: Path) -> RawTables:
     users_df["_detail"] = None
     for col in ("age", "gender", "occupation", "location", "bio"):
         users_df[col] = None
-    return RawTables(items=items_df, users=users_df, interactions=inter, notes={"history_repeats_folded": repeats})
+    return RawTables(
+        items=items_df, users=users_df, interactions=inter, notes={"history_repeats_folded": repeats}
+    )

@@ -37,7 +37,16 @@ GENRES = (
 
 ITEM_COLS = ["item_id", "title", "description", "category", "subcategory", "tags", "updated_at"]
 USER_COLS = ["user_id", "age", "gender", "occupation", "location", "bio", "updated_at"]
-INTER_COLS = ["user_id", "item_id", "event_ts", "_event_ts_raw", "label", "impression_id", "rating", "dwell_s"]
+INTER_COLS = [
+    "user_id",
+    "item_id",
+    "event_ts",
+    "_event_ts_raw",
+    "label",
+    "impression_id",
+    "rating",
+    "dwell_s",
+]
 
 
 def detect_layout(directory: Path) -> str:
@@ -151,7 +160,9 @@ def _finish(items: pd.DataFrame, users: pd.DataFrame, inter: pd.DataFrame, thres
     inter.loc[bad_rating, "_detail"] = "rating is missing or not a number"
     catalog_time = inter["event_ts"].min()
     if pd.isna(catalog_time):
-        raise InputError(f"{inter['_file'].iloc[0] if len(inter) else 'MovieLens'}: no interaction has a valid timestamp")
+        raise InputError(
+            f"{inter['_file'].iloc[0] if len(inter) else 'MovieLens'}: no interaction has a valid timestamp"
+        )
 
     items["category"] = items["genres"].map(lambda g: ", ".join(g) if g else None)
     items["tags"] = items["genres"].map(lambda g: list(g) if g else None)

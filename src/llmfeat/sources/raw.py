@@ -105,7 +105,8 @@ def require_columns(path: Path, found: list[str], required: list[str]) -> None:
     missing = [c for c in required if c not in found]
     if missing:
         raise InputError(
-            f"{path}: missing required column {missing[0]!r}" + (f" (and {missing[1:]})" if missing[1:] else "")
+            f"{path}: missing required column {missing[0]!r}"
+            + (f" (and {missing[1:]})" if missing[1:] else "")
             + f"; found columns {found}"
         )
 
@@ -119,13 +120,21 @@ def check_first_record(path: Path, records: list[Record], what: str) -> None:
 def frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
     """Build a raw frame with a stable column set even when ``rows`` is empty."""
     cols = list(columns) + [c for c in PROVENANCE if c not in columns]
-    df = pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    df = (
+        pd.DataFrame(rows, columns=cols) if rows else pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    )
     df["_row"] = df["_row"].astype("int64")
     return df
 
 
 def base(path: Path, rec: Record) -> dict:
-    return {"_file": str(path), "_row": rec.row, "_raw": rec.raw, "_reject": rec.reject, "_detail": rec.detail}
+    return {
+        "_file": str(path),
+        "_row": rec.row,
+        "_raw": rec.raw,
+        "_reject": rec.reject,
+        "_detail": rec.detail,
+    }
 
 
 def record_json(values: dict) -> str:
