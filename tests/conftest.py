@@ -44,3 +44,48 @@ def encoder():
     from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir
 
     return TextEncoder(EncoderSpec(str(default_model_dir()), precision="fp32", threads=2))
+
+
+def build_feature_store(spark, data_dir: Path, as_of, overrides: list[str] = ()):
+    """Run ingest -> embed -> stats -> publish into ``data_dir``; returns (config, FeatureStore)."""
+    from llmfeat.config import load_config
+    from llmfeat.embed import run_embed
+    from llmfeat.ingest import run_ingest
+    from llmfeat.publish import open_store, run_publish
+    from llmfeat.stats import run_stats
+
+    cfg = load_config(None, [f"paths.data_dir={data_dir}", *overrides])
+    quiet = lambda _msg: None  # noqa: E731
+    run_ingest(cfg, as_of)
+    run_embed(spark, cfg, as_of, log=quiet)
+    run_stats(spark, cfg, as_of, log=quiet)
+    run_publish(cfg, as_of, log=quiet)
+    return cfg, open_store(cfg)
+
+
+@pytest.fixture(scope="session")
+def pit_store(spark, tmp_path_factory):
+    """The tiny point-in-time catalogue (tests/fixtures/pit) through the whole feature pipeline."""
+    import datetime as dt
+
+    data_dir = tmp_path_factory.mktemp("pit")
+    return build_feature_store(
+        spark,
+        data_dir,
+        dt.date(2024, 1, 7),
+        ["ingest.source=mapped", f"ingest.source_path={FIXTURES / 'pit' / 'mapping.yaml'}"],
+    )
+
+
+@pytest.fixture(scope="session")
+def movielens_store(spark, tmp_path_factory, movielens_dir):
+    """MovieLens-100k through the whole feature pipeline (weekly user snapshots to keep it quick)."""
+    import datetime as dt
+
+    data_dir = tmp_path_factory.mktemp("ml")
+    return build_feature_store(
+        spark,
+        data_dir,
+        dt.date(1998, 4, 23),
+        [f"ingest.source_path={movielens_dir}", "embed.backfill_every_days=7"],
+    )

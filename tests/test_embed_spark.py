@@ -103,7 +103,7 @@ def test_user_history_vectors(state):
 def test_second_run_reuses_everything(state, spark):
     m = run_embed(spark, state["cfg"], AS_OF, log=lambda _: None)
     assert m["counts"]["items"]["encoded"] == 0 and m["counts"]["items"]["reused"] == 1682
-    assert m["user_snapshots"]["count"] == 0  # already covered
+    assert m["snapshots"]["count"] == 0  # already covered
     assert len(read(state["paths"].item_text)) == 1682  # the partition was replaced, not appended to
 
 

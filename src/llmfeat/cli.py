@@ -166,7 +166,7 @@ def print_embed_summary(manifest: dict) -> None:
     for name, c in manifest["counts"].items():
         table.add_row(name, *[str(c.get(col, "-")) for col in cols])
     console.print(table)
-    snaps = manifest["user_snapshots"]
+    snaps = manifest["snapshots"]
     console.print(
         f"  user snapshots {snaps['from']} .. {snaps['to']} every {snaps['every_days']}d ({snaps['count']})"
     )

@@ -82,11 +82,25 @@ class SparkConfig:
 
 
 @dataclass
+class FeastConfig:
+    repo_path: Path = Path("feature_repo")
+    """The Feast repository (feature definitions) this project ships."""
+    project: str = "llmfeat"
+    online_store: str = "sqlite"
+    """sqlite (embedded default, <data_dir>/feast/online.db) or redis (production profile)."""
+    redis_connection: str = "127.0.0.1:6379,db=0"
+    """Redis connection string in Feast's format (host:port,db=N,password=...)."""
+    batch_engine: str = "local"
+    """Materialisation engine: local, or spark.engine (production)."""
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    feast: FeastConfig = field(default_factory=FeastConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -19,27 +19,34 @@ encoded once. One table never mixes model ids: a run with a different model is r
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import shutil
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
 from llmfeat import tables
+from llmfeat.changelog import (
+    Phases,
+    covered_until,
+    first_snapshot,
+    latest_before,
+    publish_partitions,
+    read_table,
+    require_canonical,
+    snapshot_times,
+    write_manifest,
+)
 from llmfeat.config import Config
 from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir, model_id, model_token_limit
 from llmfeat.texts import render_all, template_fields
-from llmfeat.user_state import UserStateParams, content_hash, snapshot_times, user_snapshots
+from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
 EMBED_TABLES = ("item_text", "user_text", "user_history")
-T = TypeVar("T")
 
 
 class ModelMismatchError(RuntimeError):
@@ -140,41 +147,6 @@ def make_encoder_udf(spec: EncoderSpec, batch_rows: int):
     return predict_batch_udf(make_predict_fn, return_type=return_type, batch_size=batch_rows)
 
 
-class _Phases:
-    """Logs each phase as it starts and keeps its duration for the manifest."""
-
-    def __init__(self, log: Callable[[str], None]):
-        self.log = log
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, fn: Callable[[], T]) -> T:
-        self.log(f"embed: {name} ...")
-        start = time.perf_counter()
-        result = fn()
-        self.seconds[name] = round(time.perf_counter() - start, 3)
-        return result
-
-
-def _read(spark, path: Path):
-    return spark.read.parquet(str(path)) if tables.snapshot_dates(path) else None
-
-
-def _latest_before(df, key: str, before: dt.date):
-    """Latest row per key among partitions strictly before ``before`` (None when there is no table)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    if df is None:
-        return None
-    w = Window.partitionBy(key).orderBy(F.col("event_timestamp").desc(), F.col("created_timestamp").desc())
-    return (
-        df.where(F.col("snapshot_date") < F.lit(before))
-        .withColumn("_rn", F.row_number().over(w))
-        .where("_rn = 1")
-        .drop("_rn")
-    )
-
-
 def check_model(existing: dict, current: str) -> None:
     """Refuse to add vectors of ``current`` to a table that holds another model's."""
     for name, df in existing.items():
@@ -186,16 +158,6 @@ def check_model(existing: dict, current: str) -> None:
                 f"embedding table {name!r} holds vectors of model {', '.join(others)}; this run uses {current}. "
                 "Mixing models in one table is refused: write to another set (--set embed.embedding_set=NAME)."
             )
-
-
-def covered_until(paths: EmbeddingPaths) -> dt.date | None:
-    """The last user snapshot date a finished run of this set has produced (from the manifests)."""
-    days = []
-    for f in paths.manifests.glob("*.json") if paths.manifests.is_dir() else []:
-        snaps = json.loads(f.read_text()).get("user_snapshots", {})
-        if snaps.get("count"):
-            days.append(dt.date.fromisoformat(snaps["to"]))
-    return max(days) if days else None
 
 
 @dataclass
@@ -211,7 +173,7 @@ class _Run:
     created: pd.Timestamp
     udf: object
     pool: object
-    phases: _Phases
+    phases: Phases
     runtimes: set[str]
 
     def encode(self, texts, name: str):
@@ -269,7 +231,7 @@ class _Run:
         self.phases.run(
             f"write {name}", lambda: df.write.partitionBy("snapshot_date").parquet(str(self.staging / name))
         )
-        return _read(self.spark, self.staging / name)
+        return read_table(self.spark, self.staging / name)
 
 
 def _embed_items(run: _Run, items, prev_rows):
@@ -453,21 +415,9 @@ def _quarantine(item_texts, user_texts, canonical: dict[str, Path]):
 def _publish(
     paths: EmbeddingPaths, staging: Path, firsts: dict[str, dt.date], as_of: dt.date
 ) -> dict[str, int]:
-    """Swap each produced partition in; partitions from a table's first date on that this run did not produce
-    are removed, since the run's output supersedes them."""
-    published = {}
-    for name, first_day in firsts.items():
-        target = getattr(paths, name)
-        produced = (
-            {p.name: p for p in (staging / name).glob("snapshot_date=*")} if (staging / name).is_dir() else {}
-        )
-        for part_name, part in sorted(produced.items()):
-            tables.publish_dir(part, target / part_name)
-        for day in tables.snapshot_dates(target):
-            stale = tables.snapshot_dir(target, day)
-            if day >= first_day and stale.name not in produced:
-                shutil.rmtree(stale)
-        published[name] = len(produced)
+    published = {
+        name: publish_partitions(staging / name, getattr(paths, name), day) for name, day in firsts.items()
+    }
     if (staging / "quarantine").is_dir():
         tables.publish_dir(staging / "quarantine", tables.snapshot_dir(paths.quarantine, as_of))
     return published
@@ -493,40 +443,21 @@ def run_embed(
     run_id = f"{as_of.isoformat()}T{started.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
     every = every_days or cfg.embed.backfill_every_days
     paths = embedding_paths(cfg.paths.data_dir, cfg.embed.embedding_set)
-    phases = _Phases(log)
+    phases = Phases("embed", log)
     spec = encoder_spec(cfg)
     current_model, dim = describe_model(spec)
 
-    canonical = {}
-    for name in ("items", "users", "interactions"):
-        path = tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, name), as_of)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"no canonical {name} snapshot for {as_of} at {path}: run `llmfeat ingest --as-of {as_of}` first"
-            )
-        canonical[name] = path
+    canonical = require_canonical(cfg.paths.data_dir, as_of, ("items", "users", "interactions"))
     items, users, interactions = (
         spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
     )
 
-    existing = {name: _read(spark, getattr(paths, name)) for name in EMBED_TABLES}
+    existing = {name: read_table(spark, getattr(paths, name)) for name in EMBED_TABLES}
     phases.run("check model ids", lambda: check_model(existing, current_model))
 
     if snapshot_from is None:
-        done = covered_until(paths)
-        if done is not None:
-            # Catch up from the next spacing step; the as-of date itself always gets a snapshot.
-            snapshot_from = (
-                min(done + dt.timedelta(days=every), as_of) if as_of > done else as_of + dt.timedelta(days=1)
-            )
-        else:
-            first = users.agg(F.min("updated_at")).collect()[0][0]
-            snapshot_from = (
-                as_of
-                if first is None
-                else (first.date() if first.time() == dt.time(0) else first.date() + dt.timedelta(days=1))
-            )
-    snapshot_from = min(snapshot_from, as_of + dt.timedelta(days=1))
+        earliest = users.agg(F.min("updated_at")).collect()[0][0]
+        snapshot_from = first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
     times = snapshot_times(snapshot_from, as_of, every)
 
     pool = None
@@ -543,7 +474,7 @@ def run_embed(
         phases=phases, runtimes=set(),
     )  # fmt: skip
     try:
-        prev_items = _latest_before(existing["item_text"], "item_id", as_of)
+        prev_items = latest_before(existing["item_text"], "item_id", as_of)
         item_texts, item_vectors, item_counts = _embed_items(run, items, prev_items)
         counts = {"items": item_counts}
         user_texts = None
@@ -551,13 +482,13 @@ def run_embed(
         if times:
             user_texts, user_counts = _embed_users(
                 run, users, interactions, items, item_vectors,
-                _latest_before(existing["user_text"], "user_id", snapshot_from),
-                _latest_before(existing["user_history"], "user_id", snapshot_from), times,
+                latest_before(existing["user_text"], "user_id", snapshot_from),
+                latest_before(existing["user_history"], "user_id", snapshot_from), times,
             )  # fmt: skip
             counts.update(user_counts)
             firsts.update(user_text=snapshot_from, user_history=snapshot_from)
         else:
-            log(f"embed: user snapshots are up to date (covered until {covered_until(paths)})")
+            log(f"embed: user snapshots are up to date (covered until {covered_until(paths.manifests)})")
         _quarantine(item_texts, user_texts, canonical).coalesce(1).write.parquet(str(staging / "quarantine"))
         published = phases.run("publish", lambda: _publish(paths, staging, firsts, as_of))
     finally:
@@ -574,7 +505,7 @@ def run_embed(
         "max_tokens": spec.max_tokens,
         "runtime": sorted(run.runtimes) or ["(nothing encoded)"],
         "spark_master": spark.sparkContext.master,
-        "user_snapshots": {
+        "snapshots": {
             "from": snapshot_from.isoformat(),
             "to": as_of.isoformat(),
             "every_days": every,
@@ -587,8 +518,5 @@ def run_embed(
         "published_partitions": published,
         "started": started.isoformat(),
     }
-    paths.manifests.mkdir(parents=True, exist_ok=True)
-    tmp = paths.manifests / f".{run_id}.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(paths.manifests / f"{run_id}.json")
+    write_manifest(paths.manifests, run_id, manifest)
     return manifest

@@ -15,7 +15,6 @@ changes when a new click becomes visible; it is computed relative to the newest 
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from dataclasses import dataclass
 
@@ -35,20 +34,6 @@ def _utc(value) -> pd.Timestamp | None:
         return None
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
-def snapshot_times(start: dt.date, end: dt.date, every_days: int) -> list[pd.Timestamp]:
-    """Midnights (UTC) from ``start`` to ``end`` every ``every_days`` days; ``end`` is always included."""
-    if every_days < 1:
-        raise ValueError("every_days must be >= 1")
-    if end < start:
-        return []
-    days = list(range(0, (end - start).days + 1, every_days))
-    out = [pd.Timestamp(start + dt.timedelta(days=d), tz="UTC") for d in days]
-    last = pd.Timestamp(end, tz="UTC")
-    if out[-1] != last:
-        out.append(last)
-    return out
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,39 @@
+"""Point-in-time feature retrieval from Feast's offline store (Spark), for training sets and checks.
+
+Every returned row is checked back in: the result has exactly one row per entity row given, in the same
+order (Feast's file offline store silently drops rows, the Spark store keeps them; we verify either way).
+Timestamps come back as tz-aware UTC whatever the store returned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+ROW_ID = "_llmfeat_row"
+
+
+class RetrievalError(RuntimeError):
+    pass
+
+
+def historical_features(store, entity_df: pd.DataFrame, service: str = "ctr_training") -> pd.DataFrame:
+    """``entity_df``: user_id, item_id, event_timestamp (UTC) and any extra columns (labels...), kept as-is."""
+    missing = {"user_id", "item_id", "event_timestamp"} - set(entity_df.columns)
+    if missing:
+        raise RetrievalError(f"entity_df lacks column(s) {sorted(missing)}")
+    frame = entity_df.reset_index(drop=True).copy()
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    frame[ROW_ID] = np.arange(len(frame), dtype=np.int64)
+    features = store.get_feature_service(service)
+    out = store.get_historical_features(entity_df=frame, features=features, full_feature_names=True).to_df()
+    if len(out) != len(frame) or set(out[ROW_ID]) != set(frame[ROW_ID]):
+        raise RetrievalError(
+            f"the offline store returned {len(out)} rows for {len(frame)} entity rows "
+            f"({len(set(frame[ROW_ID]) - set(out[ROW_ID]))} missing)"
+        )
+    out = out.sort_values(ROW_ID).reset_index(drop=True)
+    for col in out.columns:
+        if pd.api.types.is_datetime64_any_dtype(out[col]):
+            out[col] = pd.to_datetime(out[col], utc=True)
+    return out.drop(columns=[ROW_ID])

@@ -1,0 +1,344 @@
+"""Stage 3, stats (Spark): behaviour features with point-in-time windows, as change-log tables.
+
+Outputs under ``<data_dir>/features/``, partitioned by ``snapshot_date``:
+
+- ``item_stats``: per item at each snapshot time s: impressions / clicks / ctr over the trailing 1, 7 and 30
+  days, totals, and last_event_ts. A window ending at s holds the events with ``s - w <= event_ts < s``:
+  strictly before s, so a point-in-time join on event_timestamp = s never sees the future.
+- ``user_stats``: the same per user (events instead of impressions); recency is ``last_event_ts`` (a
+  consumer computes "days since" at its own time, so the value does not change every day).
+- ``item_meta``: category, subcategory, primary category, number of tags; event_timestamp = updated_at.
+
+Every interaction counts as an impression (MovieLens: a rating; MIND: a shown item or a history click);
+label 1 counts as a click. Rows are written only when an entity's values change (see ``changelog.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmfeat.changelog import (
+    Phases,
+    covered_until,
+    first_snapshot,
+    latest_before,
+    publish_partitions,
+    read_table,
+    require_canonical,
+    snapshot_times,
+    write_manifest,
+)
+from llmfeat.config import Config
+
+WINDOWS_DAYS = (1, 7, 30)
+STATS_TABLES = ("item_stats", "user_stats", "item_meta")
+
+
+@dataclass(frozen=True)
+class StatsPaths:
+    root: Path
+
+    def table(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+
+def stats_paths(data_dir: Path) -> StatsPaths:
+    return StatsPaths(Path(data_dir) / "features")
+
+
+def stat_columns(noun: str, windows: Sequence[int] = WINDOWS_DAYS) -> list[str]:
+    """Value columns of a stats table, in order. ``noun`` is "impressions" (items) or "events" (users)."""
+    cols = []
+    for w in windows:
+        cols += [f"{noun}_{w}d", f"clicks_{w}d", f"ctr_{w}d"]
+    return [*cols, f"{noun}_total", "clicks_total", "ctr_total", "last_event_ts"]
+
+
+def packed_columns(noun: str, windows: Sequence[int] = WINDOWS_DAYS) -> list[str]:
+    """What the ``packed`` column holds, in order: counts, CTRs, then the last event as days since the epoch
+    (NaN when there is none). One array per row is what online rankers fetch: a 100-item lookup reads one
+    value per item instead of one per stat."""
+    counts = [f"{noun}_{w}d" for w in windows] + [f"{noun}_total"]
+    ctrs = [f"ctr_{w}d" for w in windows] + ["ctr_total"]
+    return [*counts, *ctrs, "last_event_days"]
+
+
+def pack(frame: pd.DataFrame, noun: str) -> list[np.ndarray]:
+    cols = packed_columns(noun)[:-1]
+    values = frame[cols].to_numpy(dtype=np.float32)
+    last = frame["last_event_ts"]
+    days = (last - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64) / 86_400.0
+    out = np.concatenate([values, days.astype(np.float32)[:, None]], axis=1)
+    return list(out)
+
+
+def _as_datetime64(times: Sequence[pd.Timestamp]) -> np.ndarray:
+    return pd.DatetimeIndex(list(times)).tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[us]")
+
+
+def stats_over_time(
+    event_ts: np.ndarray,
+    labels: np.ndarray,
+    times: Sequence[pd.Timestamp],
+    noun: str,
+    windows: Sequence[int] = WINDOWS_DAYS,
+) -> pd.DataFrame:
+    """Windowed counts for one entity at each snapshot time. Pure numpy.
+
+    ``event_ts``: datetime64[us] (UTC, naive), any order; ``labels``: 0/1 of the same length.
+    """
+    order = np.argsort(event_ts, kind="stable")
+    ts = event_ts[order]
+    clicks_cum = np.concatenate([[0], np.cumsum(labels[order].astype(np.int64))])
+    s = _as_datetime64(times)
+    upto = np.searchsorted(ts, s, side="left")  # events strictly before s
+    out: dict[str, object] = {"snapshot_ts": pd.DatetimeIndex(list(times))}
+    for w in windows:
+        start = np.searchsorted(ts, s - np.timedelta64(w * 86_400_000_000, "us"), side="left")
+        n = upto - start
+        c = clicks_cum[upto] - clicks_cum[start]
+        out[f"{noun}_{w}d"] = n.astype(np.int32)
+        out[f"clicks_{w}d"] = c.astype(np.int32)
+        out[f"ctr_{w}d"] = np.where(n > 0, c / np.maximum(n, 1), 0.0).astype(np.float32)
+    out[f"{noun}_total"] = upto.astype(np.int32)
+    out["clicks_total"] = clicks_cum[upto].astype(np.int32)
+    out["ctr_total"] = np.where(upto > 0, clicks_cum[upto] / np.maximum(upto, 1), 0.0).astype(np.float32)
+    last = ts[np.maximum(upto - 1, 0)] if len(ts) else np.full(len(s), np.datetime64("NaT"), "datetime64[us]")
+    out["last_event_ts"] = pd.DatetimeIndex(np.where(upto > 0, last, np.datetime64("NaT"))).tz_localize("UTC")
+    return pd.DataFrame(out)
+
+
+def _value_matrix(frame: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    """Values as comparable float64 columns; missing timestamps become NaN (compared as equal below)."""
+    out = np.empty((len(frame), len(cols)), dtype=np.float64)
+    for j, col in enumerate(cols):
+        values = frame[col]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            ints = values.to_numpy(dtype="datetime64[us]").astype(np.int64).astype(np.float64)
+            out[:, j] = np.where(values.isna().to_numpy(), np.nan, ints)
+        else:
+            out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def changes_only(frame: pd.DataFrame, value_cols: list[str], previous: dict | None) -> pd.DataFrame:
+    """Keep the rows whose values differ from the row before (the first compared with ``previous``)."""
+    if frame.empty:
+        return frame
+    current = _value_matrix(frame, value_cols)
+    if previous is None:
+        first = np.full((1, len(value_cols)), np.inf)  # nothing before: the first row always differs
+    else:
+        first = _value_matrix(
+            pd.DataFrame([previous], columns=value_cols).astype(frame[value_cols].dtypes.to_dict()),
+            value_cols,
+        )
+    before = np.vstack([first, current[:-1]])
+    same = (current == before) | (np.isnan(current) & np.isnan(before))
+    return frame[~same.all(axis=1)]
+
+
+def _stats_fn(key: str, noun: str, times: list[pd.Timestamp]):
+    """Per entity, for cogroup(...).applyInPandas: (entity + previous row) x events -> changed stats rows."""
+    cols = stat_columns(noun)
+
+    def fn(entity_pdf: pd.DataFrame, events_pdf: pd.DataFrame) -> pd.DataFrame:
+        if entity_pdf.empty:
+            return pd.DataFrame(columns=[key, "snapshot_ts", *cols, "packed"])
+        entity = entity_pdf.iloc[0]
+        since = pd.Timestamp(entity["updated_at"])
+        since = since.tz_localize("UTC") if since.tzinfo is None else since
+        visible = [t for t in times if t >= since]
+        ts = events_pdf["event_ts"].to_numpy(dtype="datetime64[us]")
+        frame = stats_over_time(ts, events_pdf["label"].to_numpy(), visible, noun)
+        previous = None
+        if not pd.isna(entity["_prev_total"]):
+            previous = {c: entity[f"_prev_{c}"] for c in cols}
+            prev_last = previous["last_event_ts"]
+            previous["last_event_ts"] = None if pd.isna(prev_last) else pd.Timestamp(prev_last, tz="UTC")
+            previous = {c: (v.item() if hasattr(v, "item") else v) for c, v in previous.items()}
+        frame = changes_only(frame, cols, previous)
+        frame.insert(0, key, entity[key])
+        frame["packed"] = pack(frame, noun)
+        return frame
+
+    return fn
+
+
+def _stats_schema(key: str, noun: str) -> str:
+    parts = [f"{key} string"]
+    for c in stat_columns(noun):
+        kind = "float" if c.startswith("ctr") else "timestamp" if c == "last_event_ts" else "int"
+        parts.append(f"{c} {kind}")
+    return ", ".join([*parts, "snapshot_ts timestamp", "packed array<float>"])
+
+
+def _entity_stats(spark, entities, events, key: str, noun: str, times, previous):
+    from pyspark.sql import functions as F
+
+    cols = stat_columns(noun)
+    if previous is not None:
+        prev = previous.select(key, *[F.col(c).alias(f"_prev_{c}") for c in cols]).withColumn(
+            "_prev_total", F.col(f"_prev_{noun}_total")
+        )
+    else:
+        fields = ", ".join(
+            f"_prev_{c} {'float' if c.startswith('ctr') else 'timestamp' if c == 'last_event_ts' else 'int'}"
+            for c in cols
+        )
+        prev = spark.createDataFrame([], f"{key} string, {fields}, _prev_total int")
+    left = entities.select(key, "updated_at").join(prev, key, "left")
+    right = events.select(key, "event_ts", F.col("label").cast("int").alias("label"))
+    return (
+        left.groupBy(key)
+        .cogroup(right.groupBy(key))
+        .applyInPandas(_stats_fn(key, noun, times), _stats_schema(key, noun))
+    )
+
+
+def _item_meta(items, previous, as_of: dt.date, created):
+    from pyspark.sql import functions as F
+
+    meta = items.select(
+        "item_id",
+        "category",
+        "subcategory",
+        F.coalesce(F.element_at("tags", 1), F.trim(F.split("category", ",").getItem(0))).alias(
+            "primary_category"
+        ),
+        F.coalesce(F.size("tags"), F.lit(0)).cast("int").alias("n_tags"),
+        F.col("updated_at").alias("event_timestamp"),
+    )
+    if previous is not None:
+        prev = previous.select(
+            "item_id",
+            F.sha2(F.to_json(F.struct("category", "subcategory", "primary_category", "n_tags")), 256).alias(
+                "_prev"
+            ),
+        )
+        meta = (
+            meta.withColumn(
+                "_hash",
+                F.sha2(F.to_json(F.struct("category", "subcategory", "primary_category", "n_tags")), 256),
+            )
+            .join(prev, "item_id", "left")
+            .where(F.col("_prev").isNull() | (F.col("_prev") != F.col("_hash")))
+            .drop("_hash", "_prev")
+        )
+    return meta.withColumn("created_timestamp", F.lit(created).cast("timestamp")).withColumn(
+        "snapshot_date", F.lit(as_of)
+    )
+
+
+def run_stats(
+    spark,
+    cfg: Config,
+    as_of: dt.date,
+    *,
+    snapshot_from: dt.date | None = None,
+    every_days: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Compute item/user stats at each snapshot time from ``snapshot_from`` to ``as_of`` and item metadata."""
+    from pyspark.sql import functions as F
+
+    started = dt.datetime.now(dt.UTC)
+    run_id = f"{as_of.isoformat()}T{started.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    every = every_days or cfg.embed.backfill_every_days
+    paths = stats_paths(cfg.paths.data_dir)
+    phases = Phases("stats", log)
+    canonical = require_canonical(cfg.paths.data_dir, as_of, ("items", "users", "interactions"))
+    items, users, interactions = (
+        spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
+    )
+    if snapshot_from is None:
+        earliest = (
+            users.select("updated_at")
+            .unionByName(items.select("updated_at"))
+            .agg(F.min("updated_at"))
+            .collect()[0][0]
+        )
+        snapshot_from = first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
+    times = snapshot_times(snapshot_from, as_of, every)
+    existing = {name: read_table(spark, paths.table(name)) for name in STATS_TABLES}
+    created = pd.Timestamp(started)
+    staging = paths.root / "work" / f"run-{run_id}"
+    staging.mkdir(parents=True)
+    counts: dict[str, int] = {}
+    firsts = {"item_meta": as_of}
+    try:
+        if times:
+            for name, entities, key, noun in (
+                ("item_stats", items, "item_id", "impressions"),
+                ("user_stats", users, "user_id", "events"),
+            ):
+                rows = _entity_stats(
+                    spark,
+                    entities,
+                    interactions,
+                    key,
+                    noun,
+                    times,
+                    latest_before(existing[name], key, snapshot_from),
+                )
+                rows = rows.select(
+                    "*",
+                    F.col("snapshot_ts").alias("event_timestamp"),
+                    F.lit(created).cast("timestamp").alias("created_timestamp"),
+                    F.to_date("snapshot_ts").alias("snapshot_date"),
+                ).drop("snapshot_ts")
+                # One task per snapshot date: one file per partition instead of one per task and date.
+                rows = rows.repartition("snapshot_date")
+                phases.run(
+                    f"write {name}",
+                    lambda rows=rows, name=name: rows.write.partitionBy("snapshot_date").parquet(
+                        str(staging / name)
+                    ),
+                )
+                firsts[name] = snapshot_from
+        else:
+            log(f"stats: snapshots are up to date (covered until {covered_until(paths.manifests)})")
+        meta = _item_meta(items, latest_before(existing["item_meta"], "item_id", as_of), as_of, created)
+        phases.run(
+            "write item_meta",
+            lambda: meta.write.partitionBy("snapshot_date").parquet(str(staging / "item_meta")),
+        )
+        for name in firsts:
+            written = read_table(spark, staging / name)
+            counts[name] = written.count() if written is not None else 0
+        published = phases.run(
+            "publish",
+            lambda: {n: publish_partitions(staging / n, paths.table(n), day) for n, day in firsts.items()},
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    manifest = {
+        "run_id": run_id,
+        "as_of": as_of.isoformat(),
+        "snapshots": {
+            "from": snapshot_from.isoformat(),
+            "to": as_of.isoformat(),
+            "every_days": every,
+            "count": len(times),
+        },
+        "windows_days": list(WINDOWS_DAYS),
+        "counts": {"written": counts},
+        "published_partitions": published,
+        "seconds": {**phases.seconds, "total": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 3)},
+        "inputs": {k: str(v) for k, v in canonical.items()},
+        "outputs": {n: str(paths.table(n)) for n in STATS_TABLES},
+    }
+    write_manifest(paths.manifests, run_id, manifest)
+    return manifest

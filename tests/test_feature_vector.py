@@ -1,0 +1,49 @@
+"""The model input vector: fixed layout, masks for unknown ids, stats on a comparable scale, unit rows."""
+
+import datetime as dt
+
+import numpy as np
+
+from llmfeat.feature_vector import (
+    ITEM_STATS,
+    ITEM_TEXT,
+    USER_TEXT,
+    build_feature_matrix,
+    ranker_layout,
+    stat_names,
+)
+from llmfeat.stats import packed_columns
+
+NOW = dt.datetime(2024, 1, 10, tzinfo=dt.UTC)
+EPOCH_DAYS_NOW = NOW.timestamp() / 86400
+
+
+def test_layout_and_masks():
+    u = [0.6, 0.8]
+    item_stats = np.zeros(len(packed_columns("impressions")), np.float32)
+    item_stats[packed_columns("impressions").index("impressions_total")] = np.e - 1  # log1p -> 1
+    item_stats[-1] = EPOCH_DAYS_NOW - 2  # last event two days ago
+    cols = {
+        USER_TEXT: [u, u, None],
+        ITEM_TEXT: [[1.0, 0.0], None, [0.0, 1.0]],
+        ITEM_STATS: [item_stats, None, None],
+    }
+    fm = build_feature_matrix(cols, NOW, dim=2)
+    assert fm.names == ranker_layout(2) and len(fm.names) == 6 + len(stat_names())
+    assert list(fm.user_known) == [True, True, False] and list(fm.item_known) == [True, False, True]
+    assert np.allclose(np.linalg.norm(fm.matrix, axis=1), 1.0)
+
+    # row 0 before normalisation: user (0.6, 0.8), item (1, 0), product (0.6, 0), stats...
+    raw_stats = np.zeros(len(stat_names()))
+    raw_stats[stat_names().index("item_impressions_total")] = 1.0
+    raw_stats[stat_names().index("item_days_since_last_event")] = np.log1p(3.0)
+    raw = np.concatenate([[0.6, 0.8], [1.0, 0.0], [0.6, 0.0], raw_stats])
+    assert np.allclose(fm.matrix[0], raw / np.linalg.norm(raw), atol=1e-6)
+    # unknown item: zeros in its block (and in the product), flagged by the mask
+    assert np.allclose(fm.matrix[1][2:6], 0.0)
+
+
+def test_no_stats_means_no_activity_and_no_recency():
+    fm = build_feature_matrix({ITEM_TEXT: [[1.0, 0.0]]}, [NOW], dim=2)
+    stats = fm.matrix[0][6:]
+    assert np.allclose(stats, 0.0)
