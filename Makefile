@@ -35,7 +35,7 @@ check-java:
 	  exit 1; fi
 
 run: setup check-java
-	$(BIN)/llmfeat ingest --as-of $(AS_OF)
+	$(BIN)/llmfeat nightly --as-of $(AS_OF)
 
 test: setup check-java
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \

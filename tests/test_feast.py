@@ -220,10 +220,14 @@ def test_movielens_training_rows_are_point_in_time(movielens_store):
     assert len(out) == len(rows)
     emb = embedding_paths(cfg.paths.data_dir, "default")
     users = pq.read_table(emb.user_text).to_pandas()
-    users["event_timestamp"] = pd.to_datetime(users["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    users["event_timestamp"] = pd.to_datetime(users["event_timestamp"], utc=True).astype(
+        "datetime64[ns, UTC]"
+    )
     users = users.sort_values("event_timestamp")
     probe = out[["user_id", "event_timestamp", "user_text_embedding__n_history"]].copy()
-    probe["event_timestamp"] = pd.to_datetime(probe["event_timestamp"], utc=True).astype("datetime64[ns, UTC]")
+    probe["event_timestamp"] = pd.to_datetime(probe["event_timestamp"], utc=True).astype(
+        "datetime64[ns, UTC]"
+    )
     want = pd.merge_asof(probe.sort_values("event_timestamp").reset_index(), users[["user_id", "event_timestamp", "n_history"]],
                          on="event_timestamp", by="user_id", direction="backward").set_index("index").sort_index()  # fmt: skip
     got = out["user_text_embedding__n_history"]

@@ -30,6 +30,8 @@ class Exit:
     """An input file is unusable (missing column, wrong format): nothing was written."""
     QUARANTINED = 4
     """The run completed, but some input rows were quarantined."""
+    LOCKED = 5
+    """Another run holds the data directory."""
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
@@ -173,6 +175,144 @@ def print_embed_summary(manifest: dict) -> None:
     console.print(f"  seconds: {manifest['seconds']}")
     for name, out in manifest["outputs"].items():
         console.print(f"  {name:<13} {out}")
+
+
+@app.command()
+def stats(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Snapshot date of the canonical tables.")
+    ] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="First snapshot date (backfill). Default: catch up.")
+    ] = None,
+    every: Annotated[int | None, typer.Option("--every", help="Days between snapshots.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Compute item/user behaviour stats over point-in-time windows (Spark)."""
+    from llmfeat.spark import build_spark
+    from llmfeat.stats import run_stats
+
+    cfg = _config(config, set_, data_dir)
+    spark = build_spark(cfg.spark)
+    try:
+        manifest = run_stats(spark, cfg, _date(as_of), snapshot_from=_date(from_) if from_ else None, every_days=every,
+                             log=lambda m: console.print(f"[dim]{m}[/dim]"))  # fmt: skip
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    finally:
+        spark.stop()
+    console.print(f"stats {manifest['as_of']}: rows written {manifest['counts']['written']}")
+    console.print(f"  seconds: {manifest['seconds']}")
+    for name, out in manifest["outputs"].items():
+        console.print(f"  {name:<13} {out}")
+
+
+@app.command()
+def publish(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Materialise up to this snapshot date (00:00 UTC).")
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Materialise everything again, not incrementally.")
+    ] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Apply the Feast repository and materialise the features into the online store."""
+    from llmfeat.publish import run_publish
+    from llmfeat.spark import build_spark
+
+    cfg = _config(config, set_, data_dir)
+    spark = build_spark(cfg.spark)
+    try:
+        result = run_publish(cfg, _date(as_of), full=full, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    finally:
+        spark.stop()
+    console.print(f"published {len(result['feature_views'])} feature views to the {result['online_store']} online store "
+                  f"until {result['materialized_until']} ({result['seconds']})")  # fmt: skip
+    console.print(f"  feature_store.yaml: {result['feature_store_yaml']}")
+
+
+@app.command()
+def nightly(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="The date to run for (YYYY-MM-DD); default today (UTC).")
+    ] = None,
+    force: Annotated[
+        list[str] | None, typer.Option("--force", help="Redo this stage and what depends on it (repeatable).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The whole pipeline for one date: idempotent, resumable, one run per data directory at a time."""
+    from llmfeat.embed import ModelMismatchError
+    from llmfeat.nightly import LockedError, run_dir, run_nightly
+
+    cfg = _config(config, set_, data_dir)
+    day = _date(as_of)
+    status = console.status("starting")
+
+    def on_stage(stage: str, state: str) -> None:
+        if state == "running":
+            status.update(f"[bold]{stage}[/bold] ...")
+        else:
+            console.print(f"  {stage:<8} {state}")
+
+    try:
+        with status:
+            summary = run_nightly(cfg, day, force=tuple(force or ()), log=lambda m: console.print(f"[dim]{m}[/dim]"),
+                                  on_stage=on_stage)  # fmt: skip
+    except LockedError as exc:
+        console.print(f"[red]locked:[/red] {exc}")
+        raise typer.Exit(Exit.LOCKED) from exc
+    except (ConfigError, ModelMismatchError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except (InputError, FileNotFoundError) as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    print_nightly_summary(summary, run_dir(cfg, day))
+    if summary.quarantined:
+        raise typer.Exit(Exit.QUARANTINED)
+
+
+def _stage_line(stage: str, s: dict) -> str:
+    if stage == "ingest":
+        c = s.get("counts", {})
+        return (
+            ", ".join(f"{k} {v['kept']}" for k, v in c.items()) + f"; quarantined {s.get('quarantined', 0)}"
+        )
+    if stage == "embed":
+        c = s.get("counts", {})
+        parts = [f"{k}: encoded {v.get('encoded', 0)}, reused {v.get('reused', 0)}, written {v.get('written', 0)}"
+                 for k, v in c.items() if "encoded" in v]  # fmt: skip
+        return f"model {s.get('model_id')}; " + "; ".join(parts)
+    if stage == "stats":
+        return "rows written " + ", ".join(
+            f"{k} {v}" for k, v in s.get("counts", {}).get("written", {}).items()
+        )
+    if stage == "publish":
+        return f"{len(s.get('feature_views', []))} views -> {s.get('online_store')} until {s.get('materialized_until')}"
+    return json.dumps(s)[:100]
+
+
+def print_nightly_summary(summary, markers) -> None:
+    if summary.nothing_to_do:
+        console.print(f"nightly {summary.as_of}: already finished; nothing to do (markers in {markers}).")
+    table = Table(title=f"nightly {summary.as_of}  ({summary.seconds:.1f} s)", title_justify="left")
+    for col in ("stage", "status", "seconds", "result"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    for r in summary.results:
+        seconds = f"{r.seconds:.1f}" if r.status == "done" else "-"
+        table.add_row(r.stage, r.status, seconds, _stage_line(r.stage, r.summary) if r.summary else "-")
+    console.print(table)
+    console.print(f"  data directory: {summary.data_dir}")
+    console.print(f"  run markers and summary: {markers}")
 
 
 @app.command("show-config")

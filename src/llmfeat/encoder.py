@@ -122,7 +122,9 @@ class TextEncoder:
     def __init__(self, spec: EncoderSpec):
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a bar per worker and model load is noise in job logs
         if spec.pooling not in POOLINGS:
             raise ValueError(f"pooling {spec.pooling!r} is not one of {POOLINGS}")
         if spec.precision not in PRECISIONS:

@@ -150,7 +150,7 @@ def run_publish(cfg: Config, as_of: dt.date, *, full: bool = False, log=print) -
             store.materialize_incremental(end_date=end, feature_views=seen)
     done = time.perf_counter()
     for line in feast_output.getvalue().splitlines():
-        if line.strip() and "|" not in line:
+        if line.startswith("Materializing"):
             log(f"publish: {_ANSI.sub('', line).strip()}")
     return {
         "as_of": as_of.isoformat(),

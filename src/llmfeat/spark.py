@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 
 from llmfeat.config import ConfigError, SparkConfig
 
@@ -25,6 +26,7 @@ def spark_conf(cfg: SparkConfig, python: str = sys.executable) -> dict[str, str]
         "spark.task.cpus": str(cfg.task_cpus),
         "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
         "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
         # Executors must run the same interpreter (the venv's); the system python3 lacks numpy & torch.
         "spark.pyspark.python": python,
         "spark.pyspark.driver.python": python,
@@ -36,6 +38,9 @@ def spark_conf(cfg: SparkConfig, python: str = sys.executable) -> dict[str, str]
     if _LOOPBACK.match(cfg.master):
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
+    log4j = Path(__file__).with_name("log4j2.properties")
+    conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"
+    conf["spark.executor.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"
     if cfg.executor_memory:
         conf["spark.executor.memory"] = cfg.executor_memory
     conf.update({k: str(v) for k, v in cfg.conf.items()})
@@ -53,6 +58,9 @@ def build_spark(cfg: SparkConfig, python: str = sys.executable):
     # PySpark picks the workers' interpreter from PYSPARK_PYTHON when the context starts (the conf key
     # alone is not enough in local mode); without it workers run `python3` from PATH, which lacks llmfeat.
     os.environ["PYSPARK_PYTHON"] = python
+    if _LOOPBACK.match(cfg.master):
+        # Bind the JVM to loopback before it starts (else it warns and picks the first interface).
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder
     for key, value in spark_conf(cfg, python).items():
         builder = builder.config(key, value)

@@ -1,0 +1,251 @@
+"""The nightly run: every stage in order, idempotent and resumable, one data directory at a time.
+
+    ingest -> embed -> stats -> publish -> index -> train
+
+Each stage writes its outputs atomically (see tables.py and changelog.py) and then a success marker,
+``<data_dir>/runs/<as_of>/<stage>.json``, holding its summary. A re-run skips every stage with a marker, so
+after a crash it resumes at the first unfinished stage, and a re-run of a finished date does nothing and says
+so. ``force`` redoes the named stages and every stage that depends on them.
+
+A lock (``<data_dir>/.llmfeat.lock``, an flock released by the kernel when the holder dies, even by SIGKILL)
+stops two runs from sharing a data directory; the message names the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmfeat.config import Config
+
+STAGES = ("ingest", "embed", "stats", "publish", "index", "train")
+DEPENDS_ON = {
+    "ingest": (),
+    "embed": ("ingest",),
+    "stats": ("ingest",),
+    "publish": ("embed", "stats"),
+    "index": ("embed",),
+    "train": ("publish",),
+}
+
+
+class LockedError(RuntimeError):
+    """Another run holds the data directory."""
+
+
+def dependents(stages: set[str]) -> set[str]:
+    """The stages plus everything downstream of them."""
+    out = set(stages)
+    changed = True
+    while changed:
+        changed = False
+        for stage, deps in DEPENDS_ON.items():
+            if stage not in out and out.intersection(deps):
+                out.add(stage)
+                changed = True
+    return out
+
+
+def run_dir(cfg: Config, as_of: dt.date) -> Path:
+    return Path(cfg.paths.data_dir) / "runs" / as_of.isoformat()
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
+    path = Path(data_dir) / ".llmfeat.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = path.open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown holder"
+        fh.close()
+        raise LockedError(
+            f"data directory {data_dir} is in use by {holder}; wait for it or stop it first"
+        ) from exc
+    fh.seek(0)
+    fh.truncate()
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {started} ({what})\n")
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.seek(0)
+        fh.truncate()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str
+    """done (ran now), skipped (marker found), disabled (not configured)."""
+    seconds: float = 0.0
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class NightlySummary:
+    as_of: dt.date
+    data_dir: Path
+    results: list[StageResult]
+    seconds: float
+    quarantined: int
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return all(r.status != "done" for r in self.results)
+
+    def to_dict(self) -> dict:
+        return {
+            "as_of": self.as_of.isoformat(),
+            "data_dir": str(self.data_dir),
+            "seconds": round(self.seconds, 3),
+            "quarantined": self.quarantined,
+            "stages": [
+                {"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3), "summary": r.summary}
+                for r in self.results
+            ],
+        }
+
+
+class _SparkHolder:
+    """Starts Spark only when a stage needs it (a finished date's no-op re-run never does), and stops only a
+    session it started itself."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.session = None
+        self.owned = False
+
+    def get(self):
+        if self.session is None:
+            from pyspark.sql import SparkSession
+
+            from llmfeat.spark import build_spark
+
+            self.session = SparkSession.getActiveSession()
+            if self.session is None:
+                self.session = build_spark(self.cfg.spark)
+                self.owned = True
+        return self.session
+
+    @property
+    def started(self) -> bool:
+        return self.session is not None
+
+    def stop(self) -> None:
+        if self.session is not None and self.owned:
+            self.session.stop()
+        self.session = None
+
+
+def _stage_functions(
+    cfg: Config, as_of: dt.date, spark: _SparkHolder, log: Callable[[str], None], markers: Path
+):
+    def previous(stage: str) -> dict:
+        path = markers / f"{stage}.json"
+        return json.loads(path.read_text())["summary"] if path.is_file() else {}
+
+    def ingest(forced: bool) -> dict:
+        from llmfeat.ingest import run_ingest
+
+        r = run_ingest(cfg, as_of)
+        return {"counts": r.counts, "notes": r.notes, "quarantined": r.quarantined,
+                "outputs": {k: str(v) for k, v in r.outputs.items()}}  # fmt: skip
+
+    def embed(forced: bool) -> dict:
+        from llmfeat.embed import run_embed
+
+        # A forced redo covers the same snapshot range as the run it replaces.
+        start = previous("embed").get("snapshots", {}).get("from") if forced else None
+        return run_embed(
+            spark.get(), cfg, as_of, snapshot_from=dt.date.fromisoformat(start) if start else None, log=log
+        )
+
+    def stats(forced: bool) -> dict:
+        from llmfeat.stats import run_stats
+
+        start = previous("stats").get("snapshots", {}).get("from") if forced else None
+        return run_stats(
+            spark.get(), cfg, as_of, snapshot_from=dt.date.fromisoformat(start) if start else None, log=log
+        )
+
+    def publish(forced: bool) -> dict:
+        from llmfeat.publish import run_publish
+
+        spark.get()  # Feast's Spark offline store joins the session already running
+        return run_publish(cfg, as_of, full=forced, log=log)
+
+    return {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish}
+
+
+def run_nightly(
+    cfg: Config,
+    as_of: dt.date,
+    *,
+    force: tuple[str, ...] = (),
+    log: Callable[[str], None] = print,
+    on_stage: Callable[[str, str], None] | None = None,
+) -> NightlySummary:
+    """Run (or resume) the nightly pipeline for ``as_of``. ``on_stage(stage, status)`` reports progress."""
+    unknown = set(force) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    redo = dependents(set(force))
+    markers = run_dir(cfg, as_of)
+    started = time.perf_counter()
+    results: list[StageResult] = []
+    spark = _SparkHolder(cfg)
+    what = f"llmfeat nightly --as-of {as_of} ({' '.join(sys.argv[1:]) or 'api'})"
+    with data_dir_lock(cfg.paths.data_dir, what):
+        try:
+            functions = _stage_functions(cfg, as_of, spark, log, markers)
+            for stage in STAGES:
+                marker = markers / f"{stage}.json"
+                if stage not in functions:
+                    results.append(StageResult(stage, "disabled"))
+                    continue
+                if marker.is_file() and stage not in redo:
+                    results.append(
+                        StageResult(stage, "skipped", summary=json.loads(marker.read_text())["summary"])
+                    )
+                    if on_stage:
+                        on_stage(stage, "skipped")
+                    continue
+                if on_stage:
+                    on_stage(stage, "running")
+                t0 = time.perf_counter()
+                summary = functions[stage](stage in redo and marker.is_file())
+                seconds = time.perf_counter() - t0
+                _write_json(marker, {"stage": stage, "as_of": as_of.isoformat(), "seconds": round(seconds, 3),
+                                     "finished": dt.datetime.now(dt.UTC).isoformat(), "summary": summary})  # fmt: skip
+                results.append(StageResult(stage, "done", seconds, summary))
+                if on_stage:
+                    on_stage(stage, "done")
+        finally:
+            spark.stop()
+    quarantined = next((r.summary.get("quarantined", 0) for r in results if r.stage == "ingest"), 0)
+    out = NightlySummary(as_of, Path(cfg.paths.data_dir), results, time.perf_counter() - started, quarantined)
+    if not out.nothing_to_do:
+        _write_json(markers / "summary.json", out.to_dict())
+    return out
