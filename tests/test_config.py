@@ -54,3 +54,8 @@ def test_string_overrides_are_taken_verbatim():
     )
     assert cfg.embed.item_template == "{title}: {description}"
     assert cfg.embed.model_dir is None and cfg.spark.executor_memory == "2g"
+
+
+def test_list_overrides_are_yaml():
+    cfg = load_config(None, ["train.protocols=[temporal]", "train.split_quantiles=[0.7, 0.85]"])
+    assert cfg.train.protocols == ["temporal"] and cfg.train.split_quantiles == [0.7, 0.85]

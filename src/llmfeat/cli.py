@@ -245,6 +245,9 @@ def nightly(
     force: Annotated[
         list[str] | None, typer.Option("--force", help="Redo this stage and what depends on it (repeatable).")
     ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Stop after this stage (the next call resumes).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
@@ -265,8 +268,8 @@ def nightly(
 
     try:
         with status:
-            summary = run_nightly(cfg, day, force=tuple(force or ()), log=lambda m: console.print(f"[dim]{m}[/dim]"),
-                                  on_stage=on_stage)  # fmt: skip
+            summary = run_nightly(cfg, day, force=tuple(force or ()), until=until,
+                                  log=lambda m: console.print(f"[dim]{m}[/dim]"), on_stage=on_stage)  # fmt: skip
     except LockedError as exc:
         console.print(f"[red]locked:[/red] {exc}")
         raise typer.Exit(Exit.LOCKED) from exc

@@ -95,12 +95,38 @@ class FeastConfig:
 
 
 @dataclass
+class TrainingConfig:
+    enabled: bool = True
+    """Whether the nightly run retrains the CTR models and writes the report."""
+    protocols: list[str] = field(default_factory=lambda: ["temporal", "leave_last_k"])
+    split_quantiles: list[float] = field(default_factory=lambda: [0.8, 0.9])
+    """Temporal split: T1 and T2 at these quantiles of event time, unless t1 / t2 are given."""
+    t1: str | None = None
+    t2: str | None = None
+    leave_last_k: int = 1
+    models: list[str] = field(
+        default_factory=lambda: ["popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm"]
+    )
+    epochs: int = 10
+    batch_size: int = 1024
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    patience: int = 2
+    seed: int = 7
+    device: str = "auto"
+    tfidf_dim: int = 128
+    light_user_max: int = 5
+    """Users with 1..N training interactions form the light-user slice."""
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
+    train: TrainingConfig = field(default_factory=TrainingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -170,8 +196,9 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     if isinstance(value, _Override):
-        args = typing.get_args(tp)
-        if tp is str or (str in args and value.text.strip().lower() not in ("", "null", "none", "~")):
+        is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+        optional_str = is_union and str in typing.get_args(tp)
+        if tp is str or (optional_str and value.text.strip().lower() not in ("", "null", "none", "~")):
             return value.text
         value = value.parsed()
     origin = typing.get_origin(tp)

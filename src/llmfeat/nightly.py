@@ -196,7 +196,26 @@ def _stage_functions(
         spark.get()  # Feast's Spark offline store joins the session already running
         return run_publish(cfg, as_of, full=forced, log=log)
 
-    return {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish}
+    def train(forced: bool) -> dict:
+        from llmfeat.train import run_train
+
+        spark.get()  # point-in-time features come from Feast's Spark offline store
+        summary = run_train(cfg, as_of, log=log)
+        return {
+            k: summary[k]
+            for k in ("run_id", "rows", "embedding_model_id", "protocols", "models", "report", "seconds")
+        } | {
+            "headline": [
+                r
+                for r in summary["results"]
+                if r["slice"] in ("all", "cold_item") and r["protocol"] == "temporal"
+            ]
+        }
+
+    functions = {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish}
+    if cfg.train.enabled:
+        functions["train"] = train
+    return functions
 
 
 def run_nightly(
@@ -204,13 +223,16 @@ def run_nightly(
     as_of: dt.date,
     *,
     force: tuple[str, ...] = (),
+    until: str | None = None,
     log: Callable[[str], None] = print,
     on_stage: Callable[[str, str], None] | None = None,
 ) -> NightlySummary:
-    """Run (or resume) the nightly pipeline for ``as_of``. ``on_stage(stage, status)`` reports progress."""
-    unknown = set(force) - set(STAGES)
+    """Run (or resume) the nightly pipeline for ``as_of``, through stage ``until`` (default: all).
+    ``on_stage(stage, status)`` reports progress."""
+    unknown = (set(force) | ({until} if until else set())) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+    last = STAGES.index(until) if until else len(STAGES) - 1
     redo = dependents(set(force))
     markers = run_dir(cfg, as_of)
     started = time.perf_counter()
@@ -220,7 +242,7 @@ def run_nightly(
     with data_dir_lock(cfg.paths.data_dir, what):
         try:
             functions = _stage_functions(cfg, as_of, spark, log, markers)
-            for stage in STAGES:
+            for stage in STAGES[: last + 1]:
                 marker = markers / f"{stage}.json"
                 if stage not in functions:
                     results.append(StageResult(stage, "disabled"))

@@ -17,8 +17,11 @@ class RetrievalError(RuntimeError):
     pass
 
 
-def historical_features(store, entity_df: pd.DataFrame, service: str = "ctr_training") -> pd.DataFrame:
-    """``entity_df``: user_id, item_id, event_timestamp (UTC) and any extra columns (labels...), kept as-is."""
+def historical_features(
+    store, entity_df: pd.DataFrame, service: str = "ctr_training", extra: list[str] = ()
+) -> pd.DataFrame:
+    """``entity_df``: user_id, item_id, event_timestamp (UTC) and any extra columns (labels...), kept as-is.
+    ``extra``: feature references (``view:feature``) to fetch besides the service's."""
     missing = {"user_id", "item_id", "event_timestamp"} - set(entity_df.columns)
     if missing:
         raise RetrievalError(f"entity_df lacks column(s) {sorted(missing)}")
@@ -26,6 +29,9 @@ def historical_features(store, entity_df: pd.DataFrame, service: str = "ctr_trai
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     frame[ROW_ID] = np.arange(len(frame), dtype=np.int64)
     features = store.get_feature_service(service)
+    if extra:
+        refs = [f"{p.name}:{f.name}" for p in features.feature_view_projections for f in p.features]
+        features = refs + list(extra)
     out = store.get_historical_features(entity_df=frame, features=features, full_feature_names=True).to_df()
     if len(out) != len(frame) or set(out[ROW_ID]) != set(frame[ROW_ID]):
         raise RetrievalError(

@@ -62,7 +62,11 @@ def build_spark(cfg: SparkConfig, python: str = sys.executable):
         # Bind the JVM to loopback before it starts (else it warns and picks the first interface).
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder
+    # Under spark-submit the master (and the rest of its --conf) is already decided: keep it.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     for key, value in spark_conf(cfg, python).items():
+        if submitted and key in ("spark.master", "spark.app.name", "spark.driver.memory"):
+            continue
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

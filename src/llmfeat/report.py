@@ -1,0 +1,95 @@
+"""The CTR report: one Markdown table of model x slice x metric per protocol, and PNG plots (ROC,
+calibration, training curves) beside it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmfeat.metrics import calibration_curve, roc_curve
+
+METRIC_COLUMNS = ("rows", "auc", "gauc", "logloss", "base_logloss", "imp_auc", "mrr", "ndcg@5", "ndcg@10")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def results_table(results: list[dict], protocol: str) -> str:
+    frame = pd.DataFrame([r for r in results if r["protocol"] == protocol])
+    if frame.empty:
+        return "(no results)\n"
+    cols = [c for c in METRIC_COLUMNS if c in frame.columns and frame[c].notna().any()]
+    lines = ["| model | slice | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for _, r in frame.iterrows():
+        lines.append(
+            f"| {r['model']} | {r['slice']} | "
+            + " | ".join(_fmt(r.get(c, float("nan"))) for c in cols)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out: Path, protocol: str, curves: dict, predictions: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    labels = predictions["_labels"]
+    models = [m for m in predictions if m != "_labels"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for m in models:
+        fpr, tpr = roc_curve(labels, predictions[m])
+        ax1.plot(fpr, tpr, label=m)
+        pred, obs, _ = calibration_curve(labels, np.asarray(predictions[m], dtype=np.float64))
+        ax2.plot(pred, obs, marker="o", label=m)
+    ax1.plot([0, 1], [0, 1], "k:", lw=1)
+    ax1.set(title=f"ROC, test ({protocol})", xlabel="false positive rate", ylabel="true positive rate")
+    ax2.plot([0, 1], [0, 1], "k:", lw=1)
+    ax2.set(title=f"Calibration, test ({protocol})", xlabel="mean predicted", ylabel="observed click rate")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    name = f"roc_calibration_{protocol}.png"
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    files.append(name)
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m, hist in curves.items():
+            ax.plot([h["epoch"] for h in hist], [h["val_auc"] for h in hist], marker="o", label=m)
+        ax.set(title=f"Validation AUC per epoch ({protocol})", xlabel="epoch", ylabel="AUC")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"training_curves_{protocol}.png"
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def write_report(out: Path, summary: dict, curves: dict, predictions: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [
+        f"# CTR report {summary['run_id']}\n",
+        f"Snapshot {summary['as_of']}; {summary['rows']} labelled interactions with point-in-time features from Feast; "
+        f"embedding model `{summary['embedding_model_id']}` ({summary['embedding_dim']}-d).\n",
+        "Slices: `cold_item` = items with no training interaction, `cold_user` = users with none, `light_user` = "
+        "users with a few, `warm` = neither user nor item cold. `base_logloss` = always predicting the training "
+        "click rate. GAUC = per-user AUC weighted by rows.\n",
+    ]
+    for protocol, info in summary["protocols"].items():
+        bounds = ", ".join(f"{k} {v}" for k, v in info.items())
+        parts.append(f"\n## Protocol: {protocol}\n\n{bounds}\n\n")
+        parts.append(results_table(summary["results"], protocol))
+        for name in _plots(out, protocol, curves.get(protocol, {}), predictions[protocol]):
+            parts.append(f"\n![{name}]({name})\n")
+    path = out / "report.md"
+    path.write_text("".join(parts))
+    return path

@@ -1,0 +1,250 @@
+"""Stage 6, train: CTR models on point-in-time feature vectors from Feast, against baselines, with a report.
+
+1. Labelled interactions (the canonical table) are the entity rows; ``get_historical_features`` (Feast,
+   Spark offline store) joins each with the features in force at its time. The job never reads the
+   embedding tables directly.
+2. Splits: temporal (train < T1 <= validation < T2 <= test) and per-user leave-last-k; every number in the
+   report names its protocol.
+3. Models, trained on train, early-stopped on validation, evaluated on test, overall and per slice
+   (cold-start items, cold users, light users, warm):
+   ``popularity`` (smoothed item CTR from training), ``lr_lm`` (logistic regression on the seed's vector),
+   ``deep_ids_stats`` (the deep model without text), ``deep_tfidf`` (TF-IDF text instead of the language
+   model), ``deep_lm`` (the deep model with language-model features).
+4. Artefacts: each model with its feature list, id vocabularies, embedding model id and metrics under
+   ``<data_dir>/models/ctr/<run>/``, ``current.json`` pointing at the latest run; the report (Markdown + PNG
+   plots) under ``<reports_dir>/<run>/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmfeat import tables
+from llmfeat.config import Config
+from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
+from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
+from llmfeat.feature_vector import ITEM_TEXT
+from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss
+from llmfeat.splits import Split, leave_last_k, slice_masks, temporal_split
+from llmfeat.texts import render
+
+MODELS = ("popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm")
+FEATURE_SET = {"lr_lm": "lm_vector", "deep_ids_stats": "ids_stats", "deep_tfidf": "tfidf", "deep_lm": "lm"}
+
+
+def models_dir(cfg: Config) -> Path:
+    return Path(cfg.paths.data_dir) / "models" / "ctr"
+
+
+def training_rows(cfg: Config, as_of: dt.date) -> pd.DataFrame:
+    path = tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), as_of)
+    inter = pd.read_parquet(path)
+    rows = inter[["user_id", "item_id", "event_ts", "label", "impression_id"]].copy()
+    rows["event_timestamp"] = rows["event_ts"]
+    return rows
+
+
+def _embedding_dim(frame: pd.DataFrame) -> int:
+    for value in frame[ITEM_TEXT]:
+        if value is not None and not isinstance(value, float):
+            return len(value)
+    raise ValueError("no item text embedding in the training frame: run embed and publish first")
+
+
+@dataclass
+class PreparedSplit:
+    split: Split
+    frames: dict[str, pd.DataFrame]
+    """train / validation / test rows with their Feast features."""
+
+
+def _inputs(feature_set: str, frame: pd.DataFrame, dim: int, users: Vocab, items: Vocab, tfidf: TfidfSpace | None,
+            clicks: pd.DataFrame) -> CtrInputs:  # fmt: skip
+    at = pd.to_datetime(frame["event_timestamp"], utc=True)
+    if feature_set == "tfidf":
+        columns = tfidf.columns(frame, clicks)
+        dense = build_dense("tfidf", columns, at, tfidf.dim, len(frame))
+    else:
+        dense = build_dense(feature_set, frame, at, dim, len(frame))
+    return CtrInputs(dense.astype(np.float32), users.encode(frame["user_id"].tolist()), items.encode(frame["item_id"].tolist()),
+                     frame["label"].to_numpy(np.float32))  # fmt: skip
+
+
+def _evaluate(
+    name: str, protocol: str, train: pd.DataFrame, test: pd.DataFrame, probs: np.ndarray, light_max: int
+) -> list[dict]:
+    rows = []
+    y_train = train["label"].to_numpy()
+    for slice_name, mask in slice_masks(train, test, light_max).items():
+        if not mask.any():
+            continue
+        y, p = test["label"].to_numpy()[mask], probs[mask]
+        row = {
+            "protocol": protocol, "model": name, "slice": slice_name, "rows": int(mask.sum()),
+            "auc": auc(y, p), "logloss": logloss(y, p), "base_logloss": base_rate_logloss(y_train, y),
+            "gauc": gauc(test["user_id"].to_numpy()[mask], y, p),
+        }  # fmt: skip
+        imp = test["impression_id"].to_numpy()[mask]
+        if pd.notna(imp).any():
+            has = pd.notna(imp)
+            row.update(impression_metrics(imp[has], y[has], p[has]))
+        rows.append(row)
+    return rows
+
+
+def _popularity(train: pd.DataFrame, test: pd.DataFrame, prior_weight: float = 10.0) -> np.ndarray:
+    """Smoothed item CTR from the training rows (the base rate for unseen items)."""
+    base = float(train["label"].mean())
+    g = train.groupby("item_id")["label"].agg(["sum", "count"])
+    ctr = (g["sum"] + prior_weight * base) / (g["count"] + prior_weight)
+    return test["item_id"].map(ctr).fillna(base).to_numpy(np.float64)
+
+
+def _save_model(out: Path, name: str, model, feature_set: str, dims: dict, users: Vocab, items: Vocab,
+                embedding_model_id: str | None, metrics: list[dict], kwargs: dict) -> Path:  # fmt: skip
+    import torch
+
+    path = out / f"{name}.pt"
+    torch.save(
+        {
+            "name": name, "class": type(model).__name__, "kwargs": kwargs, "state_dict": model.state_dict(),
+            "feature_set": feature_set, "dense_names": dims["names"], "embedding_dim": dims["dim"],
+            "user_vocab": users.index, "item_vocab": items.index, "embedding_model_id": embedding_model_id,
+            "metrics": metrics,
+        },
+        path,
+    )  # fmt: skip
+    return path
+
+
+def run_train(cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print) -> dict:
+    """Train and evaluate every configured model; returns the summary (also saved next to the models)."""
+    from llmfeat.offline import historical_features
+    from llmfeat.publish import open_store
+    from llmfeat.report import write_report
+
+    t = cfg.train
+    unknown = set(t.models) - set(MODELS)
+    if unknown:
+        raise ValueError(f"unknown model(s) {sorted(unknown)}; choose from {MODELS}")
+    started = time.perf_counter()
+    run_id = f"{as_of.isoformat()}T{dt.datetime.now(dt.UTC).strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    rows = training_rows(cfg, as_of)
+    log(f"train: point-in-time features for {len(rows)} labelled interactions from Feast ...")
+    frame = historical_features(open_store(cfg), rows)
+    frame["event_ts"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    dim = _embedding_dim(frame)
+    model_ids = frame["item_text_embedding__model_id"].dropna().unique().tolist()
+    embedding_model_id = model_ids[0] if len(model_ids) == 1 else None
+    if len(model_ids) > 1:
+        raise ValueError(f"the training frame mixes embedding models {model_ids}")
+    fetched = time.perf_counter()
+
+    items = pd.read_parquet(tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "items"), as_of))
+    texts = [render(cfg.embed.item_template, r) for r in items.to_dict("records")]
+    tfidf = (
+        TfidfSpace.fit(items["item_id"].tolist(), texts, dim=t.tfidf_dim, seed=t.seed)
+        if "deep_tfidf" in t.models
+        else None
+    )
+
+    splits = []
+    for protocol in t.protocols:
+        if protocol == "temporal":
+            t1 = pd.Timestamp(t.t1, tz="UTC") if t.t1 else None
+            t2 = pd.Timestamp(t.t2, tz="UTC") if t.t2 else None
+            splits.append(temporal_split(frame, t1, t2, tuple(t.split_quantiles)))
+        elif protocol == "leave_last_k":
+            splits.append(leave_last_k(frame, t.leave_last_k))
+        else:
+            raise ValueError(f"unknown protocol {protocol!r} (temporal, leave_last_k)")
+
+    out_dir = models_dir(cfg) / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_cfg = TrainConfig(t.epochs, t.batch_size, t.lr, t.weight_decay, t.patience, t.seed, t.device)
+    results: list[dict] = []
+    curves: dict[str, dict[str, list[dict]]] = {}
+    predictions: dict[str, dict[str, np.ndarray]] = {}
+    saved: dict[str, str] = {}
+    for split in splits:
+        train, val, test = split.train, split.validation, split.test
+        log(f"train: {split.protocol}: {len(train)} train / {len(val)} validation / {len(test)} test rows")
+        users, items_vocab = Vocab.fit(train["user_id"]), Vocab.fit(train["item_id"])
+        # The TF-IDF pooled history may use any click before a row's snapshot, as the LM history does.
+        clicks = frame[frame["label"] == 1][["user_id", "item_id", "event_ts"]]
+        curves[split.protocol] = {}
+        predictions[split.protocol] = {"_labels": test["label"].to_numpy()}
+        for name in t.models:
+            fitted = None
+            if name == "popularity":
+                probs = _popularity(train, test)
+            else:
+                fs = FEATURE_SET[name]
+                data = {
+                    part: _inputs(fs, df, dim, users, items_vocab, tfidf, clicks)
+                    for part, df in split.parts().items()
+                }
+                width = data["train"].dense.shape[1]
+                if name == "lr_lm":
+                    kwargs = {"dense_dim": width}
+                    model = LogisticRegression(**kwargs)
+                else:
+                    kwargs = {"n_users": len(users), "n_items": len(items_vocab), "dense_dim": width}
+                    if fs in ("lm", "tfidf"):
+                        kwargs.update(
+                            text_blocks=len(TEXT_BLOCKS), text_dim=tfidf.dim if fs == "tfidf" else dim
+                        )
+                    model = DeepCTR(**kwargs)
+                log(f"train: {split.protocol}: fitting {name} ({width} dense features) ...")
+                fitted = fit(model, data["train"], data["validation"], train_cfg,
+                             progress=lambda e, r, n=name: log(f"train:   {n} epoch {e}: val AUC {r['val_auc']:.4f}"))  # fmt: skip
+                curves[split.protocol][name] = fitted.history
+                probs = predict(fitted.model, data["test"], device=t.device)
+            metrics = _evaluate(name, split.protocol, train, test, probs, t.light_user_max)
+            results += metrics
+            predictions[split.protocol][name] = probs
+            if fitted is not None and split.protocol == t.protocols[0]:
+                vec_dim = tfidf.dim if fs == "tfidf" else dim
+                dims = {"names": dense_names(fs, vec_dim), "dim": vec_dim}
+                saved[name] = str(_save_model(out_dir, name, fitted.model, fs, dims, users, items_vocab,
+                                              embedding_model_id, metrics, kwargs))  # fmt: skip
+    done = time.perf_counter()
+    report_dir = Path(cfg.paths.reports_dir) / run_id
+    summary = {
+        "run_id": run_id,
+        "as_of": as_of.isoformat(),
+        "rows": len(frame),
+        "embedding_model_id": embedding_model_id,
+        "embedding_dim": dim,
+        "protocols": {
+            s.protocol: {
+                **s.boundaries,
+                "train": len(s.train),
+                "validation": len(s.validation),
+                "test": len(s.test),
+            }
+            for s in splits
+        },  # fmt: skip
+        "results": results,
+        "models": saved,
+        "report": str(report_dir / "report.md"),
+        "seconds": {"features": round(fetched - started, 3), "training": round(done - fetched, 3)},
+    }
+    write_report(report_dir, summary, curves, predictions)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    pointer = models_dir(cfg) / "current.json"
+    tmp = pointer.with_name(".current.json.tmp")
+    tmp.write_text(json.dumps({"run_id": run_id, "path": str(out_dir)}))
+    os.replace(tmp, pointer)
+    summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    return summary
