@@ -175,6 +175,60 @@ def print_embed_summary(manifest: dict) -> None:
         console.print(f"  {name:<13} {out}")
 
 
+@app.command("index")
+def index_cmd(
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Index the item vectors known at this date (default: latest)."),
+    ] = None,
+    factory: Annotated[
+        str | None, typer.Option("--factory", help="FAISS index_factory string (default: chosen by size).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Build a FAISS index of the current item vectors, publish it as a new version, prune old versions."""
+    from llmfeat.index import run_index
+    from llmfeat.vectors import VectorTableError
+
+    cfg = _config(config, set_, data_dir, [f"index.factory={factory}"] if factory else [])
+    try:
+        m = run_index(
+            cfg, _date(as_of) if as_of else None, log=lambda msg: console.print(f"[dim]{msg}[/dim]")
+        )
+    except (FileNotFoundError, VectorTableError) as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    except ValueError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    table = Table(title=f"index {m['version']} (published)", title_justify="left", show_header=False)
+    params = ", ".join(f"{k}={v}" for k, v in m["params"].items()) or "-"
+    rows = [
+        ("type", f"{m['index']['factory']} ({'exact' if m['index']['exact'] else 'approximate'})"),
+        ("items", f"{m['count']} x {m['dim']}  model {m['model_id']}  as of {m['as_of']}"),
+        ("params", params),
+        ("recall@10", f"{m['tuning']['recall_at_10']} vs exact on {m['tuning']['queries']} catalogue items"),
+        (
+            "training",
+            f"{m['training']['sample_size']} vectors, seed {m['training']['seed']}"
+            if m["training"]["sample_size"]
+            else "none (nothing to train)",
+        ),
+        (
+            "seconds",
+            f"{m['seconds']['total']}  ({', '.join(f'{k} {v}' for k, v in m['seconds'].items() if k != 'total')})",
+        ),
+        ("size", f"{sum(f['bytes'] for f in m['files'].values()) / 2**20:.1f} MiB"),
+        ("path", m["path"]),
+        ("pruned", ", ".join(m["pruned"]) or "-"),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+
+
 @app.command("show-config")
 def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the effective configuration (defaults + file + overrides)."""
