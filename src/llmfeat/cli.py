@@ -30,6 +30,8 @@ class Exit:
     """An input file is unusable (missing column, wrong format): nothing was written."""
     QUARANTINED = 4
     """The run completed, but some input rows were quarantined."""
+    NOT_FOUND = 5
+    """An id or category asked for is not in the index (or has no vector)."""
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
@@ -227,6 +229,94 @@ def index_cmd(
     for key, value in rows:
         table.add_row(key, str(value))
     console.print(table)
+
+
+@app.command()
+def retrieve(
+    user: Annotated[str | None, typer.Option("--user", help="Recommend items for this user id.")] = None,
+    item: Annotated[str | None, typer.Option("--item", help="Items similar to this item id.")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 20,
+    category: Annotated[
+        list[str] | None, typer.Option("--category", help="Only items in this category (repeatable).")
+    ] = None,
+    include_seen: Annotated[
+        bool, typer.Option("--include-seen", help="Keep items the user already interacted with.")
+    ] = False,
+    user_vectors: Annotated[
+        str | None, typer.Option("--user-vectors", help="text | history (default: serve.user_vectors).")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Index version (default: current).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Nearest neighbours from the published index: items for --user, or items similar to --item."""
+    from llmfeat.index import IndexModelMismatchError
+    from llmfeat.retrieval import NotFoundError, Retriever
+
+    cfg = _config(config, set_, data_dir, [f"serve.user_vectors={user_vectors}"] if user_vectors else [])
+    if (user is None) == (item is None):
+        console.print("[red]configuration error:[/red] give exactly one of --user and --item")
+        raise typer.Exit(Exit.CONFIG_ERROR)
+    if not 1 <= k <= cfg.serve.k_max:
+        console.print(f"[red]configuration error:[/red] -k must be within 1..{cfg.serve.k_max} (serve.k_max)")
+        raise typer.Exit(Exit.CONFIG_ERROR)
+    try:
+        r = Retriever.load(cfg, version=version)
+        if user is not None:
+            res = r.for_user(user, k, category, exclude_seen=not include_seen)
+        else:
+            res = r.similar_items(item, k, category)
+    except NotFoundError as exc:
+        console.print(f"[red]not found:[/red] {exc}")
+        raise typer.Exit(Exit.NOT_FOUND) from exc
+    except IndexModelMismatchError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    what = f"user {user}" if user is not None else f"items similar to {item}"
+    table = Table(title=f"{what}  (index {res.index_version}, {res.method})", title_justify="left")
+    for col, justify in (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left")):
+        table.add_column(col, justify=justify)
+    for rank, (iid, score, title) in enumerate(zip(res.ids, res.scores, res.titles, strict=True), 1):
+        table.add_row(str(rank), iid, f"{score:.4f}", title or "")
+    console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host, loopback).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Serve retrieval over HTTP (FastAPI); picks up newly published index versions without a restart."""
+    import uvicorn
+
+    from llmfeat.index import IndexModelMismatchError
+    from llmfeat.serve import RetrieverHolder, create_app
+
+    extra = ([f"serve.host={host}"] if host else []) + ([f"serve.port={port}"] if port is not None else [])
+    cfg = _config(config, set_, data_dir, extra)
+    try:
+        holder = RetrieverHolder.from_config(cfg)
+    except IndexModelMismatchError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    r = holder.get()
+    console.print(
+        f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
+    )
+    app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s)
+    uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
 
 
 @app.command("show-config")
