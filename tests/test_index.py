@@ -89,8 +89,12 @@ def test_approximate_build_is_tuned_recorded_and_reproducible(syn):
     assert first["params"]["nlist"] == 16 and first["tuning"]["tuned"] == "nprobe"
     ladder = first["tuning"]["ladder"]
     assert ladder[-1]["nprobe"] == first["params"]["nprobe"]
-    assert all(step["recall"] < 0.97 for step in ladder[:-1])  # the smallest nprobe reaching the target
-    assert first["tuning"]["recall_at_10"] >= 0.97
+    # The smallest nprobe at which both item and user queries reach the target.
+    assert all(min(step["items"], step["users"]) < 0.97 for step in ladder[:-1])
+    assert min(ladder[-1]["items"], ladder[-1]["users"]) >= 0.97
+    assert first["tuning"]["recall_at_10"] == min(first["tuning"]["recall"].values()) >= 0.97
+    assert first["tuning"]["queries"] == {"items": 100, "users": 12}
+    assert first["inputs"]["tuning_user_vectors"].endswith("user_text")
     loaded = ix.load_version(_root(syn), first["version"])
     assert faiss.extract_index_ivf(loaded.index).nprobe == first["params"]["nprobe"]
 

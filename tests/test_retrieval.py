@@ -61,6 +61,19 @@ def test_for_user_excludes_seen_items_exactly(syn, flat):
         assert with_seen.ids == expected(syn, _user(syn, u), 10)[0] and with_seen.ids != res.ids
 
 
+@pytest.mark.parametrize("exact_filter_max", [20_000, 0])
+@pytest.mark.parametrize("k", [3, 10])
+def test_every_exclusion_path_gives_the_exact_answer(syn, k, exact_filter_max):
+    """k=10 > 7 seen: over-fetch; k=3: a selector of the seen items inside FAISS, or exact scoring."""
+    r = Retriever.load(config(syn.data_dir, f"index.exact_filter_max={exact_filter_max}"))
+    threads = faiss.omp_get_max_threads()
+    for u in syn.user_ids:
+        res = r.for_user(u, k)
+        assert res.ids == expected(syn, _user(syn, u), k, exclude=syn.seen[u])[0]
+        assert res.method == ("exact" if exact_filter_max and k == 3 else "index")
+    assert faiss.omp_get_max_threads() == threads  # the per-search thread setting is put back
+
+
 def test_similar_items_excludes_the_item_itself(syn, flat):
     for iid in syn.item_ids[:30]:
         res = flat.similar_items(iid, 5)
@@ -82,20 +95,24 @@ def test_category_filters_small_and_large(syn, exact_filter_max):
     assert all(syn.category[i] == "Comedy" or i in syn.tiny for i in both.ids) and len(both.ids) == 12
 
 
-def test_approximate_index_filters_and_falls_back_exactly(syn, tmp_path):
+def test_approximate_index_filters_and_falls_back_exactly(tmp_path):
     data = make_data(tmp_path / "data", n_items=600, seed=3)
-    ix.run_index(config(data.data_dir, APPROX), log=lambda _: None)
-    r = Retriever.load(config(data.data_dir, "index.exact_filter_max=0"))
-    assert not r.info()["exact"]
+    ix.run_index(config(data.data_dir, APPROX, "index.nprobe=2"), log=lambda _: None)
     u = data.user_ids[1]
-    drama = r.for_user(u, 10, categories=["Drama"])
+    want = expected(data, _user(data, u), 10, exclude=data.seen[u], category="Drama")[0]
+    r = Retriever.load(config(data.data_dir, "index.exact_filter_max=0"))
+    assert not r.info()["exact"] and r.info()["params"]["nprobe"] == 2
+    drama = r.for_user(u, 10, categories=["Drama"])  # widened: 2 x 32 lists, i.e. all 16
     assert drama.method == "index" and len(drama.ids) == 10
     assert all(data.category[i] == "Drama" and i not in data.seen[u] for i in drama.ids)
-    want = expected(data, _user(data, u), 10, exclude=data.seen[u], category="Drama")[0]
     assert len(set(drama.ids) & set(want)) >= 8  # approximate, but close to exact
-    # A 3-item category is too sparse for the inverted lists probed: the exact fallback answers it fully.
     tiny = r.for_user(u, 3, categories=["Tiny"], exclude_seen=False)
-    assert tiny.ids == expected(data, _user(data, u), 3, category="Tiny")[0] and tiny.method == "exact"
+    assert tiny.ids == expected(data, _user(data, u), 3, category="Tiny")[0]
+    # Not widened: 2 of 16 lists hold fewer than all Drama items, the index runs dry, exact scoring answers.
+    narrow = Retriever.load(config(data.data_dir, "index.exact_filter_max=0", "index.filter_widen=1"))
+    everything = narrow.for_user(u, 300, categories=["Drama"])
+    assert everything.method == "exact"
+    assert everything.ids == expected(data, _user(data, u), 300, exclude=data.seen[u], category="Drama")[0]
 
 
 def test_overfetch_without_selectors_matches_exact(syn):

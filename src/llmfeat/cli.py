@@ -211,7 +211,14 @@ def index_cmd(
         ("type", f"{m['index']['factory']} ({'exact' if m['index']['exact'] else 'approximate'})"),
         ("items", f"{m['count']} x {m['dim']}  model {m['model_id']}  as of {m['as_of']}"),
         ("params", params),
-        ("recall@10", f"{m['tuning']['recall_at_10']} vs exact on {m['tuning']['queries']} catalogue items"),
+        (
+            "recall@10",
+            ", ".join(
+                f"{name} {v} ({m['tuning']['queries'][name]} queries)"
+                for name, v in m["tuning"]["recall"].items()
+            )
+            + " vs exact search",
+        ),
         (
             "training",
             f"{m['training']['sample_size']} vectors, seed {m['training']['seed']}"

@@ -112,10 +112,17 @@ class IndexConfig:
     """Published versions kept on disk (the current one is never removed)."""
     exact_filter_max: int = 20_000
     """A filtered search (category, seen items) with at most this many candidates is done exactly."""
+    filter_widen: float = 32.0
+    """A category-filtered search probes this many times the inverted lists (HNSW: efSearch) of a plain one,
+    capped at all lists: a category clusters in embedding space, so its nearest members can lie far from the
+    query's own lists (bench/faiss_bench.py measures the recall)."""
     gpu: str = "auto"
     """auto: search on the GPU when faiss has one (the `gpu` extra); never: always on the CPU."""
     threads: int | None = None
-    """FAISS (OpenMP) threads; None: FAISS's default (all cores)."""
+    """FAISS (OpenMP) threads for building; None: FAISS's default (all cores)."""
+    search_threads: int = 1
+    """OpenMP threads per single query. 1: a service runs requests in parallel already, and waking a second
+    thread for a 0.1 ms search costs more than it saves, badly so on a busy machine (bench/faiss_bench.py)."""
 
 
 @dataclass

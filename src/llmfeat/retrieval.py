@@ -12,6 +12,7 @@ exactly over the remaining items instead: a small category is answered correctly
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -92,6 +93,15 @@ class ParquetUserVectors:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def ids(self) -> list[str]:
+        return self._rows.tolist()
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """All users' vectors, in ``ids`` order (for batch jobs and benchmarks)."""
+        return self._vectors
+
     def get(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
         pos = self._rows.get_indexer(pd.Index(user_ids, dtype=object))
         found = pos >= 0
@@ -133,12 +143,16 @@ class Retriever:
         *,
         exact_filter_max: int = 20_000,
         gpu: str = "auto",
+        search_threads: int = 1,
+        filter_widen: float = 32.0,
     ):
         self.loaded = loaded
         self.version = loaded.version
         self.model_id = loaded.model_id
         self.count = loaded.count
         self.exact_filter_max = exact_filter_max
+        self.search_threads = search_threads
+        self.filter_widen = filter_widen
         if users is not None:
             check_model(self.model_id, users.model_id)
         self.users = users
@@ -178,7 +192,8 @@ class Retriever:
         if users is None:
             users = ParquetUserVectors(data_dir, emb_set, user_kind or cfg.serve.user_vectors)
         seen = read_seen(data_dir, loaded.as_of)
-        return cls(loaded, users, seen, exact_filter_max=cfg.index.exact_filter_max, gpu=cfg.index.gpu)
+        return cls(loaded, users, seen, exact_filter_max=cfg.index.exact_filter_max, gpu=cfg.index.gpu,
+                   search_threads=cfg.index.search_threads, filter_widen=cfg.index.filter_widen)  # fmt: skip
 
     def _seen_rows(self, seen) -> dict[str, np.ndarray]:
         if seen is None:
@@ -280,74 +295,114 @@ class Retriever:
     def _search(
         self, q: np.ndarray, k: int, allowed: np.ndarray | None, exclude: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, str]:
-        exclude = np.unique(exclude)
-        if allowed is None:
-            remaining = self.count - len(exclude)
-        else:
-            remaining = int(allowed.sum()) - int(allowed[exclude].sum())
-        want = min(k, remaining)
+        flt = _Filter(self.count, allowed, np.unique(exclude))
+        want = min(k, flt.remaining)
         if want == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32), "exact"
-        if allowed is None and len(exclude) <= k:
+        if flt.allowed is None and len(flt.exclude) <= k:
             # No category and few exclusions (the query item, a light user): k + len(exclude) neighbours
-            # always hold the filtered top k, and skip building a mask over the whole catalogue.
-            rows, scores = self._index_search(q, min(self.count, k + len(exclude)), None, self.count)
-            keep = ~np.isin(rows, exclude)
+            # always hold the filtered top k; no selector needed.
+            rows, scores = self._index_search(q, min(self.count, k + len(flt.exclude)), None)
+            keep = flt.keeps(rows)
             rows, scores = rows[keep][:want], scores[keep][:want]
             if len(rows) == want:
                 return rows, scores, "index"
-        mask = np.ones(self.count, dtype=bool) if allowed is None else allowed.copy()
-        mask[exclude] = False
-        if remaining <= self.exact_filter_max:
-            return (*self._exact(q, mask, want), "exact")
-        rows, scores = self._index_search(q, want, mask, remaining)
+        if flt.remaining <= self.exact_filter_max:
+            return (*self._exact(q, flt.mask(), want), "exact")
+        rows, scores = self._index_search(q, want, flt)
         if len(rows) < want:  # the approximate search ran dry inside the filter: answer exactly
-            return (*self._exact(q, mask, want), "exact")
+            return (*self._exact(q, flt.mask(), want), "exact")
         return rows, scores, "index"
 
-    def _index_search(
-        self, q: np.ndarray, k: int, mask: np.ndarray | None, remaining: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Up to k (row, score) from the index, best first, only rows in ``mask`` (all when None)."""
-        if mask is not None and self._selectors:
-            bitmap = np.packbits(mask, bitorder="little")
-            sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-            params, keep = search_params(self._index, sel, k)
+    def _index_search(self, q: np.ndarray, k: int, flt: _Filter | None) -> tuple[np.ndarray, np.ndarray]:
+        """Up to k (row, score) from the index, best first, only rows the filter keeps."""
+        if flt is None:
+            scores, rows = self._locked_search(q, min(k, self._max_k), None)
+        elif self._selectors:
+            sel, keep = flt.selector()
+            # A category clusters in embedding space: its nearest members may lie in lists far from the query,
+            # so a category search probes filter_widen times more lists (efSearch). Exclusions alone remove
+            # few items and need no widening.
+            widen = self.filter_widen if flt.allowed is not None else 1.0
+            params, keep_params = search_params(self._index, sel, k, widen)
             scores, rows = self._locked_search(q, k, params)
-            del keep, bitmap  # the selector and parameters read these until the search has returned
-        elif mask is not None:
+            del keep, keep_params  # the selector and parameters read these until the search has returned
+        else:
             # Without selectors, over-fetch: k + every filtered-out item is always enough; 2k x the filtered
             # fraction is enough when they are spread evenly. Whenever k survive they are the filtered top k
             # (anything the fetch missed scores lower); fewer make the caller answer exactly.
-            fetch = min(k + self.count - remaining, int(np.ceil(2 * k * self.count / remaining)), self._max_k)
+            dropped = self.count - flt.remaining
+            fetch = min(k + dropped, int(np.ceil(2 * k * self.count / flt.remaining)), self._max_k)
             scores, rows = self._locked_search(q, fetch, None)
-            ok = (rows[0] >= 0) & mask[np.clip(rows[0], 0, None)]
+            ok = flt.keeps(rows[0])
             return rows[0][ok][:k], scores[0][ok][:k]
-        else:
-            scores, rows = self._locked_search(q, min(k, self._max_k), None)
         ok = rows[0] >= 0
         return rows[0][ok], scores[0][ok]
 
     def _locked_search(self, q: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
-        if self._lock is None:
+        if self._lock is not None:
+            with self._lock:
+                return self._index.search(q, k)
+        # OpenMP's thread count is per calling thread: set it for this search only.
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(self.search_threads)
+        try:
             return self._index.search(q, k, params=params) if params is not None else self._index.search(q, k)
-        with self._lock:
-            return self._index.search(q, k)
+        finally:
+            faiss.omp_set_num_threads(before)
 
     def _exact(self, q: np.ndarray, mask: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k of the rows in ``mask`` (all rows when None); ties broken by faiss id."""
+        """Exact top-k of the rows in ``mask`` (all rows when None); ties broken by faiss id.
+
+        Scores use einsum, not BLAS: a threaded BLAS matrix-vector product costs ~30x more on a busy
+        machine (its threads wait on each other), and one query is too small to share out anyway."""
         q1 = q[0]
         if mask is not None and mask.sum() < self.count // 8:
             rows = np.flatnonzero(mask)
-            scores = np.asarray(self._vectors[rows], dtype=np.float32) @ q1
+            scores = np.einsum("ij,j->i", np.asarray(self._vectors[rows], dtype=np.float32), q1)
         else:
             rows = np.arange(self.count)
             scores = np.empty(self.count, dtype=np.float32)
             for start in range(0, self.count, _CHUNK):
-                scores[start : start + _CHUNK] = np.asarray(self._vectors[start : start + _CHUNK]) @ q1
+                scores[start : start + _CHUNK] = np.einsum(
+                    "ij,j->i", np.asarray(self._vectors[start : start + _CHUNK]), q1
+                )
             if mask is not None:
                 rows, scores = rows[mask], scores[mask]
         return top_k(rows, scores, k)
+
+
+class _Filter:
+    """Which rows a query may return: those in ``allowed`` (a category mask; None = all) minus ``exclude``."""
+
+    def __init__(self, count: int, allowed: np.ndarray | None, exclude: np.ndarray):
+        self.count, self.allowed, self.exclude = count, allowed, exclude
+        if allowed is None:
+            self.remaining = count - len(exclude)
+        else:
+            self.remaining = int(allowed.sum()) - int(allowed[exclude].sum())
+        self._mask: np.ndarray | None = None
+
+    def mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = np.ones(self.count, dtype=bool) if self.allowed is None else self.allowed.copy()
+            self._mask[self.exclude] = False
+        return self._mask
+
+    def keeps(self, rows: np.ndarray) -> np.ndarray:
+        ok = rows >= 0
+        if self.allowed is not None:
+            ok &= self.allowed[np.clip(rows, 0, None)]
+        return ok & ~np.isin(rows, self.exclude)
+
+    def selector(self) -> tuple[faiss.IDSelector, list[Any]]:
+        """An IDSelector and the objects it reads (keep them alive while it is used). Exclusions alone: a
+        hash set of them, O(excluded) to build; a category: a bitmap over the catalogue."""
+        if self.allowed is None:
+            batch = faiss.IDSelectorBatch(len(self.exclude), faiss.swig_ptr(self.exclude))
+            return faiss.IDSelectorNot(batch), [batch]
+        bitmap = np.packbits(self.mask(), bitorder="little")
+        return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), [bitmap]
 
 
 def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -361,23 +416,29 @@ def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.
     return rows[order].astype(np.int64), scores[order]
 
 
-def search_params(index: faiss.Index, sel: faiss.IDSelector, k: int) -> tuple[Any, list[Any]]:
-    """SearchParameters carrying ``sel`` down to the layer that scans (IDMap translates ids itself);
-    returns the parameters and the objects that must stay alive while they are used."""
+def search_params(
+    index: faiss.Index, sel: faiss.IDSelector, k: int, widen: float = 1.0
+) -> tuple[Any, list[Any]]:
+    """SearchParameters carrying ``sel`` down to the layer that scans (IDMap translates ids itself), with
+    nprobe / efSearch multiplied by ``widen``; returns the parameters and the objects that must stay alive
+    while they are used."""
     layer = faiss.downcast_index(index)
     if isinstance(layer, faiss.IndexIDMap | faiss.IndexIDMap2):
-        return search_params(layer.index, sel, k)
+        return search_params(layer.index, sel, k, widen)
     if isinstance(layer, faiss.IndexRefine):
-        base, keep = search_params(layer.base_index, sel, k)
+        base, keep = search_params(layer.base_index, sel, k, widen)
         params = faiss.IndexRefineSearchParameters(k_factor=layer.k_factor, base_index_params=base)
         return params, [base, *keep]
     if isinstance(layer, faiss.IndexPreTransform):
-        inner, keep = search_params(layer.index, sel, k)
+        inner, keep = search_params(layer.index, sel, k, widen)
         return faiss.SearchParametersPreTransform(index_params=inner), [inner, *keep]
     if isinstance(layer, faiss.IndexIVF):
-        return faiss.SearchParametersIVF(sel=sel, nprobe=layer.nprobe), [sel]
+        nprobe = min(layer.nlist, math.ceil(layer.nprobe * widen))
+        return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe), [sel]
     if isinstance(layer, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=sel, efSearch=max(layer.hnsw.efSearch, k)), [sel]
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=max(math.ceil(layer.hnsw.efSearch * widen), k)), [
+            sel
+        ]
     return faiss.SearchParameters(sel=sel), [sel]
 
 
