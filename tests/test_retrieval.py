@@ -1,5 +1,7 @@
 """Retriever: item -> similar items, user -> items, filters, user vector sources, model-id guard."""
 
+import shutil
+
 import faiss
 import numpy as np
 import pytest
@@ -204,3 +206,18 @@ def test_gpu_search_matches_cpu(syn):
     for u in syn.user_ids[:4]:
         assert gpu.for_user(u, 10).ids == cpu.for_user(u, 10).ids
         assert gpu.for_user(u, 5, categories=["Tiny"]).ids == cpu.for_user(u, 5, categories=["Tiny"]).ids
+
+
+def test_items_are_served_without_user_vectors(tmp_path):
+    data = make_data(tmp_path / "data")
+    ix.run_index(config(data.data_dir), log=lambda _: None)
+    shutil.rmtree(data.data_dir / "embeddings" / "default" / "user_text")
+    runner = CliRunner()
+    res = runner.invoke(app, ["retrieve", "--data-dir", str(data.data_dir), "--item", "i0003", "-k", "3"])
+    assert res.exit_code == Exit.OK, res.output
+    res = runner.invoke(app, ["retrieve", "--data-dir", str(data.data_dir), "--user", "u001"])
+    assert res.exit_code == Exit.NOT_FOUND and "no user embedding table" in res.output
+    res = runner.invoke(
+        app, ["retrieve", "--data-dir", str(data.data_dir), "--user", "u001", "--user-vectors", "bogus"]
+    )
+    assert res.exit_code == Exit.CONFIG_ERROR and "user vector kind 'bogus'" in res.output

@@ -279,7 +279,7 @@ def retrieve(
     except NotFoundError as exc:
         console.print(f"[red]not found:[/red] {exc}")
         raise typer.Exit(Exit.NOT_FOUND) from exc
-    except IndexModelMismatchError as exc:
+    except (IndexModelMismatchError, ValueError) as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(Exit.CONFIG_ERROR) from exc
     except FileNotFoundError as exc:
@@ -312,7 +312,7 @@ def serve(
     cfg = _config(config, set_, data_dir, extra)
     try:
         holder = RetrieverHolder.from_config(cfg)
-    except IndexModelMismatchError as exc:
+    except (IndexModelMismatchError, ValueError) as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(Exit.CONFIG_ERROR) from exc
     except FileNotFoundError as exc:

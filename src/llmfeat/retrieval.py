@@ -190,7 +190,10 @@ class Retriever:
         data_dir, emb_set = cfg.paths.data_dir, cfg.embed.embedding_set
         loaded = load_version(index_root(data_dir, emb_set), version)
         if users is None:
-            users = ParquetUserVectors(data_dir, emb_set, user_kind or cfg.serve.user_vectors)
+            try:
+                users = ParquetUserVectors(data_dir, emb_set, user_kind or cfg.serve.user_vectors)
+            except FileNotFoundError:  # item -> items still works; user queries say why they cannot
+                users = None
         seen = read_seen(data_dir, loaded.as_of)
         return cls(loaded, users, seen, exact_filter_max=cfg.index.exact_filter_max, gpu=cfg.index.gpu,
                    search_threads=cfg.index.search_threads, filter_widen=cfg.index.filter_widen)  # fmt: skip
@@ -232,7 +235,7 @@ class Retriever:
     ) -> Results:
         """The k items closest to the user's vector, by default without the items the user interacted with."""
         if self.users is None:
-            raise UnknownUserError("this retriever has no user vector source")
+            raise UnknownUserError(f"no user vectors to look up user {user_id!r} (no user embedding table)")
         vectors, found, model = self.users.get([user_id])
         check_model(self.model_id, model)
         if not found[0]:
