@@ -260,7 +260,7 @@ def retrieve(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Nearest neighbours from the published index: items for --user, or items similar to --item."""
-    from llmfeat.index import IndexModelMismatchError
+    from llmfeat.index import CorruptIndexError, IndexModelMismatchError
     from llmfeat.retrieval import NotFoundError, Retriever
 
     cfg = _config(config, set_, data_dir, [f"serve.user_vectors={user_vectors}"] if user_vectors else [])
@@ -285,6 +285,9 @@ def retrieve(
     except FileNotFoundError as exc:
         console.print(f"[red]input error:[/red] {exc}")
         raise typer.Exit(Exit.INPUT_ERROR) from exc
+    except CorruptIndexError as exc:
+        console.print(f"[red]failure:[/red] {exc}")
+        raise typer.Exit(Exit.FAILURE) from exc
     what = f"user {user}" if user is not None else f"items similar to {item}"
     table = Table(title=f"{what}  (index {res.index_version}, {res.method})", title_justify="left")
     for col, justify in (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left")):
@@ -305,7 +308,7 @@ def serve(
     """Serve retrieval over HTTP (FastAPI); picks up newly published index versions without a restart."""
     import uvicorn
 
-    from llmfeat.index import IndexModelMismatchError
+    from llmfeat.index import CorruptIndexError, IndexModelMismatchError
     from llmfeat.serve import RetrieverHolder, create_app
 
     extra = ([f"serve.host={host}"] if host else []) + ([f"serve.port={port}"] if port is not None else [])
@@ -318,6 +321,9 @@ def serve(
     except FileNotFoundError as exc:
         console.print(f"[red]input error:[/red] {exc}")
         raise typer.Exit(Exit.INPUT_ERROR) from exc
+    except CorruptIndexError as exc:
+        console.print(f"[red]failure:[/red] {exc}")
+        raise typer.Exit(Exit.FAILURE) from exc
     r = holder.get()
     console.print(
         f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
