@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -75,7 +74,9 @@ def textbook(texts: list[str], model_dir: str, threads: int) -> tuple[np.ndarray
     start = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(texts), 32):
-            enc = tok(texts[i : i + 32], padding="max_length", truncation=True, max_length=128, return_tensors="pt")
+            enc = tok(
+                texts[i : i + 32], padding="max_length", truncation=True, max_length=128, return_tensors="pt"
+            )
             real += int(enc["attention_mask"].sum())
             h = model(**enc).last_hidden_state
             m = enc["attention_mask"].unsqueeze(-1).float()
@@ -109,9 +110,13 @@ def spark_job(texts: list[str], work: Path, master: str, changed_fraction: float
     data = work / "src"
     data.mkdir(parents=True, exist_ok=True)
     ids = [f"i{i:07d}" for i in range(len(texts))]
-    pd.DataFrame({"sku": ids, "name": texts, "modified": "2024-01-01T00:00:00Z"}).to_csv(data / "items.csv", index=False)
+    pd.DataFrame({"sku": ids, "name": texts, "modified": "2024-01-01T00:00:00Z"}).to_csv(
+        data / "items.csv", index=False
+    )
     pd.DataFrame({"uid": ["u0"], "signup": ["2024-01-01T00:00:00Z"]}).to_csv(data / "users.csv", index=False)
-    pd.DataFrame({"uid": ["u0"], "sku": [ids[0]], "ts": ["2024-01-01T12:00:00Z"], "clicked": [1]}).to_csv(data / "events.csv", index=False)
+    pd.DataFrame({"uid": ["u0"], "sku": [ids[0]], "ts": ["2024-01-01T12:00:00Z"], "clicked": [1]}).to_csv(
+        data / "events.csv", index=False
+    )
     (data / "mapping.yaml").write_text(
         "items: {path: items.csv, id: sku, columns: {title: name}, updated_at: modified}\n"
         "users: {path: users.csv, id: uid, columns: {}, updated_at: signup}\n"
@@ -129,10 +134,17 @@ def spark_job(texts: list[str], work: Path, master: str, changed_fraction: float
         wall = time.perf_counter() - start
         manifests = sorted((work / "data" / "embeddings" / "default" / "manifests").glob(f"{day}*.json"))
         m = json.loads(manifests[-1].read_text())
-        return {"wall_s": wall, "encode_s": m["seconds"]["encode item texts"], "counts": m["counts"]["items"], "runtime": m["runtime"]}
+        return {
+            "wall_s": wall,
+            "encode_s": m["seconds"]["encode item texts"],
+            "counts": m["counts"]["items"],
+            "runtime": m["runtime"],
+        }
 
     first = run("2024-01-02")
-    table = pd.read_parquet(work / "data" / "embeddings" / "default" / "item_text").set_index("item_id").loc[ids]
+    table = (
+        pd.read_parquet(work / "data" / "embeddings" / "default" / "item_text").set_index("item_id").loc[ids]
+    )
     vectors = np.stack(table["embedding"].to_numpy())
     rng = np.random.default_rng(1)
     changed = rng.choice(len(texts), size=max(1, int(len(texts) * changed_fraction)), replace=False)
@@ -162,7 +174,16 @@ def compare(label: str, texts: list[str], model_dir: str, threads: int, bf16_lim
     rows.append(row("(b) sentence-transformers fp32", len(texts), ref_tokens, secs, vecs, ref))
     sub = texts[:bf16_limit]
     vecs, toks, secs = ours(sub, model_dir, "bf16", threads)
-    rows.append(row("(c) llmfeat bf16" + (f" (first {len(sub)})" if len(sub) < len(texts) else ""), len(sub), toks, secs, vecs, ref[: len(sub)]))
+    rows.append(
+        row(
+            "(c) llmfeat bf16" + (f" (first {len(sub)})" if len(sub) < len(texts) else ""),
+            len(sub),
+            toks,
+            secs,
+            vecs,
+            ref[: len(sub)],
+        )
+    )
     for r in rows:
         r["set"] = label
         print("   ", r, flush=True)
@@ -171,9 +192,15 @@ def compare(label: str, texts: list[str], model_dir: str, threads: int, bf16_lim
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--synthetic", type=int, default=100_000, help="synthetic corpus size (Spark job runs on all of it)")
-    ap.add_argument("--sample", type=int, default=4000, help="synthetic texts compared across all in-process paths")
-    ap.add_argument("--bf16-limit", type=int, default=1000, help="cap for the bf16 path (slow without native bf16)")
+    ap.add_argument(
+        "--synthetic", type=int, default=100_000, help="synthetic corpus size (Spark job runs on all of it)"
+    )
+    ap.add_argument(
+        "--sample", type=int, default=4000, help="synthetic texts compared across all in-process paths"
+    )
+    ap.add_argument(
+        "--bf16-limit", type=int, default=1000, help="cap for the bf16 path (slow without native bf16)"
+    )
     ap.add_argument("--spark-master", default="local[*]")
     ap.add_argument("--changed", type=float, default=0.01)
     ap.add_argument("--movielens", type=Path, default=REPO / "var" / "cache" / "ml-100k")
@@ -193,7 +220,9 @@ def main() -> None:
     results = {"machine": {"cpu": platform.processor() or _cpu_model(), "cores": threads, "python": platform.python_version()},
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": dt.date.today().isoformat(), "paths": []}  # fmt: skip
     results["paths"] += compare("movielens-items", ml_texts, model_dir, threads, args.bf16_limit)
-    results["paths"] += compare(f"synthetic-sample-{args.sample}", corpus[: args.sample], model_dir, threads, args.bf16_limit)
+    results["paths"] += compare(
+        f"synthetic-sample-{args.sample}", corpus[: args.sample], model_dir, threads, args.bf16_limit
+    )
 
     print(f"[spark] {len(corpus)} synthetic texts through ingest + embed on {args.spark_master}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="llmfeat-bench-"))

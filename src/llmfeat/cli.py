@@ -32,6 +32,8 @@ class Exit:
     """The run completed, but some input rows were quarantined."""
     LOCKED = 5
     """Another run holds the data directory."""
+    NOT_FOUND = 6
+    """An id or category asked for is not in the index (or has no vector)."""
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
@@ -316,6 +318,161 @@ def print_nightly_summary(summary, markers) -> None:
     console.print(table)
     console.print(f"  data directory: {summary.data_dir}")
     console.print(f"  run markers and summary: {markers}")
+
+
+@app.command("index")
+def index_cmd(
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Index the item vectors known at this date (default: latest)."),
+    ] = None,
+    factory: Annotated[
+        str | None, typer.Option("--factory", help="FAISS index_factory string (default: chosen by size).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Build a FAISS index of the current item vectors, publish it as a new version, prune old versions."""
+    from llmfeat.index import run_index
+    from llmfeat.vectors import VectorTableError
+
+    cfg = _config(config, set_, data_dir, [f"index.factory={factory}"] if factory else [])
+    try:
+        m = run_index(
+            cfg, _date(as_of) if as_of else None, log=lambda msg: console.print(f"[dim]{msg}[/dim]")
+        )
+    except (FileNotFoundError, VectorTableError) as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    except ValueError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    table = Table(title=f"index {m['version']} (published)", title_justify="left", show_header=False)
+    params = ", ".join(f"{k}={v}" for k, v in m["params"].items()) or "-"
+    rows = [
+        ("type", f"{m['index']['factory']} ({'exact' if m['index']['exact'] else 'approximate'})"),
+        ("items", f"{m['count']} x {m['dim']}  model {m['model_id']}  as of {m['as_of']}"),
+        ("params", params),
+        (
+            "recall@10",
+            ", ".join(
+                f"{name} {v} ({m['tuning']['queries'][name]} queries)"
+                for name, v in m["tuning"]["recall"].items()
+            )
+            + " vs exact search",
+        ),
+        (
+            "training",
+            f"{m['training']['sample_size']} vectors, seed {m['training']['seed']}"
+            if m["training"]["sample_size"]
+            else "none (nothing to train)",
+        ),
+        (
+            "seconds",
+            f"{m['seconds']['total']}  ({', '.join(f'{k} {v}' for k, v in m['seconds'].items() if k != 'total')})",
+        ),
+        ("size", f"{sum(f['bytes'] for f in m['files'].values()) / 2**20:.1f} MiB"),
+        ("path", m["path"]),
+        ("pruned", ", ".join(m["pruned"]) or "-"),
+    ]
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command()
+def retrieve(
+    user: Annotated[str | None, typer.Option("--user", help="Recommend items for this user id.")] = None,
+    item: Annotated[str | None, typer.Option("--item", help="Items similar to this item id.")] = None,
+    k: Annotated[int, typer.Option("-k", help="How many items.")] = 20,
+    category: Annotated[
+        list[str] | None, typer.Option("--category", help="Only items in this category (repeatable).")
+    ] = None,
+    include_seen: Annotated[
+        bool, typer.Option("--include-seen", help="Keep items the user already interacted with.")
+    ] = False,
+    user_vectors: Annotated[
+        str | None, typer.Option("--user-vectors", help="text | history (default: serve.user_vectors).")
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Index version (default: current).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Nearest neighbours from the published index: items for --user, or items similar to --item."""
+    from llmfeat.index import CorruptIndexError, IndexModelMismatchError
+    from llmfeat.retrieval import NotFoundError, Retriever
+
+    cfg = _config(config, set_, data_dir, [f"serve.user_vectors={user_vectors}"] if user_vectors else [])
+    if (user is None) == (item is None):
+        console.print("[red]configuration error:[/red] give exactly one of --user and --item")
+        raise typer.Exit(Exit.CONFIG_ERROR)
+    if not 1 <= k <= cfg.serve.k_max:
+        console.print(f"[red]configuration error:[/red] -k must be within 1..{cfg.serve.k_max} (serve.k_max)")
+        raise typer.Exit(Exit.CONFIG_ERROR)
+    try:
+        r = Retriever.load(cfg, version=version)
+        if user is not None:
+            res = r.for_user(user, k, category, exclude_seen=not include_seen)
+        else:
+            res = r.similar_items(item, k, category)
+    except NotFoundError as exc:
+        console.print(f"[red]not found:[/red] {exc}")
+        raise typer.Exit(Exit.NOT_FOUND) from exc
+    except (IndexModelMismatchError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    except CorruptIndexError as exc:
+        console.print(f"[red]failure:[/red] {exc}")
+        raise typer.Exit(Exit.FAILURE) from exc
+    what = f"user {user}" if user is not None else f"items similar to {item}"
+    table = Table(title=f"{what}  (index {res.index_version}, {res.method})", title_justify="left")
+    for col, justify in (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left")):
+        table.add_column(col, justify=justify)
+    for rank, (iid, score, title) in enumerate(zip(res.ids, res.scores, res.titles, strict=True), 1):
+        table.add_row(str(rank), iid, f"{score:.4f}", title or "")
+    console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host, loopback).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Serve retrieval over HTTP (FastAPI); picks up newly published index versions without a restart."""
+    import uvicorn
+
+    from llmfeat.index import CorruptIndexError, IndexModelMismatchError
+    from llmfeat.serve import RetrieverHolder, create_app
+
+    extra = ([f"serve.host={host}"] if host else []) + ([f"serve.port={port}"] if port is not None else [])
+    cfg = _config(config, set_, data_dir, extra)
+    try:
+        holder = RetrieverHolder.from_config(cfg)
+    except (IndexModelMismatchError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    except CorruptIndexError as exc:
+        console.print(f"[red]failure:[/red] {exc}")
+        raise typer.Exit(Exit.FAILURE) from exc
+    r = holder.get()
+    console.print(
+        f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
+    )
+    app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s)
+    uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
 
 
 @app.command("show-config")

@@ -120,12 +120,73 @@ class TrainingConfig:
 
 
 @dataclass
+class IndexConfig:
+    """The FAISS item index (``llmfeat index``) and how it is searched. The embedding set is ``embed.embedding_set``."""
+
+    exact_max_items: int = 50_000
+    """Up to this many items the index is exact (``IDMap2,Flat``); above it, ``large_factory``."""
+    factory: str | None = None
+    """A FAISS index_factory string that overrides the automatic choice, e.g. "IDMap2,HNSW32,Flat"."""
+    large_factory: str = "IVF{nlist},PQ{m}x4fs,RFlat"
+    """Above exact_max_items: inverted lists + 4-bit fast-scan PQ, re-ranked exactly (bench/faiss_bench.py).
+    {nlist}: nlist below; {m}: dim / 2."""
+    nlist: int | None = None
+    """Inverted lists; None: the power of two nearest 4 * sqrt(items) (FAISS guidelines)."""
+    nprobe: int | None = None
+    """Lists searched per query; None: tuned at build time, the smallest reaching target_recall."""
+    k_factor: int = 8
+    """Refine ("RFlat") indexes: candidates re-ranked exactly per result wanted."""
+    hnsw_ef_search: int | None = None
+    """HNSW factories: search breadth; None: tuned at build time like nprobe."""
+    target_recall: float = 0.97
+    """recall@10 against exact search that build-time tuning aims for (measured on tune_queries items)."""
+    tune_queries: int = 500
+    """Catalogue items used as queries to measure recall when tuning and recording the build."""
+    train_sample: int | None = None
+    """Vectors used to train the quantisers; None: 40 per inverted list (FAISS warns below 39), else 100k."""
+    seed: int = 1234
+    """Seeds the training sample, k-means and the tuning queries: the same inputs build the same index."""
+    keep_versions: int = 3
+    """Published versions kept on disk (the current one is never removed)."""
+    exact_filter_max: int = 20_000
+    """A filtered search (category, seen items) with at most this many candidates is done exactly."""
+    filter_widen: float = 32.0
+    """A category-filtered search probes this many times the inverted lists (HNSW: efSearch) of a plain one,
+    capped at all lists: a category clusters in embedding space, so its nearest members can lie far from the
+    query's own lists (bench/faiss_bench.py measures the recall)."""
+    gpu: str = "auto"
+    """auto: search on the GPU when faiss has one (the `gpu` extra); never: always on the CPU."""
+    threads: int | None = None
+    """FAISS (OpenMP) threads for building; None: FAISS's default (all cores)."""
+    search_threads: int = 1
+    """OpenMP threads per single query. 1: a service runs requests in parallel already, and waking a second
+    thread for a 0.1 ms search costs more than it saves, badly so on a busy machine (bench/faiss_bench.py)."""
+
+
+@dataclass
+class ServeConfig:
+    """``llmfeat serve`` and ``llmfeat retrieve``."""
+
+    host: str = "127.0.0.1"
+    """Loopback by default: put a proxy in front rather than exposing the service."""
+    port: int = 8765
+    k_max: int = 1000
+    """Largest k a request may ask for."""
+    reload_interval_s: float = 10.0
+    """How often the service looks for a newly published index version; 0 turns the check off."""
+    user_vectors: str = "text"
+    """The user query vector: text (user_text embedding) or history (pooled clicked items)."""
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     feast: FeastConfig = field(default_factory=FeastConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,209 @@
+"""The HTTP service on a real uvicorn server on loopback: answers, bad input, hot reload under load."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from synthetic import AS_OF, MODEL, config, make_data, unit, write_items
+
+from llmfeat import index as ix
+from llmfeat.serve import RetrieverHolder, create_app
+
+K_MAX = 50
+
+
+@contextmanager
+def running(app):
+    """Serve ``app`` on a free loopback port in a thread; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()
+
+
+@pytest.fixture()
+def syn(tmp_path):
+    data = make_data(tmp_path / "data")
+    ix.run_index(config(data.data_dir), log=lambda _: None)
+    return data
+
+
+@pytest.fixture()
+def service(syn):
+    holder = RetrieverHolder.from_config(config(syn.data_dir))
+    with running(create_app(holder, k_max=K_MAX)) as url, httpx.Client(base_url=url, timeout=20) as client:
+        yield client, holder
+
+
+def test_answers(syn, service):
+    client, holder = service
+    r = client.get(f"/users/{syn.user_ids[0]}/recommendations", params={"k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["index_version"] == holder.get().version and body["model_id"] == MODEL
+    assert [h["item_id"] for h in body["results"]] == holder.get().for_user(syn.user_ids[0], 5).ids
+    assert not {h["item_id"] for h in body["results"]} & syn.seen[syn.user_ids[0]]
+    r = client.get("/items/i0003/similar", params=[("k", 3), ("category", "Tiny"), ("category", "Action")])
+    assert r.status_code == 200 and len(r.json()["results"]) == 3
+    assert all(
+        h["item_id"] in syn.tiny or syn.category[h["item_id"]] == "Action" for h in r.json()["results"]
+    )
+    r = client.get(f"/users/{syn.user_ids[0]}/recommendations", params={"k": 5, "exclude_seen": "false"})
+    assert {h["item_id"] for h in r.json()["results"]} & syn.seen[syn.user_ids[0]]
+    assert client.get("/health").json() == {
+        "status": "ok",
+        "index_version": holder.get().version,
+        "items": 240,
+        "last_reload_error": None,
+    }
+    version = client.get("/version").json()
+    assert version["index_version"] == holder.get().version and version["factory"] == "IDMap2,Flat"
+    assert version["count"] == 240 and version["dim"] == 16 and version["model_id"] == MODEL
+    schema = client.get("/openapi.json").json()
+    assert {"/items/{item_id}/similar", "/users/{user_id}/recommendations", "/health", "/version"} <= set(
+        schema["paths"]
+    )
+    k = schema["paths"]["/items/{item_id}/similar"]["get"]["parameters"][1]
+    assert k["name"] == "k" and k["schema"]["maximum"] == K_MAX
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("/items/nope/similar", "unknown item 'nope'"),
+        ("/users/ghost/recommendations", "unknown user 'ghost'"),
+        ("/items/i0001/similar?category=Horror", "unknown category 'Horror'"),
+    ],
+)
+def test_unknown_is_404_with_a_message(service, path, message):
+    client, _ = service
+    r = client.get(path)
+    assert r.status_code == 404 and message in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/items/i0001/similar?k=0",
+        f"/items/i0001/similar?k={K_MAX + 1}",
+        "/items/i0001/similar?k=ten",
+        "/users/u001/recommendations?exclude_seen=maybe",
+        "/items/i%01x/similar",
+        "/items/i0001/similar?category=",
+    ],
+)
+def test_malformed_is_422(service, path):
+    client, _ = service
+    r = client.get(path)
+    assert r.status_code == 422, r.text
+
+
+def _publish(syn, n: int, model: str = MODEL) -> str:
+    vectors = unit(np.random.default_rng(50 + n), len(syn.item_ids), syn.vectors.shape[1])
+    write_items(syn.data_dir, "default", syn.item_ids, vectors, model, AS_OF.replace(day=1 + n))
+    return ix.run_index(config(syn.data_dir, "index.keep_versions=1"), log=lambda _: None)["version"]
+
+
+def test_reload_during_requests_fails_none(syn):
+    holder = RetrieverHolder.from_config(config(syn.data_dir, "index.keep_versions=1"))
+    first = holder.get().version
+    app = create_app(holder, k_max=K_MAX, reload_interval_s=0.05)  # the background check reloads too
+    failures: list[str] = []
+    versions: dict[int, list[str]] = {}
+    stop = threading.Event()
+
+    def hammer(url: str, n: int) -> None:
+        seq = versions.setdefault(n, [])
+        with httpx.Client(base_url=url, timeout=20) as client:
+            while not stop.is_set():
+                path = f"/users/u00{n}/recommendations" if n % 2 else f"/items/i000{n}/similar"
+                r = client.get(path, params={"k": 20})
+                if r.status_code != 200 or len(r.json()["results"]) != 20:
+                    failures.append(f"{path}: {r.status_code} {r.text[:200]}")
+                else:
+                    seq.append(r.json()["index_version"])
+
+    with running(app) as url:
+        threads = [threading.Thread(target=hammer, args=(url, n)) for n in range(4)]
+        for t in threads:
+            t.start()
+        published = [first]
+        try:
+            for n in range(1, 4):
+                time.sleep(0.3)
+                published.append(_publish(syn, n))  # keep_versions=1: the served version's files are deleted
+                r = httpx.post(f"{url}/reload", timeout=20)
+                assert r.status_code == 200 and r.json()["index_version"] == published[-1], r.text
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        final = httpx.get(f"{url}/version").json()["index_version"]
+    assert not failures, failures[:5]
+    assert final == published[-1]
+    for seq in versions.values():
+        assert seq, "a client got no answer"
+        order = [published.index(v) for v in seq]
+        assert order == sorted(order)  # a client never goes back to an older version
+    assert {v for seq in versions.values() for v in seq} >= {published[0], published[-1]}
+
+
+def test_version_of_another_model_is_refused_and_the_old_one_kept(syn, service):
+    client, holder = service
+    old = holder.get().version
+    # The item embeddings are redone with another model (a new table); the user vectors are not.
+    shutil.rmtree(syn.data_dir / "embeddings" / "default" / "item_text")
+    _publish(syn, 1, model="other-model@9999")
+    r = client.post("/reload")
+    assert r.status_code == 409 and "other-model@9999" in r.json()["detail"] and old in r.json()["detail"]
+    assert client.get("/health").json()["index_version"] == old
+    assert "IndexModelMismatchError" in client.get("/health").json()["last_reload_error"]
+    assert client.get(f"/users/{syn.user_ids[0]}/recommendations").status_code == 200
+    assert client.post("/reload").status_code == 409  # still refused, still serving
+
+
+def test_llmfeat_serve_command(syn, tmp_path):
+    """The CLI entry point end to end: a subprocess bound to loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cmd = [sys.executable, "-m", "llmfeat.cli", "serve", "--data-dir", str(syn.data_dir), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "llmfeat serve did not come up"
+                time.sleep(0.2)
+        assert r.status_code == 200 and r.json()["items"] == 240
+    finally:
+        proc.terminate()
+        proc.wait(20)
