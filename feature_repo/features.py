@@ -90,7 +90,11 @@ user_history_embedding = FeatureView(
     name="user_history_embedding",
     entities=[user],
     ttl=NO_EXPIRY,
-    schema=[Field(name="embedding", dtype=Array(Float32)), Field(name="n_clicks", dtype=Int32)],
+    schema=[
+        Field(name="embedding", dtype=Array(Float32)),
+        Field(name="model_id", dtype=String),
+        Field(name="n_clicks", dtype=Int32),
+    ],
     source=_source("user_history", EMBEDDINGS / "user_history"),
     tags={"embedding_set": EMBEDDING_SET},
     description="Time-decayed mean of the item embeddings the user clicked before each snapshot.",
@@ -153,7 +157,7 @@ ranker = FeatureService(
     name="ranker",
     features=[
         user_text_embedding[["embedding", "model_id"]],
-        user_history_embedding[["n_clicks"]],
+        user_history_embedding[["embedding", "n_clicks"]],
         user_stats_packed,
         item_text_embedding[["embedding"]],
         item_stats_packed,

@@ -152,4 +152,7 @@ def make_data(
 def config(data_dir: Path, *sets: str):
     from llmfeat.config import load_config
 
-    return load_config(None, [f"paths.data_dir={data_dir}", "index.tune_queries=100", *sets])
+    # user vectors from the Parquet tables: these tests need no Feast (tests/test_feast.py covers that source)
+    return load_config(
+        None, [f"paths.data_dir={data_dir}", "index.tune_queries=100", "serve.user_source=parquet", *sets]
+    )

@@ -241,3 +241,23 @@ def test_movielens_training_rows_are_point_in_time(movielens_store):
         for u, t in zip(rows["user_id"], rows["event_timestamp"], strict=True)
     ]
     assert (got.fillna(0).astype(int).to_numpy() <= np.minimum(before, cfg.embed.user_history_n)).all()
+
+
+def test_retrieval_queries_the_feast_online_store(pit_store):
+    """user -> items with the user's vector from the online store, seen items excluded."""
+    from llmfeat.index import run_index
+    from llmfeat.retrieval import Retriever
+
+    cfg, store = pit_store
+    run_index(cfg, dt.date(2024, 1, 7), log=lambda _: None)
+    retriever = Retriever.load(cfg)  # serve.user_source defaults to feast
+    assert type(retriever.users).__name__ == "FeastUserVectors"
+    res = retriever.for_user("U1", k=3)
+    assert set(res.ids) == {"C"}  # U1 interacted with A and B
+    online = store.get_online_features(
+        features=["user_text_embedding:embedding"], entity_rows=[{"user_id": "U1"}]
+    ).to_dict()
+    item_c = latest_at(
+        embedding_paths(cfg.paths.data_dir, "default").item_text, "item_id", "C", utc("2024-01-07")
+    )
+    assert np.isclose(res.scores[0], float(np.dot(online["embedding"][0], item_c["embedding"])), atol=1e-5)

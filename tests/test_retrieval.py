@@ -159,7 +159,18 @@ def test_user_embeddings_of_another_model_are_refused(tmp_path):
     ix.run_index(config(data.data_dir), log=lambda _: None)
     with pytest.raises(ix.IndexModelMismatchError, match=f"{MODEL}.*other-model@9999"):
         Retriever.load(config(data.data_dir))
-    res = CliRunner().invoke(app, ["retrieve", "--data-dir", str(data.data_dir), "--user", data.user_ids[0]])
+    res = CliRunner().invoke(
+        app,
+        [
+            "retrieve",
+            "-s",
+            "serve.user_source=parquet",
+            "--data-dir",
+            str(data.data_dir),
+            "--user",
+            data.user_ids[0],
+        ],
+    )
     assert res.exit_code == Exit.CONFIG_ERROR and "other-model@9999" in res.output
 
 
@@ -180,19 +191,59 @@ def test_model_returned_by_the_source_is_checked_per_call(syn):
 
 def test_cli_retrieve(syn):
     runner = CliRunner()
-    res = runner.invoke(app, ["retrieve", "--data-dir", str(syn.data_dir), "--user", "u001", "-k", "4"])
+    res = runner.invoke(
+        app,
+        [
+            "retrieve",
+            "-s",
+            "serve.user_source=parquet",
+            "--data-dir",
+            str(syn.data_dir),
+            "--user",
+            "u001",
+            "-k",
+            "4",
+        ],
+    )
     assert res.exit_code == Exit.OK, res.output
     top = expected(syn, _user(syn, "u001"), 4, exclude=syn.seen["u001"])[0]
     assert all(i in res.output for i in top) and "user u001" in res.output
     res = runner.invoke(
-        app, ["retrieve", "--data-dir", str(syn.data_dir), "--item", "i0003", "--category", "Tiny"]
+        app,
+        [
+            "retrieve",
+            "-s",
+            "serve.user_source=parquet",
+            "--data-dir",
+            str(syn.data_dir),
+            "--item",
+            "i0003",
+            "--category",
+            "Tiny",
+        ],
     )
     assert res.exit_code == Exit.OK and all(i in res.output for i in syn.tiny)
-    res = runner.invoke(app, ["retrieve", "--data-dir", str(syn.data_dir), "--item", "nope"])
+    res = runner.invoke(
+        app,
+        ["retrieve", "-s", "serve.user_source=parquet", "--data-dir", str(syn.data_dir), "--item", "nope"],
+    )
     assert res.exit_code == Exit.NOT_FOUND and "unknown item 'nope'" in res.output
-    res = runner.invoke(app, ["retrieve", "--data-dir", str(syn.data_dir), "--item", "i0003", "-k", "0"])
+    res = runner.invoke(
+        app,
+        [
+            "retrieve",
+            "-s",
+            "serve.user_source=parquet",
+            "--data-dir",
+            str(syn.data_dir),
+            "--item",
+            "i0003",
+            "-k",
+            "0",
+        ],
+    )
     assert res.exit_code == Exit.CONFIG_ERROR
-    res = runner.invoke(app, ["retrieve", "--data-dir", str(syn.data_dir)])
+    res = runner.invoke(app, ["retrieve", "-s", "serve.user_source=parquet", "--data-dir", str(syn.data_dir)])
     assert res.exit_code == Exit.CONFIG_ERROR and "exactly one of --user and --item" in res.output
 
 
@@ -213,11 +264,38 @@ def test_items_are_served_without_user_vectors(tmp_path):
     ix.run_index(config(data.data_dir), log=lambda _: None)
     shutil.rmtree(data.data_dir / "embeddings" / "default" / "user_text")
     runner = CliRunner()
-    res = runner.invoke(app, ["retrieve", "--data-dir", str(data.data_dir), "--item", "i0003", "-k", "3"])
+    res = runner.invoke(
+        app,
+        [
+            "retrieve",
+            "-s",
+            "serve.user_source=parquet",
+            "--data-dir",
+            str(data.data_dir),
+            "--item",
+            "i0003",
+            "-k",
+            "3",
+        ],
+    )
     assert res.exit_code == Exit.OK, res.output
-    res = runner.invoke(app, ["retrieve", "--data-dir", str(data.data_dir), "--user", "u001"])
+    res = runner.invoke(
+        app,
+        ["retrieve", "-s", "serve.user_source=parquet", "--data-dir", str(data.data_dir), "--user", "u001"],
+    )
     assert res.exit_code == Exit.NOT_FOUND and "no user embedding table" in res.output
     res = runner.invoke(
-        app, ["retrieve", "--data-dir", str(data.data_dir), "--user", "u001", "--user-vectors", "bogus"]
+        app,
+        [
+            "retrieve",
+            "-s",
+            "serve.user_source=parquet",
+            "--data-dir",
+            str(data.data_dir),
+            "--user",
+            "u001",
+            "--user-vectors",
+            "bogus",
+        ],
     )
     assert res.exit_code == Exit.CONFIG_ERROR and "user vector kind 'bogus'" in res.output

@@ -191,7 +191,18 @@ def test_llmfeat_serve_command(syn, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    cmd = [sys.executable, "-m", "llmfeat.cli", "serve", "--data-dir", str(syn.data_dir), "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmfeat.cli",
+        "serve",
+        "-s",
+        "serve.user_source=parquet",
+        "--data-dir",
+        str(syn.data_dir),
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 60

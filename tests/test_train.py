@@ -94,3 +94,15 @@ def test_short_training_run_beats_the_base_rate(movielens_store):
         + summary["protocols"]["temporal"]["test"]
         == 100_000
     )
+
+    # the multi-stage path on top: FAISS candidates -> online features -> this model -> ranked list
+    from llmfeat.index import run_index
+    from llmfeat.retrieval import Retriever
+    from llmfeat.score import Scorer
+
+    run_index(cfg, dt.date(1998, 4, 23), log=lambda _: None)
+    ranked = Scorer(cfg).recommend("1", k=5, candidates=50)
+    assert len(ranked) == 5 and list(ranked["rank"]) == [1, 2, 3, 4, 5]
+    assert ranked["ctr"].is_monotonic_decreasing and ranked["ctr"].between(0, 1).all()
+    seen = set(Retriever.load(cfg).seen_items("1"))
+    assert not seen & set(ranked["item_id"])

@@ -303,6 +303,15 @@ def _stage_line(stage: str, s: dict) -> str:
         )
     if stage == "publish":
         return f"{len(s.get('feature_views', []))} views -> {s.get('online_store')} until {s.get('materialized_until')}"
+    if stage == "index":
+        return f"version {s.get('version')}: {s.get('count')} items, {s.get('index', {}).get('factory')}"
+    if stage == "train":
+        heads = [
+            f"{r['model']} {r['slice']} AUC {r['auc']:.3f}"
+            for r in s.get("headline", [])
+            if r["model"] in ("deep_lm", "deep_ids_stats")
+        ]
+        return "; ".join(heads) + f"; report {s.get('report')}"
     return json.dumps(s)[:100]
 
 
@@ -473,6 +482,79 @@ def serve(
     )
     app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s)
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
+
+
+@app.command()
+def train(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Snapshot date of the labelled interactions.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train and compare the CTR models on point-in-time Feast features; write the report."""
+    from llmfeat.spark import build_spark
+    from llmfeat.train import run_train
+
+    cfg = _config(config, set_, data_dir)
+    spark = build_spark(cfg.spark)
+    try:
+        with console.status("training ..."):
+            summary = run_train(cfg, _date(as_of), log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except ValueError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    finally:
+        spark.stop()
+    table = Table(title=f"CTR models, test set ({summary['run_id']})", title_justify="left")
+    for col in ("protocol", "model", "slice", "rows", "AUC", "logloss", "base logloss", "GAUC"):
+        table.add_column(col, justify="left" if col in ("protocol", "model", "slice") else "right")
+    for r in summary["results"]:
+        if r["slice"] in ("all", "cold_item"):
+            table.add_row(r["protocol"], r["model"], r["slice"], str(r["rows"]), f"{r['auc']:.4f}", f"{r['logloss']:.4f}",
+                          f"{r['base_logloss']:.4f}", f"{r['gauc']:.4f}")  # fmt: skip
+    console.print(table)
+    console.print(f"  report: {summary['report']}")
+    console.print(f"  models: {Path(next(iter(summary['models'].values()), '.')).parent}")
+
+
+@app.command()
+def score(
+    user: Annotated[str, typer.Option("--user", help="The user to rank items for.")],
+    k: Annotated[int, typer.Option("-k", help="How many items to return.")] = 10,
+    candidates: Annotated[int, typer.Option("--candidates", help="Candidates retrieved from FAISS.")] = 100,
+    category: Annotated[
+        list[str] | None, typer.Option("--category", help="Only items of this category.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="Which trained model scores (deep_lm, lr_lm, deep_ids_stats).")
+    ] = "deep_lm",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Recommend: retrieve candidates from FAISS, fetch online features from Feast, score with the CTR model."""
+    from llmfeat.retrieval import NotFoundError
+    from llmfeat.score import Scorer, ScoringModelError
+
+    cfg = _config(config, set_, data_dir)
+    try:
+        ranked = Scorer(cfg, model).recommend(user, k=k, candidates=candidates, categories=category)
+    except ScoringModelError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except NotFoundError as exc:
+        console.print(f"[red]not found:[/red] {exc}")
+        raise typer.Exit(Exit.NOT_FOUND) from exc
+    table = Table(
+        title=f"top {k} for user {user} ({model}, from {candidates} candidates)", title_justify="left"
+    )
+    for col in ranked.columns:
+        table.add_column(col, justify="right" if col in ("rank", "ctr", "retrieval_score") else "left")
+    for row in ranked.itertuples(index=False):
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
 
 
 @app.command("show-config")

@@ -176,6 +176,9 @@ class ServeConfig:
     """How often the service looks for a newly published index version; 0 turns the check off."""
     user_vectors: str = "text"
     """The user query vector: text (user_text embedding) or history (pooled clicked items)."""
+    user_source: str = "feast"
+    """Where user query vectors are read: feast (the online store, as rankers do) or parquet (the
+    embedding tables; no Feast needed)."""
 
 
 @dataclass

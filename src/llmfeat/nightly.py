@@ -196,6 +196,13 @@ def _stage_functions(
         spark.get()  # Feast's Spark offline store joins the session already running
         return run_publish(cfg, as_of, full=forced, log=log)
 
+    def index(forced: bool) -> dict:
+        from llmfeat.index import run_index
+
+        manifest = run_index(cfg, as_of, log=log)
+        keep = ("version", "model_id", "count", "dim", "index", "path", "pruned", "seconds")
+        return {k: manifest[k] for k in keep if k in manifest}
+
     def train(forced: bool) -> dict:
         from llmfeat.train import run_train
 
@@ -212,7 +219,7 @@ def _stage_functions(
             ]
         }
 
-    functions = {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish}
+    functions = {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish, "index": index}
     if cfg.train.enabled:
         functions["train"] = train
     return functions

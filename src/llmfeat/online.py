@@ -91,3 +91,34 @@ class OnlineFeatures:
         features = FeatureMatrix(matrix, ranker_layout(self.dim), np.repeat(user_known, n), item_known)
         model_id = (user.get("user_text_embedding__model_id") or [None])[0]
         return RankerFeatures(user_id, item_ids, features, model_id)
+
+
+class FeastUserVectors:
+    """User query vectors for retrieval from the Feast online store (``kind``: text or history); implements
+    ``retrieval.UserVectorSource``. The model id is learnt from the vectors fetched."""
+
+    VIEWS = {"text": "user_text_embedding", "history": "user_history_embedding"}
+
+    def __init__(self, store, kind: str = "text"):
+        if kind not in self.VIEWS:
+            raise ValueError(f"user vector kind {kind!r}: expected one of {sorted(self.VIEWS)}")
+        self.store = store
+        self.view = self.VIEWS[kind]
+        self._model_id: str | None = None
+
+    @property
+    def model_id(self) -> str | None:
+        return self._model_id
+
+    def get(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
+        refs = [f"{self.view}:embedding", f"{self.view}:model_id"]
+        got = self.store.get_online_features(
+            features=refs, entity_rows=[{"user_id": u} for u in user_ids], full_feature_names=True
+        ).to_dict()
+        values = got[f"{self.view}__embedding"]
+        dim = next((len(v) for v in values if v is not None), 0)
+        vecs, found = vectors(values, dim)
+        ids = [m for m in got.get(f"{self.view}__model_id", []) if m]
+        if ids:
+            self._model_id = ids[0]
+        return vecs, found, self._model_id or ""

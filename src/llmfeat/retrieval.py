@@ -189,7 +189,12 @@ class Retriever:
         unless ``users`` is given, and seen items as of the index's snapshot."""
         data_dir, emb_set = cfg.paths.data_dir, cfg.embed.embedding_set
         loaded = load_version(index_root(data_dir, emb_set), version)
-        if users is None:
+        if users is None and cfg.serve.user_source == "feast":
+            from llmfeat.online import FeastUserVectors
+            from llmfeat.publish import open_store
+
+            users = FeastUserVectors(open_store(cfg), user_kind or cfg.serve.user_vectors)
+        elif users is None:
             try:
                 users = ParquetUserVectors(data_dir, emb_set, user_kind or cfg.serve.user_vectors)
             except FileNotFoundError:  # item -> items still works; user queries say why they cannot
