@@ -77,15 +77,40 @@ def pit_store(spark, tmp_path_factory):
     )
 
 
+ML_AS_OF = "1998-04-23"
+ML_OVERRIDES = ("embed.backfill_every_days=7",)  # weekly user snapshots keep the one real-data embed quick
+
+
 @pytest.fixture(scope="session")
-def movielens_store(spark, tmp_path_factory, movielens_dir):
-    """MovieLens-100k through the whole feature pipeline (weekly user snapshots to keep it quick)."""
+def movielens_embedded(spark, tmp_path_factory, movielens_dir) -> Path:
+    """MovieLens-100k ingested and embedded once per test run; tests copy it (``copy_data_dir``), never
+    write into it, so the ~1 M tokens are encoded a single time."""
     import datetime as dt
 
-    data_dir = tmp_path_factory.mktemp("ml")
+    from llmfeat.config import load_config
+    from llmfeat.embed import run_embed
+    from llmfeat.ingest import run_ingest
+
+    data_dir = tmp_path_factory.mktemp("ml_embedded")
+    cfg = load_config(None, [f"paths.data_dir={data_dir}", f"ingest.source_path={movielens_dir}", *ML_OVERRIDES])
+    run_ingest(cfg, dt.date.fromisoformat(ML_AS_OF))
+    run_embed(spark, cfg, dt.date.fromisoformat(ML_AS_OF), log=lambda _msg: None)
+    return data_dir
+
+
+def copy_data_dir(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def movielens_store(spark, tmp_path_factory, movielens_dir, movielens_embedded):
+    """MovieLens-100k through the whole feature pipeline (the embed stage finds everything already encoded)."""
+    import datetime as dt
+
+    data_dir = copy_data_dir(movielens_embedded, tmp_path_factory.mktemp("ml") / "data")
     return build_feature_store(
-        spark,
-        data_dir,
-        dt.date(1998, 4, 23),
-        [f"ingest.source_path={movielens_dir}", "embed.backfill_every_days=7"],
+        spark, data_dir, dt.date.fromisoformat(ML_AS_OF), [f"ingest.source_path={movielens_dir}", *ML_OVERRIDES]
     )

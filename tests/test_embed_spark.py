@@ -24,20 +24,25 @@ def read(path) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory, spark, movielens_dir):
-    data_dir = tmp_path_factory.mktemp("embed")
-    cfg = load_config(
-        None,
-        [f"paths.data_dir={data_dir}", f"ingest.source_path={movielens_dir}", "embed.backfill_every_days=7"],
-    )
-    run_ingest(cfg, AS_OF)
-    manifest = run_embed(spark, cfg, AS_OF, log=lambda m: None)
+def state(tmp_path_factory, movielens_dir, movielens_embedded):
+    from conftest import ML_OVERRIDES, copy_data_dir
+
+    data_dir = copy_data_dir(movielens_embedded, tmp_path_factory.mktemp("embed") / "data")
+    cfg = load_config(None, [f"paths.data_dir={data_dir}", f"ingest.source_path={movielens_dir}", *ML_OVERRIDES])
     return {
         "cfg": cfg,
         "paths": embedding_paths(data_dir, "default"),
-        "first": manifest,
+        "first": read_manifest(data_dir),
         "data_dir": data_dir,
     }
+
+
+def read_manifest(data_dir):
+    """The manifest of the one embed run that produced the shared copy."""
+    import json
+
+    (only,) = embedding_paths(data_dir, "default").manifests.glob("*.json")
+    return json.loads(only.read_text())
 
 
 def test_item_rows_dims_norms(state):

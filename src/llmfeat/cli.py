@@ -306,6 +306,8 @@ def _stage_line(stage: str, s: dict) -> str:
     if stage == "index":
         return f"version {s.get('version')}: {s.get('count')} items, {s.get('index', {}).get('factory')}"
     if stage == "train":
+        if s.get("trained") is False:
+            return f"not trained: {s.get('reason')}"
         heads = [
             f"{r['model']} {r['slice']} AUC {r['auc']:.3f}"
             for r in s.get("headline", [])

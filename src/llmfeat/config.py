@@ -116,6 +116,9 @@ class TrainingConfig:
     device: str = "auto"
     tfidf_dim: int = 128
     light_user_max: int = 5
+    min_interactions: int = 500
+    """Fewer labelled interactions than this: the nightly run records "too little data" instead of training
+    (a CTR model fitted on a handful of rows is noise, and a temporal split of them may be empty)."""
     """Users with 1..N training interactions form the light-user slice."""
 
 

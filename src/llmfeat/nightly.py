@@ -204,10 +204,14 @@ def _stage_functions(
         return {k: manifest[k] for k in keep if k in manifest}
 
     def train(forced: bool) -> dict:
-        from llmfeat.train import run_train
+        from llmfeat.train import TooLittleDataError, run_train
 
         spark.get()  # point-in-time features come from Feast's Spark offline store
-        summary = run_train(cfg, as_of, log=log)
+        try:
+            summary = run_train(cfg, as_of, log=log)
+        except TooLittleDataError as exc:
+            log(f"train: not trained: {exc}")
+            return {"trained": False, "reason": str(exc)}
         return {
             k: summary[k]
             for k in ("run_id", "rows", "embedding_model_id", "protocols", "models", "report", "seconds")

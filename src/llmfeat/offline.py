@@ -17,6 +17,24 @@ class RetrievalError(RuntimeError):
     pass
 
 
+def _retrieve(store, frame: pd.DataFrame, features) -> pd.DataFrame:
+    """Run the point-in-time join. With a staging location (llmfeat's generated config has one) Spark writes
+    the result as Parquet and pyarrow reads it, so memory is bounded by the frame, not the driver; the
+    staged copy is removed afterwards."""
+    import shutil
+    from pathlib import Path
+
+    staging = getattr(store.config.offline_store, "staging_location", None)
+    local = Path(staging) if staging and str(staging).startswith("/") else None
+    before = set(local.iterdir()) if local and local.is_dir() else set()
+    try:
+        job = store.get_historical_features(entity_df=frame, features=features, full_feature_names=True)
+        return job.to_arrow().to_pandas() if staging else job.to_df()
+    finally:
+        for leftover in (set(local.iterdir()) - before) if local and local.is_dir() else ():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def historical_features(
     store, entity_df: pd.DataFrame, service: str = "ctr_training", extra: list[str] = ()
 ) -> pd.DataFrame:
@@ -32,7 +50,7 @@ def historical_features(
     if extra:
         refs = [f"{p.name}:{f.name}" for p in features.feature_view_projections for f in p.features]
         features = refs + list(extra)
-    out = store.get_historical_features(entity_df=frame, features=features, full_feature_names=True).to_df()
+    out = _retrieve(store, frame, features)
     if len(out) != len(frame) or set(out[ROW_ID]) != set(frame[ROW_ID]):
         raise RetrievalError(
             f"the offline store returned {len(out)} rows for {len(frame)} entity rows "

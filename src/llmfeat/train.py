@@ -46,6 +46,10 @@ def models_dir(cfg: Config) -> Path:
     return Path(cfg.paths.data_dir) / "models" / "ctr"
 
 
+class TooLittleDataError(ValueError):
+    """Not enough labelled interactions to train (``train.min_interactions``)."""
+
+
 def training_rows(cfg: Config, as_of: dt.date) -> pd.DataFrame:
     path = tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), as_of)
     inter = pd.read_parquet(path)
@@ -140,6 +144,10 @@ def run_train(cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print
     started = time.perf_counter()
     run_id = f"{as_of.isoformat()}T{dt.datetime.now(dt.UTC).strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
     rows = training_rows(cfg, as_of)
+    if len(rows) < t.min_interactions:
+        raise TooLittleDataError(
+            f"only {len(rows)} labelled interactions as of {as_of} (train.min_interactions={t.min_interactions})"
+        )
     log(f"train: point-in-time features for {len(rows)} labelled interactions from Feast ...")
     frame = historical_features(open_store(cfg), rows)
     frame["event_ts"] = pd.to_datetime(frame["event_timestamp"], utc=True)
