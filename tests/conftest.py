@@ -34,7 +34,7 @@ def spark():
     from llmfeat.config import SparkConfig
     from llmfeat.spark import build_spark
 
-    session = build_spark(SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="2g"))
+    session = build_spark(SparkConfig(master="local[2]", shuffle_partitions=8, driver_memory="4g"))
     yield session
     session.stop()
 

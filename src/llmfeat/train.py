@@ -131,10 +131,26 @@ def _save_model(out: Path, name: str, model, feature_set: str, dims: dict, users
     return path
 
 
-def run_train(cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print) -> dict:
-    """Train and evaluate every configured model; returns the summary (also saved next to the models)."""
+def fetch_training_frame(cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """The labelled interactions as of ``as_of`` with their point-in-time features from Feast."""
     from llmfeat.offline import historical_features
     from llmfeat.publish import open_store
+
+    rows = training_rows(cfg, as_of)
+    if len(rows) < cfg.train.min_interactions:
+        raise TooLittleDataError(
+            f"only {len(rows)} labelled interactions as of {as_of} "
+            f"(train.min_interactions={cfg.train.min_interactions})"
+        )
+    log(f"train: point-in-time features for {len(rows)} labelled interactions from Feast ...")
+    return historical_features(open_store(cfg), rows)
+
+
+def run_train(
+    cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print, frame: pd.DataFrame | None = None
+) -> dict:
+    """Train and evaluate every configured model; returns the summary (also saved next to the models).
+    ``frame``: the output of ``fetch_training_frame`` when the caller already has it (seed sweeps)."""
     from llmfeat.report import write_report
 
     t = cfg.train
@@ -143,13 +159,7 @@ def run_train(cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print
         raise ValueError(f"unknown model(s) {sorted(unknown)}; choose from {MODELS}")
     started = time.perf_counter()
     run_id = f"{as_of.isoformat()}T{dt.datetime.now(dt.UTC).strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    rows = training_rows(cfg, as_of)
-    if len(rows) < t.min_interactions:
-        raise TooLittleDataError(
-            f"only {len(rows)} labelled interactions as of {as_of} (train.min_interactions={t.min_interactions})"
-        )
-    log(f"train: point-in-time features for {len(rows)} labelled interactions from Feast ...")
-    frame = historical_features(open_store(cfg), rows)
+    frame = (fetch_training_frame(cfg, as_of, log=log) if frame is None else frame).copy()
     frame["event_ts"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     dim = _embedding_dim(frame)
     model_ids = frame["item_text_embedding__model_id"].dropna().unique().tolist()

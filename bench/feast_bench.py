@@ -1,0 +1,200 @@
+"""Feast benchmark: materialisation rate, online lookup latency, historical retrieval time.
+
+On a copy of an embedded data directory (default: the demo's ``var/data`` after ``make run``), in one run:
+  1. materialisation rows/s per feature view into the SQLite online store and into Redis (a private
+     redis-server on a free loopback port), 384-d vectors included;
+  2. online lookup latency p50 / p99 for 1 user + 100 candidate items, the ranker's way (one call for the
+     user, one for the items, stats packed; ``OnlineFeatures.ranker_features``) and, as the baseline in the
+     same run, the textbook way (one call with the user repeated on each of the 100 rows, unpacked stats);
+  3. point-in-time historical retrieval of the whole MovieLens training set (Spark offline store).
+
+    .venv/bin/python bench/feast_bench.py --data-dir var/data --as-of 1998-04-23 --out var/bench/feast.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from llmfeat.config import load_config  # noqa: E402
+from llmfeat.publish import EPOCH, load_definitions, open_store  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("redis-server did not start")
+
+
+def source_rows(view) -> int:
+    path = Path(view.batch_source.path)
+    return pq.ParquetDataset(path).read(columns=[]).num_rows if path.exists() else 0
+
+
+def materialize(cfg, as_of: dt.date) -> list[dict]:
+    """Apply, then materialise each view on its own (timed), from the epoch to ``as_of``."""
+    from feast import FeatureView
+
+    store = open_store(cfg)
+    objects = load_definitions(cfg)
+    store.apply(objects)
+    end = dt.datetime.combine(as_of, dt.time(0), tzinfo=dt.UTC)
+    out = []
+    for view in [o for o in objects if isinstance(o, FeatureView)]:
+        rows = source_rows(view)
+        t0 = time.perf_counter()
+        store.materialize(start_date=EPOCH, end_date=end, feature_views=[view.name])
+        seconds = time.perf_counter() - t0
+        vector = any("embedding" in f.name for f in view.features)
+        out.append({"view": view.name, "rows": rows, "seconds": round(seconds, 2),
+                    "rows_per_s": round(rows / seconds, 1), "vectors": vector})  # fmt: skip
+    return out
+
+
+def percentiles(samples: list[float]) -> dict:
+    ms = np.array(samples) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "mean_ms": round(float(ms.mean()), 2), "n": len(samples)}  # fmt: skip
+
+
+def lookups(cfg, users: list[str], items: list[str], n: int, seed: int) -> dict:
+    """1 user + 100 items, ``n`` times after a warm-up: ours vs the textbook single call."""
+    from llmfeat.online import OnlineFeatures
+
+    store = open_store(cfg)
+    online = OnlineFeatures(store, dim=384)
+    textbook_refs = [
+        f"{p.name}:{f.name}"
+        for p in store.get_feature_service("ctr_training").feature_view_projections
+        for f in p.features
+    ]
+    rng = np.random.default_rng(seed)
+    draws = [(users[rng.integers(len(users))], list(rng.choice(items, 100, replace=False))) for _ in range(n)]
+    for u, cand in draws[:20]:  # warm-up: connections, registry cache, code paths
+        online.ranker_features(u, cand)
+    ours, textbook = [], []
+    for u, cand in draws:  # interleaved, so both see the same machine state
+        t0 = time.perf_counter()
+        got = online.ranker_features(u, cand)
+        ours.append(time.perf_counter() - t0)
+        assert got.matrix.shape[0] == 100
+        t0 = time.perf_counter()
+        store.get_online_features(features=textbook_refs, entity_rows=[{"user_id": u, "item_id": i} for i in cand],
+                                  full_feature_names=True).to_dict()  # fmt: skip
+        textbook.append(time.perf_counter() - t0)
+    a, b = percentiles(ours), percentiles(textbook)
+    return {"ranker": a, "textbook": b, "p99_speedup": round(b["p99_ms"] / a["p99_ms"], 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", type=Path, default=REPO / "var" / "data",
+                    help="An embedded data dir (ingest, embed and stats done); it is copied, never written.")  # fmt: skip
+    ap.add_argument("--as-of", default="1998-04-23")
+    ap.add_argument("--lookups", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--skip-historical", action="store_true")
+    ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "feast.json")
+    args = ap.parse_args()
+    as_of = dt.date.fromisoformat(args.as_of)
+    started = time.perf_counter()
+    load = [os.getloadavg()[0]]
+    result: dict = {"command": " ".join(sys.argv), "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}  # fmt: skip
+
+    with tempfile.TemporaryDirectory(prefix="feast-bench-") as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        for part in ("canonical", "embeddings", "features"):
+            if not (args.data_dir / part).is_dir():
+                raise SystemExit(f"{args.data_dir} has no {part}/: run `make run` (or llmfeat nightly) first")
+            shutil.copytree(args.data_dir / part, data / part)
+        redis, port = start_redis(work)
+        try:
+            profiles = {
+                "sqlite": load_config(None, [f"paths.data_dir={data}", "feast.online_store=sqlite"]),
+                "redis": load_config(None, [f"paths.data_dir={work / 'data_redis'}", "feast.online_store=redis",
+                                            f"feast.redis_connection=127.0.0.1:{port},db=0"]),  # fmt: skip
+            }
+            # the Redis profile gets its own registry next to a link to the same tables
+            (work / "data_redis").mkdir()
+            for part in ("canonical", "embeddings", "features"):
+                (work / "data_redis" / part).symlink_to(data / part)
+            items = [str(i) for i in pq.read_table(next((data / "canonical" / "items").glob("snapshot_date=*")))
+                     .column("item_id").to_pylist()]  # fmt: skip
+            users = [str(u) for u in pq.read_table(next((data / "canonical" / "users").glob("snapshot_date=*")))
+                     .column("user_id").to_pylist()]  # fmt: skip
+            for name, cfg in profiles.items():
+                print(f"[{name}] materialising ...", flush=True)
+                result[f"materialize_{name}"] = materialize(cfg, as_of)
+                load.append(os.getloadavg()[0])
+                print(f"[{name}] {args.lookups} lookups of 1 user + 100 items ...", flush=True)
+                result[f"lookup_{name}"] = lookups(cfg, users, items, args.lookups, args.seed)
+                load.append(os.getloadavg()[0])
+                print(json.dumps(result[f"lookup_{name}"]), flush=True)
+        finally:
+            redis.terminate()
+            redis.wait(timeout=10)
+
+        if not args.skip_historical:
+            from llmfeat.offline import historical_features
+            from llmfeat.spark import build_spark
+            from llmfeat.train import training_rows
+
+            cfg = profiles["sqlite"]
+            spark = build_spark(cfg.spark)
+            try:
+                rows = training_rows(cfg, as_of)
+                print(f"historical retrieval of {len(rows)} rows ...", flush=True)
+                t0 = time.perf_counter()
+                frame = historical_features(open_store(cfg), rows)
+                seconds = time.perf_counter() - t0
+                result["historical"] = {"rows": len(frame), "columns": len(frame.columns),
+                                        "seconds": round(seconds, 1), "rows_per_s": round(len(frame) / seconds, 1)}  # fmt: skip
+            finally:
+                spark.stop()
+            load.append(os.getloadavg()[0])
+    result["load_average_1min"] = [round(x, 2) for x in load]
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
