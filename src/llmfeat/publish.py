@@ -91,9 +91,19 @@ def write_feature_store_yaml(cfg: Config) -> Path:
     return path
 
 
+def _quiet_alpha_warnings() -> None:
+    """Feast's Spark store warns that it is alpha on every use and, on import, installs a filter that
+    overrides any earlier one; import it first, then ignore those warnings (they are not actionable)."""
+    import feast.infra.offline_stores.contrib.spark_offline_store.spark  # noqa: F401
+
+    warnings.filterwarnings("ignore", message=".*experimental feature in alpha development.*")
+
+
 def open_store(cfg: Config):
     """A FeatureStore on this project's repository with the effective config."""
     from feast import FeatureStore
+
+    _quiet_alpha_warnings()
 
     return FeatureStore(
         repo_path=str(Path(cfg.feast.repo_path).resolve()), fs_yaml_file=write_feature_store_yaml(cfg)
@@ -139,7 +149,6 @@ def run_publish(cfg: Config, as_of: dt.date, *, full: bool = False, log=print) -
     """Apply the repository and materialise up to the snapshot time of ``as_of`` (00:00 UTC, inclusive)."""
     from feast import FeatureView
 
-    warnings.filterwarnings("ignore", message=".*experimental feature in alpha development.*")
     started = time.perf_counter()
     store = open_store(cfg)
     objects = load_definitions(cfg)
