@@ -298,12 +298,12 @@ def nightly(
     except LockedError as exc:
         console.print(f"[red]locked:[/red] {exc}")
         raise typer.Exit(Exit.LOCKED) from exc
+    except (InputError, FileNotFoundError) as exc:  # before ValueError: an InputError is one
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
     except (ConfigError, ModelMismatchError, ValueError) as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(Exit.CONFIG_ERROR) from exc
-    except (InputError, FileNotFoundError) as exc:
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
     except OSError as exc:  # a full disk, a lost mount, an unreachable service
         raise failed(exc, "write or connection failed") from exc
     except Exception as exc:  # noqa: BLE001 - the scheduler gets a one-line reason and the FAILURE code
