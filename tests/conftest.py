@@ -78,6 +78,22 @@ def pit_store(spark, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pit_day1(spark, tmp_path_factory) -> Path:
+    """A data directory where the nightly run of day 1 (tests/pit_runs.py) finished, training off. Tests copy
+    it, never change it: the previous complete state in tests/test_faults.py, the local-mode embeddings
+    that tests/test_cluster.py compares a cluster's with."""
+    from pit_runs import DAY1, pit_overrides
+
+    from llmfeat.config import load_config
+    from llmfeat.nightly import run_nightly
+
+    data_dir = tmp_path_factory.mktemp("pit_day1")
+    summary = run_nightly(load_config(None, pit_overrides(data_dir)), DAY1, log=lambda _: None)
+    assert [r.status for r in summary.results] == ["done"] * 5 + ["disabled"]
+    return data_dir
+
+
+@pytest.fixture(scope="session")
 def movielens_store(spark, tmp_path_factory, movielens_dir):
     """MovieLens-100k through the whole feature pipeline (weekly user snapshots to keep it quick)."""
     import datetime as dt

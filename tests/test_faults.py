@@ -25,6 +25,7 @@ import pandas as pd
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from pit_runs import DAY2, PIT, pit_overrides
 from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
@@ -36,23 +37,10 @@ from llmfeat.publish import open_store
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-PIT = REPO / "tests" / "fixtures" / "pit"
-DAY1, DAY2 = dt.date(2024, 1, 5), dt.date(2024, 1, 7)
 USERS, ITEMS = ["U1", "U2", "U9"], ["A", "B", "C", "Z"]  # U9 and Z are unknown: NOT_FOUND both times
 EMBED_TABLES = ("item_text", "user_text", "user_history", "quarantine", "manifests")
 STATS_TABLES = ("item_stats", "user_stats", "item_meta", "manifests")
-
-
-def overrides(data_dir: Path, mapping: Path = PIT / "mapping.yaml") -> list[str]:
-    return [
-        f"paths.data_dir={data_dir}",
-        "ingest.source=mapped",
-        f"ingest.source_path={mapping}",
-        "train.enabled=false",  # the tiny catalogue cannot be split for training; not what is tested here
-        "spark.master=local[2]",
-        "spark.shuffle_partitions=2",
-        "spark.driver_memory=1g",
-    ]
+overrides = pit_overrides
 
 
 def copy_dir(src: Path, dest: Path) -> Path:
@@ -196,17 +184,9 @@ def cli_sets(items: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def day1(spark, tmp_path_factory) -> Path:
-    """A data directory where day 1 finished: the previous complete state every fault must leave visible."""
-    data_dir = tmp_path_factory.mktemp("day1")
-    run_nightly(load_config(None, overrides(data_dir)), DAY1, log=lambda _: None)
-    return data_dir
-
-
-@pytest.fixture(scope="module")
-def clean_day2(day1, tmp_path_factory) -> Path:
+def clean_day2(pit_day1, tmp_path_factory) -> Path:
     """Day 2 without faults: what every faulty history must end equal to."""
-    data_dir = copy_dir(day1, tmp_path_factory.mktemp("clean") / "data")
+    data_dir = copy_dir(pit_day1, tmp_path_factory.mktemp("clean") / "data")
     summary = run_nightly(load_config(None, overrides(data_dir)), DAY2, log=lambda _: None)
     assert [r.status for r in summary.results] == ["done"] * 5 + ["disabled"]
     return data_dir
@@ -215,10 +195,14 @@ def clean_day2(day1, tmp_path_factory) -> Path:
 # --- SIGKILL ------------------------------------------------------------------------------------------------
 
 
-def test_sigkill_at_each_commit_point_then_resume(day1, clean_day2, tmp_path):
-    data_dir = copy_dir(day1, tmp_path / "data")
+def test_sigkill_at_each_commit_point_then_resume(pit_day1, clean_day2, tmp_path):
+    """SIGKILL at three commit points of day 2. The killed runs are separate processes (what a scheduler
+    runs); the plain re-runs between them run in this process, which keeps the test quick."""
+    data_dir = copy_dir(pit_day1, tmp_path / "data")
     cfg = load_config(None, overrides(data_dir))
+    sets = cli_sets(overrides(data_dir))
     markers = run_dir(cfg, DAY2)
+    root = index_root(data_dir, "default")
     before = published(data_dir)
     online_before = online_values(cfg)
     online_clean = online_values(load_config(None, overrides(clean_day2)))
@@ -234,33 +218,36 @@ def test_sigkill_at_each_commit_point_then_resume(day1, clean_day2, tmp_path):
     with data_dir_lock(data_dir, "test"):  # the kernel released the dead run's lock
         pass
 
+    code, out = invoke("--as-of", DAY2.isoformat(), "--until", "stats", *sets)
+    assert code == Exit.OK, out
+    assert "left by an interrupted run" in out and not list((data_dir / "embeddings/default/work").glob("*"))
+    assert_same_tables(data_dir, clean_day2)  # embed and stats committed: equal to the clean run's
+
     # 2. killed after the first feature view is materialised, before the others
     rc, out = nightly_cli(data_dir, DAY2, "--inject-fault", "publish.mid_materialize")
     assert rc == -signal.SIGKILL, out
-    assert "left by an interrupted run" in out
-    assert not list((data_dir / "embeddings/default/work").glob("run-*"))
-    assert (markers / "embed.json").is_file() and (markers / "stats.json").is_file()
-    assert not (markers / "publish.json").exists()
-    assert_same_tables(data_dir, clean_day2)  # embed and stats committed: equal to the clean run's
+    assert (markers / "stats.json").is_file() and not (markers / "publish.json").exists()
     online = online_values(cfg)
     for view, values in online.items():  # each view is all day 1 or all day 2, never a mix of rows
         assert same_values(values, online_before[view]) or same_values(values, online_clean[view]), view
-    assert published(data_dir)["index_current"] == before["index_current"]
+    assert current_version(root) == before["index_current"]
 
-    # 3. killed with the new index version complete but not yet current
-    rc, out = nightly_cli(data_dir, DAY2, "--inject-fault", "index.before_publish")
-    assert rc == -signal.SIGKILL, out
-    assert (markers / "publish.json").is_file() and not (markers / "index.json").exists()
-    root = index_root(data_dir, "default")
-    assert current_version(root) == before["index_current"] and len(list_versions(root)) == 2
+    code, out = invoke("--as-of", DAY2.isoformat(), "--until", "publish", *sets)
+    assert code == Exit.OK, out
     for view, values in online_values(cfg).items():
         assert same_values(values, online_clean[view]), view
 
+    # 3. killed with the new index version complete but not yet current (no Spark in this one)
+    rc, out = nightly_cli(data_dir, DAY2, "--inject-fault", "index.before_publish")
+    assert rc == -signal.SIGKILL, out
+    assert (markers / "publish.json").is_file() and not (markers / "index.json").exists()
+    assert current_version(root) == before["index_current"] and len(list_versions(root)) == 2
+
     # 4. a plain re-run finishes, and everything equals the run that never failed
-    rc, out = nightly_cli(data_dir, DAY2)
-    assert rc == Exit.OK, out
-    assert {p.name for p in markers.glob("*.json")} >= {f"{s}.json" for s in ("ingest", "embed", "stats",
-                                                                              "publish", "index")}  # fmt: skip
+    code, out = invoke("--as-of", DAY2.isoformat(), *sets)
+    assert code == Exit.OK, out
+    stages = ("ingest", "embed", "stats", "publish", "index")
+    assert {p.name for p in markers.glob("*.json")} == {f"{s}.json" for s in stages} | {"summary.json"}
     assert_same_tables(data_dir, clean_day2)
     online = online_values(cfg)
     for view in online_clean:
