@@ -149,7 +149,9 @@ def test_embed_job_on_a_standalone_cluster_equals_local_mode(standalone_cluster,
         proc = subprocess.run(cmd, cwd=REPO, env=standalone_cluster["env"], stdout=subprocess.PIPE, stderr=err,
                               text=True, timeout=420)  # fmt: skip
     assert proc.returncode == 0, log.read_text()[-5000:]
-    manifest = json.loads(proc.stdout)  # jobs print their summary as JSON
+    # the job's summary is the JSON object it prints last (spark-submit merges the driver's stderr into stdout)
+    text = "\n" + proc.stdout
+    manifest = json.loads(text[text.rindex("\n{") + 1 :])
     assert manifest["spark_master"] == standalone_cluster["url"]
     # the encoding ran in the worker's executor, not in the driver
     assert list(standalone_cluster["work"].glob("app-*/*/stderr")), "no executor was launched on the worker"

@@ -25,7 +25,8 @@ def parse(description: str, extra: callable | None = None) -> tuple[Config, dt.d
 
 
 def log(message: str) -> None:
-    """Progress goes to stderr, so stdout holds nothing but the JSON summary."""
+    """Progress goes to stderr; the JSON summary is printed last, on stdout. (spark-submit merges the driver's
+    stderr into its stdout: a reader takes the last JSON object.)"""
     print(message, file=sys.stderr, flush=True)
 
 
