@@ -3,8 +3,9 @@ store. After each fault, nothing half-done is visible (no marker for the stage, 
 store views and index still hold the previous complete state), and a plain re-run ends exactly where a run
 without the fault ends.
 
-Day 1 (2024-01-05) is run once in-process; every scenario starts from a copy of it (or of the clean day 2).
-The kill points are deterministic: the hidden ``llmfeat nightly --inject-fault POINT`` (llmfeat.faults).
+Day 1 (2024-01-05) is run once in-process (the `pit_day1` fixture in conftest.py); every scenario starts from a
+copy of it, or of the clean day 2 (2024-01-07). The kill points are deterministic: the hidden
+``llmfeat nightly --inject-fault POINT[:ACTION]`` (llmfeat.faults).
 """
 
 from __future__ import annotations
