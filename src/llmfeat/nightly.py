@@ -9,8 +9,10 @@ so. ``force`` redoes the named stages and every stage that depends on them: befo
 markers become ``<stage>.redo.json`` (downstream first), so a forced run that dies half-way resumes the redo
 instead of skipping stages whose outputs it has partly replaced.
 
-A run that dies (SIGKILL, OOM, a lost node) leaves only hidden staging directories and work areas behind,
-never a half-published table or index: the next run removes them once it holds the lock.
+A run that dies (SIGKILL, OOM, a lost node) leaves hidden staging directories and work areas behind, never a
+half-written partition, snapshot or index version (a stage swaps each in whole, after writing all of them),
+and no marker for the stage it was in: the next run removes the leftovers once it holds the lock and redoes
+that stage. tests/test_faults.py kills runs at each stage's commit point.
 
 A lock (``<data_dir>/.llmfeat.lock``, an flock released by the kernel when the holder dies, even by SIGKILL)
 stops two runs from sharing a data directory; the message names the holder.
