@@ -1,18 +1,20 @@
 """spark-submit entry point for the embedding stage.
 
-    spark-submit --properties-file infra/spark/cpu.conf jobs/embed.py --as-of 2024-01-31 [--from 2024-01-01]
+spark-submit --properties-file infra/spark/cpu.conf jobs/embed.py --as-of 2024-01-31 [--from 2024-01-01]
 """
 
 import datetime as dt
 
 from llmfeat.embed import run_embed
-from llmfeat.jobs import finish, parse
+from llmfeat.jobs import finish, log, parse
 from llmfeat.spark import build_spark
 
 if __name__ == "__main__":
-    cfg, as_of, args = parse(__doc__, lambda ap: ap.add_argument("--from", dest="start", type=dt.date.fromisoformat))
+    cfg, as_of, args = parse(
+        __doc__, lambda ap: ap.add_argument("--from", dest="start", type=dt.date.fromisoformat)
+    )
     spark = build_spark(cfg.spark)
     try:
-        finish(run_embed(spark, cfg, as_of, snapshot_from=args.start))
+        finish(run_embed(spark, cfg, as_of, snapshot_from=args.start, log=log))
     finally:
         spark.stop()

@@ -1,16 +1,29 @@
 """spark-submit entry point for the whole nightly run (all stages share the submitted Spark session).
 
-    spark-submit --properties-file infra/spark/cpu.conf jobs/nightly.py --as-of 2024-01-31
+spark-submit --properties-file infra/spark/cpu.conf jobs/nightly.py --as-of 2024-01-31
+
+Split across executor kinds with --until (the markers make the second call resume where the first ended):
+
+spark-submit --properties-file infra/spark/gpu.conf jobs/nightly.py --as-of 2024-01-31 --until embed
+spark-submit --properties-file infra/spark/cpu.conf jobs/nightly.py --as-of 2024-01-31
 """
 
-from llmfeat.jobs import finish, parse
-from llmfeat.nightly import run_nightly
+from llmfeat.jobs import finish, log, parse
+from llmfeat.nightly import STAGES, run_nightly
 from llmfeat.spark import build_spark
 
+
+def options(ap) -> None:
+    ap.add_argument(
+        "--force", action="append", default=[], choices=STAGES, help="redo this stage and its dependents"
+    )
+    ap.add_argument("--until", choices=STAGES, help="stop after this stage")
+
+
 if __name__ == "__main__":
-    cfg, as_of, args = parse(__doc__, lambda ap: ap.add_argument("--force", action="append", default=[]))
+    cfg, as_of, args = parse(__doc__, options)
     spark = build_spark(cfg.spark)  # run_nightly joins this active session instead of starting its own
     try:
-        finish(run_nightly(cfg, as_of, force=tuple(args.force)).to_dict())
+        finish(run_nightly(cfg, as_of, force=tuple(args.force), until=args.until, log=log).to_dict())
     finally:
         spark.stop()

@@ -82,6 +82,22 @@ ML_OVERRIDES = ("embed.backfill_every_days=7",)  # weekly user snapshots keep th
 
 
 @pytest.fixture(scope="session")
+def pit_day1(spark, tmp_path_factory) -> Path:
+    """A data directory where the nightly run of day 1 (tests/pit_runs.py) finished, training off. Tests copy
+    it, never change it: the previous complete state in tests/test_faults.py, the local-mode embeddings
+    that tests/test_cluster.py compares a cluster's with."""
+    from pit_runs import DAY1, pit_overrides
+
+    from llmfeat.config import load_config
+    from llmfeat.nightly import run_nightly
+
+    data_dir = tmp_path_factory.mktemp("pit_day1")
+    summary = run_nightly(load_config(None, pit_overrides(data_dir)), DAY1, log=lambda _: None)
+    assert [r.status for r in summary.results] == ["done"] * 5 + ["disabled"]
+    return data_dir
+
+
+@pytest.fixture(scope="session")
 def movielens_embedded(spark, tmp_path_factory, movielens_dir) -> Path:
     """MovieLens-100k ingested and embedded once per test run; tests copy it (``copy_data_dir``), never
     write into it, so the ~1 M tokens are encoded a single time."""

@@ -71,3 +71,26 @@ def test_packed_matches_the_columns():
         (pd.Timestamp("2024-01-02 06:00", tz="UTC") - pd.Timestamp(0, tz="UTC")).total_seconds() / 86400,
         atol=1e-2,
     )
+
+
+def test_an_unchanged_entity_yields_no_rows_that_arrow_still_takes():
+    """A catch-up run where an entity's stats did not change: no row for it, and the empty frame must still
+    convert to Spark's array<float> (an empty float 'packed' column made Arrow fail the whole job)."""
+    import pyarrow as pa
+
+    from llmfeat.stats import _stats_fn
+
+    cols = stat_columns("impressions")
+    events = pd.DataFrame({"event_ts": pd.to_datetime(["2024-01-02T10:00Z"]), "label": [1]})
+    entity = {"item_id": "A", "updated_at": pd.Timestamp("2024-01-01", tz="UTC"), "_prev_total": np.nan,
+              **{f"_prev_{c}": None for c in cols}}  # fmt: skip
+    day1 = _stats_fn("item_id", "impressions", [pd.Timestamp("2024-01-06", tz="UTC")])
+    first = day1(pd.DataFrame([entity]), events)
+    assert len(first) == 1
+    row = first.iloc[0]
+    entity |= {f"_prev_{c}": row[c] for c in cols} | {"_prev_total": row["impressions_total"]}
+    entity["_prev_last_event_ts"] = row["last_event_ts"].tz_localize(None)  # Spark hands over naive UTC
+    day2 = _stats_fn("item_id", "impressions", [pd.Timestamp("2024-01-07", tz="UTC")])
+    again = day2(pd.DataFrame([entity]), events)
+    assert again.empty
+    assert pa.Array.from_pandas(again["packed"], type=pa.list_(pa.float32())).type == pa.list_(pa.float32())

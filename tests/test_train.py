@@ -60,6 +60,15 @@ def test_leakage_canary_is_not_available(pit_store, tmp_path):
         store.delete_feature_view("label_canary")
 
 
+def test_too_little_data_is_refused_before_any_work(pit_store):
+    from llmfeat.config import load_config
+    from llmfeat.train import TooLittleDataError, run_train
+
+    cfg, _ = pit_store
+    with pytest.raises(TooLittleDataError, match=r"only 4 labelled interactions .*min_interactions=500"):
+        run_train(load_config(None, [f"paths.data_dir={cfg.paths.data_dir}"]), dt.date(2024, 1, 7), log=lambda _: None)
+
+
 def test_short_training_run_beats_the_base_rate(movielens_store):
     from llmfeat.config import load_config
     from llmfeat.train import run_train

@@ -253,34 +253,61 @@ def nightly(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
+    inject_fault: Annotated[
+        list[str] | None,
+        typer.Option("--inject-fault", hidden=True, help="Tests only: POINT[:kill|enospc] (llmfeat.faults)."),
+    ] = None,
 ) -> None:
     """The whole pipeline for one date: idempotent, resumable, one run per data directory at a time."""
     from llmfeat.embed import ModelMismatchError
+    from llmfeat.faults import Faults
     from llmfeat.nightly import LockedError, run_dir, run_nightly
 
     cfg = _config(config, set_, data_dir)
     day = _date(as_of)
+    try:
+        faults = Faults(inject_fault or ())
+    except ValueError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
     status = console.status("starting")
+    current = {"stage": None}
 
     def on_stage(stage: str, state: str) -> None:
         if state == "running":
+            current["stage"] = stage
             status.update(f"[bold]{stage}[/bold] ...")
         else:
             console.print(f"  {stage:<8} {state}")
 
+    def failed(exc: BaseException, what: str) -> typer.Exit:
+        import traceback
+
+        stage = current["stage"] or "startup"
+        console.print(traceback.format_exc(), markup=False, style="dim")
+        console.print(f"[red]failure:[/red] stage {stage} failed: {what}: {exc}")
+        console.print(f"  nothing of stage {stage} was published; fix the cause and run the same command "
+                      f"again: it resumes at {stage} (markers in {run_dir(cfg, day)})")  # fmt: skip
+        return typer.Exit(Exit.FAILURE)
+
     try:
         with status:
             summary = run_nightly(cfg, day, force=tuple(force or ()), until=until,
-                                  log=lambda m: console.print(f"[dim]{m}[/dim]"), on_stage=on_stage)  # fmt: skip
+                                  log=lambda m: console.print(f"[dim]{m}[/dim]"), on_stage=on_stage,
+                                  faults=faults)  # fmt: skip
     except LockedError as exc:
         console.print(f"[red]locked:[/red] {exc}")
         raise typer.Exit(Exit.LOCKED) from exc
+    except (InputError, FileNotFoundError) as exc:  # before ValueError: an InputError is one
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
     except (ConfigError, ModelMismatchError, ValueError) as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(Exit.CONFIG_ERROR) from exc
-    except (InputError, FileNotFoundError) as exc:
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    except OSError as exc:  # a full disk, a lost mount, an unreachable service
+        raise failed(exc, "write or connection failed") from exc
+    except Exception as exc:  # noqa: BLE001 - the scheduler gets a one-line reason and the FAILURE code
+        raise failed(exc, type(exc).__name__) from exc
     print_nightly_summary(summary, run_dir(cfg, day))
     if summary.quarantined:
         raise typer.Exit(Exit.QUARANTINED)

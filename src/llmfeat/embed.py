@@ -43,6 +43,7 @@ from llmfeat.changelog import (
 )
 from llmfeat.config import Config
 from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir, model_id, model_token_limit
+from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.texts import render_all, template_fields
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
@@ -431,6 +432,7 @@ def run_embed(
     snapshot_from: dt.date | None = None,
     every_days: int | None = None,
     log: Callable[[str], None] = print,
+    faults: Faults = NO_FAULTS,
 ) -> dict:
     """Embed items as of ``as_of`` and user snapshots from ``snapshot_from`` to ``as_of``; returns the manifest.
 
@@ -490,6 +492,7 @@ def run_embed(
         else:
             log(f"embed: user snapshots are up to date (covered until {covered_until(paths.manifests)})")
         _quarantine(item_texts, user_texts, canonical).coalesce(1).write.parquet(str(staging / "quarantine"))
+        faults.reach("embed.after_write_before_commit")
         published = phases.run("publish", lambda: _publish(paths, staging, firsts, as_of))
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from llmfeat import tables
 from llmfeat.config import Config, IndexConfig
 from llmfeat.embed import embedding_paths
+from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.vectors import normalise, read_latest
 
 FORMAT_VERSION = 1
@@ -381,7 +382,12 @@ def _ids_table(cat: Catalogue) -> pa.Table:
 
 
 def write_version(
-    root: Path, cat: Catalogue, built: BuiltIndex, embedding_set: str, version: str | None = None
+    root: Path,
+    cat: Catalogue,
+    built: BuiltIndex,
+    embedding_set: str,
+    version: str | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> Path:
     """Write one complete version directory (staged, then renamed into ``versions/``); returns its path."""
     version = version or new_version()
@@ -389,6 +395,7 @@ def write_version(
     with tables.staged_dir(final) as staging:
         start = time.perf_counter()
         faiss.write_index(built.index, str(staging / INDEX_FILE))
+        faults.reach("index.write")
         pq.write_table(_ids_table(cat), staging / IDS_FILE)
         np.save(staging / VECTORS_FILE, np.ascontiguousarray(cat.vectors, dtype=np.float32))
         files = {
@@ -584,7 +591,11 @@ def tuning_user_vectors(cfg: Config, cat: Catalogue) -> np.ndarray | None:
 
 
 def run_index(
-    cfg: Config, as_of: dt.date | None = None, *, log: Callable[[str], None] = print
+    cfg: Config,
+    as_of: dt.date | None = None,
+    *,
+    log: Callable[[str], None] = print,
+    faults: Faults = NO_FAULTS,
 ) -> dict[str, Any]:
     """Build an index from the current item embeddings, write it as a new version, publish it, prune old
     versions; returns the manifest (plus ``path`` and ``pruned``)."""
@@ -601,7 +612,8 @@ def run_index(
     log(f"index: build {factory} over {len(cat.item_ids)} x {cat.vectors.shape[1]} ({cat.model_id}) ...")
     built = build_index(cat.vectors, factory, cfg.index, users)
     built.seconds["read"] = read_s
-    path = write_version(root, cat, built, cfg.embed.embedding_set)
+    path = write_version(root, cat, built, cfg.embed.embedding_set, faults=faults)
+    faults.reach("index.before_publish")
     publish(root, path.name)
     pruned = prune(root, cfg.index.keep_versions)
     manifest = json.loads((path / MANIFEST_FILE).read_text())

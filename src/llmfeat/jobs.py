@@ -1,4 +1,5 @@
-"""What the thin ``jobs/*.py`` entry points share: argument parsing and the JSON summary they print."""
+"""What the thin ``jobs/*.py`` entry points share: argument parsing, progress on stderr and the JSON summary
+they print on stdout."""
 
 from __future__ import annotations
 
@@ -21,6 +22,12 @@ def parse(description: str, extra: callable | None = None) -> tuple[Config, dt.d
         extra(ap)
     args = ap.parse_args()
     return load_config(args.config, args.set), args.as_of, args
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; the JSON summary is printed last, on stdout. (spark-submit merges the driver's
+    stderr into its stdout: a reader takes the last JSON object.)"""
+    print(message, file=sys.stderr, flush=True)
 
 
 def finish(summary: dict) -> None:

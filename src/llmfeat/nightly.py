@@ -5,7 +5,14 @@
 Each stage writes its outputs atomically (see tables.py and changelog.py) and then a success marker,
 ``<data_dir>/runs/<as_of>/<stage>.json``, holding its summary. A re-run skips every stage with a marker, so
 after a crash it resumes at the first unfinished stage, and a re-run of a finished date does nothing and says
-so. ``force`` redoes the named stages and every stage that depends on them.
+so. ``force`` redoes the named stages and every stage that depends on them: before anything runs, their
+markers become ``<stage>.redo.json`` (downstream first), so a forced run that dies half-way resumes the redo
+instead of skipping stages whose outputs it has partly replaced.
+
+A run that dies (SIGKILL, OOM, a lost node) leaves hidden staging directories and work areas behind, never a
+half-written partition, snapshot or index version (a stage swaps each in whole, after writing all of them),
+and no marker for the stage it was in: the next run removes the leftovers once it holds the lock and redoes
+that stage. tests/test_faults.py kills runs at each stage's commit point.
 
 A lock (``<data_dir>/.llmfeat.lock``, an flock released by the kernel when the holder dies, even by SIGKILL)
 stops two runs from sharing a data directory; the message names the holder.
@@ -18,6 +25,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -26,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmfeat.config import Config
+from llmfeat.faults import NO_FAULTS, Faults
 
 STAGES = ("ingest", "embed", "stats", "publish", "index", "train")
 DEPENDS_ON = {
@@ -85,6 +94,35 @@ def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
         fh.truncate()
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
+
+
+# What a writer that died leaves behind: work areas of the Spark stages, staging and swapped-out directories
+# of atomic publishes (tables.staged_dir / publish_dir), index versions being pruned, temporary symlinks.
+LEFTOVERS = (
+    "embeddings/*/work/run-*",
+    "features/work/run-*",
+    "canonical/*/.staging-*",
+    "canonical/*/.old-*",
+    "embeddings/*/*/.staging-*",
+    "embeddings/*/*/.old-*",
+    "features/*/.staging-*",
+    "features/*/.old-*",
+    "index/*/versions/.staging-*",
+    "index/*/versions/.old-*",
+    "index/*/versions/.deleting-*",
+    "index/*/.current-*",
+)
+
+
+def remove_leftovers(data_dir: Path) -> list[Path]:
+    """Remove what interrupted writers left behind; only safe while holding the data-directory lock."""
+    found = sorted({p for pattern in LEFTOVERS for p in Path(data_dir).glob(pattern)})
+    for path in found:
+        if path.is_symlink() or path.is_file():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return found
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -160,11 +198,19 @@ class _SparkHolder:
 
 
 def _stage_functions(
-    cfg: Config, as_of: dt.date, spark: _SparkHolder, log: Callable[[str], None], markers: Path
+    cfg: Config,
+    as_of: dt.date,
+    spark: _SparkHolder,
+    log: Callable[[str], None],
+    markers: Path,
+    faults: Faults = NO_FAULTS,
 ):
     def previous(stage: str) -> dict:
-        path = markers / f"{stage}.json"
-        return json.loads(path.read_text())["summary"] if path.is_file() else {}
+        """The summary of the finished run a forced redo replaces."""
+        for path in (markers / f"{stage}.json", markers / f"{stage}.redo.json"):
+            if path.is_file():
+                return json.loads(path.read_text())["summary"]
+        return {}
 
     def ingest(forced: bool) -> dict:
         from llmfeat.ingest import run_ingest
@@ -179,27 +225,29 @@ def _stage_functions(
         # A forced redo covers the same snapshot range as the run it replaces.
         start = previous("embed").get("snapshots", {}).get("from") if forced else None
         return run_embed(
-            spark.get(), cfg, as_of, snapshot_from=dt.date.fromisoformat(start) if start else None, log=log
-        )
+            spark.get(), cfg, as_of, snapshot_from=dt.date.fromisoformat(start) if start else None, log=log,
+            faults=faults,
+        )  # fmt: skip
 
     def stats(forced: bool) -> dict:
         from llmfeat.stats import run_stats
 
         start = previous("stats").get("snapshots", {}).get("from") if forced else None
         return run_stats(
-            spark.get(), cfg, as_of, snapshot_from=dt.date.fromisoformat(start) if start else None, log=log
-        )
+            spark.get(), cfg, as_of, snapshot_from=dt.date.fromisoformat(start) if start else None, log=log,
+            faults=faults,
+        )  # fmt: skip
 
     def publish(forced: bool) -> dict:
         from llmfeat.publish import run_publish
 
         spark.get()  # Feast's Spark offline store joins the session already running
-        return run_publish(cfg, as_of, full=forced, log=log)
+        return run_publish(cfg, as_of, full=forced, log=log, faults=faults)
 
     def index(forced: bool) -> dict:
         from llmfeat.index import run_index
 
-        manifest = run_index(cfg, as_of, log=log)
+        manifest = run_index(cfg, as_of, log=log, faults=faults)
         keep = ("version", "model_id", "count", "dim", "index", "path", "pruned", "seconds")
         return {k: manifest[k] for k in keep if k in manifest}
 
@@ -237,9 +285,10 @@ def run_nightly(
     until: str | None = None,
     log: Callable[[str], None] = print,
     on_stage: Callable[[str, str], None] | None = None,
+    faults: Faults = NO_FAULTS,
 ) -> NightlySummary:
     """Run (or resume) the nightly pipeline for ``as_of``, through stage ``until`` (default: all).
-    ``on_stage(stage, status)`` reports progress."""
+    ``on_stage(stage, status)`` reports progress; ``faults`` is for the crash-safety tests only."""
     unknown = (set(force) | ({until} if until else set())) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
@@ -252,13 +301,22 @@ def run_nightly(
     what = f"llmfeat nightly --as-of {as_of} ({' '.join(sys.argv[1:]) or 'api'})"
     with data_dir_lock(cfg.paths.data_dir, what):
         try:
-            functions = _stage_functions(cfg, as_of, spark, log, markers)
+            for path in remove_leftovers(Path(cfg.paths.data_dir)):
+                log(f"nightly: removed {path}, left by an interrupted run")
+            # Invalidate what a forced redo replaces before touching anything, downstream first: if this run
+            # dies, the next one redoes these stages (and knows they are redos) instead of skipping them.
+            for stage in reversed(STAGES):
+                if stage in redo and (markers / f"{stage}.json").is_file():
+                    os.replace(markers / f"{stage}.json", markers / f"{stage}.redo.json")
+            functions = _stage_functions(cfg, as_of, spark, log, markers, faults)
             for stage in STAGES[: last + 1]:
                 marker = markers / f"{stage}.json"
+                pending_redo = markers / f"{stage}.redo.json"
                 if stage not in functions:
                     results.append(StageResult(stage, "disabled"))
                     continue
-                if marker.is_file() and stage not in redo:
+                if marker.is_file():
+                    pending_redo.unlink(missing_ok=True)
                     results.append(
                         StageResult(stage, "skipped", summary=json.loads(marker.read_text())["summary"])
                     )
@@ -268,10 +326,11 @@ def run_nightly(
                 if on_stage:
                     on_stage(stage, "running")
                 t0 = time.perf_counter()
-                summary = functions[stage](stage in redo and marker.is_file())
+                summary = functions[stage](pending_redo.is_file())
                 seconds = time.perf_counter() - t0
                 _write_json(marker, {"stage": stage, "as_of": as_of.isoformat(), "seconds": round(seconds, 3),
                                      "finished": dt.datetime.now(dt.UTC).isoformat(), "summary": summary})  # fmt: skip
+                pending_redo.unlink(missing_ok=True)
                 results.append(StageResult(stage, "done", seconds, summary))
                 if on_stage:
                     on_stage(stage, "done")

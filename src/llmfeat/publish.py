@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from llmfeat.config import Config, ConfigError
+from llmfeat.faults import NO_FAULTS, Faults
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -145,8 +146,14 @@ def load_definitions(cfg: Config) -> list:
     return objects
 
 
-def run_publish(cfg: Config, as_of: dt.date, *, full: bool = False, log=print) -> dict:
-    """Apply the repository and materialise up to the snapshot time of ``as_of`` (00:00 UTC, inclusive)."""
+def run_publish(
+    cfg: Config, as_of: dt.date, *, full: bool = False, log=print, faults: Faults = NO_FAULTS
+) -> dict:
+    """Apply the repository and materialise up to the snapshot time of ``as_of`` (00:00 UTC, inclusive).
+
+    One view at a time: Feast records a view's materialised interval in the registry only after the view is
+    written, so a run that dies half-way leaves every view either done (its interval recorded, its online
+    rows complete) or to be done again by the next run."""
     from feast import FeatureView
 
     started = time.perf_counter()
@@ -160,10 +167,13 @@ def run_publish(cfg: Config, as_of: dt.date, *, full: bool = False, log=print) -
     seen = [v.name for v in views if v.name not in fresh]
     feast_output = io.StringIO()
     with contextlib.redirect_stdout(feast_output):  # Feast prints coloured progress; keep it for the log
-        if fresh:
-            store.materialize(start_date=EPOCH, end_date=end, feature_views=fresh)
-        if seen:
-            store.materialize_incremental(end_date=end, feature_views=seen)
+        for n, name in enumerate([*fresh, *seen]):
+            if n == 1:
+                faults.reach("publish.mid_materialize")
+            if name in fresh:
+                store.materialize(start_date=EPOCH, end_date=end, feature_views=[name])
+            else:
+                store.materialize_incremental(end_date=end, feature_views=[name])
     done = time.perf_counter()
     for line in feast_output.getvalue().splitlines():
         if line.startswith("Materializing"):

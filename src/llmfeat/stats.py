@@ -37,6 +37,7 @@ from llmfeat.changelog import (
     write_manifest,
 )
 from llmfeat.config import Config
+from llmfeat.faults import NO_FAULTS, Faults
 
 WINDOWS_DAYS = (1, 7, 30)
 STATS_TABLES = ("item_stats", "user_stats", "item_meta")
@@ -171,7 +172,9 @@ def _stats_fn(key: str, noun: str, times: list[pd.Timestamp]):
             previous = {c: (v.item() if hasattr(v, "item") else v) for c, v in previous.items()}
         frame = changes_only(frame, cols, previous)
         frame.insert(0, key, entity[key])
-        frame["packed"] = pack(frame, noun)
+        # An object column even when empty: a float column of no rows cannot become array<float> in Arrow
+        # (an incremental run where an entity's values did not change yields no rows for it).
+        frame["packed"] = pd.Series(pack(frame, noun), index=frame.index, dtype=object)
         return frame
 
     return fn
@@ -250,6 +253,7 @@ def run_stats(
     snapshot_from: dt.date | None = None,
     every_days: int | None = None,
     log: Callable[[str], None] = print,
+    faults: Faults = NO_FAULTS,
 ) -> dict:
     """Compute item/user stats at each snapshot time from ``snapshot_from`` to ``as_of`` and item metadata."""
     from pyspark.sql import functions as F
@@ -318,6 +322,7 @@ def run_stats(
         for name in firsts:
             written = read_table(spark, staging / name)
             counts[name] = written.count() if written is not None else 0
+        faults.reach("stats.after_write_before_commit")
         published = phases.run(
             "publish",
             lambda: {n: publish_partitions(staging / n, paths.table(n), day) for n, day in firsts.items()},
