@@ -134,8 +134,11 @@ def embed(
     every: Annotated[int | None, typer.Option("--every", help="Days between user snapshots.")] = None,
     model: Annotated[
         Path | None,
-        typer.Option("--model", help="Local model directory (default: all-MiniLM-L6-v2). Its vectors go to the "
-                     "embedding set named after the directory unless --set embed.embedding_set=... says otherwise."),
+        typer.Option(
+            "--model",
+            help="Local model directory (default: all-MiniLM-L6-v2). Its vectors go to the "
+            "embedding set named after the directory unless --set embed.embedding_set=... says otherwise.",
+        ),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -150,10 +153,9 @@ def embed(
         extra.append(f"embed.model_dir={model}")
         if not any(s.strip().startswith("embed.embedding_set=") for s in set_ or []):
             # A model gets its own set, named after its directory, unless one is given (or it is the default).
-            from llmfeat.encoder import default_model_dir
+            from llmfeat.embed import set_for_model
 
-            if model.resolve() != default_model_dir().resolve():
-                extra.append(f"embed.embedding_set={model.resolve().name}")
+            extra.append(f"embed.embedding_set={set_for_model(model)}")
     cfg = _config(config, set_, data_dir, extra)
     day = _date(as_of)
     spark = build_spark(cfg.spark)
@@ -535,8 +537,12 @@ def finetune(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Snapshot date of the canonical tables to train on.")
     ] = None,
-    method: Annotated[str | None, typer.Option("--method", help="lora | full | top_layers (finetune.method).")] = None,
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Training steps (finetune.max_steps).")] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="lora | full | top_layers (finetune.method).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Training steps (finetune.max_steps).")
+    ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", help="Model directory to write (finetune.output_dir).")
     ] = None,
@@ -567,7 +573,9 @@ def finetune(
         f"validation loss {card['val_loss_before']:.4f} -> {card['val_loss_after']:.4f}"
     )
     console.print(f"  model {card['model_id']}: {card['model_dir']}")
-    console.print(f"  next: llmfeat embed --model {card['model_dir']}  (embedding set {Path(card['model_dir']).name})")
+    console.print(
+        f"  next: llmfeat embed --model {card['model_dir']}  (embedding set {Path(card['model_dir']).name})"
+    )
 
 
 @app.command()

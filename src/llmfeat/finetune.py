@@ -72,12 +72,15 @@ class ClickPairs:
     user_text: list[str]
     item_text: list[str]
     item_id: np.ndarray
+    user_id: np.ndarray
+    event_ts: np.ndarray
 
     def __len__(self) -> int:
         return len(self.user_text)
 
     def take(self, idx: np.ndarray) -> ClickPairs:
-        return ClickPairs([self.user_text[i] for i in idx], [self.item_text[i] for i in idx], self.item_id[idx])
+        return ClickPairs([self.user_text[i] for i in idx], [self.item_text[i] for i in idx], self.item_id[idx],
+                          self.user_id[idx], self.event_ts[idx])  # fmt: skip
 
 
 def _canonical(data_dir: Path, name: str, as_of: dt.date) -> pd.DataFrame:
@@ -135,7 +138,9 @@ def click_pairs(cfg: Config, as_of: dt.date) -> tuple[ClickPairs, ClickPairs, di
     titles = items.set_index("item_id")["title"]
     clicks = inter[inter["label"] == 1][["user_id", "item_id", "event_ts"]].copy()
     clicks["title"] = clicks["item_id"].map(titles)
-    params = UserStateParams(cfg.embed.user_template, cfg.embed.user_history_n, cfg.embed.history_half_life_days)
+    params = UserStateParams(
+        cfg.embed.user_template, cfg.embed.user_history_n, cfg.embed.history_half_life_days
+    )
     parts = {}
     for name, frame in (("train", split.train), ("validation", split.validation)):
         pos = frame[frame["label"] == 1]
@@ -143,13 +148,26 @@ def click_pairs(cfg: Config, as_of: dt.date) -> tuple[ClickPairs, ClickPairs, di
         i = pos["item_id"].map(item_text)
         keep = u.notna() & i.notna() & (u.str.len() > 0) & (i.str.len() > 0)
         pos = pos[keep.to_numpy()]
-        parts[name] = ClickPairs(u[keep].tolist(), i[keep].tolist(), pos["item_id"].astype(str).to_numpy())
+        parts[name] = ClickPairs(u[keep].tolist(), i[keep].tolist(), pos["item_id"].astype(str).to_numpy(),
+                                 pos["user_id"].astype(str).to_numpy(), pos["event_ts"].to_numpy())  # fmt: skip
     info = {
         "as_of": as_of.isoformat(), "split": "temporal", **split.boundaries,
         "train_pairs": len(parts["train"]), "validation_pairs": len(parts["validation"]),
         "train_items": int(len(set(parts["train"].item_id))),
     }  # fmt: skip
     return parts["train"], parts["validation"], info
+
+
+def sample_pairs(train: ClickPairs, val: ClickPairs, f) -> tuple[ClickPairs, list[ClickPairs]]:
+    """The training pairs used (a seeded sample of at most ``max_train_pairs``) and the fixed validation
+    batches (a seeded sample of ``eval_pairs``): a pure function of the config, so a check can redo it."""
+    rng = np.random.default_rng(f.seed)
+    if f.max_train_pairs is not None and len(train) > f.max_train_pairs:
+        train = train.take(np.sort(rng.choice(len(train), f.max_train_pairs, replace=False)))
+    sample = val.take(rng.permutation(len(val))[: f.eval_pairs])
+    batches = [sample.take(np.arange(s, min(s + f.batch_size, len(sample))))
+               for s in range(0, len(sample), f.batch_size)]  # fmt: skip
+    return train, [b for b in batches if len(b) >= 2]
 
 
 def in_batch_loss(user_vecs, item_vecs, item_ids: np.ndarray, temperature: float):
@@ -182,7 +200,9 @@ class TwoTower:
         return pool_and_normalise(hidden.float(), mask, "mean")
 
     def loss(self, pairs: ClickPairs, temperature: float):
-        return in_batch_loss(self.encode(pairs.user_text), self.encode(pairs.item_text), pairs.item_id, temperature)
+        return in_batch_loss(
+            self.encode(pairs.user_text), self.encode(pairs.item_text), pairs.item_id, temperature
+        )
 
     def val_loss(self, batches: list[ClickPairs], temperature: float) -> float:
         import torch
@@ -264,7 +284,9 @@ def run_finetune(
         raise ConfigError("finetune.batch_size must be at least 2 (in-batch negatives)")
     out = output_dir(cfg)
     if out.exists() and not f.overwrite:
-        raise ConfigError(f"{out} exists: choose another finetune.name / output_dir, or finetune.overwrite=true")
+        raise ConfigError(
+            f"{out} exists: choose another finetune.name / output_dir, or finetune.overwrite=true"
+        )
     started = time.perf_counter()
     base = Path(base_model or cfg.embed.model_dir or default_model_dir()).resolve()
     base_spec = EncoderSpec(str(base))
@@ -276,20 +298,15 @@ def run_finetune(
     if device == "cpu":
         torch.set_num_threads(f.threads or available_cores())
     torch.manual_seed(f.seed)
-    rng = np.random.default_rng(f.seed)
+    rng = np.random.default_rng(f.seed + 1)
 
     log(f"finetune: building click pairs as of {as_of} ...")
     train, val, data = click_pairs(cfg, as_of)
     if len(train) < f.batch_size or len(val) < 2:
         raise ValueError(f"too few click pairs to fine-tune: {len(train)} train, {len(val)} validation")
-    if f.max_train_pairs is not None and len(train) > f.max_train_pairs:
-        train = train.take(np.sort(rng.choice(len(train), f.max_train_pairs, replace=False)))
-    val_idx = rng.permutation(len(val))[: f.eval_pairs]
-    val_sample = val.take(val_idx)
-    val_batches = [val_sample.take(np.arange(s, min(s + f.batch_size, len(val_sample))))
-                   for s in range(0, len(val_sample), f.batch_size)]  # fmt: skip
-    val_batches = [b for b in val_batches if len(b) >= 2]
-    log(f"finetune: {len(train)} training pairs, {len(val_sample)} validation pairs ({data['t1']} / {data['t2']})")
+    train, val_batches = sample_pairs(train, val, f)
+    log(f"finetune: {len(train)} training pairs, {sum(map(len, val_batches))} validation pairs "
+        f"({data['t1']} / {data['t2']})")  # fmt: skip
 
     model, n_trainable = prepare_model(base, f.method, f, device)
     towers = TwoTower(model, tokenizer, device, f.max_tokens)
@@ -325,7 +342,9 @@ def run_finetune(
         train_losses.append(loss.item())
         if step % f.eval_every == 0 or step == f.max_steps:
             v = towers.val_loss(val_batches, f.temperature)
-            history.append({"step": step, "val_loss": round(v, 5), "train_loss": round(float(np.mean(train_losses)), 5)})
+            history.append(
+                {"step": step, "val_loss": round(v, 5), "train_loss": round(float(np.mean(train_losses)), 5)}
+            )
             train_losses = []
             log(f"finetune: step {step}: train loss {history[-1]['train_loss']:.4f}, validation loss {v:.4f}")
             if v < best:
@@ -372,7 +391,9 @@ def run_finetune(
     card["model_dir"] = str(out.resolve())
     card["model_id"] = model_id(EncoderSpec(str(out.resolve())), base_limit)
     (out / MODEL_CARD).write_text(json.dumps(card, indent=2))
-    log(f"finetune: validation loss {before:.4f} -> {best:.4f} (best step {best_step}); saved {out} as {card['model_id']}")
+    log(
+        f"finetune: validation loss {before:.4f} -> {best:.4f} (best step {best_step}); saved {out} as {card['model_id']}"
+    )
     return card
 
 

@@ -111,7 +111,8 @@ def comparison_section(summary: dict, metrics: tuple[str, ...] = ("auc", "gauc",
         + "; ".join(f"`{name}` = `{s['embedding_model_id']}` (run {s['run_id']})" for name, s in runs)
         + ".\n\n",
         "| protocol | model | slice | rows | "
-        + " | ".join(f"{m} {name}" for m in metrics for name, _ in runs) + " |\n",
+        + " | ".join(f"{m} {name}" for m in metrics for name, _ in runs)
+        + " |\n",
         "|---|---|---|---:|" + "---:|" * (len(metrics) * len(runs)) + "\n",
     ]
     for key, r in keyed[0].items():
