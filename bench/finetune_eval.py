@@ -288,7 +288,7 @@ def main() -> None:
         f"batch {card['batch_size']}, lr {card['lr']:g}, max {card['max_tokens']} tokens, seed {card['seed']}): "
         f"{card['data']['train_pairs']:,} positive (user text as of the click, item text) pairs before T1 = "
         f"{card['data']['t1']}, validation loss on {card['data']['validation_pairs']:,} pairs in [T1, T2 = "
-        f"{card['data']['t2']}) (sample of {len(card['history']) and cfg.finetune.eval_pairs}). "
+        f"{card['data']['t2']}) (a fixed sample of {cfg.finetune.eval_pairs} of them). "
         f"{card['steps']} steps ({card['steps'] * card['batch_size']:,} pairs, "
         f"{card['steps'] * card['batch_size'] / max(card['data']['train_pairs'], 1):.2f} epochs), best step "
         f"{card['best_step']}, {card['seconds']['train']:.0f} s. Validation loss {card['val_loss_before']:.4f} -> "

@@ -369,6 +369,8 @@ def run_finetune(
         "lr": lr,
         "batch_size": f.batch_size,
         "max_tokens": f.max_tokens,
+        "eval_every": f.eval_every,
+        "eval_pairs": sum(map(len, val_batches)),
         "lora": {"r": f.lora_r, "alpha": f.lora_alpha, "dropout": f.lora_dropout, "targets": LORA_TARGETS}
         if f.method == "lora" else None,
         "top_layers": f.top_layers if f.method == "top_layers" else None,
