@@ -251,7 +251,7 @@ def main() -> None:
         run_ingest(cfg, as_of)
     seconds: dict[str, dict] = {}
     if args.frozen_only:
-        spark = build_spark(cfg.spark.__class__(master="local[2]", shuffle_partitions=4, driver_memory="3g"))
+        spark = build_spark(cfg.spark.__class__(master="local[2]", shuffle_partitions=4, driver_memory="6g"))
         try:
             ensure_features(spark, with_set(cfg, None, "default"), as_of, stats=True)
             ensure_ctr(with_set(cfg, None, "default"), as_of)
@@ -265,7 +265,7 @@ def main() -> None:
     card = json.loads((model_dir / "llmfeat_model.json").read_text())
     frozen_cfg = with_set(cfg, None, "default")
     tuned_cfg = with_set(cfg, model_dir.resolve(), model_dir.name)
-    spark = build_spark(cfg.spark.__class__(master="local[2]", shuffle_partitions=4, driver_memory="3g"))
+    spark = build_spark(cfg.spark.__class__(master="local[2]", shuffle_partitions=4, driver_memory="6g"))
     try:
         seconds["frozen"] = ensure_features(spark, frozen_cfg, as_of, stats=True)
         seconds["fine-tuned"] = ensure_features(spark, tuned_cfg, as_of, stats=False)
