@@ -55,7 +55,7 @@ def with_set(cfg: Config, model_dir: Path | None, name: str) -> Config:
     return out
 
 
-def ensure_features(spark, cfg: Config, as_of: dt.date, *, stats: bool) -> dict:
+def ensure_features(spark, cfg: Config, as_of: dt.date, *, stats: bool, publish: bool = True) -> dict:
     from llmfeat.embed import embedding_paths, run_embed
     from llmfeat.publish import feast_dir, run_publish
     from llmfeat.stats import run_stats
@@ -71,7 +71,7 @@ def ensure_features(spark, cfg: Config, as_of: dt.date, *, stats: bool) -> dict:
         log(f"embed {cfg.embed.embedding_set}: {m['model_id']}, {seconds['embed']} s, counts {m['counts']}")
     if stats and not (Path(cfg.paths.data_dir) / "features" / "item_stats").is_dir():
         run_stats(spark, cfg, as_of, log=quiet)
-    if not (feast_dir(cfg) / "online.db").is_file():
+    if publish and not (feast_dir(cfg) / "online.db").is_file():
         t = time.perf_counter()
         run_publish(cfg, as_of, log=quiet)
         seconds["publish"] = round(time.perf_counter() - t, 1)
@@ -230,6 +230,7 @@ def main() -> None:
     ap.add_argument("--set-name", default="finetuned", help="Fine-tuned model dir name = its embedding set")
     ap.add_argument("--set", action="append", default=[], help="Extra config override (section.key=value)")
     ap.add_argument("--frozen-only", action="store_true", help="Only the frozen set's features and CTR run")
+    ap.add_argument("--skip-ctr", action="store_true", help="Retrieval only (no Feast publish, no CTR runs)")
     ap.add_argument("--table", type=Path, default=None, help="Write the Markdown tables here too")
     ap.add_argument("--out", type=Path, default=None, help="BENCHMARKS.md to update (section 'Fine-tuning')")
     args = ap.parse_args()
@@ -267,12 +268,21 @@ def main() -> None:
     tuned_cfg = with_set(cfg, model_dir.resolve(), model_dir.name)
     spark = build_spark(cfg.spark.__class__(master="local[2]", shuffle_partitions=4, driver_memory="6g"))
     try:
-        seconds["frozen"] = ensure_features(spark, frozen_cfg, as_of, stats=True)
-        seconds["fine-tuned"] = ensure_features(spark, tuned_cfg, as_of, stats=False)
-        ctr = {"frozen": ensure_ctr(frozen_cfg, as_of), "fine-tuned": ensure_ctr(tuned_cfg, as_of)}
+        seconds["frozen"] = ensure_features(spark, frozen_cfg, as_of, stats=True, publish=not args.skip_ctr)
+        seconds["fine-tuned"] = ensure_features(
+            spark, tuned_cfg, as_of, stats=False, publish=not args.skip_ctr
+        )
+        # retrieval needs only the embedding tables: measured (and saved) before the longer CTR runs
+        ret = {
+            name: retrieval_eval(c, as_of) for name, c in (("frozen", frozen_cfg), ("fine-tuned", tuned_cfg))
+        }
+        (args.data_dir / "finetune_retrieval.json").write_text(json.dumps(ret, indent=2, default=str))
+        log(f"retrieval: {json.dumps(ret, default=str)}")
+        ctr = None
+        if not args.skip_ctr:
+            ctr = {"frozen": ensure_ctr(frozen_cfg, as_of), "fine-tuned": ensure_ctr(tuned_cfg, as_of)}
     finally:
         spark.stop()
-    ret = {name: retrieval_eval(c, as_of) for name, c in (("frozen", frozen_cfg), ("fine-tuned", tuned_cfg))}
     (args.data_dir / "finetune_eval.json").write_text(json.dumps({"card": card, "ctr": ctr, "retrieval": ret,
                                                                   "seconds": seconds}, indent=2, default=str))  # fmt: skip
 
@@ -300,7 +310,7 @@ def main() -> None:
         "",
         "### CTR models, temporal protocol, test split",
         "",
-        *ctr_rows(ctr["frozen"], ctr["fine-tuned"]),
+        *(ctr_rows(ctr["frozen"], ctr["fine-tuned"]) if ctr else ["(not run: --skip-ctr)"]),
         "",
         f"### Retrieval, temporal test split (users with clicks >= T2, query vector as of T2, exact top-{K}, items "
         "seen before T2 excluded)",
