@@ -133,7 +133,12 @@ def embed(
     ] = None,
     every: Annotated[int | None, typer.Option("--every", help="Days between user snapshots.")] = None,
     model: Annotated[
-        Path | None, typer.Option("--model", help="Local model directory (default: all-MiniLM-L6-v2).")
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Local model directory (default: all-MiniLM-L6-v2). Its vectors go to the "
+            "embedding set named after the directory unless --set embed.embedding_set=... says otherwise.",
+        ),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -143,7 +148,15 @@ def embed(
     from llmfeat.embed import ModelMismatchError, run_embed
     from llmfeat.spark import build_spark
 
-    cfg = _config(config, set_, data_dir, [f"embed.model_dir={model}"] if model else [])
+    extra = []
+    if model:
+        extra.append(f"embed.model_dir={model}")
+        if not any(s.strip().startswith("embed.embedding_set=") for s in set_ or []):
+            # A model gets its own set, named after its directory, unless one is given (or it is the default).
+            from llmfeat.embed import set_for_model
+
+            extra.append(f"embed.embedding_set={set_for_model(model)}")
+    cfg = _config(config, set_, data_dir, extra)
     day = _date(as_of)
     spark = build_spark(cfg.spark)
     try:
@@ -546,6 +559,52 @@ def train(
     console.print(table)
     console.print(f"  report: {summary['report']}")
     console.print(f"  models: {Path(next(iter(summary['models'].values()), '.')).parent}")
+
+
+@app.command()
+def finetune(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Snapshot date of the canonical tables to train on.")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option("--method", help="lora | full | top_layers (finetune.method).")
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Training steps (finetune.max_steps).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Model directory to write (finetune.output_dir).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Fine-tune the encoder on the click signal (two towers, in-batch softmax); save a merged model directory.
+
+    Then: `llmfeat embed --model <dir>` re-embeds into a new embedding set, `publish` / `index` / `train` with
+    --set embed.embedding_set=<set> build the new version beside the old one."""
+    from llmfeat.finetune import run_finetune
+
+    extra = [f"finetune.method={method}"] if method else []
+    extra += [f"finetune.max_steps={max_steps}"] if max_steps is not None else []
+    extra += [f"finetune.output_dir={output}"] if output else []
+    cfg = _config(config, set_, data_dir, extra)
+    try:
+        card = run_finetune(cfg, _date(as_of), log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except (ConfigError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    console.print(
+        f"fine-tuned {card['base_model_id']} ({card['method']}, {card['steps']} steps, best {card['best_step']}): "
+        f"validation loss {card['val_loss_before']:.4f} -> {card['val_loss_after']:.4f}"
+    )
+    console.print(f"  model {card['model_id']}: {card['model_dir']}")
+    console.print(
+        f"  next: llmfeat embed --model {card['model_dir']}  (embedding set {Path(card['model_dir']).name})"
+    )
 
 
 @app.command()

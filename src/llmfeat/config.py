@@ -185,6 +185,47 @@ class ServeConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """``llmfeat finetune``: the encoder fine-tuned on the click signal (src/llmfeat/finetune.py)."""
+
+    method: str = "lora"
+    """lora (adapters on the attention query/value layers, merged into the weights on save), full (every
+    weight) or top_layers (only the last ``top_layers`` transformer layers)."""
+    output_dir: Path | None = None
+    """Where the fine-tuned model directory goes; None: <data_dir>/models/encoders/<name>. Its folder name is
+    the default embedding set of ``llmfeat embed --model``."""
+    name: str = "finetuned"
+    overwrite: bool = False
+    """Replace an existing output directory (its vectors, if embedded, then no longer match the weights)."""
+    temperature: float = 0.05
+    """In-batch softmax over cosine similarities: logits = cos / temperature."""
+    max_steps: int = 300
+    batch_size: int = 32
+    lr: float | None = None
+    """None: 1e-3 for lora, 3e-5 for full, 1e-4 for top_layers."""
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    max_tokens: int = 128
+    """Token limit of both towers while training (the saved model keeps the base model's limit)."""
+    eval_every: int = 50
+    """Validation loss every N steps (and before the first): early stopping keeps the best."""
+    eval_pairs: int = 512
+    """Validation pairs (a fixed seeded sample of the validation split) the loss is measured on."""
+    patience: int = 3
+    """Stop after this many evaluations without a better validation loss."""
+    max_train_pairs: int | None = None
+    """Train on a seeded sample of at most this many positive pairs (None: all)."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    top_layers: int = 2
+    seed: int = 7
+    device: str = "auto"
+    threads: int | None = None
+    """torch threads on CPU; None: every core this process may use."""
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -194,6 +235,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

@@ -83,6 +83,13 @@ def embedding_paths(data_dir: Path, embedding_set: str) -> EmbeddingPaths:
     return EmbeddingPaths(Path(data_dir) / "embeddings" / embedding_set)
 
 
+def set_for_model(model_dir: Path | str) -> str:
+    """The embedding set ``llmfeat embed --model DIR`` writes to unless told otherwise: ``default`` for the
+    default model, else the model directory's name (a fine-tuned model gets its own set, never the default)."""
+    model = Path(model_dir).resolve()
+    return "default" if model == default_model_dir().resolve() else model.name
+
+
 def encoder_spec(cfg: Config) -> EncoderSpec:
     e = cfg.embed
     return EncoderSpec(

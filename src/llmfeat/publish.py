@@ -9,6 +9,13 @@ store, Spark offline store), applies the definitions and materialises:
   epoch, since ``materialize-incremental`` would start a year before *now*);
 - afterwards incrementally from the previous end (``materialize_incremental``), or everything again with
   ``full=True`` (after a forced re-run of an upstream stage changed old rows).
+
+Embedding sets side by side: each set is its own Feast project with its own registry, online tables and
+generated config. The ``default`` set is project ``feast.project`` (``llmfeat``) under ``<data_dir>/feast/``;
+another set ``S`` (e.g. a fine-tuned model's) is project ``llmfeat_S`` under ``<data_dir>/feast/sets/S/``. The
+same feature view names then never collide in one online store (SQLite file per project; in Redis, Feast
+keys carry the project), so both versions stay servable and switching rankers between them, or rolling back,
+is the one setting ``embed.embedding_set``.
 """
 
 from __future__ import annotations
@@ -34,8 +41,31 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+DEFAULT_SET = "default"
+_SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def check_set_name(name: str) -> str:
+    if not _SET_NAME.match(name or ""):
+        raise ConfigError(
+            f"embed.embedding_set {name!r}: use letters, digits, '_', '-' and '.' (starting with a letter or digit)"
+        )
+    return name
+
+
 def feast_dir(cfg: Config) -> Path:
-    return Path(cfg.paths.data_dir).resolve() / "feast"
+    """The generated config, registry and SQLite online store of ``cfg``'s embedding set."""
+    root = Path(cfg.paths.data_dir).resolve() / "feast"
+    emb_set = check_set_name(cfg.embed.embedding_set)
+    return root if emb_set == DEFAULT_SET else root / "sets" / emb_set
+
+
+def feast_project(cfg: Config) -> str:
+    """``feast.project`` for the default set, ``<feast.project>_<set>`` (non-word characters as '_') otherwise."""
+    emb_set = check_set_name(cfg.embed.embedding_set)
+    if emb_set == DEFAULT_SET:
+        return cfg.feast.project
+    return f"{cfg.feast.project}_{re.sub(r'[^A-Za-z0-9_]', '_', emb_set)}"
 
 
 def staging_dir(cfg: Config) -> Path:
@@ -62,7 +92,7 @@ def feature_store_yaml(cfg: Config) -> dict:
         **{k: str(v) for k, v in cfg.spark.conf.items()},
     }
     return {
-        "project": f.project,
+        "project": feast_project(cfg),
         "provider": "local",
         "registry": {
             "registry_type": "file",
@@ -185,6 +215,8 @@ def run_publish(
         "full_materialization": sorted(fresh),
         "incremental": sorted(seen),
         "online_store": cfg.feast.online_store,
+        "project": feast_project(cfg),
+        "embedding_set": cfg.embed.embedding_set,
         "feature_store_yaml": str(feast_dir(cfg) / "feature_store.yaml"),
         "seconds": {"apply": round(applied - started, 3), "materialize": round(done - applied, 3)},
     }

@@ -79,7 +79,8 @@ def write_report(out: Path, summary: dict, curves: dict, predictions: dict) -> P
     parts = [
         f"# CTR report {summary['run_id']}\n",
         f"Snapshot {summary['as_of']}; {summary['rows']} labelled interactions with point-in-time features from Feast; "
-        f"embedding model `{summary['embedding_model_id']}` ({summary['embedding_dim']}-d).\n",
+        f"embedding set `{summary.get('embedding_set', 'default')}`, model `{summary['embedding_model_id']}` "
+        f"({summary['embedding_dim']}-d).\n",
         "Slices: `cold_item` = items with no training interaction, `cold_user` = users with none, `light_user` = "
         "users with a few, `warm` = neither user nor item cold. `base_logloss` = always predicting the training "
         "click rate. GAUC = per-user AUC weighted by rows.\n",
@@ -90,6 +91,33 @@ def write_report(out: Path, summary: dict, curves: dict, predictions: dict) -> P
         parts.append(results_table(summary["results"], protocol))
         for name in _plots(out, protocol, curves.get(protocol, {}), predictions[protocol]):
             parts.append(f"\n![{name}]({name})\n")
+    if summary.get("compared_sets"):
+        parts.append(comparison_section(summary))
     path = out / "report.md"
     path.write_text("".join(parts))
     return path
+
+
+def comparison_section(summary: dict, metrics: tuple[str, ...] = ("auc", "gauc", "logloss")) -> str:
+    """This run side by side with the latest run of every other embedding set on the same snapshot (e.g.
+    frozen vs fine-tuned encoder): same splits, same slices, one column per set and metric."""
+    runs = [(summary.get("embedding_set", "default"), summary)] + [
+        (s.get("embedding_set", "default"), s) for s in summary["compared_sets"]
+    ]
+    keyed = [{(r["protocol"], r["model"], r["slice"]): r for r in s["results"]} for _, s in runs]
+    lines = [
+        "\n## Embedding sets compared\n\n",
+        "Latest run of each embedding set on the same snapshot and splits: "
+        + "; ".join(f"`{name}` = `{s['embedding_model_id']}` (run {s['run_id']})" for name, s in runs)
+        + ".\n\n",
+        "| protocol | model | slice | rows | "
+        + " | ".join(f"{m} {name}" for m in metrics for name, _ in runs)
+        + " |\n",
+        "|---|---|---|---:|" + "---:|" * (len(metrics) * len(runs)) + "\n",
+    ]
+    for key, r in keyed[0].items():
+        if r["model"] == "popularity" or r["model"] == "deep_ids_stats" or r["model"] == "deep_tfidf":
+            continue  # no language-model input: identical across sets
+        cells = [_fmt(k.get(key, {}).get(m, float("nan"))) for m in metrics for k in keyed]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {r['rows']} | " + " | ".join(cells) + " |\n")
+    return "".join(lines)

@@ -43,7 +43,12 @@ FEATURE_SET = {"lr_lm": "lm_vector", "deep_ids_stats": "ids_stats", "deep_tfidf"
 
 
 def models_dir(cfg: Config) -> Path:
-    return Path(cfg.paths.data_dir) / "models" / "ctr"
+    """CTR models of ``cfg``'s embedding set: ``<data_dir>/models/ctr`` for the default set, else
+    ``<data_dir>/models/ctr/sets/<set>``; each has its own ``current.json``, so switching
+    ``embed.embedding_set`` switches the rankers with the features, and rolling back is switching back."""
+    root = Path(cfg.paths.data_dir) / "models" / "ctr"
+    emb_set = cfg.embed.embedding_set
+    return root if emb_set == "default" else root / "sets" / emb_set
 
 
 class TooLittleDataError(ValueError):
@@ -56,6 +61,23 @@ def training_rows(cfg: Config, as_of: dt.date) -> pd.DataFrame:
     rows = inter[["user_id", "item_id", "event_ts", "label", "impression_id"]].copy()
     rows["event_timestamp"] = rows["event_ts"]
     return rows
+
+
+def other_set_summaries(cfg: Config, as_of: dt.date) -> list[dict]:
+    """The current run of every other embedding set's CTR models on the same snapshot (for the report)."""
+    root = Path(cfg.paths.data_dir) / "models" / "ctr"
+    pointers = [root / "current.json", *sorted((root / "sets").glob("*/current.json"))]
+    own = (models_dir(cfg) / "current.json").resolve()
+    out = []
+    for pointer in pointers:
+        if not pointer.is_file() or pointer.resolve() == own:
+            continue
+        path = Path(json.loads(pointer.read_text())["path"]) / "summary.json"
+        if path.is_file():
+            summary = json.loads(path.read_text())
+            if summary.get("as_of") == as_of.isoformat():
+                out.append(summary)
+    return out
 
 
 def _embedding_dim(frame: pd.DataFrame) -> int:
@@ -242,6 +264,7 @@ def run_train(
         "run_id": run_id,
         "as_of": as_of.isoformat(),
         "rows": len(frame),
+        "embedding_set": cfg.embed.embedding_set,
         "embedding_model_id": embedding_model_id,
         "embedding_dim": dim,
         "protocols": {
@@ -258,7 +281,9 @@ def run_train(
         "report": str(report_dir / "report.md"),
         "seconds": {"features": round(fetched - started, 3), "training": round(done - fetched, 3)},
     }
+    summary["compared_sets"] = other_set_summaries(cfg, as_of)
     write_report(report_dir, summary, curves, predictions)
+    summary.pop("compared_sets")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     pointer = models_dir(cfg) / "current.json"
     tmp = pointer.with_name(".current.json.tmp")
