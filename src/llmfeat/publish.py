@@ -84,13 +84,11 @@ def feature_store_yaml(cfg: Config) -> dict:
         raise ConfigError(f"feast.online_store must be sqlite or redis, not {f.online_store!r}")
     if f.batch_engine not in ("local", "spark.engine"):
         raise ConfigError(f"feast.batch_engine must be local or spark.engine, not {f.batch_engine!r}")
-    spark_conf = {
-        "spark.master": cfg.spark.master,
-        "spark.ui.enabled": "false",
-        "spark.sql.session.timeZone": "UTC",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-        **{k: str(v) for k, v in cfg.spark.conf.items()},
-    }
+    from llmfeat.spark import spark_conf as llmfeat_spark_conf
+
+    # The same session settings as llmfeat's own: whichever of Feast and llmfeat starts Spark first in a
+    # process, the other joins it, so a Feast-started session must not fall back to Spark's 1 GB driver.
+    spark_conf = llmfeat_spark_conf(cfg.spark)
     return {
         "project": feast_project(cfg),
         "provider": "local",
