@@ -24,18 +24,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from pit_runs import DAY1, pit_overrides
+from services import free_port
 
 from llmfeat.config import load_config
 from llmfeat.ingest import run_ingest
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spark_home() -> Path:

@@ -15,7 +15,6 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from pit_runs import DAY2, PIT, pit_overrides
+from services import free_port, start_redis
 from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
@@ -314,12 +314,6 @@ def test_corrupt_input_file_is_an_input_error_naming_it(tmp_path):
     assert str(source / "items.csv") in out.replace("\n", "")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_online_store_down_then_up(clean_day2, tmp_path):
     data_dir = copy_dir(clean_day2, tmp_path / "data")
     markers = run_dir(load_config(None, overrides(data_dir)), DAY2)
@@ -339,19 +333,10 @@ def test_online_store_down_then_up(clean_day2, tmp_path):
     assert (markers / "index.json").is_file()  # the index depends on embed only: untouched
     assert published(data_dir) == before
 
-    exe = shutil.which("redis-server")
-    if exe is None:
+    proc = start_redis(port, tmp_path)
+    if proc is None:
         pytest.skip("redis-server is not installed: cannot check the re-run once the store is up")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         code, out = invoke(*args)  # resumes the forced redo: a full materialisation into the new store
         assert code == Exit.OK, out
         assert (markers / "publish.json").is_file() and (markers / "index.json").is_file()

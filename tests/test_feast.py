@@ -3,8 +3,6 @@ the Parquet sources (SQLite, Redis, and `feast serve` over HTTP), and the ranker
 
 import datetime as dt
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from services import free_port, start_redis
 
 from llmfeat.embed import embedding_paths
 from llmfeat.offline import historical_features
@@ -118,12 +117,6 @@ def test_ranker_api_masks_unknown_ids(pit_store):
     assert not unknown.user_known and list(unknown.item_known) == [True]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -168,19 +161,10 @@ def test_feast_serve_over_http(pit_store):
 @pytest.fixture()
 def redis_server(tmp_path):
     """A private redis-server on a free loopback port (the machine's own Redis is left alone)."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (.ci/run installs it from Debian's packages)")
     port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    proc = start_redis(port, tmp_path)
+    if proc is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it from Debian's packages)")
     yield port
     proc.terminate()
     proc.wait(timeout=10)

@@ -118,6 +118,17 @@ def model_token_limit(model_dir: Path, tokenizer, config) -> int:
     return int(min(tokenizer.model_max_length, getattr(config, "max_position_embeddings", 512)))
 
 
+def resolve_device(device: str) -> str:
+    """``auto``: CUDA when present, else CPU; an explicit CUDA device without CUDA is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
 class TextEncoder:
     def __init__(self, spec: EncoderSpec):
         import torch
@@ -136,7 +147,7 @@ class TextEncoder:
             torch.set_num_threads(spec.threads)
 
         self._torch = torch
-        self.device = self._resolve_device(spec.device)
+        self.device = resolve_device(spec.device)
         self.precision = self._resolve_precision(spec.precision, self.device)
         config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -151,16 +162,6 @@ class TextEncoder:
         self.dim = int(config.hidden_size)
         self.spec = replace(spec, max_tokens=self.max_tokens)
         self.model_id = model_id(spec, self.default_max_tokens)
-
-    @staticmethod
-    def _resolve_device(device: str) -> str:
-        import torch
-
-        if device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-        return device
 
     @staticmethod
     def _resolve_precision(precision: str, device: str) -> str:

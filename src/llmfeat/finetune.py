@@ -48,6 +48,7 @@ from llmfeat.encoder import (
     model_name,
     model_token_limit,
     pool_and_normalise,
+    resolve_device,
 )
 from llmfeat.splits import Split, temporal_split
 from llmfeat.texts import render
@@ -256,16 +257,6 @@ def output_dir(cfg: Config) -> Path:
     return Path(f.output_dir) if f.output_dir else Path(cfg.paths.data_dir) / "models" / "encoders" / f.name
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
-    return device
-
-
 def run_finetune(
     cfg: Config,
     as_of: dt.date,
@@ -294,7 +285,7 @@ def run_finetune(
     base_limit = model_token_limit(base, tokenizer, AutoConfig.from_pretrained(base, local_files_only=True))
     base_id = model_id(base_spec, base_limit)
 
-    device = _resolve_device(f.device)
+    device = resolve_device(f.device)
     if device == "cpu":
         torch.set_num_threads(f.threads or available_cores())
     torch.manual_seed(f.seed)
