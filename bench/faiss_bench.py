@@ -34,6 +34,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from benchmarks_md import write_section
 
 from llmfeat import tables
 from llmfeat.config import IndexConfig
@@ -371,16 +372,6 @@ def table(rows: list[Row], flat_qps: dict[str, float]) -> list[str]:
     return out
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the "## FAISS retrieval" section of BENCHMARKS.md (or append it)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## FAISS retrieval\n.*?(?=^## |\Z)", re.S | re.M)
-    text = (
-        pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    )
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -569,7 +560,7 @@ def main() -> None:
     lines.append("")
     section = "\n".join(lines)
     print(section)
-    write_section(args.out, section)
+    write_section(args.out, "FAISS retrieval", section)
     log(f"wrote {args.out}")
 
 

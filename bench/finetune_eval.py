@@ -34,6 +34,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from benchmarks_md import write_section  # noqa: E402
 
 from llmfeat import tables  # noqa: E402
 from llmfeat.config import Config, load_config  # noqa: E402
@@ -209,15 +210,6 @@ def retrieval_rows(frozen: dict, tuned: dict) -> list[str]:
     return lines
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Fine-tuning\n.*?(?=^## |\Z)", re.S | re.M)
-    text = (
-        pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    )
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", type=Path, default=Path("var/bench/finetune"))
@@ -329,7 +321,7 @@ def main() -> None:
     if args.table:
         args.table.write_text(section)
     if args.out:
-        write_section(args.out, section)
+        write_section(args.out, "Fine-tuning", section)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,17 @@
+"""Writing a bench's results into BENCHMARKS.md: one "## <title>" section, replaced in place or appended."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def write_section(path: Path, title: str, section: str) -> None:
+    """Replace the ``## {title}`` section of ``path`` with ``section`` (which starts with that heading), or
+    append it when the file has no such section yet."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = (
+        pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    )
+    path.write_text(text.rstrip("\n") + "\n")
