@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks_md import cpu_model  # noqa: E402
 
 from llmfeat.config import load_config  # noqa: E402
 
@@ -87,7 +88,7 @@ def main() -> None:
     out = {
         "command": " ".join(sys.argv),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
         "rows": len(frame),
         "fetch_seconds": round(fetch_s, 1),
         "seconds": round(time.perf_counter() - started, 1),

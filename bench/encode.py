@@ -39,6 +39,8 @@ sys.path.insert(0, str(REPO / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchmarks_md import cpu_model  # noqa: E402
+
 from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir  # noqa: E402
 
 WORDS = (
@@ -217,7 +219,7 @@ def main() -> None:
                 zip(items["movie_title:token_seq"], items["release_year:token"], items["class:token_seq"].fillna(""), strict=True)]  # fmt: skip
     corpus = synthetic_corpus(args.synthetic, seed=0, titles=list(items["movie_title:token_seq"].astype(str)))
 
-    results = {"machine": {"cpu": platform.processor() or _cpu_model(), "cores": threads, "python": platform.python_version()},
+    results = {"machine": {"cpu": cpu_model(), "cores": threads, "python": platform.python_version()},
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": dt.date.today().isoformat(), "paths": []}  # fmt: skip
     results["paths"] += compare("movielens-items", ml_texts, model_dir, threads, args.bf16_limit)
     results["paths"] += compare(
@@ -250,16 +252,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: results[k] for k in ("full_corpus", "incremental")}, indent=2))
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ import datetime as dt
 import math
 import os
 import platform
-import re
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from benchmarks_md import write_section
+from benchmarks_md import cpu_model, write_section
 
 from llmfeat import tables
 from llmfeat.config import IndexConfig
@@ -348,11 +346,7 @@ def holdout(data_dir: Path, emb_set: str, cfg: IndexConfig, k: int = 20, quantil
 
 
 def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = re.search(r"Model name:\s*(.+)", lscpu).group(1).strip()
-    except (OSError, subprocess.CalledProcessError, AttributeError):
-        model = platform.processor() or "unknown CPU"
+    model = cpu_model()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{model}, {os.cpu_count()} cores, {mem:.0f} GiB RAM; faiss {faiss.__version__} (CPU), numpy {np.__version__}, Python {platform.python_version()}"
 

@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import socket
 import subprocess
@@ -32,6 +31,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks_md import cpu_model  # noqa: E402
 
 from llmfeat.config import load_config  # noqa: E402
 from llmfeat.publish import EPOCH, load_definitions, open_store  # noqa: E402
@@ -135,7 +136,7 @@ def main() -> None:
     started = time.perf_counter()
     load = [os.getloadavg()[0]]
     result: dict = {"command": " ".join(sys.argv), "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}  # fmt: skip
+                    "machine": f"{cpu_model()}, {os.cpu_count()} cores"}  # fmt: skip
 
     with tempfile.TemporaryDirectory(prefix="feast-bench-") as tmp:
         work = Path(tmp)

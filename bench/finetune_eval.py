@@ -22,8 +22,6 @@ import json
 import math
 import os
 import platform
-import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from benchmarks_md import write_section  # noqa: E402
+from benchmarks_md import cpu_model, write_section  # noqa: E402
 
 from llmfeat import tables  # noqa: E402
 from llmfeat.config import Config, load_config  # noqa: E402
@@ -167,11 +165,7 @@ def retrieval_eval(cfg: Config, as_of: dt.date) -> dict:
 
 
 def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = re.search(r"Model name:\s*(.+)", lscpu).group(1).strip()
-    except (OSError, subprocess.CalledProcessError, AttributeError):
-        model = platform.processor() or "unknown CPU"
+    model = cpu_model()
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
