@@ -55,7 +55,7 @@ class EmbedConfig:
     device: str = "auto"
     token_budget: int = 4096
     """Padded tokens per forward pass; small batches are faster on CPU caches (bench/encode.py)."""
-    max_batch_rows: int = 64
+    max_batch_rows: int = 128
     udf_batch_rows: int = 2048
     """Rows handed to the encoder per call inside the Spark UDF (it sorts them by length)."""
     item_template: str = "{title}. {category}. {subcategory}. {description}"
