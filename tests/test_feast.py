@@ -16,6 +16,7 @@ import pytest
 from services import free_port, start_redis
 
 from llmfeat.embed import embedding_paths
+from llmfeat.feature_vector import build_feature_matrix
 from llmfeat.offline import historical_features
 from llmfeat.online import OnlineFeatures
 from llmfeat.publish import feast_dir, open_store, run_publish
@@ -117,6 +118,46 @@ def test_ranker_api_masks_unknown_ids(pit_store):
     assert not unknown.user_known and list(unknown.item_known) == [True]
 
 
+def _same_value(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(b, list | np.ndarray):
+        return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), equal_nan=True)
+    return a == b
+
+
+def _ranker_matches_get_online_features(store, user_id: str, item_ids: list[str]) -> None:
+    """OnlineFeatures' direct store reads == Feast's get_online_features on the ranker service, value by value,
+    and the matrix equals one built from get_online_features' columns (the reference path)."""
+    online = OnlineFeatures(store, dim=384)
+    user, items = online.fetch(user_id, item_ids)
+    refs = lambda views: [f"{r.view.name}:{f}" for r in views for f in r.features]  # noqa: E731
+    ref_user = store.get_online_features(features=refs(online.user_views), entity_rows=[{"user_id": user_id}],
+                                         full_feature_names=True).to_dict()  # fmt: skip
+    ref_items = store.get_online_features(features=refs(online.item_views), full_feature_names=True,
+                                          entity_rows=[{"item_id": i} for i in item_ids]).to_dict()  # fmt: skip
+    for got, want in ((user, ref_user), (items, ref_items)):
+        for name, values in got.items():
+            assert len(values) == len(want[name]), name
+            assert all(_same_value(a, b) for a, b in zip(values, want[name], strict=True)), name
+    assert set(user) == {k for k in ref_user if "__" in k} and set(items) == {
+        k for k in ref_items if "__" in k
+    }
+    at = dt.datetime(2024, 1, 7, tzinfo=dt.UTC)
+    columns = {k: v for k, v in ref_items.items() if "__" in k and k in items}
+    columns.update({k: v * len(item_ids) for k, v in ref_user.items() if k in user})
+    want = build_feature_matrix(columns, at, 384, len(item_ids))
+    got = online.ranker_features(user_id, item_ids, at=at)
+    assert np.allclose(got.matrix, want.matrix, atol=1e-6)
+    assert list(got.item_known) == list(want.item_known) and got.features.names == want.names
+
+
+def test_ranker_reads_equal_get_online_features(pit_store):
+    _, store = pit_store
+    _ranker_matches_get_online_features(store, "U1", ["A", "nope", "C", "A", "B"])
+    _ranker_matches_get_online_features(store, "ghost", ["C", "nope"])
+
+
 def wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -190,6 +231,14 @@ def test_redis_profile_matches_sqlite(pit_store, redis_server, tmp_path):
             if k != "item_id"
             else a[k] == b[k]
         )
+    _ranker_matches_get_online_features(redis_store, "U2", ["C", "nope", "A"])
+    at = dt.datetime(2024, 1, 7, tzinfo=dt.UTC)
+    from_redis = OnlineFeatures(redis_store, dim=384).ranker_features("U1", ["B", "A", "zzz"], at=at)
+    from_sqlite = OnlineFeatures(sqlite_store, dim=384).ranker_features("U1", ["B", "A", "zzz"], at=at)
+    assert (
+        np.allclose(from_redis.matrix, from_sqlite.matrix)
+        and from_redis.user_model_id == from_sqlite.user_model_id
+    )
     # restore the SQLite registry view for other tests (the Redis run wrote the same registry file)
     run_publish(cfg, dt.date(2024, 1, 7), log=lambda _: None)
 

@@ -1,8 +1,11 @@
 """Online feature lookup for rankers: 1 user x N candidate items -> the model input matrix.
 
-One Feast call for the user's views (1 entity row) and one for the items' views (N rows), instead of one
-call with the user repeated N times; the features fetched are those of the ``ranker`` feature service (its
-stats come packed, one array per entity, which keeps a 100-item lookup within a few milliseconds).
+The features are those of the ``ranker`` feature service. They are read view by view straight from Feast's
+online store (``OnlineStore.online_read``, the call ``get_online_features`` makes underneath): one read per
+user view with 1 key, one per item view with the N keys, and the stored protobuf values decoded straight to
+numpy. ``get_online_features(...).to_dict()`` on the same store returns the same numbers, but spends most of
+a 100-item lookup on registry lookups, response building and converting 38,400 floats to Python objects and
+back (BENCHMARKS.md, "Feast"); the test suite checks the two paths agree.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from llmfeat.feature_vector import (
     vectors,
 )
 
+USER_MODEL_ID = "user_text_embedding__model_id"
+
 
 @dataclass
 class RankerFeatures:
@@ -48,27 +53,72 @@ class RankerFeatures:
         return self.features.item_known
 
 
+LIST_DTYPES = {"float_list_val": np.float32, "double_list_val": np.float64, "int32_list_val": np.int32,
+               "int64_list_val": np.int64, "bool_list_val": bool}  # fmt: skip
+
+
+def python_value(value):
+    """A stored Feast ``Value`` proto -> None, a Python scalar, or a numpy array for list values."""
+    if value is None:
+        return None
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    got = getattr(value, kind)
+    if kind.endswith("_list_val"):
+        return np.array(got.val, dtype=LIST_DTYPES.get(kind, object))
+    return got
+
+
+@dataclass(frozen=True)
+class _ViewRead:
+    view: object
+    """The Feast FeatureView."""
+    join_key: str
+    features: tuple[str, ...]
+
+
 class OnlineFeatures:
     """Reads the ``ranker`` service's features for one user and their candidate items."""
 
     def __init__(self, store, dim: int, service: str = "ranker"):
+        from feast.infra.online_stores.helpers import get_online_store_from_config
+
         self.store = store
         self.dim = dim
-        self.user_refs: list[str] = []
-        self.item_refs: list[str] = []
+        self.layout = ranker_layout(dim)
+        self._online_store = get_online_store_from_config(store.config.online_store)
+        self.user_views: list[_ViewRead] = []
+        self.item_views: list[_ViewRead] = []
         for projection in store.get_feature_service(service).feature_view_projections:
             view = store.get_feature_view(projection.name)
-            refs = [f"{projection.name}:{f.name}" for f in projection.features]
-            (self.user_refs if "user_id" in view.join_keys else self.item_refs).extend(refs)
+            if len(view.join_keys) != 1:
+                raise ValueError(f"feature view {view.name}: expected one join key, got {view.join_keys}")
+            read = _ViewRead(view, view.join_keys[0], tuple(f.name for f in projection.features))
+            (self.user_views if read.join_key == "user_id" else self.item_views).append(read)
+
+    def _read(self, read: _ViewRead, ids: list[str]) -> dict[str, list]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        keys = [EntityKey(join_keys=[read.join_key], entity_values=[Value(string_val=str(i))]) for i in ids]
+        rows = self._online_store.online_read(self.store.config, read.view, keys, list(read.features))
+        return {
+            f"{read.view.name}__{name}": [
+                python_value(values.get(name)) if values else None for _, values in rows
+            ]
+            for name in read.features
+        }
 
     def fetch(self, user_id: str, item_ids: list[str]) -> tuple[dict, dict]:
-        """The raw feature values: (user features, 1 row), (item features, one row per item id)."""
-        user = self.store.get_online_features(
-            features=self.user_refs, entity_rows=[{"user_id": user_id}], full_feature_names=True
-        ).to_dict()
-        items = self.store.get_online_features(
-            features=self.item_refs, entity_rows=[{"item_id": i} for i in item_ids], full_feature_names=True
-        ).to_dict()
+        """The raw feature values by full name (``view__feature``): (user features, 1 row), (item features,
+        one row per item id). Missing values are None; list values are numpy arrays."""
+        user: dict[str, list] = {}
+        for read in self.user_views:
+            user.update(self._read(read, [user_id]))
+        items: dict[str, list] = {}
+        for read in self.item_views:
+            items.update(self._read(read, list(item_ids)))
         return user, items
 
     def ranker_features(
@@ -88,9 +138,8 @@ class OnlineFeatures:
             now,
         )
         matrix = assemble(np.repeat(user_vec, n, axis=0), item_vec, stats)
-        features = FeatureMatrix(matrix, ranker_layout(self.dim), np.repeat(user_known, n), item_known)
-        model_id = (user.get("user_text_embedding__model_id") or [None])[0]
-        return RankerFeatures(user_id, item_ids, features, model_id)
+        features = FeatureMatrix(matrix, self.layout, np.repeat(user_known, n), item_known)
+        return RankerFeatures(user_id, item_ids, features, (user.get(USER_MODEL_ID) or [None])[0])
 
 
 class FeastUserVectors:
