@@ -99,12 +99,15 @@ def sentence_transformers(texts: list[str], model_dir: str, threads: int) -> tup
     return vecs, time.perf_counter() - start
 
 
-def ours(texts: list[str], model_dir: str, precision: str, threads: int) -> tuple[np.ndarray, int, float]:
+def ours(
+    texts: list[str], model_dir: str, precision: str, threads: int
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Vectors, real tokens per text, seconds."""
     enc = TextEncoder(EncoderSpec(model_dir, precision=precision, threads=threads))
     enc.encode(texts[:16])  # warm-up, as every in-process path above gets by its first batch
     start = time.perf_counter()
     out = enc.encode(texts)
-    return out.vectors, int(out.n_tokens.sum()), time.perf_counter() - start
+    return out.vectors, out.n_tokens, time.perf_counter() - start
 
 
 def spark_job(texts: list[str], work: Path, master: str, changed_fraction: float, precision: str) -> dict:
@@ -167,20 +170,14 @@ def row(name: str, n: int, tokens: int, seconds: float, vecs: np.ndarray, ref: n
     }  # fmt: skip
 
 
-def token_lengths(texts: list[str], model_dir: str) -> np.ndarray:
-    """Real tokens per text as llmfeat feeds them (special tokens included, truncated at the model's limit)."""
-    ids, _ = TextEncoder(EncoderSpec(model_dir, precision="fp32")).tokenize(texts)
-    return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-
-
 def compare(
     label: str, texts: list[str], model_dir: str, threads: int, textbook_limit: int
 ) -> tuple[list[dict], dict[str, np.ndarray]]:
     """Every in-process path on ``texts``; the textbook recipe (the slowest, and only a baseline) on the first
     ``textbook_limit``. Returns the rows and llmfeat's vectors by precision."""
     print(f"[{label}] {len(texts)} texts", flush=True)
-    lengths = token_lengths(texts, model_dir)
-    ref, ref_tokens, ref_s = ours(texts, model_dir, "fp32", threads)
+    ref, lengths, ref_s = ours(texts, model_dir, "fp32", threads)
+    ref_tokens = int(lengths.sum())
     rows = [row("(c) llmfeat fp32", len(texts), ref_tokens, ref_s, ref, ref)]
     print("   ", rows[-1], flush=True)
     bf16, _, secs = ours(texts, model_dir, "bf16", threads)
@@ -205,7 +202,7 @@ def render(results: dict) -> str:
     """The "Encoder and the Spark embedding job" section of BENCHMARKS.md from a results JSON."""
     m, full, inc = results["machine"], results["full_corpus"], results["incremental"]
     lines = ["## Encoder and the Spark embedding job", "",
-             f"Run {results['date']} from the repository root, quiet machine:", "", "```", results["command"].replace("python ", ".venv/bin/python ", 1), "```", "",
+             f"Run {results['date']} from the repository root, quiet machine:", "", "```", results["command"], "```", "",
              f"Machine: {m['cpu']}, {m['cores']} cores (native bf16: {m.get('native_bf16', 'unknown')}), "
              f"Python {m['python']}, torch {m.get('torch', '?')}; model all-MiniLM-L6-v2. Reference: llmfeat fp32 with "
              "the model's full 256-token limit. bf16 = bf16 weights, fp32 pooling.", "",
@@ -308,7 +305,7 @@ def main() -> None:
     machine = {"cpu": cpu_model(), "cores": threads, "python": platform.python_version(), "torch": torch.__version__,
                "native_bf16": "yes (AVX-512 BF16 / AMX)" if cpu_has_native_bf16() else "no"}  # fmt: skip
     results = {"machine": machine,
-               "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": dt.date.today().isoformat(), "paths": []}  # fmt: skip
+               "command": " ".join([os.path.relpath(sys.executable, REPO), *sys.argv]), "date": dt.date.today().isoformat(), "paths": []}  # fmt: skip
     rows, _ = compare("movielens-items", ml_texts, model_dir, threads, args.textbook_limit)
     results["paths"] += rows
     rows, in_process = compare(f"synthetic-{len(corpus)}", corpus, model_dir, threads, args.textbook_limit)
