@@ -29,6 +29,7 @@ import pandas as pd
 from llmfeat.stats import packed_columns
 
 USER_TEXT = "user_text_embedding__embedding"
+USER_MODEL_ID = "user_text_embedding__model_id"
 USER_HISTORY = "user_history_embedding__embedding"
 ITEM_TEXT = "item_text_embedding__embedding"
 ITEM_STATS = "item_stats_packed__packed"

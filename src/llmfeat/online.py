@@ -14,22 +14,10 @@ import datetime as dt
 from dataclasses import dataclass
 
 import numpy as np
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
 
-from llmfeat.feature_vector import (
-    HISTORY_CLICKS,
-    ITEM_STATS,
-    ITEM_TEXT,
-    USER_STATS,
-    USER_TEXT,
-    FeatureMatrix,
-    assemble,
-    epoch_days,
-    ranker_layout,
-    stats_block,
-    vectors,
-)
-
-USER_MODEL_ID = "user_text_embedding__model_id"
+from llmfeat.feature_vector import USER_MODEL_ID, FeatureMatrix, build_feature_matrix, vectors
 
 
 @dataclass
@@ -86,7 +74,6 @@ class OnlineFeatures:
 
         self.store = store
         self.dim = dim
-        self.layout = ranker_layout(dim)
         self._online_store = get_online_store_from_config(store.config.online_store)
         self.user_views: list[_ViewRead] = []
         self.item_views: list[_ViewRead] = []
@@ -98,9 +85,6 @@ class OnlineFeatures:
             (self.user_views if read.join_key == "user_id" else self.item_views).append(read)
 
     def _read(self, read: _ViewRead, ids: list[str]) -> dict[str, list]:
-        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-        from feast.protos.feast.types.Value_pb2 import Value
-
         keys = [EntityKey(join_keys=[read.join_key], entity_values=[Value(string_val=str(i))]) for i in ids]
         rows = self._online_store.online_read(self.store.config, read.view, keys, list(read.features))
         return {
@@ -121,25 +105,21 @@ class OnlineFeatures:
             items.update(self._read(read, list(item_ids)))
         return user, items
 
+    def columns(self, user_id: str, item_ids: list[str]) -> dict[str, list]:
+        """``fetch`` as one row per (user, item): the user's values repeated on each item's row, the input
+        ``feature_vector.build_feature_matrix`` and ``ctr_data.build_dense`` take."""
+        user, items = self.fetch(user_id, item_ids)
+        return {**items, **{name: values * len(item_ids) for name, values in user.items()}}
+
     def ranker_features(
         self, user_id: str, item_ids: list[str], at: dt.datetime | None = None
     ) -> RankerFeatures:
         """The feature matrix for (user_id, each item) in the order of ``item_ids``, with masks."""
         item_ids = list(item_ids)
-        n = len(item_ids)
-        user, items = self.fetch(user_id, item_ids)
-        user_vec, user_known = vectors(user.get(USER_TEXT, [None]), self.dim)
-        item_vec, item_known = vectors(items.get(ITEM_TEXT, [None] * n), self.dim)
-        now = epoch_days(at or dt.datetime.now(dt.UTC), n)
-        stats = stats_block(
-            items.get(ITEM_STATS, [None] * n),
-            user.get(USER_STATS, [None]) * n,
-            user.get(HISTORY_CLICKS, [None]) * n,
-            now,
-        )
-        matrix = assemble(np.repeat(user_vec, n, axis=0), item_vec, stats)
-        features = FeatureMatrix(matrix, self.layout, np.repeat(user_known, n), item_known)
-        return RankerFeatures(user_id, item_ids, features, (user.get(USER_MODEL_ID) or [None])[0])
+        columns = self.columns(user_id, item_ids)
+        features = build_feature_matrix(columns, at or dt.datetime.now(dt.UTC), self.dim, len(item_ids))
+        model_id = next(iter(columns.get(USER_MODEL_ID, [])), None)
+        return RankerFeatures(user_id, item_ids, features, model_id)
 
 
 class FeastUserVectors:

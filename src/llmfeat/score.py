@@ -18,6 +18,7 @@ import pandas as pd
 from llmfeat.config import Config
 from llmfeat.ctr_data import Vocab, build_dense
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, predict
+from llmfeat.feature_vector import USER_MODEL_ID
 
 
 class ScoringModelError(RuntimeError):
@@ -92,16 +93,13 @@ class Scorer:
         item_ids = list(found.ids)
         if not item_ids:
             return pd.DataFrame(columns=["rank", "item_id", "title", "ctr", "retrieval_score"])
-        user, items = self.features.fetch(user_id, item_ids)
-        model_ids = {m for m in user.get("user_text_embedding__model_id", []) if m}
+        columns = self.features.columns(user_id, item_ids)
+        model_ids = {m for m in columns.get(USER_MODEL_ID, []) if m}
         if self.model.embedding_model_id and model_ids and model_ids != {self.model.embedding_model_id}:
             raise ScoringModelError(
                 f"online user features come from {model_ids}, the model from {self.model.embedding_model_id}"
             )
         n = len(item_ids)
-        columns = dict(items)
-        for name, values in user.items():
-            columns[name] = list(values) * n
         when = at or dt.datetime.now(dt.UTC)
         dense = build_dense(self.model.feature_set, columns, when, self.model.embedding_dim, n)
         inputs = CtrInputs(
