@@ -6,15 +6,12 @@ spark-submit --properties-file infra/spark/cpu.conf jobs/embed.py --as-of 2024-0
 import datetime as dt
 
 from llmfeat.embed import run_embed
-from llmfeat.jobs import finish, log, parse
-from llmfeat.spark import build_spark
+from llmfeat.jobs import log, run_job
 
 if __name__ == "__main__":
-    cfg, as_of, args = parse(
-        __doc__, lambda ap: ap.add_argument("--from", dest="start", type=dt.date.fromisoformat)
+    run_job(
+        "embed",
+        __doc__,
+        lambda spark, cfg, as_of, args: run_embed(spark, cfg, as_of, snapshot_from=args.start, log=log),
+        lambda ap: ap.add_argument("--from", dest="start", type=dt.date.fromisoformat),
     )
-    spark = build_spark(cfg.spark)
-    try:
-        finish(run_embed(spark, cfg, as_of, snapshot_from=args.start, log=log))
-    finally:
-        spark.stop()

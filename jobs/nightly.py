@@ -8,9 +8,8 @@ spark-submit --properties-file infra/spark/gpu.conf jobs/nightly.py --as-of 2024
 spark-submit --properties-file infra/spark/cpu.conf jobs/nightly.py --as-of 2024-01-31
 """
 
-from llmfeat.jobs import finish, log, parse
+from llmfeat.jobs import log, run_job
 from llmfeat.nightly import STAGES, run_nightly
-from llmfeat.spark import build_spark
 
 
 def options(ap) -> None:
@@ -21,9 +20,11 @@ def options(ap) -> None:
 
 
 if __name__ == "__main__":
-    cfg, as_of, args = parse(__doc__, options)
-    spark = build_spark(cfg.spark)  # run_nightly joins this active session instead of starting its own
-    try:
-        finish(run_nightly(cfg, as_of, force=tuple(args.force), until=args.until, log=log).to_dict())
-    finally:
-        spark.stop()
+    run_job(
+        "nightly",
+        __doc__,
+        lambda spark, cfg, as_of, args: run_nightly(
+            cfg, as_of, force=tuple(args.force), until=args.until, log=log
+        ),
+        options,
+    )

@@ -3,14 +3,13 @@
 spark-submit --properties-file infra/spark/cpu.conf jobs/publish.py --as-of 2024-01-31 [--full]
 """
 
-from llmfeat.jobs import finish, log, parse
+from llmfeat.jobs import log, run_job
 from llmfeat.publish import run_publish
-from llmfeat.spark import build_spark
 
 if __name__ == "__main__":
-    cfg, as_of, args = parse(__doc__, lambda ap: ap.add_argument("--full", action="store_true"))
-    spark = build_spark(cfg.spark)
-    try:
-        finish(run_publish(cfg, as_of, full=args.full, log=log))
-    finally:
-        spark.stop()
+    run_job(
+        "publish",
+        __doc__,
+        lambda spark, cfg, as_of, args: run_publish(cfg, as_of, full=args.full, log=log),
+        lambda ap: ap.add_argument("--full", action="store_true"),
+    )

@@ -5,16 +5,13 @@ spark-submit --properties-file infra/spark/cpu.conf jobs/stats.py --as-of 2024-0
 
 import datetime as dt
 
-from llmfeat.jobs import finish, log, parse
-from llmfeat.spark import build_spark
+from llmfeat.jobs import log, run_job
 from llmfeat.stats import run_stats
 
 if __name__ == "__main__":
-    cfg, as_of, args = parse(
-        __doc__, lambda ap: ap.add_argument("--from", dest="start", type=dt.date.fromisoformat)
+    run_job(
+        "stats",
+        __doc__,
+        lambda spark, cfg, as_of, args: run_stats(spark, cfg, as_of, snapshot_from=args.start, log=log),
+        lambda ap: ap.add_argument("--from", dest="start", type=dt.date.fromisoformat),
     )
-    spark = build_spark(cfg.spark)
-    try:
-        finish(run_stats(spark, cfg, as_of, snapshot_from=args.start, log=log))
-    finally:
-        spark.stop()

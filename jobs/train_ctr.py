@@ -3,14 +3,8 @@
 spark-submit --properties-file infra/spark/cpu.conf jobs/train_ctr.py --as-of 2024-01-31
 """
 
-from llmfeat.jobs import finish, log, parse
-from llmfeat.spark import build_spark
+from llmfeat.jobs import log, run_job
 from llmfeat.train import run_train
 
 if __name__ == "__main__":
-    cfg, as_of, _ = parse(__doc__)
-    spark = build_spark(cfg.spark)
-    try:
-        finish(run_train(cfg, as_of, log=log))
-    finally:
-        spark.stop()
+    run_job("train", __doc__, lambda spark, cfg, as_of, args: run_train(cfg, as_of, log=log))

@@ -298,4 +298,4 @@ def test_items_are_served_without_user_vectors(tmp_path):
             "bogus",
         ],
     )
-    assert res.exit_code == Exit.CONFIG_ERROR and "user vector kind 'bogus'" in res.output
+    assert res.exit_code == Exit.CONFIG_ERROR and "serve.user_vectors: 'bogus' is not one of text, history" in res.output

@@ -5,6 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
+from llmfeat.errors import ConfigError
 from llmfeat.sources import load_source, mind, movielens
 from llmfeat.sources.raw import InputError
 
@@ -139,5 +140,5 @@ def test_mapped_not_parquet(tmp_path):
 
 
 def test_unknown_source(tmp_path):
-    with pytest.raises(InputError, match="unknown source"):
+    with pytest.raises(ConfigError, match="unknown source"):  # a config value, not an input file (exit 2)
         load_source("kafka", tmp_path, click_rating_threshold=4)

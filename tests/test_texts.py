@@ -1,5 +1,6 @@
 import pytest
 
+from llmfeat.errors import ConfigError
 from llmfeat.texts import history_text, render, template_fields
 
 T = "{title}. {category}. {description}"
@@ -40,7 +41,7 @@ def test_lists_and_numbers():
 
 def test_template_errors():
     assert template_fields(T) == ["title", "category", "description"]
-    with pytest.raises(KeyError, match="not a column"):
+    with pytest.raises(ConfigError, match="not a column"):
         render("{nope}", {"title": "x"})
     with pytest.raises(ValueError, match="format specs"):
         render("{title:>10}", {"title": "x"})

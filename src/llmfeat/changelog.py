@@ -20,6 +20,7 @@ from typing import TypeVar
 import pandas as pd
 
 from llmfeat import tables
+from llmfeat.errors import ConfigError, MissingInputError
 
 T = TypeVar("T")
 
@@ -27,7 +28,7 @@ T = TypeVar("T")
 def snapshot_times(start: dt.date, end: dt.date, every_days: int) -> list[pd.Timestamp]:
     """Midnights (UTC) from ``start`` to ``end`` every ``every_days`` days; ``end`` is always included."""
     if every_days < 1:
-        raise ValueError("every_days must be >= 1")
+        raise ConfigError("every_days must be >= 1")
     if end < start:
         return []
     days = list(range(0, (end - start).days + 1, every_days))
@@ -133,7 +134,7 @@ def require_canonical(data_dir: Path, as_of: dt.date, names: Iterable[str]) -> d
     for name in names:
         path = tables.snapshot_dir(tables.canonical_dir(data_dir, name), as_of)
         if not path.is_dir():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"no canonical {name} snapshot for {as_of} at {path}: run `llmfeat ingest --as-of {as_of}` first"
             )
         out[name] = path

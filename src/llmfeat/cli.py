@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -11,29 +13,42 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmfeat.config import Config, ConfigError, load_config
-from llmfeat.sources.raw import InputError
+from llmfeat.config import Config, load_config
+from llmfeat.errors import ConfigError, ExitCode, describe
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Text -> language-model features for recommenders."
 )
 console = Console(soft_wrap=True)
 
+Exit = ExitCode
+"""Process exit codes (``llmfeat.errors.ExitCode``), so a scheduler can tell the cases apart."""
 
-class Exit:
-    """Process exit codes, so a scheduler can tell the cases apart."""
 
-    OK = 0
-    FAILURE = 1
-    CONFIG_ERROR = 2
-    INPUT_ERROR = 3
-    """An input file is unusable (missing column, wrong format): nothing was written."""
-    QUARANTINED = 4
-    """The run completed, but some input rows were quarantined."""
-    LOCKED = 5
-    """Another run holds the data directory."""
-    NOT_FOUND = 6
-    """An id or category asked for is not in the index (or has no vector)."""
+def command(name: str | None = None, **kwargs):
+    """``app.command`` with llmfeat's one error mapping: an ``LlmfeatError`` prints its kind and message and
+    exits with its code; anything else prints the traceback (dim) and exits 1 naming the command."""
+
+    def register(fn):
+        @functools.wraps(fn)
+        def guarded(*args, **kw):
+            try:
+                return fn(*args, **kw)
+            except (typer.Exit, typer.Abort, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the one place exceptions become exit codes
+                code, message = describe(exc, name or fn.__name__.replace("_", "-"))
+                if code == Exit.FAILURE:
+                    console.print(traceback.format_exc(), markup=False, style="dim")
+                kind, _, rest = message.partition(": ")
+                console.print(f"[red]{kind}:[/red] {rest}", highlight=False)
+                for hint in getattr(exc, "hints", ()):
+                    console.print(f"  {hint}", highlight=False)
+                raise typer.Exit(int(code)) from exc
+
+        return app.command(name, **kwargs)(guarded)
+
+    return register
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file.")]
@@ -49,11 +64,7 @@ def _config(
     overrides = list(sets or []) + list(extra)
     if data_dir is not None:
         overrides.append(f"paths.data_dir={data_dir}")
-    try:
-        return load_config(config, overrides)
-    except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    return load_config(config, overrides)
 
 
 def _date(value: str | None) -> dt.date:
@@ -61,12 +72,11 @@ def _date(value: str | None) -> dt.date:
         return dt.datetime.now(dt.UTC).date()
     try:
         return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        console.print(f"[red]configuration error:[/red] --as-of {value!r} is not a date like 2024-01-31")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except ValueError:
+        raise ConfigError(f"--as-of {value!r} is not a date like 2024-01-31") from None
 
 
-@app.command("fetch-demo")
+@command("fetch-demo")
 def fetch_demo(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Download and verify MovieLens-100k (from the recbole wheel on the package registry)."""
     from llmfeat.demo_data import ensure_movielens_100k
@@ -76,7 +86,7 @@ def fetch_demo(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     console.print(f"MovieLens-100k: {path}")
 
 
-@app.command()
+@command()
 def ingest(
     source: Annotated[
         str | None, typer.Option(help="movielens | mind | mapped (default: ingest.source).")
@@ -96,11 +106,7 @@ def ingest(
 
     extra = ([f"ingest.source={source}"] if source else []) + ([f"ingest.source_path={path}"] if path else [])
     cfg = _config(config, set_, data_dir, extra)
-    try:
-        result = run_ingest(cfg, _date(as_of))
-    except InputError as exc:
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    result = run_ingest(cfg, _date(as_of))
     print_counts(f"ingest {result.source} -> snapshot {result.snapshot_date}", result.counts)
     for key, value in result.notes.items():
         console.print(f"  {key}: {value}")
@@ -123,7 +129,7 @@ def print_counts(title: str, counts: dict[str, dict[str, int]]) -> None:
     console.print(table)
 
 
-@app.command()
+@command()
 def embed(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Snapshot date of the canonical tables to embed.")
@@ -145,7 +151,7 @@ def embed(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Encode item texts and point-in-time user texts with Spark; only new or changed texts are encoded."""
-    from llmfeat.embed import ModelMismatchError, run_embed
+    from llmfeat.embed import run_embed
     from llmfeat.spark import build_spark
 
     extra = []
@@ -162,12 +168,6 @@ def embed(
     try:
         manifest = run_embed(spark, cfg, day, snapshot_from=_date(from_) if from_ else None, every_days=every,
                              log=lambda m: console.print(f"[dim]{m}[/dim]"))  # fmt: skip
-    except ModelMismatchError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
-    except FileNotFoundError as exc:
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
     finally:
         spark.stop()
     print_embed_summary(manifest)
@@ -192,7 +192,7 @@ def print_embed_summary(manifest: dict) -> None:
         console.print(f"  {name:<13} {out}")
 
 
-@app.command()
+@command()
 def stats(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Snapshot date of the canonical tables.")
@@ -214,9 +214,6 @@ def stats(
     try:
         manifest = run_stats(spark, cfg, _date(as_of), snapshot_from=_date(from_) if from_ else None, every_days=every,
                              log=lambda m: console.print(f"[dim]{m}[/dim]"))  # fmt: skip
-    except FileNotFoundError as exc:
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
     finally:
         spark.stop()
     console.print(f"stats {manifest['as_of']}: rows written {manifest['counts']['written']}")
@@ -225,7 +222,7 @@ def stats(
         console.print(f"  {name:<13} {out}")
 
 
-@app.command()
+@command()
 def publish(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Materialise up to this snapshot date (00:00 UTC).")
@@ -252,7 +249,7 @@ def publish(
     console.print(f"  feature_store.yaml: {result['feature_store_yaml']}")
 
 
-@app.command()
+@command()
 def nightly(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="The date to run for (YYYY-MM-DD); default today (UTC).")
@@ -272,55 +269,24 @@ def nightly(
     ] = None,
 ) -> None:
     """The whole pipeline for one date: idempotent, resumable, one run per data directory at a time."""
-    from llmfeat.embed import ModelMismatchError
     from llmfeat.faults import Faults
-    from llmfeat.nightly import LockedError, run_dir, run_nightly
+    from llmfeat.nightly import run_dir, run_nightly
 
     cfg = _config(config, set_, data_dir)
     day = _date(as_of)
-    try:
-        faults = Faults(inject_fault or ())
-    except ValueError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    faults = Faults(inject_fault or ())
     status = console.status("starting")
-    current = {"stage": None}
 
     def on_stage(stage: str, state: str) -> None:
         if state == "running":
-            current["stage"] = stage
             status.update(f"[bold]{stage}[/bold] ...")
         else:
             console.print(f"  {stage:<8} {state}")
 
-    def failed(exc: BaseException, what: str) -> typer.Exit:
-        import traceback
-
-        stage = current["stage"] or "startup"
-        console.print(traceback.format_exc(), markup=False, style="dim")
-        console.print(f"[red]failure:[/red] stage {stage} failed: {what}: {exc}")
-        console.print(f"  nothing of stage {stage} was published; fix the cause and run the same command "
-                      f"again: it resumes at {stage} (markers in {run_dir(cfg, day)})")  # fmt: skip
-        return typer.Exit(Exit.FAILURE)
-
-    try:
-        with status:
-            summary = run_nightly(cfg, day, force=tuple(force or ()), until=until,
-                                  log=lambda m: console.print(f"[dim]{m}[/dim]"), on_stage=on_stage,
-                                  faults=faults)  # fmt: skip
-    except LockedError as exc:
-        console.print(f"[red]locked:[/red] {exc}")
-        raise typer.Exit(Exit.LOCKED) from exc
-    except (InputError, FileNotFoundError) as exc:  # before ValueError: an InputError is one
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
-    except (ConfigError, ModelMismatchError, ValueError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
-    except OSError as exc:  # a full disk, a lost mount, an unreachable service
-        raise failed(exc, "write or connection failed") from exc
-    except Exception as exc:  # noqa: BLE001 - the scheduler gets a one-line reason and the FAILURE code
-        raise failed(exc, type(exc).__name__) from exc
+    with status:
+        summary = run_nightly(cfg, day, force=tuple(force or ()), until=until,
+                              log=lambda m: console.print(f"[dim]{m}[/dim]"), on_stage=on_stage,
+                              faults=faults)  # fmt: skip
     print_nightly_summary(summary, run_dir(cfg, day))
     if summary.quarantined:
         raise typer.Exit(Exit.QUARANTINED)
@@ -371,7 +337,7 @@ def print_nightly_summary(summary, markers) -> None:
     console.print(f"  run markers and summary: {markers}")
 
 
-@app.command("index")
+@command("index")
 def index_cmd(
     as_of: Annotated[
         str | None,
@@ -386,19 +352,9 @@ def index_cmd(
 ) -> None:
     """Build a FAISS index of the current item vectors, publish it as a new version, prune old versions."""
     from llmfeat.index import run_index
-    from llmfeat.vectors import VectorTableError
 
     cfg = _config(config, set_, data_dir, [f"index.factory={factory}"] if factory else [])
-    try:
-        m = run_index(
-            cfg, _date(as_of) if as_of else None, log=lambda msg: console.print(f"[dim]{msg}[/dim]")
-        )
-    except (FileNotFoundError, VectorTableError) as exc:
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
-    except ValueError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    m = run_index(cfg, _date(as_of) if as_of else None, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     table = Table(title=f"index {m['version']} (published)", title_justify="left", show_header=False)
     params = ", ".join(f"{k}={v}" for k, v in m["params"].items()) or "-"
     rows = [
@@ -432,7 +388,7 @@ def index_cmd(
     console.print(table)
 
 
-@app.command()
+@command()
 def retrieve(
     user: Annotated[str | None, typer.Option("--user", help="Recommend items for this user id.")] = None,
     item: Annotated[str | None, typer.Option("--item", help="Items similar to this item id.")] = None,
@@ -454,34 +410,18 @@ def retrieve(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Nearest neighbours from the published index: items for --user, or items similar to --item."""
-    from llmfeat.index import CorruptIndexError, IndexModelMismatchError
-    from llmfeat.retrieval import NotFoundError, Retriever
+    from llmfeat.retrieval import Retriever
 
     cfg = _config(config, set_, data_dir, [f"serve.user_vectors={user_vectors}"] if user_vectors else [])
     if (user is None) == (item is None):
-        console.print("[red]configuration error:[/red] give exactly one of --user and --item")
-        raise typer.Exit(Exit.CONFIG_ERROR)
+        raise ConfigError("give exactly one of --user and --item")
     if not 1 <= k <= cfg.serve.k_max:
-        console.print(f"[red]configuration error:[/red] -k must be within 1..{cfg.serve.k_max} (serve.k_max)")
-        raise typer.Exit(Exit.CONFIG_ERROR)
-    try:
-        r = Retriever.load(cfg, version=version)
-        if user is not None:
-            res = r.for_user(user, k, category, exclude_seen=not include_seen)
-        else:
-            res = r.similar_items(item, k, category)
-    except NotFoundError as exc:
-        console.print(f"[red]not found:[/red] {exc}")
-        raise typer.Exit(Exit.NOT_FOUND) from exc
-    except (IndexModelMismatchError, ValueError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
-    except FileNotFoundError as exc:
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
-    except CorruptIndexError as exc:
-        console.print(f"[red]failure:[/red] {exc}")
-        raise typer.Exit(Exit.FAILURE) from exc
+        raise ConfigError(f"-k must be within 1..{cfg.serve.k_max} (serve.k_max)")
+    r = Retriever.load(cfg, version=version)
+    if user is not None:
+        res = r.for_user(user, k, category, exclude_seen=not include_seen)
+    else:
+        res = r.similar_items(item, k, category)
     what = f"user {user}" if user is not None else f"items similar to {item}"
     table = Table(title=f"{what}  (index {res.index_version}, {res.method})", title_justify="left")
     for col, justify in (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left")):
@@ -491,7 +431,7 @@ def retrieve(
     console.print(table)
 
 
-@app.command()
+@command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default: serve.host, loopback).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: serve.port).")] = None,
@@ -502,22 +442,11 @@ def serve(
     """Serve retrieval over HTTP (FastAPI); picks up newly published index versions without a restart."""
     import uvicorn
 
-    from llmfeat.index import CorruptIndexError, IndexModelMismatchError
     from llmfeat.serve import RetrieverHolder, create_app
 
     extra = ([f"serve.host={host}"] if host else []) + ([f"serve.port={port}"] if port is not None else [])
     cfg = _config(config, set_, data_dir, extra)
-    try:
-        holder = RetrieverHolder.from_config(cfg)
-    except (IndexModelMismatchError, ValueError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
-    except FileNotFoundError as exc:
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
-    except CorruptIndexError as exc:
-        console.print(f"[red]failure:[/red] {exc}")
-        raise typer.Exit(Exit.FAILURE) from exc
+    holder = RetrieverHolder.from_config(cfg)
     r = holder.get()
     console.print(
         f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
@@ -526,7 +455,7 @@ def serve(
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
 
 
-@app.command()
+@command()
 def train(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Snapshot date of the labelled interactions.")
@@ -544,9 +473,6 @@ def train(
     try:
         with console.status("training ..."):
             summary = run_train(cfg, _date(as_of), log=lambda m: console.print(f"[dim]{m}[/dim]"))
-    except ValueError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
     finally:
         spark.stop()
     table = Table(title=f"CTR models, test set ({summary['run_id']})", title_justify="left")
@@ -561,7 +487,7 @@ def train(
     console.print(f"  models: {Path(next(iter(summary['models'].values()), '.')).parent}")
 
 
-@app.command()
+@command()
 def finetune(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Snapshot date of the canonical tables to train on.")
@@ -589,14 +515,7 @@ def finetune(
     extra += [f"finetune.max_steps={max_steps}"] if max_steps is not None else []
     extra += [f"finetune.output_dir={output}"] if output else []
     cfg = _config(config, set_, data_dir, extra)
-    try:
-        card = run_finetune(cfg, _date(as_of), log=lambda m: console.print(f"[dim]{m}[/dim]"))
-    except (ConfigError, ValueError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
-    except FileNotFoundError as exc:
-        console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    card = run_finetune(cfg, _date(as_of), log=lambda m: console.print(f"[dim]{m}[/dim]"))
     console.print(
         f"fine-tuned {card['base_model_id']} ({card['method']}, {card['steps']} steps, best {card['best_step']}): "
         f"validation loss {card['val_loss_before']:.4f} -> {card['val_loss_after']:.4f}"
@@ -607,7 +526,7 @@ def finetune(
     )
 
 
-@app.command()
+@command()
 def score(
     user: Annotated[str, typer.Option("--user", help="The user to rank items for.")],
     k: Annotated[int, typer.Option("-k", help="How many items to return.")] = 10,
@@ -623,18 +542,10 @@ def score(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Recommend: retrieve candidates from FAISS, fetch online features from Feast, score with the CTR model."""
-    from llmfeat.retrieval import NotFoundError
-    from llmfeat.score import Scorer, ScoringModelError
+    from llmfeat.score import Scorer
 
     cfg = _config(config, set_, data_dir)
-    try:
-        ranked = Scorer(cfg, model).recommend(user, k=k, candidates=candidates, categories=category)
-    except ScoringModelError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(Exit.CONFIG_ERROR) from exc
-    except NotFoundError as exc:
-        console.print(f"[red]not found:[/red] {exc}")
-        raise typer.Exit(Exit.NOT_FOUND) from exc
+    ranked = Scorer(cfg, model).recommend(user, k=k, candidates=candidates, categories=category)
     table = Table(
         title=f"top {k} for user {user} ({model}, from {candidates} candidates)", title_justify="left"
     )
@@ -645,10 +556,10 @@ def score(
     console.print(table)
 
 
-@app.command("show-config")
-def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Print the effective configuration (defaults + file + overrides)."""
-    console.print_json(json.dumps(_config(config, set_).to_dict()))
+@command("show-config")
+def show_config(config: ConfigOpt = None, set_: SetOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Print the effective configuration (defaults + file + overrides), checked as every command checks it."""
+    console.print_json(json.dumps(_config(config, set_, data_dir).to_dict()))
 
 
 if __name__ == "__main__":

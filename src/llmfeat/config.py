@@ -3,22 +3,57 @@
 Precedence, lowest first: the defaults written in these dataclasses, a YAML file (``--config``), then
 ``--set section.key=value`` overrides from the command line. Nothing here reads environment variables:
 jobs pass what they need explicitly.
+
+Everything is checked when the config loads, before any work starts: types, ``Literal`` choices (a typo in
+``embed.pooling`` is refused by ``llmfeat show-config`` and by every command), ranges (each section's
+``__post_init__``) and cross-field rules (``Config.__post_init__``). Stages never re-check a value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 
+from llmfeat.errors import ConfigError
 
-class ConfigError(ValueError):
-    """The configuration is invalid (unknown key, wrong type, impossible value)."""
+Source = Literal["movielens", "mind", "mapped"]
+Pooling = Literal["mean", "cls"]
+Precision = Literal["auto", "fp32", "bf16"]
+OnlineStore = Literal["sqlite", "redis"]
+BatchEngine = Literal["local", "spark.engine"]
+Protocol = Literal["temporal", "leave_last_k"]
+CtrModel = Literal["popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm"]
+IndexGpu = Literal["auto", "never"]
+UserVectors = Literal["text", "history"]
+UserSource = Literal["feast", "parquet"]
+FinetuneMethod = Literal["lora", "full", "top_layers"]
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _check(ok: bool, where: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+def _positive(section: str, obj: Any, *names: str, allow_none: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is None and allow_none:
+            continue
+        _check(value is not None and value > 0, f"{section}.{name}", f"must be > 0, got {value!r}")
+
+
+def _device(where: str, value: str) -> None:
+    _check(bool(_DEVICE.match(value)), where, f"must be auto, cpu, cuda or cuda:N, got {value!r}")
 
 
 @dataclass
@@ -32,7 +67,7 @@ class PathsConfig:
 
 @dataclass
 class IngestConfig:
-    source: str = "movielens"
+    source: Source = "movielens"
     """One of: movielens (recbole layout or GroupLens u.* files), mind, mapped (Parquet/CSV + YAML mapping)."""
     source_path: Path | None = None
     """Directory (movielens, mind) or mapping YAML (mapped). None means the demo MovieLens-100k download."""
@@ -40,6 +75,9 @@ class IngestConfig:
     """MovieLens and rating-only sources: rating >= threshold is a click (label 1)."""
     max_text_chars: int = 20_000
     """A single text field longer than this is quarantined (TEXT_TOO_LONG)."""
+
+    def __post_init__(self) -> None:
+        _positive("ingest", self, "max_text_chars")
 
 
 @dataclass
@@ -50,9 +88,10 @@ class EmbedConfig:
     """Names the folder the embedding tables live in; a new model (e.g. fine-tuned) gets a new set."""
     max_tokens: int | None = None
     """Token limit; None: the model's own (256 for all-MiniLM-L6-v2). Truncated texts are flagged."""
-    pooling: str = "mean"
-    precision: str = "auto"
+    pooling: Pooling = "mean"
+    precision: Precision = "auto"
     device: str = "auto"
+    """auto (CUDA when present), cpu, cuda or cuda:N."""
     token_budget: int = 4096
     """Padded tokens per forward pass; small batches are faster on CPU caches (bench/encode.py)."""
     max_batch_rows: int = 128
@@ -67,6 +106,14 @@ class EmbedConfig:
     backfill_every_days: int = 1
     """Spacing of user snapshots when catching up or backfilling."""
 
+    def __post_init__(self) -> None:
+        _positive("embed", self, "token_budget", "max_batch_rows", "udf_batch_rows", "user_history_n",
+                  "history_half_life_days", "backfill_every_days")  # fmt: skip
+        _positive("embed", self, "max_tokens", allow_none=True)
+        _device("embed.device", self.device)
+        _check(bool(self.embedding_set.strip()) and "/" not in self.embedding_set, "embed.embedding_set",
+               f"must be a non-empty folder name, got {self.embedding_set!r}")  # fmt: skip
+
 
 @dataclass
 class SparkConfig:
@@ -80,17 +127,20 @@ class SparkConfig:
     conf: dict[str, str] = field(default_factory=dict)
     """Any extra spark.* settings, passed through as given."""
 
+    def __post_init__(self) -> None:
+        _positive("spark", self, "task_cpus", "shuffle_partitions")
+
 
 @dataclass
 class FeastConfig:
     repo_path: Path = Path("feature_repo")
     """The Feast repository (feature definitions) this project ships."""
     project: str = "llmfeat"
-    online_store: str = "sqlite"
+    online_store: OnlineStore = "sqlite"
     """sqlite (embedded default, <data_dir>/feast/online.db) or redis (production profile)."""
     redis_connection: str = "127.0.0.1:6379,db=0"
     """Redis connection string in Feast's format (host:port,db=N,password=...)."""
-    batch_engine: str = "local"
+    batch_engine: BatchEngine = "local"
     """Materialisation engine: local, or spark.engine (production)."""
 
 
@@ -98,13 +148,13 @@ class FeastConfig:
 class TrainingConfig:
     enabled: bool = True
     """Whether the nightly run retrains the CTR models and writes the report."""
-    protocols: list[str] = field(default_factory=lambda: ["temporal", "leave_last_k"])
+    protocols: list[Protocol] = field(default_factory=lambda: ["temporal", "leave_last_k"])
     split_quantiles: list[float] = field(default_factory=lambda: [0.8, 0.9])
     """Temporal split: T1 and T2 at these quantiles of event time, unless t1 / t2 are given."""
     t1: str | None = None
     t2: str | None = None
     leave_last_k: int = 1
-    models: list[str] = field(
+    models: list[CtrModel] = field(
         default_factory=lambda: ["popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm"]
     )
     epochs: int = 10
@@ -119,7 +169,24 @@ class TrainingConfig:
     min_interactions: int = 500
     """Fewer labelled interactions than this: the nightly run records "too little data" instead of training
     (a CTR model fitted on a handful of rows is noise, and a temporal split of them may be empty)."""
-    """Users with 1..N training interactions form the light-user slice."""
+
+    def __post_init__(self) -> None:
+        _positive("train", self, "epochs", "batch_size", "lr", "patience", "tfidf_dim", "leave_last_k",
+                  "light_user_max", "min_interactions")  # fmt: skip
+        _device("train.device", self.device)
+        _check(len(self.split_quantiles) == 2 and 0 < self.split_quantiles[0] < self.split_quantiles[1] < 1,
+               "train.split_quantiles", f"must be two quantiles 0 < q1 < q2 < 1, got {self.split_quantiles}")  # fmt: skip
+        for name in ("t1", "t2"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    dt.datetime.fromisoformat(value)
+                except ValueError:
+                    raise ConfigError(f"train.{name}: {value!r} is not an ISO date or time") from None
+        if self.t1 is not None and self.t2 is not None:
+            _check(self.t1 < self.t2, "train.t1", f"must be before train.t2 ({self.t1} >= {self.t2})")
+        _check(bool(self.protocols), "train.protocols", "must name at least one protocol")
+        _check(bool(self.models), "train.models", "must name at least one model")
 
 
 @dataclass
@@ -157,13 +224,28 @@ class IndexConfig:
     """A category-filtered search probes this many times the inverted lists (HNSW: efSearch) of a plain one,
     capped at all lists: a category clusters in embedding space, so its nearest members can lie far from the
     query's own lists (bench/faiss_bench.py measures the recall)."""
-    gpu: str = "auto"
+    gpu: IndexGpu = "auto"
     """auto: search on the GPU when faiss has one (the `gpu` extra); never: always on the CPU."""
     threads: int | None = None
     """FAISS (OpenMP) threads for building; None: FAISS's default (all cores)."""
     search_threads: int = 1
     """OpenMP threads per single query. 1: a service runs requests in parallel already, and waking a second
     thread for a 0.1 ms search costs more than it saves, badly so on a busy machine (bench/faiss_bench.py)."""
+
+    def __post_init__(self) -> None:
+        _positive("index", self, "exact_max_items", "k_factor", "tune_queries", "keep_versions",
+                  "filter_widen", "search_threads")  # fmt: skip
+        _check(
+            self.exact_filter_max >= 0,
+            "index.exact_filter_max",
+            "must be >= 0 (0: filters always use the index)",
+        )
+        _positive(
+            "index", self, "nlist", "nprobe", "hnsw_ef_search", "train_sample", "threads", allow_none=True
+        )
+        _check(
+            0 < self.target_recall <= 1, "index.target_recall", f"must be in (0, 1], got {self.target_recall}"
+        )
 
 
 @dataclass
@@ -177,18 +259,23 @@ class ServeConfig:
     """Largest k a request may ask for."""
     reload_interval_s: float = 10.0
     """How often the service looks for a newly published index version; 0 turns the check off."""
-    user_vectors: str = "text"
+    user_vectors: UserVectors = "text"
     """The user query vector: text (user_text embedding) or history (pooled clicked items)."""
-    user_source: str = "feast"
+    user_source: UserSource = "feast"
     """Where user query vectors are read: feast (the online store, as rankers do) or parquet (the
     embedding tables; no Feast needed)."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.port < 65536, "serve.port", f"must be a TCP port (1..65535), got {self.port}")
+        _positive("serve", self, "k_max")
+        _check(self.reload_interval_s >= 0, "serve.reload_interval_s", "must be >= 0 (0 turns reloads off)")
 
 
 @dataclass
 class FinetuneConfig:
     """``llmfeat finetune``: the encoder fine-tuned on the click signal (src/llmfeat/finetune.py)."""
 
-    method: str = "lora"
+    method: FinetuneMethod = "lora"
     """lora (adapters on the attention query/value layers, merged into the weights on save), full (every
     weight) or top_layers (only the last ``top_layers`` transformer layers)."""
     output_dir: Path | None = None
@@ -224,6 +311,18 @@ class FinetuneConfig:
     threads: int | None = None
     """torch threads on CPU; None: every core this process may use."""
 
+    def __post_init__(self) -> None:
+        _positive("finetune", self, "temperature", "max_steps", "batch_size", "max_tokens", "eval_every",
+                  "eval_pairs", "patience", "lora_r", "lora_alpha", "top_layers")  # fmt: skip
+        _positive("finetune", self, "lr", "max_train_pairs", "threads", allow_none=True)
+        _check(self.batch_size >= 2, "finetune.batch_size", "must be at least 2 (in-batch negatives)")
+        _check(
+            0 <= self.lora_dropout < 1, "finetune.lora_dropout", f"must be in [0, 1), got {self.lora_dropout}"
+        )
+        _device("finetune.device", self.device)
+        _check(bool(self.name.strip()) and "/" not in self.name, "finetune.name",
+               f"must be a non-empty folder name, got {self.name!r}")  # fmt: skip
+
 
 @dataclass
 class Config:
@@ -236,6 +335,10 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self) -> None:
+        if self.ingest.source != "movielens" and self.ingest.source_path is None:
+            raise ConfigError(f"ingest.source_path is required for source {self.ingest.source!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -271,7 +374,10 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str
         if not isinstance(raw[section], dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
         raw[section][name] = _Override(value)
-    return _build(Config, raw, "")
+    try:
+        return _build(Config, raw, "")
+    except TypeError as exc:  # a section given as a scalar where a mapping belongs, say
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -304,13 +410,25 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
-    if isinstance(value, _Override):
-        is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
-        optional_str = is_union and str in typing.get_args(tp)
-        if tp is str or (optional_str and value.text.strip().lower() not in ("", "null", "none", "~")):
-            return value.text
-        value = value.parsed()
     origin = typing.get_origin(tp)
+    if isinstance(value, _Override):
+        is_union = origin in (typing.Union, types.UnionType)
+        optional_str = is_union and str in typing.get_args(tp)
+        if (
+            tp is str
+            or origin is Literal
+            or (optional_str and value.text.strip().lower() not in ("", "null", "none", "~"))
+        ):
+            value = value.text.strip() if origin is Literal else value.text
+            if origin is not Literal:
+                return value
+        else:
+            value = value.parsed()
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from llmfeat.errors import ConfigError
 from llmfeat.feature_vector import (
     HISTORY_CLICKS,
     ITEM_STATS,
@@ -100,7 +101,7 @@ def dense_names(feature_set: str, dim: int) -> list[str]:
         return [f"{b}_{i}" for b in TEXT_BLOCKS for i in range(dim)] + list(TEXT_SCALARS) + stat_names()
     if feature_set == "ids_stats":
         return stat_names()
-    raise ValueError(f"unknown feature set {feature_set!r}; choose from {FEATURE_SETS}")
+    raise ConfigError(f"unknown feature set {feature_set!r}; choose from {FEATURE_SETS}")
 
 
 def build_dense(feature_set: str, columns: Mapping[str, Sequence], at, dim: int, n: int) -> np.ndarray:
@@ -110,7 +111,7 @@ def build_dense(feature_set: str, columns: Mapping[str, Sequence], at, dim: int,
         return lm_dense(columns, at, dim, n)
     if feature_set == "ids_stats":
         return ids_stats_dense(columns, at, n)
-    raise ValueError(f"unknown feature set {feature_set!r}; choose from {FEATURE_SETS}")
+    raise ConfigError(f"unknown feature set {feature_set!r}; choose from {FEATURE_SETS}")
 
 
 @dataclass

@@ -43,15 +43,12 @@ from llmfeat.changelog import (
 )
 from llmfeat.config import Config
 from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir, model_id, model_token_limit
+from llmfeat.errors import ModelMismatchError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.texts import render_all, template_fields
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
 EMBED_TABLES = ("item_text", "user_text", "user_history")
-
-
-class ModelMismatchError(RuntimeError):
-    """An embedding table already holds vectors of another model id."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llmfeat.errors import ConfigError
+
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -75,7 +77,7 @@ def weights_sha256(model_dir: str) -> str:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
             return digest.hexdigest()
-    raise FileNotFoundError(f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES)})")
+    raise ConfigError(f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES)})")
 
 
 def model_name(model_dir: str | Path) -> str:
@@ -126,7 +128,7 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
     return device
 
 
@@ -138,12 +140,12 @@ class TextEncoder:
 
         hf_logging.disable_progress_bar()  # a bar per worker and model load is noise in job logs
         if spec.pooling not in POOLINGS:
-            raise ValueError(f"pooling {spec.pooling!r} is not one of {POOLINGS}")
+            raise ConfigError(f"pooling {spec.pooling!r} is not one of {POOLINGS}")
         if spec.precision not in PRECISIONS:
-            raise ValueError(f"precision {spec.precision!r} is not one of {PRECISIONS}")
+            raise ConfigError(f"precision {spec.precision!r} is not one of {PRECISIONS}")
         model_dir = Path(spec.model_dir)
         if not model_dir.is_dir():
-            raise FileNotFoundError(f"model directory {model_dir} does not exist")
+            raise ConfigError(f"model directory {model_dir} does not exist")
         if spec.threads:
             torch.set_num_threads(spec.threads)
 

@@ -19,6 +19,8 @@ import signal
 import sys
 from collections.abc import Iterable
 
+from llmfeat.errors import ConfigError
+
 POINTS = {
     "embed.after_write_before_commit": "every embedding table is written to the run's work area; nothing is "
     "published yet",
@@ -40,9 +42,9 @@ class Faults:
             point, _, action = spec.partition(":")
             action = action or "kill"
             if point not in POINTS:
-                raise ValueError(f"unknown fault point {point!r}; points: {', '.join(POINTS)}")
+                raise ConfigError(f"unknown fault point {point!r}; points: {', '.join(POINTS)}")
             if action not in ACTIONS:
-                raise ValueError(f"unknown fault action {action!r}; actions: {', '.join(ACTIONS)}")
+                raise ConfigError(f"unknown fault action {action!r}; actions: {', '.join(ACTIONS)}")
             self.actions[point] = action
 
     def __bool__(self) -> bool:
@@ -50,7 +52,7 @@ class Faults:
 
     def reach(self, point: str) -> None:
         if point not in POINTS:  # a typo in a stage would silently never fire
-            raise ValueError(f"unknown fault point {point!r}")
+            raise ConfigError(f"unknown fault point {point!r}")
         action = self.actions.get(point)
         if action == "kill":
             sys.stdout.flush()

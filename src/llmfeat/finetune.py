@@ -50,6 +50,7 @@ from llmfeat.encoder import (
     pool_and_normalise,
     resolve_device,
 )
+from llmfeat.errors import TooLittleDataError
 from llmfeat.splits import Split, temporal_split
 from llmfeat.texts import render
 from llmfeat.user_state import UserStateParams, user_snapshots
@@ -269,10 +270,6 @@ def run_finetune(
     from transformers import AutoConfig, AutoTokenizer
 
     f = cfg.finetune
-    if f.method not in METHODS:
-        raise ConfigError(f"finetune.method must be one of {METHODS}, not {f.method!r}")
-    if f.batch_size < 2:
-        raise ConfigError("finetune.batch_size must be at least 2 (in-batch negatives)")
     out = output_dir(cfg)
     if out.exists() and not f.overwrite:
         raise ConfigError(
@@ -294,7 +291,9 @@ def run_finetune(
     log(f"finetune: building click pairs as of {as_of} ...")
     train, val, data = click_pairs(cfg, as_of)
     if len(train) < f.batch_size or len(val) < 2:
-        raise ValueError(f"too few click pairs to fine-tune: {len(train)} train, {len(val)} validation")
+        raise TooLittleDataError(
+            f"too few click pairs to fine-tune: {len(train)} train, {len(val)} validation"
+        )
     train, val_batches = sample_pairs(train, val, f)
     log(f"finetune: {len(train)} training pairs, {sum(map(len, val_batches))} validation pairs "
         f"({data['t1']} / {data['t2']})")  # fmt: skip

@@ -45,6 +45,13 @@ import pyarrow.parquet as pq
 from llmfeat import tables
 from llmfeat.config import Config, IndexConfig
 from llmfeat.embed import embedding_paths
+from llmfeat.errors import (  # noqa: F401 - re-exported
+    ConfigError,
+    CorruptIndexError,
+    IndexModelMismatchError,
+    IndexNotFoundError,
+    MissingInputError,
+)
 from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.vectors import normalise, read_latest
 
@@ -59,18 +66,6 @@ CURRENT = "current"
 NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 TUNE_K = 10
-
-
-class IndexNotFoundError(FileNotFoundError):
-    """No published index (or not the version asked for)."""
-
-
-class IndexModelMismatchError(RuntimeError):
-    """The index was built from another model's vectors than the queries come from."""
-
-
-class CorruptIndexError(RuntimeError):
-    """A version's files do not match its manifest (size, checksum or count)."""
 
 
 def index_root(data_dir: Path, embedding_set: str) -> Path:
@@ -112,13 +107,13 @@ def read_catalogue(data_dir: Path, embedding_set: str, as_of: dt.date | None = N
     items_root = tables.canonical_dir(data_dir, "items")
     emb_dates, item_dates = tables.snapshot_dates(item_root), tables.snapshot_dates(items_root)
     if not emb_dates:
-        raise FileNotFoundError(f"no item embeddings at {item_root}: run `llmfeat embed` first")
+        raise MissingInputError(f"no item embeddings at {item_root}: run `llmfeat embed` first")
     if not item_dates:
-        raise FileNotFoundError(f"no canonical items at {items_root}: run `llmfeat ingest` first")
+        raise MissingInputError(f"no canonical items at {items_root}: run `llmfeat ingest` first")
     day = as_of or max(emb_dates[-1], item_dates[-1])
     items_day = max((d for d in item_dates if d <= day), default=None)
     if items_day is None or not any(d <= day for d in emb_dates):
-        raise FileNotFoundError(f"no item embeddings or canonical items at or before {day} under {data_dir}")
+        raise MissingInputError(f"no item embeddings or canonical items at or before {day} under {data_dir}")
     latest = read_latest(item_root, "item_id", as_of=day)
     items = tables.read_snapshot(items_root, items_day).to_pandas()
     items = items.drop_duplicates("item_id", keep="last").set_index("item_id")
@@ -315,7 +310,7 @@ def build_index(
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
-        raise ValueError(
+        raise ConfigError(
             f"index factory {factory!r} is not valid for dim {dim}: {str(exc).splitlines()[-1]}"
         ) from None
     _seed(index, cfg.seed)
@@ -327,7 +322,7 @@ def build_index(
         wanted = cfg.train_sample or (40 * ivf.nlist if ivf is not None else 100_000)
         size = min(n, max(wanted, 1))
         if ivf is not None and n < ivf.nlist:
-            raise ValueError(
+            raise ConfigError(
                 f"{factory}: {n} vectors cannot train {ivf.nlist} inverted lists; lower index.nlist"
             )
         sample = np.sort(rng.choice(n, size=size, replace=False))
@@ -606,7 +601,7 @@ def run_index(
     cat = read_catalogue(cfg.paths.data_dir, cfg.embed.embedding_set, as_of)
     read_s = round(time.perf_counter() - t0, 3)
     if len(cat.item_ids) == 0:
-        raise FileNotFoundError(f"no item has a vector in {cat.notes['item_text']} as of {cat.as_of}")
+        raise MissingInputError(f"no item has a vector in {cat.notes['item_text']} as of {cat.as_of}")
     users = tuning_user_vectors(cfg, cat)
     factory = choose_factory(len(cat.item_ids), cat.vectors.shape[1], cfg.index)
     log(f"index: build {factory} over {len(cat.item_ids)} x {cat.vectors.shape[1]} ({cat.model_id}) ...")

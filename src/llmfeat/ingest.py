@@ -11,6 +11,7 @@ import pandas as pd
 from llmfeat import tables
 from llmfeat.config import Config
 from llmfeat.demo_data import ensure_movielens_100k
+from llmfeat.errors import ConfigError, MissingInputError
 from llmfeat.sources import load_source
 from llmfeat.validate import validate
 
@@ -38,9 +39,11 @@ def snapshot_time(snapshot_date: dt.date) -> pd.Timestamp:
 
 def resolve_source_path(cfg: Config) -> Path:
     if cfg.ingest.source_path is not None:
+        if not Path(cfg.ingest.source_path).exists():
+            raise MissingInputError(f"ingest.source_path {cfg.ingest.source_path} does not exist")
         return cfg.ingest.source_path
     if cfg.ingest.source != "movielens":
-        raise ValueError(f"ingest.source_path is required for source {cfg.ingest.source!r}")
+        raise ConfigError(f"ingest.source_path is required for source {cfg.ingest.source!r}")
     return ensure_movielens_100k(cfg.paths.cache_dir)
 
 

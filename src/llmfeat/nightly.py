@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmfeat.config import Config
+from llmfeat.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
 
 STAGES = ("ingest", "embed", "stats", "publish", "index", "train")
@@ -45,10 +46,6 @@ DEPENDS_ON = {
     "index": ("embed",),
     "train": ("publish",),
 }
-
-
-class LockedError(RuntimeError):
-    """Another run holds the data directory."""
 
 
 def dependents(stages: set[str]) -> set[str]:
@@ -291,7 +288,7 @@ def run_nightly(
     ``on_stage(stage, status)`` reports progress; ``faults`` is for the crash-safety tests only."""
     unknown = (set(force) | ({until} if until else set())) - set(STAGES)
     if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
+        raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
     last = STAGES.index(until) if until else len(STAGES) - 1
     redo = dependents(set(force))
     markers = run_dir(cfg, as_of)
@@ -326,7 +323,14 @@ def run_nightly(
                 if on_stage:
                     on_stage(stage, "running")
                 t0 = time.perf_counter()
-                summary = functions[stage](pending_redo.is_file())
+                try:
+                    summary = functions[stage](pending_redo.is_file())
+                except LlmfeatError:
+                    raise
+                except Exception as exc:  # named, so the operator knows where the rerun resumes
+                    raise StageFailedError(stage, exc, hints=(
+                        f"nothing of stage {stage} was published; fix the cause and run the same command "
+                        f"again: it resumes at {stage} (markers in {markers})",)) from exc  # fmt: skip
                 seconds = time.perf_counter() - t0
                 _write_json(marker, {"stage": stage, "as_of": as_of.isoformat(), "seconds": round(seconds, 3),
                                      "finished": dt.datetime.now(dt.UTC).isoformat(), "summary": summary})  # fmt: skip

@@ -10,11 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from llmfeat.errors import RetrievalError  # noqa: F401 - re-exported
+
 ROW_ID = "_llmfeat_row"
-
-
-class RetrievalError(RuntimeError):
-    pass
 
 
 def _retrieve(store, frame: pd.DataFrame, features) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import numpy as np
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
+from llmfeat.errors import ConfigError
 from llmfeat.feature_vector import USER_MODEL_ID, FeatureMatrix, build_feature_matrix, vectors
 
 
@@ -80,7 +81,7 @@ class OnlineFeatures:
         for projection in store.get_feature_service(service).feature_view_projections:
             view = store.get_feature_view(projection.name)
             if len(view.join_keys) != 1:
-                raise ValueError(f"feature view {view.name}: expected one join key, got {view.join_keys}")
+                raise ConfigError(f"feature view {view.name}: expected one join key, got {view.join_keys}")
             read = _ViewRead(view, view.join_keys[0], tuple(f.name for f in projection.features))
             (self.user_views if read.join_key == "user_id" else self.item_views).append(read)
 
@@ -130,7 +131,7 @@ class FeastUserVectors:
 
     def __init__(self, store, kind: str = "text"):
         if kind not in self.VIEWS:
-            raise ValueError(f"user vector kind {kind!r}: expected one of {sorted(self.VIEWS)}")
+            raise ConfigError(f"user vector kind {kind!r}: expected one of {sorted(self.VIEWS)}")
         self.store = store
         self.view = self.VIEWS[kind]
         self._model_id: str | None = None

@@ -78,12 +78,8 @@ def feature_store_yaml(cfg: Config) -> dict:
     f = cfg.feast
     if f.online_store == "sqlite":
         online = {"type": "sqlite", "path": str(feast_dir(cfg) / "online.db")}
-    elif f.online_store == "redis":
+    else:  # redis (config.OnlineStore: checked when the config loaded)
         online = {"type": "redis", "connection_string": f.redis_connection}
-    else:
-        raise ConfigError(f"feast.online_store must be sqlite or redis, not {f.online_store!r}")
-    if f.batch_engine not in ("local", "spark.engine"):
-        raise ConfigError(f"feast.batch_engine must be local or spark.engine, not {f.batch_engine!r}")
     from llmfeat.spark import spark_conf as llmfeat_spark_conf
 
     # The same session settings as llmfeat's own: whichever of Feast and llmfeat starts Spark first in a
@@ -100,7 +96,11 @@ def feature_store_yaml(cfg: Config) -> dict:
         "online_store": online,
         # Training sets are written by Spark as Parquet here and read back with pyarrow, never collected
         # through the driver: a 100k-row frame of 384-d vectors once exhausted a 2 GB driver and hung.
-        "offline_store": {"type": "spark", "spark_conf": spark_conf, "staging_location": str(staging_dir(cfg))},
+        "offline_store": {
+            "type": "spark",
+            "spark_conf": spark_conf,
+            "staging_location": str(staging_dir(cfg)),
+        },
         "batch_engine": {"type": f.batch_engine},
         "entity_key_serialization_version": 3,
     }

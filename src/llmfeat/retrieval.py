@@ -27,31 +27,21 @@ import pyarrow.compute as pc
 from llmfeat import tables
 from llmfeat.config import Config
 from llmfeat.embed import embedding_paths
+from llmfeat.errors import (  # noqa: F401 - re-exported
+    ConfigError,
+    MissingInputError,
+    ModelMismatchError,
+    NotFoundError,
+    UnknownCategoryError,
+    UnknownItemError,
+    UnknownUserError,
+)
 from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
 from llmfeat.vectors import normalise, read_latest
 
 GPU_MAX_K = 2048
 """FAISS GPU indexes return at most this many neighbours per query."""
 _CHUNK = 65_536
-
-
-class NotFoundError(LookupError):
-    """An id or category the index (or the user vectors) does not know. ``str()`` is the message."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class UnknownItemError(NotFoundError):
-    pass
-
-
-class UnknownUserError(NotFoundError):
-    pass
-
-
-class UnknownCategoryError(NotFoundError):
-    pass
 
 
 @runtime_checkable
@@ -79,7 +69,7 @@ class ParquetUserVectors:
         paths = embedding_paths(data_dir, embedding_set)
         tables_by_kind = {"text": paths.user_text, "history": paths.user_history}
         if kind not in tables_by_kind:
-            raise ValueError(f"user vector kind {kind!r}: expected one of {sorted(tables_by_kind)}")
+            raise ConfigError(f"user vector kind {kind!r}: expected one of {sorted(tables_by_kind)}")
         self.kind = kind
         latest = read_latest(tables_by_kind[kind], "user_id", at=at)
         self._model_id = latest.model_id
@@ -116,7 +106,7 @@ def read_seen(data_dir: Path, as_of) -> pd.DataFrame:
     root = tables.canonical_dir(data_dir, "interactions")
     days = [d for d in tables.snapshot_dates(root) if d <= as_of]
     if not days:
-        raise FileNotFoundError(f"no canonical interactions snapshot at or before {as_of} under {root}")
+        raise MissingInputError(f"no canonical interactions snapshot at or before {as_of} under {root}")
     return tables.read_snapshot(root, days[-1]).select(["user_id", "item_id"]).to_pandas()
 
 
@@ -259,10 +249,10 @@ class Retriever:
     ) -> Results:
         """Top-k for one query vector (any length-dim vector; normalised here), with optional filters."""
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigError(f"k must be >= 1, got {k}")
         q = normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))
         if q.shape[1] != self._vectors.shape[1]:
-            raise ValueError(f"query has {q.shape[1]} dimensions, the index {self._vectors.shape[1]}")
+            raise ModelMismatchError(f"query has {q.shape[1]} dimensions, the index {self._vectors.shape[1]}")
         allowed = self._allowed(categories)
         exclude = np.zeros(0, np.int64) if exclude_rows is None else np.asarray(exclude_rows, np.int64)
         rows, scores, method = self._search(q, k, allowed, exclude)

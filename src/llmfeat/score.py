@@ -18,11 +18,8 @@ import pandas as pd
 from llmfeat.config import Config
 from llmfeat.ctr_data import Vocab, build_dense
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, predict
+from llmfeat.errors import ScoringModelError  # noqa: F401 - re-exported
 from llmfeat.feature_vector import USER_MODEL_ID
-
-
-class ScoringModelError(RuntimeError):
-    """No trained model, or one that does not fit the published features."""
 
 
 @dataclass

@@ -29,16 +29,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, StringConstraints
 
 from llmfeat.config import Config
+from llmfeat.errors import ReloadError  # noqa: F401 - re-exported
 from llmfeat.index import IndexModelMismatchError, current_version, index_root
 from llmfeat.retrieval import NotFoundError, Results, Retriever, UserVectorSource
 
 log = logging.getLogger("llmfeat.serve")
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 """Ids are any printable text; control characters are malformed input (422)."""
-
-
-class ReloadError(RuntimeError):
-    """The published version could not be loaded; the previous one is still served."""
 
 
 @dataclass(frozen=True)

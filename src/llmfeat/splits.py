@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from llmfeat.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Split:
@@ -38,7 +40,7 @@ def temporal_split(
         t2 = t2 if t2 is not None else q2
     t1, t2 = pd.Timestamp(t1), pd.Timestamp(t2)
     if not t1 < t2:
-        raise ValueError(f"temporal split needs T1 < T2 (got {t1} and {t2})")
+        raise ConfigError(f"temporal split needs T1 < T2 (got {t1} and {t2})")
     train = interactions[ts < t1]
     validation = interactions[(ts >= t1) & (ts < t2)]
     test = interactions[ts >= t2]

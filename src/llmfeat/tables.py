@@ -24,6 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from llmfeat.errors import MissingInputError
+
 PARQUET_FILE = "part-00000.parquet"
 _RENAME_EXCHANGE = 2
 
@@ -123,9 +125,9 @@ def read_snapshot(
     """Read one snapshot (the latest when ``snapshot_date`` is None)."""
     dates = snapshot_dates(root)
     if not dates:
-        raise FileNotFoundError(f"no snapshots under {root}: run the stage that writes it first")
+        raise MissingInputError(f"no snapshots under {root}: run the stage that writes it first")
     day = snapshot_date or dates[-1]
     path = snapshot_dir(root, day)
     if not path.is_dir():
-        raise FileNotFoundError(f"no snapshot {day} under {root} (have {', '.join(map(str, dates))})")
+        raise MissingInputError(f"no snapshot {day} under {root} (have {', '.join(map(str, dates))})")
     return pq.read_table(path, schema=schema)

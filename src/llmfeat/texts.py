@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
+from llmfeat.errors import ConfigError
+
 SEPARATORS = " .,;:|-"
 HISTORY_JOINER = "; "
 
@@ -25,14 +27,14 @@ def _parse(template: str) -> tuple[tuple[tuple[str, str | None], ...], str]:
     trailing = ""
     for literal, name, spec, conv in string.Formatter().parse(template):
         if spec or conv:
-            raise ValueError(
+            raise ConfigError(
                 f"template {template!r}: format specs and conversions are not supported ({{{name}}})"
             )
         if name is None:
             trailing = literal
         else:
             if not name.isidentifier():
-                raise ValueError(f"template {template!r}: {{{name}}} is not a field name")
+                raise ConfigError(f"template {template!r}: {{{name}}} is not a field name")
             parts.append((literal, name))
     return tuple(parts), trailing
 
@@ -61,7 +63,7 @@ def render(template: str, fields: Mapping[str, Any]) -> str:
     out: list[str] = []
     for literal, name in parts:
         if name not in fields:
-            raise KeyError(f"template field {{{name}}} is not a column (have: {sorted(fields)})")
+            raise ConfigError(f"template field {{{name}}} is not a column (have: {sorted(fields)})")
         value = _as_text(fields[name])
         if not value:
             continue

@@ -33,6 +33,7 @@ from llmfeat import tables
 from llmfeat.config import Config
 from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
+from llmfeat.errors import ConfigError, MissingInputError, ModelMismatchError, TooLittleDataError  # noqa: F401 - re-exported
 from llmfeat.feature_vector import ITEM_TEXT
 from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss
 from llmfeat.splits import Split, leave_last_k, slice_masks, temporal_split
@@ -49,10 +50,6 @@ def models_dir(cfg: Config) -> Path:
     root = Path(cfg.paths.data_dir) / "models" / "ctr"
     emb_set = cfg.embed.embedding_set
     return root if emb_set == "default" else root / "sets" / emb_set
-
-
-class TooLittleDataError(ValueError):
-    """Not enough labelled interactions to train (``train.min_interactions``)."""
 
 
 def training_rows(cfg: Config, as_of: dt.date) -> pd.DataFrame:
@@ -84,7 +81,7 @@ def _embedding_dim(frame: pd.DataFrame) -> int:
     for value in frame[ITEM_TEXT]:
         if value is not None and not isinstance(value, float):
             return len(value)
-    raise ValueError("no item text embedding in the training frame: run embed and publish first")
+    raise MissingInputError("no item text embedding in the training frame: run embed and publish first")
 
 
 @dataclass
@@ -176,9 +173,6 @@ def run_train(
     from llmfeat.report import write_report
 
     t = cfg.train
-    unknown = set(t.models) - set(MODELS)
-    if unknown:
-        raise ValueError(f"unknown model(s) {sorted(unknown)}; choose from {MODELS}")
     started = time.perf_counter()
     run_id = f"{as_of.isoformat()}T{dt.datetime.now(dt.UTC).strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
     frame = (fetch_training_frame(cfg, as_of, log=log) if frame is None else frame).copy()
@@ -187,7 +181,7 @@ def run_train(
     model_ids = frame["item_text_embedding__model_id"].dropna().unique().tolist()
     embedding_model_id = model_ids[0] if len(model_ids) == 1 else None
     if len(model_ids) > 1:
-        raise ValueError(f"the training frame mixes embedding models {model_ids}")
+        raise ModelMismatchError(f"the training frame mixes embedding models {model_ids}")
     fetched = time.perf_counter()
 
     items = pd.read_parquet(tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "items"), as_of))
@@ -204,10 +198,8 @@ def run_train(
             t1 = pd.Timestamp(t.t1, tz="UTC") if t.t1 else None
             t2 = pd.Timestamp(t.t2, tz="UTC") if t.t2 else None
             splits.append(temporal_split(frame, t1, t2, tuple(t.split_quantiles)))
-        elif protocol == "leave_last_k":
+        else:  # leave_last_k (config.Protocol)
             splits.append(leave_last_k(frame, t.leave_last_k))
-        else:
-            raise ValueError(f"unknown protocol {protocol!r} (temporal, leave_last_k)")
 
     out_dir = models_dir(cfg) / run_id
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -18,16 +18,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from llmfeat import tables
+from llmfeat.errors import MissingInputError, MixedModelsError, VectorTableError  # noqa: F401 - re-exported
 
 _PARTITIONING = ds.partitioning(pa.schema([("snapshot_date", pa.string())]), flavor="hive")
-
-
-class VectorTableError(ValueError):
-    """An embedding table cannot be used as it is (missing or ragged vectors, mixed models)."""
-
-
-class MixedModelsError(VectorTableError):
-    """The current rows of one embedding table come from more than one model."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +50,7 @@ def read_latest(
     event_timestamp <= ``at`` (each filter optional); ``columns`` are extra columns to keep."""
     root = Path(root)
     if not tables.snapshot_dates(root):
-        raise FileNotFoundError(f"no embedding table at {root}: run `llmfeat embed` first")
+        raise MissingInputError(f"no embedding table at {root}: run `llmfeat embed` first")
     dataset = ds.dataset(root, format="parquet", partitioning=_PARTITIONING)
     flt = None
     if as_of is not None:
@@ -110,5 +103,5 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     if vectors.size and (norms <= 1e-12).any():
-        raise ValueError(f"{int((norms <= 1e-12).sum())} zero vector(s) cannot be normalised")
+        raise VectorTableError(f"{int((norms <= 1e-12).sum())} zero vector(s) cannot be normalised")
     return vectors / np.where(norms > 0, norms, 1.0)

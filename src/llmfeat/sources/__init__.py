@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmfeat.errors import ConfigError
 from llmfeat.sources import mapped, mind, movielens
 from llmfeat.sources.raw import InputError, RawTables
 
@@ -17,7 +18,7 @@ def load_source(source: str, path: Path, *, click_rating_threshold: float) -> Ra
         return mind.load(path)
     if source == "mapped":
         return mapped.load(path, click_rating_threshold=click_rating_threshold)
-    raise InputError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    raise ConfigError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
 
 
 __all__ = ["SOURCES", "InputError", "RawTables", "load_source"]

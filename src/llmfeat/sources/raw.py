@@ -23,11 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from llmfeat.errors import InputError  # noqa: F401 - re-exported
+
 PROVENANCE = ("_file", "_row", "_raw", "_reject", "_detail")
-
-
-class InputError(ValueError):
-    """An input file is not what its loader expects: fail fast, naming the file and the column."""
 
 
 @dataclass
