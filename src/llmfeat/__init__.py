@@ -1,3 +1,88 @@
-"""llmfeat: text -> language-model embeddings -> recommender features (Spark, Feast, FAISS)."""
+"""llmfeat: text -> language-model embeddings -> recommender features (Spark, Feast, FAISS).
+
+The public Python API; each name is imported on first use, so ``import llmfeat`` stays fast and pulls in
+neither torch nor Spark nor Feast::
+
+    import llmfeat
+
+    cfg = llmfeat.load_config(overrides=["paths.data_dir=var/data", "serve.user_source=parquet"])
+    print(llmfeat.Retriever.load(cfg).similar_items("50", k=5).titles)
+
+(README.md "Python API" has the same example with the encoder.)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "Config": "llmfeat.config",
+    "load_config": "llmfeat.config",
+    "EncoderSpec": "llmfeat.encoder",
+    "TextEncoder": "llmfeat.encoder",
+    "default_model_dir": "llmfeat.encoder",
+    "Retriever": "llmfeat.retrieval",
+    "OnlineFeatures": "llmfeat.online",
+    "Scorer": "llmfeat.score",
+    "run_nightly": "llmfeat.nightly",
+    "LlmfeatError": "llmfeat.errors",
+    "ConfigError": "llmfeat.errors",
+    "InputError": "llmfeat.errors",
+    "ModelMismatchError": "llmfeat.errors",
+    "LockedError": "llmfeat.errors",
+    "NotFoundError": "llmfeat.errors",
+    "ExitCode": "llmfeat.errors",
+}
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "EncoderSpec",
+    "ExitCode",
+    "InputError",
+    "LlmfeatError",
+    "LockedError",
+    "ModelMismatchError",
+    "NotFoundError",
+    "OnlineFeatures",
+    "Retriever",
+    "Scorer",
+    "TextEncoder",
+    "default_model_dir",
+    "load_config",
+    "run_nightly",
+]
+assert sorted(__all__) == sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from llmfeat.config import Config, load_config
+    from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir
+    from llmfeat.errors import (
+        ConfigError,
+        ExitCode,
+        InputError,
+        LlmfeatError,
+        LockedError,
+        ModelMismatchError,
+        NotFoundError,
+    )
+    from llmfeat.nightly import run_nightly
+    from llmfeat.online import OnlineFeatures
+    from llmfeat.retrieval import Retriever
+    from llmfeat.score import Scorer
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmfeat' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -105,12 +105,7 @@ def publish_partitions(produced_root: Path, target: Path, first_day: dt.date) ->
 
 
 def write_manifest(manifest_dir: Path, run_id: str, manifest: dict) -> Path:
-    manifest_dir.mkdir(parents=True, exist_ok=True)
-    final = manifest_dir / f"{run_id}.json"
-    tmp = manifest_dir / f".{run_id}.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    tmp.replace(final)
-    return final
+    return tables.write_json(manifest_dir / f"{run_id}.json", manifest)
 
 
 class Phases:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,7 +445,7 @@ def run_embed(
     from pyspark.sql import functions as F
 
     started = dt.datetime.now(dt.UTC)
-    run_id = f"{as_of.isoformat()}T{started.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = tables.run_id(as_of, started)
     every = every_days or cfg.embed.backfill_every_days
     paths = embedding_paths(cfg.paths.data_dir, cfg.embed.embedding_set)
     phases = Phases("embed", log)

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmfeat import tables
 from llmfeat.config import Config
 from llmfeat.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
@@ -120,13 +121,6 @@ def remove_leftovers(data_dir: Path) -> list[Path]:
         else:
             shutil.rmtree(path, ignore_errors=True)
     return found
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -332,7 +326,7 @@ def run_nightly(
                         f"nothing of stage {stage} was published; fix the cause and run the same command "
                         f"again: it resumes at {stage} (markers in {markers})",)) from exc  # fmt: skip
                 seconds = time.perf_counter() - t0
-                _write_json(marker, {"stage": stage, "as_of": as_of.isoformat(), "seconds": round(seconds, 3),
+                tables.write_json(marker, {"stage": stage, "as_of": as_of.isoformat(), "seconds": round(seconds, 3),
                                      "finished": dt.datetime.now(dt.UTC).isoformat(), "summary": summary})  # fmt: skip
                 pending_redo.unlink(missing_ok=True)
                 results.append(StageResult(stage, "done", seconds, summary))
@@ -343,5 +337,5 @@ def run_nightly(
     quarantined = next((r.summary.get("quarantined", 0) for r in results if r.stage == "ingest"), 0)
     out = NightlySummary(as_of, Path(cfg.paths.data_dir), results, time.perf_counter() - started, quarantined)
     if not out.nothing_to_do:
-        _write_json(markers / "summary.json", out.to_dict())
+        tables.write_json(markers / "summary.json", out.to_dict())
     return out

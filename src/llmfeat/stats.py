@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llmfeat import tables
 from llmfeat.changelog import (
     Phases,
     covered_until,
@@ -259,7 +259,7 @@ def run_stats(
     from pyspark.sql import functions as F
 
     started = dt.datetime.now(dt.UTC)
-    run_id = f"{as_of.isoformat()}T{started.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = tables.run_id(as_of, started)
     every = every_days or cfg.embed.backfill_every_days
     paths = stats_paths(cfg.paths.data_dir)
     phases = Phases("stats", log)

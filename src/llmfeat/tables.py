@@ -131,3 +131,21 @@ def read_snapshot(
     if not path.is_dir():
         raise MissingInputError(f"no snapshot {day} under {root} (have {', '.join(map(str, dates))})")
     return pq.read_table(path, schema=schema)
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Write a JSON document atomically: a hidden temporary file beside it, then one rename."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def run_id(as_of: dt.date, now: dt.datetime | None = None) -> str:
+    """A stage run's id: the snapshot date, the wall-clock time it started and a random suffix."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{as_of.isoformat()}T{now.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +173,7 @@ def run_train(
 
     t = cfg.train
     started = time.perf_counter()
-    run_id = f"{as_of.isoformat()}T{dt.datetime.now(dt.UTC).strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = tables.run_id(as_of)
     frame = (fetch_training_frame(cfg, as_of, log=log) if frame is None else frame).copy()
     frame["event_ts"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     dim = _embedding_dim(frame)
