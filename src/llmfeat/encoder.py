@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmfeat.errors import ConfigError
+from llmfeat.errors import ConfigError, MissingInputError
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls")
@@ -77,7 +77,7 @@ def weights_sha256(model_dir: str) -> str:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(chunk)
             return digest.hexdigest()
-    raise ConfigError(f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES)})")
+    raise MissingInputError(f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES)})")
 
 
 def model_name(model_dir: str | Path) -> str:
@@ -145,7 +145,7 @@ class TextEncoder:
             raise ConfigError(f"precision {spec.precision!r} is not one of {PRECISIONS}")
         model_dir = Path(spec.model_dir)
         if not model_dir.is_dir():
-            raise ConfigError(f"model directory {model_dir} does not exist")
+            raise MissingInputError(f"model directory {model_dir} does not exist")
         if spec.threads:
             torch.set_num_threads(spec.threads)
 
