@@ -319,7 +319,11 @@ def _stage_line(stage: str, s: dict) -> str:
             for r in s.get("headline", [])
             if r["model"] in ("deep_lm", "deep_ids_stats")
         ]
-        return "; ".join(heads) + f"; report {s.get('report')}"
+        f = s.get("frame") or {}
+        frame = (
+            f"frame: {f.get('reused_rows', 0)} rows reused, {f.get('fetched_rows', 0)} fetched; " if f else ""
+        )
+        return frame + "; ".join(heads) + f"; report {s.get('report')}"
     return json.dumps(s)[:100]
 
 

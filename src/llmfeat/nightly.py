@@ -247,13 +247,22 @@ def _stage_functions(
 
         spark.get()  # point-in-time features come from Feast's Spark offline store
         try:
-            summary = run_train(cfg, as_of, log=log)
+            summary = run_train(cfg, as_of, log=log, refresh=forced)
         except TooLittleDataError as exc:
             log(f"train: not trained: {exc}")
             return {"trained": False, "reason": str(exc)}
         return {
             k: summary[k]
-            for k in ("run_id", "rows", "embedding_model_id", "protocols", "models", "report", "seconds")
+            for k in (
+                "run_id",
+                "rows",
+                "frame",
+                "embedding_model_id",
+                "protocols",
+                "models",
+                "report",
+                "seconds",
+            )
         } | {
             "headline": [
                 r

@@ -149,9 +149,15 @@ def _save_model(out: Path, name: str, model, feature_set: str, dims: dict, users
     return path
 
 
-def fetch_training_frame(cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print) -> pd.DataFrame:
-    """The labelled interactions as of ``as_of`` with their point-in-time features from Feast."""
-    from llmfeat.offline import historical_features
+def fetch_training_frame(
+    cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print, refresh: bool = False,
+    stats: dict | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """The labelled interactions as of ``as_of`` with their point-in-time features from Feast, fetched only
+    for the event days not stored yet (``training_frames``); ``refresh`` fetches every day again.
+    ``stats``, when given, receives what was reused and fetched."""
+    from llmfeat import training_frames
+    from llmfeat.embed import embedding_paths
     from llmfeat.publish import open_store
 
     rows = training_rows(cfg, as_of)
@@ -160,21 +166,33 @@ def fetch_training_frame(cfg: Config, as_of: dt.date, *, log: Callable[[str], No
             f"only {len(rows)} labelled interactions as of {as_of} "
             f"(train.min_interactions={cfg.train.min_interactions})"
         )
-    log(f"train: point-in-time features for {len(rows)} labelled interactions from Feast ...")
-    return historical_features(open_store(cfg), rows)
+    manifests = sorted(embedding_paths(cfg.paths.data_dir, cfg.embed.embedding_set).manifests.glob("*.json"))
+    model = json.loads(manifests[-1].read_text()).get("model_id") if manifests else None
+    root = training_frames.frame_root(cfg.paths.data_dir, cfg.embed.embedding_set)
+    frame, fetched = training_frames.fetch(
+        open_store(cfg), rows, root, embedding_model_id=model, refresh=refresh, log=log
+    )
+    if stats is not None:
+        stats.update(fetched.to_dict())
+    return frame
 
 
 def run_train(
-    cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print, frame: pd.DataFrame | None = None
-) -> dict:
+    cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print, frame: pd.DataFrame | None = None,
+    refresh: bool = False,
+) -> dict:  # fmt: skip
     """Train and evaluate every configured model; returns the summary (also saved next to the models).
-    ``frame``: the output of ``fetch_training_frame`` when the caller already has it (seed sweeps)."""
+    ``frame``: the output of ``fetch_training_frame`` when the caller already has it (seed sweeps);
+    ``refresh``: fetch the whole training frame again instead of only the days not stored yet."""
     from llmfeat.report import write_report
 
     t = cfg.train
     started = time.perf_counter()
     run_id = tables.run_id(as_of)
-    frame = (fetch_training_frame(cfg, as_of, log=log) if frame is None else frame).copy()
+    frame_stats: dict = {}
+    if frame is None:
+        frame = fetch_training_frame(cfg, as_of, log=log, refresh=refresh, stats=frame_stats)
+    frame = frame.copy()
     frame["event_ts"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     dim = _embedding_dim(frame)
     model_ids = frame["item_text_embedding__model_id"].dropna().unique().tolist()
@@ -255,6 +273,7 @@ def run_train(
         "run_id": run_id,
         "as_of": as_of.isoformat(),
         "rows": len(frame),
+        "frame": frame_stats,
         "embedding_set": cfg.embed.embedding_set,
         "embedding_model_id": embedding_model_id,
         "embedding_dim": dim,
