@@ -115,11 +115,13 @@ def ingest(
 
 def print_counts(title: str, counts: dict[str, dict[str, int]]) -> None:
     table = Table(title=title, title_justify="left")
-    for col in ("table", "read", "kept", "quarantined", "reasons"):
+    for col in ("table", "read", "kept", "quarantined", "not yet visible", "reasons"):
         table.add_column(col, justify="left" if col in ("table", "reasons") else "right")
     for name, c in counts.items():
-        reasons = ", ".join(f"{k}={v}" for k, v in c.items() if k not in ("read", "kept", "quarantined"))
-        table.add_row(name, str(c["read"]), str(c["kept"]), str(c["quarantined"]), reasons or "-")
+        plain = ("read", "kept", "quarantined", "not_yet_visible")
+        reasons = ", ".join(f"{k}={v}" for k, v in c.items() if k not in plain)
+        table.add_row(name, str(c["read"]), str(c["kept"]), str(c["quarantined"]), str(c.get("not_yet_visible", 0)),
+                      reasons or "-")  # fmt: skip
     console.print(table)
 
 
@@ -331,6 +333,7 @@ def _stage_line(stage: str, s: dict) -> str:
         c = s.get("counts", {})
         return (
             ", ".join(f"{k} {v['kept']}" for k, v in c.items()) + f"; quarantined {s.get('quarantined', 0)}"
+            + f"; not yet visible {s.get('not_yet_visible', 0)}"
         )
     if stage == "embed":
         c = s.get("counts", {})
@@ -367,6 +370,9 @@ def print_nightly_summary(summary, markers) -> None:
         seconds = f"{r.seconds:.1f}" if r.status == "done" else "-"
         table.add_row(r.stage, r.status, seconds, _stage_line(r.stage, r.summary) if r.summary else "-")
     console.print(table)
+    if summary.not_yet_visible:
+        console.print(f"  not yet visible: {summary.not_yet_visible} row(s) stamped at or after {summary.as_of} "
+                      "(left for later nights; not quarantined)")  # fmt: skip
     console.print(f"  data directory: {summary.data_dir}")
     console.print(f"  run markers and summary: {markers}")
 
