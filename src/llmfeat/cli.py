@@ -529,7 +529,25 @@ def serve(
         f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
     )
     app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s)
+    _require_token(app_, cfg)
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
+
+
+def _require_token(app_, cfg: Config) -> None:
+    """serve.auth: every route but /health needs the bearer token, when one is configured."""
+    from llmfeat.serve_auth import protect, resolve_token
+
+    try:
+        token = resolve_token(cfg.serve.auth)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    protect(app_, token)
+    if token is None and cfg.serve.host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/yellow] serving on {cfg.serve.host} without serve.auth: anyone who "
+                      "can reach the port can call every route, /reload included")  # fmt: skip
+    else:
+        console.print(f"  authentication: {'bearer token (serve.auth)' if token else 'off (loopback)'}")
 
 
 @app.command()
