@@ -107,7 +107,9 @@ def test_every_route_but_health_needs_the_token(syn):
                 assert r.status_code == 200, (method, path, r.status_code, r.text)
             else:  # a route added since: the token lets the request through to it
                 assert r.status_code != 401, (method, path)
-        assert client.post("/reload", headers={"authorization": f"bearer {TOKEN}"}).json()["reloaded"] is False
+        assert (
+            client.post("/reload", headers={"authorization": f"bearer {TOKEN}"}).json()["reloaded"] is False
+        )
 
 
 def test_without_a_token_nothing_changes(syn):
@@ -158,7 +160,9 @@ def test_llmfeat_serve_with_a_token_file(syn, tmp_path):
                 time.sleep(0.2)
         assert health.status_code == 200
         assert httpx.post(f"http://127.0.0.1:{port}/reload", timeout=5).status_code == 401
-        ok = httpx.post(f"http://127.0.0.1:{port}/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        ok = httpx.post(
+            f"http://127.0.0.1:{port}/reload", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+        )
         assert ok.status_code == 200, ok.text
     finally:
         proc.terminate()

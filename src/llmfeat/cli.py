@@ -345,8 +345,11 @@ def _stage_line(stage: str, s: dict) -> str:
             f"{k} {v}" for k, v in s.get("counts", {}).get("written", {}).items()
         )
     if stage == "publish":
-        return f"{len(s.get('feature_views', []))} views -> {s.get('online_store')} until {s.get('materialized_until')}"
+        kept = f"; {len(s['kept_newer'])} kept newer values" if s.get("kept_newer") else ""
+        return f"{len(s.get('feature_views', []))} views -> {s.get('online_store')} until {s.get('materialized_until')}{kept}"
     if stage == "index":
+        if s.get("kept_newer"):
+            return f"kept version {s.get('version')} (as of {s['kept_newer']}, newer than this date)"
         return f"version {s.get('version')}: {s.get('count')} items, {s.get('index', {}).get('factory')}"
     if stage == "train":
         if s.get("trained") is False:

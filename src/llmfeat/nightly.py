@@ -200,6 +200,29 @@ class _SparkHolder:
         self.session = None
 
 
+def served_index(cfg: Config) -> tuple[str, dt.date] | None:
+    """The current index version of the embedding set and the date it was built for; None if none."""
+    from llmfeat.index import MANIFEST_FILE, current_version, index_root
+
+    root = index_root(cfg.paths.data_dir, cfg.embed.embedding_set)
+    if not (root / "current").is_symlink():
+        return None
+    version = current_version(root)
+    manifest = json.loads((root / "versions" / version / MANIFEST_FILE).read_text())
+    return version, dt.date.fromisoformat(manifest["as_of"])
+
+
+def current_models_as_of(cfg: Config) -> dt.date | None:
+    """The date the current CTR models were trained for; None if none."""
+    from llmfeat.train import models_dir
+
+    pointer = models_dir(cfg) / "current.json"
+    if not pointer.is_file():
+        return None
+    summary = Path(json.loads(pointer.read_text())["path"]) / "summary.json"
+    return dt.date.fromisoformat(json.loads(summary.read_text())["as_of"]) if summary.is_file() else None
+
+
 def _stage_functions(
     cfg: Config,
     as_of: dt.date,
@@ -251,6 +274,10 @@ def _stage_functions(
     def index(forced: bool) -> dict:
         from llmfeat.index import run_index
 
+        served = served_index(cfg)
+        if served is not None and served[1] > as_of:
+            log(f"index: the current index {served[0]} is as of {served[1]}, after {as_of}: a backfill leaves it")
+            return {"version": served[0], "kept_newer": served[1].isoformat()}
         manifest = run_index(cfg, as_of, log=log, faults=faults)
         keep = ("version", "model_id", "count", "dim", "index", "path", "pruned", "seconds")
         return {k: manifest[k] for k in keep if k in manifest}
@@ -258,6 +285,11 @@ def _stage_functions(
     def train(forced: bool) -> dict:
         from llmfeat.train import TooLittleDataError, run_train
 
+        current = current_models_as_of(cfg)
+        if current is not None and current > as_of:
+            reason = f"the current models are trained as of {current}, after {as_of}: a backfill leaves them"
+            log(f"train: not trained: {reason}")
+            return {"trained": False, "reason": reason}
         spark.get()  # point-in-time features come from Feast's Spark offline store
         try:
             summary = run_train(cfg, as_of, log=log)

@@ -40,7 +40,9 @@ def resolve_token(auth: ServeAuthConfig) -> str | None:
         try:
             token = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"serve.auth.token_file {path}: cannot be read ({exc.strerror or exc})") from exc
+            raise ConfigError(
+                f"serve.auth.token_file {path}: cannot be read ({exc.strerror or exc})"
+            ) from exc
         if not token:
             raise ConfigError(f"serve.auth.token_file {path} is empty")
         return token
