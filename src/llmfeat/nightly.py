@@ -207,20 +207,24 @@ def served_index(cfg: Config) -> tuple[str, dt.date] | None:
     root = index_root(cfg.paths.data_dir, cfg.embed.embedding_set)
     if not (root / "current").is_symlink():
         return None
-    version = current_version(root)
-    manifest = json.loads((root / "versions" / version / MANIFEST_FILE).read_text())
-    return version, dt.date.fromisoformat(manifest["as_of"])
+    try:
+        version = current_version(root)
+        manifest = json.loads((root / "versions" / version / MANIFEST_FILE).read_text())
+        return version, dt.date.fromisoformat(manifest["as_of"])
+    except (OSError, ValueError, KeyError):  # unreadable: the index stage finds out and says so
+        return None
 
 
 def current_models_as_of(cfg: Config) -> dt.date | None:
     """The date the current CTR models were trained for; None if none."""
     from llmfeat.train import models_dir
 
-    pointer = models_dir(cfg) / "current.json"
-    if not pointer.is_file():
+    try:
+        pointer = json.loads((models_dir(cfg) / "current.json").read_text())
+        summary = json.loads((Path(pointer["path"]) / "summary.json").read_text())
+        return dt.date.fromisoformat(summary["as_of"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: train as usual
         return None
-    summary = Path(json.loads(pointer.read_text())["path"]) / "summary.json"
-    return dt.date.fromisoformat(json.loads(summary.read_text())["as_of"]) if summary.is_file() else None
 
 
 def _stage_functions(
