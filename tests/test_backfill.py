@@ -76,10 +76,11 @@ def _catalogue(root: Path) -> Path:
     depts = ["kitchen", "garden", "books", "toys"]
     nouns = ["kettle", "spade", "novel", "puzzle", "lamp", "atlas", "rake", "robot"]
     items = pd.DataFrame({
-        "sku": [f"I{i:02d}" for i in range(40)],
-        "name": [f"{rng.choice(['Red', 'Blue', 'Old', 'New'])} {nouns[i % 8]} {i}" for i in range(40)],
-        "dept": [depts[i % 4] for i in range(40)],
-        "modified": "2024-01-01T00:00:00Z",
+        "sku": [f"I{i:02d}" for i in range(40)] + ["I05"],
+        "name": [f"{rng.choice(['Red', 'Blue', 'Old', 'New'])} {nouns[i % 8]} {i}" for i in range(40)]
+        + ["Renamed golden kettle"],  # a new text between DAY1 and DAY2: a new vector in DAY2's partition
+        "dept": [depts[i % 4] for i in range(40)] + ["kitchen"],
+        "modified": ["2024-01-01T00:00:00Z"] * 40 + ["2024-01-18T00:00:00Z"],
     })  # fmt: skip
     users = pd.DataFrame({"uid": [f"U{u:02d}" for u in range(20)],
                           "job": [["chef", "artist", "pilot"][u % 3] for u in range(20)],
@@ -116,10 +117,12 @@ def _online(cfg) -> dict:
     out = store.get_online_features(
         features=["user_stats:clicks_total", "user_stats:last_event_ts", "user_history_embedding:n_clicks",
                   "user_history_embedding:embedding"], entity_rows=[{"user_id": u} for u in users],
+        full_feature_names=True,
     ).to_dict()  # fmt: skip
     out |= store.get_online_features(
-        features=["item_stats:clicks_total", "item_stats:last_event_ts"], entity_rows=[{"item_id": i} for i in items]
-    ).to_dict()
+        features=["item_stats:clicks_total", "item_stats:last_event_ts", "item_text_embedding:embedding"],
+        entity_rows=[{"item_id": i} for i in items], full_feature_names=True,
+    ).to_dict()  # fmt: skip
     return out
 
 
@@ -145,7 +148,7 @@ def test_backfill_after_a_later_night_keeps_what_is_served(spark, tmp_path, monk
     report_a = Path(trained["report"])
     assert report_a.is_absolute() and report_a.is_relative_to(cwd / "A" / "reports") and report_a.is_file()
     before = _online(cfg_a)
-    assert max(before["clicks_total"]) > 0 and max(before["n_clicks"]) > 0
+    assert max(before["user_stats__clicks_total"]) > 0 and max(before["user_history_embedding__n_clicks"]) > 0
     index_before, models_before = served_index(cfg_a), current_models_as_of(cfg_a)
     assert index_before[1] == DAY2 and models_before == DAY2
 
@@ -169,8 +172,9 @@ def test_backfill_after_a_later_night_keeps_what_is_served(spark, tmp_path, monk
     end = dt.datetime.combine(DAY1, dt.time(0), tzinfo=dt.UTC)
     store.materialize(start_date=EPOCH, end_date=end, feature_views=["user_stats"])
     older = _online(cfg_a)
-    assert older["clicks_total"] != before["clicks_total"]  # what the guard prevents
-    # the offline tables of DAY1 were rebuilt by the backfill; a later night republishes from them
+    assert older["user_stats__clicks_total"] != before["user_stats__clicks_total"]  # what the guard prevents
+    # the backfill kept the later nights' offline rows (I05's DAY2 text among them): republishing DAY2 in full
+    # gives back exactly what was served
     run_publish(cfg_a, DAY2, full=True, log=quiet)
     assert _online(cfg_a) == before
 
@@ -181,3 +185,21 @@ def test_backfill_after_a_later_night_keeps_what_is_served(spark, tmp_path, monk
     assert {p.parent.name for p in (cwd / "A" / "reports").glob("*/report.md")} == {report_a.parent.name}
     assert {p.parent.name for p in (cwd / "B" / "reports").glob("*/report.md")} == {report_b.parent.name}
     assert sorted(os.listdir(cwd)) == ["A", "B"]  # nothing of either run outside its data directory
+
+
+def test_a_run_supersedes_partitions_up_to_its_date_only(tmp_path):
+    """Change-log partitions a run did not produce are removed from its first day to its as-of date; later
+    ones (written by later nights, seen by a backfill) stay."""
+    from llmfeat.changelog import publish_partitions
+
+    target, produced = tmp_path / "table", tmp_path / "run"
+    for day in ("2024-01-10", "2024-01-15", "2024-01-22"):
+        (target / f"snapshot_date={day}").mkdir(parents=True)
+        (target / f"snapshot_date={day}" / "part-0.parquet").write_text(f"old {day}")
+    (produced / "snapshot_date=2024-01-12").mkdir(parents=True)
+    (produced / "snapshot_date=2024-01-12" / "part-0.parquet").write_text("new")
+    publish_partitions(produced, target, dt.date(2024, 1, 12), dt.date(2024, 1, 15))
+    assert sorted(p.name for p in target.iterdir()) == [
+        "snapshot_date=2024-01-10", "snapshot_date=2024-01-12", "snapshot_date=2024-01-22"
+    ]  # fmt: skip
+    assert (target / "snapshot_date=2024-01-22" / "part-0.parquet").read_text() == "old 2024-01-22"
