@@ -166,3 +166,19 @@ def test_airflow_dag_imports():
     assert dag.dag_id == "llmfeat_nightly" and [t.task_id for t in dag.topological_sort()] == list(STAGES)
     for task in dag.tasks:
         assert "llmfeat nightly" in task.bash_command and f"--until {task.task_id}" in task.bash_command
+
+
+def test_production_config_loads_and_requires_a_token(tmp_path):
+    """infra/llmfeat/production.yaml is a valid llmfeat config; its service binds beyond loopback, so it turns
+    serve.auth on (with a token file, not a token in the config)."""
+    from llmfeat.config import load_config
+    from llmfeat.serve_auth import resolve_token
+
+    cfg = load_config(INFRA / "llmfeat" / "production.yaml")
+    assert cfg.feast.online_store == "redis" and cfg.feast.batch_engine == "spark.engine"
+    assert cfg.paths.reports_dir is None  # reports under the data directory
+    assert cfg.serve.host not in ("127.0.0.1", "localhost") and cfg.serve.auth.token is None
+    assert cfg.serve.auth.token_file is not None and cfg.serve.auth.token_file.is_absolute()
+    (tmp_path / "serve.token").write_text("t0ken\n")
+    moved = load_config(INFRA / "llmfeat" / "production.yaml", [f"serve.auth.token_file={tmp_path / 'serve.token'}"])
+    assert resolve_token(moved.serve.auth) == "t0ken"

@@ -28,18 +28,23 @@ def test_bad_row_fixture_every_row_accounted_for(fixtures):
         (Path(f).name, r): reason
         for f, r, reason in zip(q["source_file"], q["row"], q["reason"], strict=True)
     }
-    want_bad = {k: v for k, v in expected.items() if v != "OK"}
+    want_bad = {k: v for k, v in expected.items() if v not in ("OK", "NOT_YET_VISIBLE")}
     assert got_bad == want_bad
 
-    # every good row survives: the kept rows are exactly the OK lines
+    # every good row survives: the kept rows are exactly the OK lines; rows after the snapshot are only counted
     kept = {
         "items.csv": out.items.num_rows,
         "users.csv": out.users.num_rows,
         "events.csv": out.interactions.num_rows,
     }
+    tables = {"items.csv": "items", "users.csv": "users", "events.csv": "interactions"}
     for name, n in kept.items():
         assert n == sum(1 for (f, _), v in expected.items() if f == name and v == "OK")
-    assert out.counts["items"]["read"] == out.counts["items"]["kept"] + out.counts["items"]["quarantined"]
+        later = sum(1 for (f, _), v in expected.items() if f == name and v == "NOT_YET_VISIBLE")
+        c = out.counts[tables[name]]
+        assert c["not_yet_visible"] == later
+        assert c["read"] == c["kept"] + c["quarantined"] + c["not_yet_visible"]
+    assert out.counts["items"]["not_yet_visible"] == 2 and out.counts["interactions"]["not_yet_visible"] == 2
     # the newest duplicate wins
     items = out.items.to_pandas().set_index("item_id")
     assert items.loc["A1", "title"] == "Red kettle v2"
@@ -120,3 +125,49 @@ def test_duplicate_tie_keeps_the_later_row():
     assert out.items.column("title").to_pylist() == ["second"]
     q = out.quarantine.to_pandas()
     assert list(q["reason"]) == ["DUPLICATE_ID"] and list(q["row"]) == [2]
+
+
+def _events(stamps: list[pd.Timestamp]) -> RawTables:
+    """One valid item and user, and one valid click per timestamp."""
+    raw = _entities(item_id=["i1"], title=["a title"], updated_at=[pd.Timestamp("2020-01-01", tz="UTC")])
+    n = len(stamps)
+    inter = pd.DataFrame({"user_id": ["u"] * n, "item_id": ["i1"] * n, "event_ts": pd.Series(stamps),
+                          "label": [1] * n, "impression_id": [f"imp{i}" for i in range(n)], "rating": None,
+                          "dwell_s": None, "_file": "e", "_row": list(range(2, n + 2)), "_raw": "r",
+                          "_reject": None, "_detail": None})  # fmt: skip
+    return RawTables(items=raw.items, users=raw.users, interactions=inter, notes={})
+
+
+def test_backfill_rows_are_not_yet_visible_but_future_ones_are_quarantined():
+    """A snapshot dated in the past (a backfill) counts the events after it as not yet visible, whatever the
+    snapshot; an event stamped a year after the real wall clock is quarantined as FUTURE_TIMESTAMP."""
+    now = pd.Timestamp.now(tz="UTC")
+    snapshot = pd.Timestamp("2021-06-01", tz="UTC")
+    stamps = [
+        pd.Timestamp("2021-05-31 23:59:59", tz="UTC"),  # before the snapshot: kept
+        snapshot,  # at the snapshot: not yet visible
+        pd.Timestamp("2023-01-01", tz="UTC"),  # after the snapshot, before the clock: not yet visible
+        now + pd.Timedelta(hours=1),  # within the default skew: not yet visible
+        now + pd.Timedelta(days=365),  # a year after the wall clock: quarantined
+    ]
+    out = validate(_events(stamps), snapshot_time=snapshot, max_text_chars=100)
+    assert out.interactions.column("impression_id").to_pylist() == ["imp0"]
+    q = out.quarantine.to_pandas()
+    assert list(q["reason"]) == ["FUTURE_TIMESTAMP"] and list(q["row"]) == [6]
+    assert "wall clock" in q["detail"].iloc[0]
+    c = out.counts["interactions"]
+    assert (c["read"], c["kept"], c["quarantined"], c["not_yet_visible"]) == (5, 1, 1, 3)
+
+    # the skew is configurable: with none, the row an hour ahead of the clock is suspicious too
+    strict = validate(_events(stamps), snapshot_time=snapshot, max_text_chars=100, now=now, max_clock_skew_s=0)
+    assert list(strict.quarantine.to_pandas()["row"]) == [5, 6]
+    assert strict.counts["interactions"]["not_yet_visible"] == 2
+
+
+def test_later_version_of_an_item_does_not_hide_the_visible_one():
+    ts = pd.Timestamp("2024-01-01", tz="UTC")
+    later = pd.Timestamp("2024-03-01", tz="UTC")
+    raw = _entities(item_id=["i1", "i1"], title=["visible", "not yet"], updated_at=[ts, later])
+    out = validate(raw, snapshot_time=SNAPSHOT, max_text_chars=100, now=pd.Timestamp("2024-06-01", tz="UTC"))
+    assert out.items.column("title").to_pylist() == ["visible"]
+    assert out.quarantine.num_rows == 0 and out.counts["items"]["not_yet_visible"] == 1

@@ -91,15 +91,19 @@ def latest_before(df, key: str, before: dt.date):
     )
 
 
-def publish_partitions(produced_root: Path, target: Path, first_day: dt.date) -> int:
+def publish_partitions(
+    produced_root: Path, target: Path, first_day: dt.date, last_day: dt.date | None = None
+) -> int:
     """Swap every ``snapshot_date=`` partition under ``produced_root`` into ``target``; partitions of
-    ``target`` from ``first_day`` on that the run did not produce are removed (the run supersedes them)."""
+    ``target`` from ``first_day`` to ``last_day`` (the run's as-of date) that the run did not produce are
+    removed (the run supersedes them). Partitions after ``last_day`` are kept: a backfill of an earlier date
+    must not delete what later nights wrote."""
     produced = {p.name: p for p in produced_root.glob("snapshot_date=*")} if produced_root.is_dir() else {}
     for name, part in sorted(produced.items()):
         tables.publish_dir(part, target / name)
     for day in tables.snapshot_dates(target):
         stale = tables.snapshot_dir(target, day)
-        if day >= first_day and stale.name not in produced:
+        if day >= first_day and (last_day is None or day <= last_day) and stale.name not in produced:
             shutil.rmtree(stale)
     return len(produced)
 

@@ -121,11 +121,13 @@ def ingest(
 
 def print_counts(title: str, counts: dict[str, dict[str, int]]) -> None:
     table = Table(title=title, title_justify="left")
-    for col in ("table", "read", "kept", "quarantined", "reasons"):
+    for col in ("table", "read", "kept", "quarantined", "not yet visible", "reasons"):
         table.add_column(col, justify="left" if col in ("table", "reasons") else "right")
     for name, c in counts.items():
-        reasons = ", ".join(f"{k}={v}" for k, v in c.items() if k not in ("read", "kept", "quarantined"))
-        table.add_row(name, str(c["read"]), str(c["kept"]), str(c["quarantined"]), reasons or "-")
+        plain = ("read", "kept", "quarantined", "not_yet_visible")
+        reasons = ", ".join(f"{k}={v}" for k, v in c.items() if k not in plain)
+        table.add_row(name, str(c["read"]), str(c["kept"]), str(c["quarantined"]), str(c.get("not_yet_visible", 0)),
+                      reasons or "-")  # fmt: skip
     console.print(table)
 
 
@@ -297,6 +299,7 @@ def _stage_line(stage: str, s: dict) -> str:
         c = s.get("counts", {})
         return (
             ", ".join(f"{k} {v['kept']}" for k, v in c.items()) + f"; quarantined {s.get('quarantined', 0)}"
+            + f"; not yet visible {s.get('not_yet_visible', 0)}"
         )
     if stage == "embed":
         c = s.get("counts", {})
@@ -308,8 +311,11 @@ def _stage_line(stage: str, s: dict) -> str:
             f"{k} {v}" for k, v in s.get("counts", {}).get("written", {}).items()
         )
     if stage == "publish":
-        return f"{len(s.get('feature_views', []))} views -> {s.get('online_store')} until {s.get('materialized_until')}"
+        kept = f"; {len(s['kept_newer'])} kept newer values" if s.get("kept_newer") else ""
+        return f"{len(s.get('feature_views', []))} views -> {s.get('online_store')} until {s.get('materialized_until')}{kept}"
     if stage == "index":
+        if s.get("kept_newer"):
+            return f"kept version {s.get('version')} (as of {s['kept_newer']}, newer than this date)"
         return f"version {s.get('version')}: {s.get('count')} items, {s.get('index', {}).get('factory')}"
     if stage == "train":
         if s.get("trained") is False:
@@ -337,6 +343,9 @@ def print_nightly_summary(summary, markers) -> None:
         seconds = f"{r.seconds:.1f}" if r.status == "done" else "-"
         table.add_row(r.stage, r.status, seconds, _stage_line(r.stage, r.summary) if r.summary else "-")
     console.print(table)
+    if summary.not_yet_visible:
+        console.print(f"  not yet visible: {summary.not_yet_visible} row(s) stamped at or after {summary.as_of} "
+                      "(left for later nights; not quarantined)")  # fmt: skip
     console.print(f"  data directory: {summary.data_dir}")
     console.print(f"  run markers and summary: {markers}")
 
@@ -456,7 +465,21 @@ def serve(
         f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
     )
     app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s)
+    _require_token(app_, cfg)
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
+
+
+def _require_token(app_, cfg: Config) -> None:
+    """serve.auth: every route but /health needs the bearer token, when one is configured."""
+    from llmfeat.serve_auth import protect, resolve_token
+
+    token = resolve_token(cfg.serve.auth)
+    protect(app_, token)
+    if token is None and cfg.serve.host not in ("127.0.0.1", "localhost", "::1"):
+        console.print(f"[yellow]warning:[/yellow] serving on {cfg.serve.host} without serve.auth: anyone who "
+                      "can reach the port can call every route, /reload included")  # fmt: skip
+    else:
+        console.print(f"  authentication: {'bearer token (serve.auth)' if token else 'off (loopback)'}")
 
 
 @command()

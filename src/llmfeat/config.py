@@ -62,7 +62,8 @@ class PathsConfig:
     """Root of every table, model artefact and index this project writes."""
     cache_dir: Path = Path("var/cache")
     """Downloaded demo data."""
-    reports_dir: Path = Path("var/reports")
+    reports_dir: Path | None = None
+    """CTR reports; None: ``<data_dir>/reports``, so a data directory keeps its own reports wherever it runs."""
 
 
 @dataclass
@@ -75,6 +76,10 @@ class IngestConfig:
     """MovieLens and rating-only sources: rating >= threshold is a click (label 1)."""
     max_text_chars: int = 20_000
     """A single text field longer than this is quarantined (TEXT_TOO_LONG)."""
+    max_clock_skew_s: float = 86_400.0
+    """A timestamp later than the wall clock at ingest plus this is quarantined (FUTURE_TIMESTAMP). One at or
+    after the snapshot date but not that late is only not yet visible (a backfill sees every later event so).
+    A day covers sources that write local time as UTC (up to 14 h) and clock drift."""
 
     def __post_init__(self) -> None:
         _positive("ingest", self, "max_text_chars")
@@ -249,6 +254,17 @@ class IndexConfig:
 
 
 @dataclass
+class ServeAuthConfig:
+    """Bearer-token authentication of ``llmfeat serve``: off unless a token (or a file holding one) is set."""
+
+    token: str | None = None
+    """The token clients send as ``Authorization: Bearer <token>``. Prefer token_file: a config file is
+    often world-readable, and ``--set`` values show in the process list."""
+    token_file: Path | None = None
+    """A file whose content (surrounding whitespace stripped) is the token, e.g. a mounted secret."""
+
+
+@dataclass
 class ServeConfig:
     """``llmfeat serve`` and ``llmfeat retrieve``."""
 
@@ -264,6 +280,8 @@ class ServeConfig:
     user_source: UserSource = "feast"
     """Where user query vectors are read: feast (the online store, as rankers do) or parquet (the
     embedding tables; no Feast needed)."""
+    auth: ServeAuthConfig = field(default_factory=ServeAuthConfig)
+    """When a token is configured, every route but /health needs it (src/llmfeat/serve_auth.py)."""
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "serve.port", f"must be a TCP port (1..65535), got {self.port}")
@@ -344,6 +362,26 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
 
+def absolute_paths(cfg: Config) -> Config:
+    """A copy of ``cfg`` whose paths are absolute (relative ones resolved against the working directory now),
+    so every path a run records or prints still names the same file from anywhere."""
+    paths = dataclasses.replace(
+        cfg.paths,
+        data_dir=Path(cfg.paths.data_dir).resolve(),
+        cache_dir=Path(cfg.paths.cache_dir).resolve(),
+        reports_dir=Path(cfg.paths.reports_dir).resolve() if cfg.paths.reports_dir is not None else None,
+    )
+    source_path = cfg.ingest.source_path
+    ingest = dataclasses.replace(cfg.ingest, source_path=Path(source_path).resolve() if source_path else None)
+    return dataclasses.replace(cfg, paths=paths, ingest=ingest)
+
+
+def reports_dir(cfg: Config) -> Path:
+    """Where CTR reports go, absolute: ``paths.reports_dir``, or ``<data_dir>/reports`` when unset."""
+    chosen = cfg.paths.reports_dir if cfg.paths.reports_dir is not None else Path(cfg.paths.data_dir) / "reports"
+    return Path(chosen).resolve()
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -369,11 +407,13 @@ def load_config(path: Path | str | None = None, overrides: list[str] | tuple[str
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        section, _, name = key.strip().partition(".")
-        raw.setdefault(section, {})
-        if not isinstance(raw[section], dict):
-            raise ConfigError(f"config section {section!r} must be a mapping")
-        raw[section][name] = _Override(value)
+        section, *inner, name = key.strip().split(".")
+        target = raw
+        for part in (section, *inner):  # serve.auth.token=...: a key of a nested section
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"config section {part!r} must be a mapping")
+        target[name] = _Override(value)
     try:
         return _build(Config, raw, "")
     except TypeError as exc:  # a section given as a scalar where a mapping belongs, say

@@ -420,7 +420,7 @@ def _publish(
     paths: EmbeddingPaths, staging: Path, firsts: dict[str, dt.date], as_of: dt.date
 ) -> dict[str, int]:
     published = {
-        name: publish_partitions(staging / name, getattr(paths, name), day) for name, day in firsts.items()
+        name: publish_partitions(staging / name, getattr(paths, name), day, as_of) for name, day in firsts.items()
     }
     if (staging / "quarantine").is_dir():
         tables.publish_dir(staging / "quarantine", tables.snapshot_dir(paths.quarantine, as_of))

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmfeat import tables
-from llmfeat.config import Config
+from llmfeat.config import Config, absolute_paths
 from llmfeat.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
 
@@ -63,7 +63,7 @@ def dependents(stages: set[str]) -> set[str]:
 
 
 def run_dir(cfg: Config, as_of: dt.date) -> Path:
-    return Path(cfg.paths.data_dir) / "runs" / as_of.isoformat()
+    return Path(cfg.paths.data_dir).resolve() / "runs" / as_of.isoformat()
 
 
 @contextlib.contextmanager
@@ -139,6 +139,8 @@ class NightlySummary:
     results: list[StageResult]
     seconds: float
     quarantined: int
+    not_yet_visible: int = 0
+    """Rows stamped at or after ``as_of`` (a backfill): left for later nights; not bad, no exit 4."""
 
     @property
     def nothing_to_do(self) -> bool:
@@ -150,6 +152,7 @@ class NightlySummary:
             "data_dir": str(self.data_dir),
             "seconds": round(self.seconds, 3),
             "quarantined": self.quarantined,
+            "not_yet_visible": self.not_yet_visible,
             "stages": [
                 {"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3), "summary": r.summary}
                 for r in self.results
@@ -188,6 +191,33 @@ class _SparkHolder:
         self.session = None
 
 
+def served_index(cfg: Config) -> tuple[str, dt.date] | None:
+    """The current index version of the embedding set and the date it was built for; None if none."""
+    from llmfeat.index import MANIFEST_FILE, current_version, index_root
+
+    root = index_root(cfg.paths.data_dir, cfg.embed.embedding_set)
+    if not (root / "current").is_symlink():
+        return None
+    try:
+        version = current_version(root)
+        manifest = json.loads((root / "versions" / version / MANIFEST_FILE).read_text())
+        return version, dt.date.fromisoformat(manifest["as_of"])
+    except (OSError, ValueError, KeyError):  # unreadable: the index stage finds out and says so
+        return None
+
+
+def current_models_as_of(cfg: Config) -> dt.date | None:
+    """The date the current CTR models were trained for; None if none."""
+    from llmfeat.train import models_dir
+
+    try:
+        pointer = json.loads((models_dir(cfg) / "current.json").read_text())
+        summary = json.loads((Path(pointer["path"]) / "summary.json").read_text())
+        return dt.date.fromisoformat(summary["as_of"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: train as usual
+        return None
+
+
 def _stage_functions(
     cfg: Config,
     as_of: dt.date,
@@ -208,6 +238,7 @@ def _stage_functions(
 
         r = run_ingest(cfg, as_of)
         return {"counts": r.counts, "notes": r.notes, "quarantined": r.quarantined,
+                "not_yet_visible": r.not_yet_visible,
                 "outputs": {k: str(v) for k, v in r.outputs.items()}}  # fmt: skip
 
     def embed(forced: bool) -> dict:
@@ -238,6 +269,10 @@ def _stage_functions(
     def index(forced: bool) -> dict:
         from llmfeat.index import run_index
 
+        served = served_index(cfg)
+        if served is not None and served[1] > as_of:
+            log(f"index: the current index {served[0]} is as of {served[1]}, after {as_of}: a backfill leaves it")
+            return {"version": served[0], "kept_newer": served[1].isoformat()}
         manifest = run_index(cfg, as_of, log=log, faults=faults)
         keep = ("version", "model_id", "count", "dim", "index", "path", "pruned", "seconds")
         return {k: manifest[k] for k in keep if k in manifest}
@@ -245,6 +280,11 @@ def _stage_functions(
     def train(forced: bool) -> dict:
         from llmfeat.train import TooLittleDataError, run_train
 
+        current = current_models_as_of(cfg)
+        if current is not None and current > as_of:
+            reason = f"the current models are trained as of {current}, after {as_of}: a backfill leaves them"
+            log(f"train: not trained: {reason}")
+            return {"trained": False, "reason": reason}
         spark.get()  # point-in-time features come from Feast's Spark offline store
         try:
             summary = run_train(cfg, as_of, log=log, refresh=forced)
@@ -294,6 +334,7 @@ def run_nightly(
         raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
     last = STAGES.index(until) if until else len(STAGES) - 1
     redo = dependents(set(force))
+    cfg = absolute_paths(cfg)  # every artefact under the data directory, every recorded path absolute
     markers = run_dir(cfg, as_of)
     started = time.perf_counter()
     results: list[StageResult] = []
@@ -343,8 +384,9 @@ def run_nightly(
                     on_stage(stage, "done")
         finally:
             spark.stop()
-    quarantined = next((r.summary.get("quarantined", 0) for r in results if r.stage == "ingest"), 0)
-    out = NightlySummary(as_of, Path(cfg.paths.data_dir), results, time.perf_counter() - started, quarantined)
+    ingest = next((r.summary for r in results if r.stage == "ingest"), {})
+    out = NightlySummary(as_of, Path(cfg.paths.data_dir), results, time.perf_counter() - started,
+                         ingest.get("quarantined", 0), ingest.get("not_yet_visible", 0))  # fmt: skip
     if not out.nothing_to_do:
         tables.write_json(markers / "summary.json", out.to_dict())
     return out

@@ -8,7 +8,12 @@ store, Spark offline store), applies the definitions and materialises:
 - the first time a view is published, everything up to the snapshot time (``materialize``: its start is the
   epoch, since ``materialize-incremental`` would start a year before *now*);
 - afterwards incrementally from the previous end (``materialize_incremental``), or everything again with
-  ``full=True`` (after a forced re-run of an upstream stage changed old rows).
+  ``full=True`` (after a forced re-run of an upstream stage changed old rows);
+- never backwards: a view already materialised past this date (a backfill of an earlier date after a later
+  one) is left as it is. Feast's SQLite online store upserts whatever it is given (a ``materialize`` up to an
+  earlier date would write each entity's older row over its newer one; Feast's Redis store compares event
+  timestamps, SQLite does not), so the guard is here, for both stores. The offline store needs none: its
+  tables are keyed by event time, and point-in-time joins pick the right row.
 
 Embedding sets side by side: each set is its own Feast project with its own registry, online tables and
 generated config. The ``default`` set is project ``feast.project`` (``llmfeat``) under ``<data_dir>/feast/``;
@@ -174,6 +179,11 @@ def load_definitions(cfg: Config) -> list:
     return objects
 
 
+def _utc(t: dt.datetime) -> dt.datetime:
+    """Feast's registry returns naive datetimes meaning UTC."""
+    return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+
+
 def run_publish(
     cfg: Config, as_of: dt.date, *, full: bool = False, log=print, faults: Faults = NO_FAULTS
 ) -> dict:
@@ -191,8 +201,14 @@ def run_publish(
     views = [o for o in objects if isinstance(o, FeatureView)]
     end = dt.datetime.combine(as_of, dt.time(0), tzinfo=dt.UTC)
     applied = time.perf_counter()
-    fresh = [v.name for v in views if full or not store.get_feature_view(v.name).materialization_intervals]
-    seen = [v.name for v in views if v.name not in fresh]
+    until = {v.name: store.get_feature_view(v.name).most_recent_end_time for v in views}
+    # A backfill never moves the online store back in time: views published past `end` keep their values.
+    newer = {n: _utc(t) for n, t in until.items() if t is not None and _utc(t) > end}
+    for name, t in sorted(newer.items()):
+        log(f"publish: {name} already holds values until {t.isoformat()}, after {end.isoformat()}: left as is")
+    todo = [v for v in views if v.name not in newer]
+    fresh = [v.name for v in todo if full or until[v.name] is None]
+    seen = [v.name for v in todo if v.name not in fresh]
     feast_output = io.StringIO()
     with contextlib.redirect_stdout(feast_output):  # Feast prints coloured progress; keep it for the log
         for n, name in enumerate([*fresh, *seen]):
@@ -212,6 +228,7 @@ def run_publish(
         "feature_views": sorted(v.name for v in views),
         "full_materialization": sorted(fresh),
         "incremental": sorted(seen),
+        "kept_newer": {n: t.isoformat() for n, t in sorted(newer.items())},
         "online_store": cfg.feast.online_store,
         "project": feast_project(cfg),
         "embedding_set": cfg.embed.embedding_set,

@@ -325,7 +325,7 @@ def run_stats(
         faults.reach("stats.after_write_before_commit")
         published = phases.run(
             "publish",
-            lambda: {n: publish_partitions(staging / n, paths.table(n), day) for n, day in firsts.items()},
+            lambda: {n: publish_partitions(staging / n, paths.table(n), day, as_of) for n, day in firsts.items()},
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -12,7 +12,7 @@
    model), ``deep_lm`` (the deep model with language-model features).
 4. Artefacts: each model with its feature list, id vocabularies, embedding model id and metrics under
    ``<data_dir>/models/ctr/<run>/``, ``current.json`` pointing at the latest run; the report (Markdown + PNG
-   plots) under ``<reports_dir>/<run>/``.
+   plots) under ``<data_dir>/reports/<run>/`` (or ``paths.reports_dir``), as absolute paths.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from llmfeat import tables
-from llmfeat.config import Config
+from llmfeat.config import Config, reports_dir
 from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
 from llmfeat.errors import ConfigError, MissingInputError, ModelMismatchError, TooLittleDataError  # noqa: F401 - re-exported
@@ -268,7 +268,7 @@ def run_train(
                 saved[name] = str(_save_model(out_dir, name, fitted.model, fs, dims, users, items_vocab,
                                               embedding_model_id, metrics, kwargs))  # fmt: skip
     done = time.perf_counter()
-    report_dir = Path(cfg.paths.reports_dir) / run_id
+    report_dir = reports_dir(cfg) / run_id
     summary = {
         "run_id": run_id,
         "as_of": as_of.isoformat(),

@@ -1,8 +1,15 @@
 """Validation: split raw loader output into trusted canonical tables and a quarantine table.
 
-Every row a loader produced ends in exactly one place: its canonical table or ``quarantine`` (with source
-file, row number, reason code, detail and the raw record). Rules are checked in the order of ``REASONS``; a
-row is quarantined for the first rule it breaks.
+Every row a loader produced ends in exactly one place: its canonical table, ``quarantine`` (with source
+file, row number, reason code, detail and the raw record), or, when its timestamp is at or after the snapshot
+time, nowhere yet: it is *not yet visible* (counted, left in the source for the night that will see it). Rules
+are checked in the order of ``REASONS``; a row is quarantined for the first rule it breaks.
+
+Not yet visible is not bad: a backfill (a snapshot dated before today) sees every later event that way. Such
+rows are set aside before the rules run, so a snapshot dated D sees exactly the rows stamped before D, as the
+night of D itself did, and their defects are reported by the night that sees them. A timestamp later than the
+wall clock at validation (plus ``ingest.max_clock_skew_s``) cannot be a real event yet: it stays quarantined
+as ``FUTURE_TIMESTAMP``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ REASONS: dict[str, str] = {
     "TEXT_TOO_LONG": "a text field is longer than ingest.max_text_chars",
     "MISSING_TIMESTAMP": "the timestamp is null or blank",
     "BAD_TIMESTAMP": "the timestamp does not parse",
-    "FUTURE_TIMESTAMP": "the timestamp is at or after the snapshot time",
+    "FUTURE_TIMESTAMP": "the timestamp is later than the wall clock at ingest plus ingest.max_clock_skew_s",
     "BAD_LABEL": "the label (or the rating it derives from) is not valid",
     "DUPLICATE_ID": "an older version of an id that appears again (the newest updated_at is kept)",
     "DUPLICATE_EVENT": "an exact repeat of an interaction (user, item, time, impression)",
@@ -92,7 +99,7 @@ def _check_length(v: _Verdicts, df: pd.DataFrame, columns: list[str], max_chars:
         v.fail(length > max_chars, "TEXT_TOO_LONG", f"column {col!r} is longer than {max_chars} characters")
 
 
-def _check_timestamp(v: _Verdicts, df: pd.DataFrame, col: str, snapshot_time: pd.Timestamp) -> None:
+def _check_timestamp(v: _Verdicts, df: pd.DataFrame, col: str, latest: pd.Timestamp) -> None:
     raw_col = f"_{col}_raw"
     missing = df[col].isna() & (_blank(df[raw_col]) if raw_col in df else True)
     v.fail(missing, "MISSING_TIMESTAMP", f"column {col!r} is empty")
@@ -103,12 +110,19 @@ def _check_timestamp(v: _Verdicts, df: pd.DataFrame, col: str, snapshot_time: pd
             "BAD_TIMESTAMP",
             "column " + repr(col) + " = " + raw.fillna("") + " does not parse",
         )
-    future = df[col] >= snapshot_time
     v.fail(
-        future,
+        df[col] > latest,
         "FUTURE_TIMESTAMP",
-        f"column {col!r} is at or after the snapshot time {snapshot_time.isoformat()}",
+        f"column {col!r} is later than the wall clock plus the allowed skew ({latest.isoformat()})",
     )
+
+
+def _set_aside(df: pd.DataFrame, col: str, snapshot_time: pd.Timestamp, latest: pd.Timestamp) -> pd.Series:
+    """Rows whose timestamp is at or after the snapshot time but not past the clock: not yet visible to this
+    snapshot (neither kept nor quarantined). A malformed line's fields cannot be trusted, its time neither."""
+    ts = df[col]
+    readable = df["_reject"].ne("MALFORMED_ROW") | df["_reject"].isna()
+    return (readable & ts.notna() & (ts >= snapshot_time) & (ts <= latest)).fillna(False).astype(bool)
 
 
 def _printable(value: object) -> str | None:
@@ -134,9 +148,11 @@ def _quarantine_rows(df: pd.DataFrame, v: _Verdicts, table: str) -> pd.DataFrame
 
 def _entities(
     df: pd.DataFrame, table: str, id_col: str, text_cols: tuple[str, ...], required_text: str | None,
-    max_chars: int, snapshot_time: pd.Timestamp,
-) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    max_chars: int, snapshot_time: pd.Timestamp, latest: pd.Timestamp,
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:  # fmt: skip
     df = df.reset_index(drop=True).copy()
+    later = _set_aside(df, "updated_at", snapshot_time, latest)
+    df = df[~later].reset_index(drop=True)
     df[id_col] = df[id_col].map(lambda s: s.strip() if isinstance(s, str) else s)
     v = _Verdicts(df)
     v.fail(_blank(df[id_col]), "MISSING_ID", f"column {id_col!r} is empty")
@@ -145,7 +161,7 @@ def _entities(
     if required_text:
         v.fail(_blank(df[required_text]), "EMPTY_TEXT", f"column {required_text!r} is empty")
     _check_length(v, df, checked, max_chars)
-    _check_timestamp(v, df, "updated_at", snapshot_time)
+    _check_timestamp(v, df, "updated_at", latest)
 
     # Duplicates among otherwise valid rows: the newest updated_at wins; on a tie, the later row.
     ok = df[v.ok].sort_values(["updated_at", "_row"])
@@ -161,20 +177,22 @@ def _entities(
             )
         ),
     )
-    return df[v.ok], _quarantine_rows(df, v, table)
+    return df[v.ok], _quarantine_rows(df, v, table), int(later.sum())
 
 
 def _interactions(
-    df: pd.DataFrame, item_ids: set[str], user_ids: set[str], snapshot_time: pd.Timestamp
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+    df: pd.DataFrame, item_ids: set[str], user_ids: set[str], snapshot_time: pd.Timestamp, latest: pd.Timestamp
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     df = df.reset_index(drop=True).copy()
+    later = _set_aside(df, "event_ts", snapshot_time, latest)
+    df = df[~later].reset_index(drop=True)
     for col in ("user_id", "item_id"):
         df[col] = df[col].map(lambda s: s.strip() if isinstance(s, str) else s)
     v = _Verdicts(df)
     v.fail(_blank(df["user_id"]), "MISSING_ID", "column 'user_id' is empty")
     v.fail(_blank(df["item_id"]), "MISSING_ID", "column 'item_id' is empty")
     _check_text(v, df, ["user_id", "item_id", "impression_id"])
-    _check_timestamp(v, df, "event_ts", snapshot_time)
+    _check_timestamp(v, df, "event_ts", latest)
     v.fail(~df["label"].isin([0, 1]), "BAD_LABEL", "label is not 0 or 1")
     v.fail(
         ~df["user_id"].isin(user_ids),
@@ -194,7 +212,7 @@ def _interactions(
         "DUPLICATE_EVENT",
         "same user, item, time and impression as an earlier row",
     )
-    return df[v.ok], _quarantine_rows(df, v, "interactions")
+    return df[v.ok], _quarantine_rows(df, v, "interactions"), int(later.sum())
 
 
 def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -213,20 +231,34 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pandas(out, schema=schema, preserve_index=False)
 
 
-def validate(raw: RawTables, *, snapshot_time: pd.Timestamp, max_text_chars: int) -> Validated:
-    snapshot_time = pd.Timestamp(snapshot_time)
-    snapshot_time = (
-        snapshot_time.tz_localize("UTC") if snapshot_time.tzinfo is None else snapshot_time.tz_convert("UTC")
+def _utc(ts: pd.Timestamp | str) -> pd.Timestamp:
+    ts = pd.Timestamp(ts)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def validate(
+    raw: RawTables,
+    *,
+    snapshot_time: pd.Timestamp,
+    max_text_chars: int,
+    now: pd.Timestamp | None = None,
+    max_clock_skew_s: float = 86_400.0,
+) -> Validated:
+    """``now``: the wall clock (default: the current time); a timestamp later than ``now`` plus
+    ``max_clock_skew_s`` is ``FUTURE_TIMESTAMP``, one at or after ``snapshot_time`` but not that late is
+    counted as ``not_yet_visible`` in ``counts``."""
+    snapshot_time = _utc(snapshot_time)
+    latest = _utc(now if now is not None else pd.Timestamp.now(tz="UTC")) + pd.Timedelta(seconds=max_clock_skew_s)
+    items, q_items, later_items = _entities(
+        raw.items, "items", "item_id", schemas.ITEM_TEXT_COLUMNS, "title", max_text_chars, snapshot_time, latest
     )
-    items, q_items = _entities(
-        raw.items, "items", "item_id", schemas.ITEM_TEXT_COLUMNS, "title", max_text_chars, snapshot_time
+    users, q_users, later_users = _entities(
+        raw.users, "users", "user_id", schemas.USER_TEXT_COLUMNS, None, max_text_chars, snapshot_time, latest
     )
-    users, q_users = _entities(
-        raw.users, "users", "user_id", schemas.USER_TEXT_COLUMNS, None, max_text_chars, snapshot_time
+    inter, q_inter, later_inter = _interactions(
+        raw.interactions, set(items["item_id"]), set(users["user_id"]), snapshot_time, latest
     )
-    inter, q_inter = _interactions(
-        raw.interactions, set(items["item_id"]), set(users["user_id"]), snapshot_time
-    )
+    later = {"items": later_items, "users": later_users, "interactions": later_inter}
     inter = inter.sort_values(["event_ts", "user_id", "item_id"], kind="stable")
 
     quarantine = pd.concat([q_items, q_users, q_inter], ignore_index=True)
@@ -241,6 +273,7 @@ def validate(raw: RawTables, *, snapshot_time: pd.Timestamp, max_text_chars: int
             "read": len(raw_df),
             "kept": len(kept),
             "quarantined": len(q),
+            "not_yet_visible": later[name],
             **q["reason"].value_counts().to_dict(),
         }
     return Validated(
