@@ -154,9 +154,8 @@ class IndexConfig:
     exact_filter_max: int = 20_000
     """A filtered search (category, seen items) with at most this many candidates is done exactly."""
     filter_widen: float = 32.0
-    """A category-filtered search probes this many times the inverted lists (HNSW: efSearch) of a plain one,
-    capped at all lists: a category clusters in embedding space, so its nearest members can lie far from the
-    query's own lists (bench/faiss_bench.py measures the recall)."""
+    """Filtered searches on indexes without filter-aware probing (HNSW, an IVF behind a transform) raise
+    efSearch (nprobe) by 1 / selectivity, capped at this factor (IVF: at all lists)."""
     gpu: str = "auto"
     """auto: search on the GPU when faiss has one (the `gpu` extra); never: always on the CPU."""
     threads: int | None = None
@@ -164,6 +163,11 @@ class IndexConfig:
     search_threads: int = 1
     """OpenMP threads per single query. 1: a service runs requests in parallel already, and waking a second
     thread for a 0.1 ms search costs more than it saves, badly so on a busy machine (bench/faiss_bench.py)."""
+    filter_coverage: float = 2.0
+    """Filtered IVF searches (docs/retrieval.md, "Filtered search"): probe the lists nearest the query that hold
+    allowed items until they hold this many times the items a plain search scans (nprobe x mean list size),
+    so the effort scales with 1 / selectivity and the allowed candidates stay constant
+    (bench/filtered_bench.py measured it)."""
 
 
 @dataclass
@@ -182,6 +186,8 @@ class ServeConfig:
     user_source: str = "feast"
     """Where user query vectors are read: feast (the online store, as rankers do) or parquet (the
     embedding tables; no Feast needed)."""
+    filter_ids_max: int = 100_000
+    """Most ids an allow- or deny-list may hold in one POST query (GET: 1,000 each); more is a 422."""
 
 
 @dataclass
