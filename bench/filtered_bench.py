@@ -180,7 +180,12 @@ def main() -> None:
             rates.append(qps)
         sweep.append((cov, worst, float(np.exp(np.mean(np.log(rates)))) if rates else float("nan")))
         log(f"coverage {cov:g}: worst recall {worst:.4f}")
-    planner.filter_coverage = default_cov
+    # The setting for the test rows: the smallest coverage whose worst validation recall clears the target
+    # with a margin of 0.01 (the largest swept when none does); the default config value is reported beside it.
+    passing = [c for c, w, _ in sweep if w >= TARGET_RECALL + 0.01]
+    chosen_cov = min(passing) if passing else max(c for c, _, _ in sweep)
+    planner.filter_coverage = chosen_cov
+    log(f"coverage for the test rows: {chosen_cov:g} (config default {default_cov:g})")
     loads.append(os.getloadavg()[0])
 
     rows_out = []
@@ -217,7 +222,8 @@ def main() -> None:
         f"`{factory}` built by `llmfeat.index.build_index` (default config) in {build_s:.0f} s: "
         + ", ".join(f"{k}={v}" for k, v in built.params.items())
         + f". Planner settings: index.exact_filter_max={cfg.exact_filter_max:,}, "
-        f"index.filter_coverage={cfg.filter_coverage:g}. {args.queries} test queries per filter (fresh mixture draws, "
+        f"index.filter_coverage={chosen_cov:g} (picked by the validation sweep below; config default "
+        f"{default_cov:g}). {args.queries} test queries per filter (fresh mixture draws, "
         f"seed 11); the exact baseline is timed on the first {args.exact_queries} of them (exact search at 1M is "
         "~0.1 s a query). q/s: the faster of 2 passes over the queries. One query per call, 1 OpenMP thread, through `Retriever.search` with a filter resolved "
         "once (`Retriever.make_filter`). recall@10 is against exact top-10 within the same filter.",
@@ -246,8 +252,8 @@ def main() -> None:
         "time. Small slices are noisy: with 300 queries a mean recall has a standard error of about 0.005.",
         "",
         f"Validation sweep of `index.filter_coverage` ({args.val_queries} other queries, seed 2; every filter "
-        f"above exact_filter_max, i.e. the index-filtered path): the default was chosen from this, not from the "
-        "test rows above.",
+        f"above exact_filter_max, i.e. the index-filtered path). The test rows above use the smallest value whose "
+        f"lowest recall is >= {TARGET_RECALL + 0.01:.2f}, so the setting is chosen on validation queries only.",
         "",
         "| filter_coverage | lowest mean recall@10 over the filters | geometric-mean q/s |",
         "|---:|---:|---:|",
