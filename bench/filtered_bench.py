@@ -48,7 +48,6 @@ SELECTIVITIES = (0.001, 0.01, 0.05, 0.1, 0.3, 1.0)
 TARGET_RECALL, TARGET_SPEEDUP, SPEEDUP_ABOVE = 0.95, 10.0, 20_000
 
 
-
 def truth_within(xb: np.ndarray, xq: np.ndarray, rows: np.ndarray | None, k: int = K) -> np.ndarray:
     """(len(xq), k) exact top-k row ids within ``rows`` (None: all), by batched products in chunks."""
     best_s = np.full((len(xq), k), -np.inf, dtype=np.float32)
@@ -65,7 +64,9 @@ def truth_within(xb: np.ndarray, xq: np.ndarray, rows: np.ndarray | None, k: int
     return best_i
 
 
-def make_retrievers(built, xb: np.ndarray, labels: list[list[str]], cfg: IndexConfig) -> tuple[Retriever, Retriever]:
+def make_retrievers(
+    built, xb: np.ndarray, labels: list[list[str]], cfg: IndexConfig
+) -> tuple[Retriever, Retriever]:
     n = len(xb)
     offsets = np.zeros(n + 1, dtype=np.int32)
     offsets[1:] = np.cumsum([len(x) for x in labels])
@@ -77,12 +78,16 @@ def make_retrievers(built, xb: np.ndarray, labels: list[list[str]], cfg: IndexCo
                 "index": {"factory": built.factory, "exact": False}, "params": built.params}  # fmt: skip
     loaded = LoadedIndex("bench", Path("."), manifest, built.index, ids, xb)
     common = dict(search_threads=cfg.search_threads, filter_widen=cfg.filter_widen, gpu="never")
-    planner = Retriever(loaded, exact_filter_max=cfg.exact_filter_max, filter_coverage=cfg.filter_coverage, **common)
+    planner = Retriever(
+        loaded, exact_filter_max=cfg.exact_filter_max, filter_coverage=cfg.filter_coverage, **common
+    )
     exact = Retriever(loaded, exact_filter_max=n + 1, **common)
     return planner, exact
 
 
-def run_queries(r: Retriever, xq: np.ndarray, flt, rounds: int = 2) -> tuple[list[np.ndarray], float, Counter]:
+def run_queries(
+    r: Retriever, xq: np.ndarray, flt, rounds: int = 2
+) -> tuple[list[np.ndarray], float, Counter]:
     """One call per query; (result rows per query, q/s of the faster of ``rounds`` passes, plans used).
     Best of rounds: the machine is shared, and one pass can lose a time slice to another job."""
     for q in xq[:5]:
@@ -100,7 +105,9 @@ def run_queries(r: Retriever, xq: np.ndarray, flt, rounds: int = 2) -> tuple[lis
 
 
 def recall(found: list[np.ndarray], truth: np.ndarray) -> np.ndarray:
-    return np.array([len(set(f.tolist()) & set(t[t >= 0].tolist())) / K for f, t in zip(found, truth, strict=True)])
+    return np.array(
+        [len(set(f.tolist()) & set(t[t >= 0].tolist())) / K for f, t in zip(found, truth, strict=True)]
+    )
 
 
 def main() -> None:
@@ -146,7 +153,9 @@ def main() -> None:
         clustered[s] = rows
         for r in rows:
             labels[r].append(f"clustered-{s:g}")
-    random_rows = {s: np.sort(rng.choice(args.n, round(s * args.n), replace=False)) for s in SELECTIVITIES[:-1]}
+    random_rows = {
+        s: np.sort(rng.choice(args.n, round(s * args.n), replace=False)) for s in SELECTIVITIES[:-1]
+    }
     planner, exact = make_retrievers(built, xb, labels, cfg)
     del labels
     filters = []  # (selectivity, kind, rows, planner filter, exact filter, seconds to resolve)
@@ -172,7 +181,7 @@ def main() -> None:
     for cov in args.coverage:
         planner.filter_coverage = cov
         worst, rates = 1.0, []
-        for s, kind, rows, fp, _, _ in filters:
+        for _s, _kind, rows, fp, _, _ in filters:
             if fp is None or fp.remaining <= cfg.exact_filter_max:
                 continue
             found, qps, _ = run_queries(planner, xv, fp, rounds=1)
@@ -197,7 +206,9 @@ def main() -> None:
         erec = recall(efound, truth[: args.exact_queries]).mean()
         items = args.n if rows is None else len(rows)
         rows_out.append((s, kind, items, rec.mean(), rec.min(), qps, eqps, erec, plans, resolve_s))
-        log(f"{s:g} {kind}: {items:,} items, recall {rec.mean():.4f}, {qps:,.0f} q/s vs exact {eqps:,.0f} q/s ({dict(plans)})")
+        log(
+            f"{s:g} {kind}: {items:,} items, recall {rec.mean():.4f}, {qps:,.0f} q/s vs exact {eqps:,.0f} q/s ({dict(plans)})"
+        )
     loads.append(os.getloadavg()[0])
     total = time.perf_counter() - started
 
@@ -237,7 +248,7 @@ def main() -> None:
         "| selectivity | filter | items | recall@10 (planner) | worst query | planner q/s | exact q/s | × exact | plan used | filter resolved in |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for s, kind, items, rec, worst_q, qps, eqps, erec, plans, resolve_s in rows_out:
+    for s, kind, items, rec, worst_q, qps, eqps, _erec, plans, resolve_s in rows_out:
         used = ", ".join(f"{p} {c / sum(plans.values()):.0%}" for p, c in plans.most_common())
         lines.append(
             f"| {s:.1%} | {kind} | {items:,} | {rec:.4f} | {worst_q:.1f} | {qps:,.0f} | {eqps:,.1f} | "

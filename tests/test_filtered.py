@@ -66,7 +66,9 @@ def test_item_filter_without_keeps_counts_in_step():
     counts = flt.list_counts(list_of, 7).copy()
     smaller = flt.without(np.array([0, 2, 3, 99]))  # 3 and 99 are not in the filter
     assert smaller.remaining == flt.remaining - 2 and list(smaller.rows[:2]) == [4, 6]
-    np.testing.assert_array_equal(smaller.list_counts(list_of, 7), np.bincount(list_of[smaller.rows], minlength=7))
+    np.testing.assert_array_equal(
+        smaller.list_counts(list_of, 7), np.bincount(list_of[smaller.rows], minlength=7)
+    )
     assert smaller.list_counts(list_of, 7).sum() == counts.sum() - 2
 
 
@@ -86,7 +88,11 @@ def _catalogue():
 @functools.cache
 def _built(factory: str, exhaustive: bool):
     x, labels = _catalogue()
-    return x, labels, build_index(x, factory, EXHAUSTIVE[factory] if exhaustive else IndexConfig(tune_queries=50))
+    return (
+        x,
+        labels,
+        build_index(x, factory, EXHAUSTIVE[factory] if exhaustive else IndexConfig(tune_queries=50)),
+    )
 
 
 def _retriever(factory: str, exhaustive: bool, **kw) -> Retriever:
@@ -224,8 +230,13 @@ def test_http_allow_deny_and_empty_filters(syn):
     holder = RetrieverHolder.from_config(config(syn.data_dir))
     r = holder.get()
     allow = syn.item_ids[10:40]
-    with running(create_app(holder, k_max=50, filter_ids_max=100)) as url, httpx.Client(base_url=url, timeout=20) as c:
-        got = c.get("/items/i0003/similar", params=[("k", 4), *[("allow", i) for i in allow], ("deny", "i0011")])
+    with (
+        running(create_app(holder, k_max=50, filter_ids_max=100)) as url,
+        httpx.Client(base_url=url, timeout=20) as c,
+    ):
+        got = c.get(
+            "/items/i0003/similar", params=[("k", 4), *[("allow", i) for i in allow], ("deny", "i0011")]
+        )
         assert got.status_code == 200, got.text
         body = got.json()
         assert [h["item_id"] for h in body["results"]] == _top(syn, "i0003", 4, set(allow) - {"i0011"})
@@ -239,6 +250,8 @@ def test_http_allow_deny_and_empty_filters(syn):
         empty = c.post("/items/i0003/similar", json={"categories": ["Tiny"], "allow": ["i0100", "ghost"]})
         assert empty.status_code == 200 and empty.json()["results"] == []
         assert "no item passes the filter" in empty.json()["reason"] and empty.json()["ignored_ids"] == 1
-        assert c.get("/items/i0003/similar", params={"category": "Horror", "allow": "i0010"}).status_code == 404
+        assert (
+            c.get("/items/i0003/similar", params={"category": "Horror", "allow": "i0010"}).status_code == 404
+        )
         too_many = c.post("/items/i0003/similar", json={"allow": [f"x{i}" for i in range(101)]})
         assert too_many.status_code == 422 and "at most 100 ids" in too_many.text

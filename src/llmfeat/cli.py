@@ -466,7 +466,8 @@ def retrieve(
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
     allow: Annotated[
-        list[str] | None, typer.Option("--allow", help="Only this item id (repeatable; with --category: both).")
+        list[str] | None,
+        typer.Option("--allow", help="Only this item id (repeatable; with --category: both)."),
     ] = None,
     deny: Annotated[list[str] | None, typer.Option("--deny", help="Never this item id (repeatable).")] = None,
     allow_file: Annotated[
@@ -512,7 +513,9 @@ def retrieve(
         raise typer.Exit(Exit.FAILURE) from exc
     what = f"user {user}" if user is not None else f"items similar to {item}"
     if res.ignored_ids:
-        console.print(f"[yellow]note:[/yellow] {res.ignored_ids} allow/deny ids are not in the index (ignored)")
+        console.print(
+            f"[yellow]note:[/yellow] {res.ignored_ids} allow/deny ids are not in the index (ignored)"
+        )
     if res.reason:
         console.print(f"{what}: no items: {res.reason}")
         return

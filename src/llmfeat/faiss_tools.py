@@ -55,7 +55,9 @@ def inner_products(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     kernel; one query is too small for BLAS)."""
     q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)
     out = np.empty(len(rows), dtype=np.float32)
-    faiss.fvec_inner_products_ny(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(rows), len(q), len(rows))
+    faiss.fvec_inner_products_ny(
+        faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(rows), len(q), len(rows)
+    )
     return out
 
 
@@ -98,11 +100,15 @@ def rescore(refine: Any, q: np.ndarray, ids: np.ndarray) -> np.ndarray:
     q = np.ascontiguousarray(q, dtype=np.float32).reshape(1, -1)
     labels = np.ascontiguousarray(ids, dtype=np.int64).reshape(1, -1)
     out = np.empty(labels.shape, dtype=np.float32)
-    flat.compute_distance_subset(1, faiss.swig_ptr(q), labels.shape[1], faiss.swig_ptr(out), faiss.swig_ptr(labels))
+    flat.compute_distance_subset(
+        1, faiss.swig_ptr(q), labels.shape[1], faiss.swig_ptr(out), faiss.swig_ptr(labels)
+    )
     return out[0]
 
 
-def exact_knn(vectors: np.ndarray, q: np.ndarray, k: int, sel: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
+def exact_knn(
+    vectors: np.ndarray, q: np.ndarray, k: int, sel: faiss.IDSelector | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k of one query over the rows of ``vectors`` that ``sel`` accepts (all when
     None), read in place (a memory map works; nothing is copied): (scores, ids), -1 padded."""
     if not (vectors.flags.c_contiguous and vectors.dtype == np.float32):

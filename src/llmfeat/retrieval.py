@@ -178,7 +178,11 @@ class Retriever:
         self._members = _category_members(loaded)
         self._seen = self._seen_rows(seen)
         self._vectors = loaded.vectors
-        if isinstance(self._vectors, np.ndarray) and self._vectors.dtype == np.float32 and self._vectors.flags.c_contiguous:
+        if (
+            isinstance(self._vectors, np.ndarray)
+            and self._vectors.dtype == np.float32
+            and self._vectors.flags.c_contiguous
+        ):
             self._flat_vectors = self._vectors  # FAISS scans them in place (a memory map: no copy)
         else:
             self._flat_vectors = None
@@ -395,7 +399,11 @@ class Retriever:
         if missing:
             known = ", ".join(sorted(self._members)[:20])
             raise UnknownCategoryError(f"unknown category {missing[0]!r}; known: {known}")
-        rows = self._members[key[0]] if len(key) == 1 else np.unique(np.concatenate([self._members[c] for c in key]))
+        rows = (
+            self._members[key[0]]
+            if len(key) == 1
+            else np.unique(np.concatenate([self._members[c] for c in key]))
+        )
         return ItemFilter(self.count, rows, description="category " + " OR ".join(key))
 
     def _search(
@@ -423,7 +431,9 @@ class Retriever:
         """The filter as an IDSelector (cached on the filter): a bitmap of the allowed rows, or, with no
         positive filter, "not one of the excluded" (O(excluded) to build)."""
         if flt._selector is None:
-            flt._selector = ft.bitmap_selector(flt.mask()) if flt.restricted else ft.exclusion_selector(flt.excluded)
+            flt._selector = (
+                ft.bitmap_selector(flt.mask()) if flt.restricted else ft.exclusion_selector(flt.excluded)
+            )
         return flt._selector
 
     def _index_search(self, q: np.ndarray, k: int, flt: ItemFilter | None) -> tuple[np.ndarray, np.ndarray]:
@@ -458,7 +468,11 @@ class Retriever:
         ivf = self._ivf
         counts = flt.list_counts(self._list_of, ivf.nlist)
         lists = np.flatnonzero(counts)
-        coarse = ft.inner_products(q, self._centroids[lists]) if len(lists) < ivf.nlist else ft.inner_products(q, self._centroids)
+        coarse = (
+            ft.inner_products(q, self._centroids[lists])
+            if len(lists) < ivf.nlist
+            else ft.inner_products(q, self._centroids)
+        )
         order = np.argsort(-coarse, kind="stable")
         k_factor = float(self._refine.k_factor) if self._refine is not None else 1.0
         target = coverage_target(ivf.nprobe, self.count, ivf.nlist, k, k_factor, self.filter_coverage)

@@ -201,7 +201,11 @@ class Query_(BaseModel):
 
 
 def create_app(
-    provider: RetrieverProvider, *, k_max: int = 1000, reload_interval_s: float = 0.0, filter_ids_max: int = 100_000
+    provider: RetrieverProvider,
+    *,
+    k_max: int = 1000,
+    reload_interval_s: float = 0.0,
+    filter_ids_max: int = 100_000,
 ) -> FastAPI:
     """The FastAPI app over ``provider``; a ``RetrieverHolder`` also gets its background reload check."""
 
@@ -241,10 +245,12 @@ def create_app(
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
     Allow = Annotated[
-        list[FilterId] | None, Query(max_length=1000, description="Only these item ids (repeatable; POST for more)")
+        list[FilterId] | None,
+        Query(max_length=1000, description="Only these item ids (repeatable; POST for more)"),
     ]
     Deny = Annotated[
-        list[FilterId] | None, Query(max_length=1000, description="Never these item ids (repeatable; POST for more)")
+        list[FilterId] | None,
+        Query(max_length=1000, description="Never these item ids (repeatable; POST for more)"),
     ]
 
     def check(body: Query_) -> None:
@@ -252,7 +258,9 @@ def create_app(
             raise HTTPException(status_code=422, detail=f"k must be within 1..{k_max}, got {body.k}")
         for name, ids in (("allow", body.allow), ("deny", body.deny)):
             if ids is not None and len(ids) > filter_ids_max:
-                raise HTTPException(status_code=422, detail=f"{name}: at most {filter_ids_max} ids, got {len(ids)}")
+                raise HTTPException(
+                    status_code=422, detail=f"{name}: at most {filter_ids_max} ids, got {len(ids)}"
+                )
 
     @app.get("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
     def similar(
@@ -260,7 +268,9 @@ def create_app(
     ) -> Recommendations:
         """Items whose vectors are closest to this item's (content-based filtering)."""
         r = provider.get()
-        return _response("item", item_id, k, r, r.similar_items(item_id, k, categories, allow=allow, deny=deny))
+        return _response(
+            "item", item_id, k, r, r.similar_items(item_id, k, categories, allow=allow, deny=deny)
+        )
 
     @app.post("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
     def similar_post(item_id: ItemId, body: Query_) -> Recommendations:
@@ -289,7 +299,9 @@ def create_app(
         """As GET, with the filters in a JSON body (long allow-/deny-lists)."""
         check(body)
         r = provider.get()
-        res = r.for_user(user_id, body.k, body.categories, body.exclude_seen, allow=body.allow, deny=body.deny)
+        res = r.for_user(
+            user_id, body.k, body.categories, body.exclude_seen, allow=body.allow, deny=body.deny
+        )
         return _response("user", user_id, body.k, r, res)
 
     @app.get("/health", response_model=Health)
