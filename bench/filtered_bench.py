@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import shlex
 import sys
@@ -34,6 +35,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pyarrow as pa
 from benchmarks_md import write_section
@@ -41,7 +43,7 @@ from faiss_bench import DIM, K, Mixture, machine
 
 from llmfeat.config import IndexConfig
 from llmfeat.filters import ItemFilter
-from llmfeat.index import LoadedIndex, build_index, choose_factory
+from llmfeat.index import BuiltIndex, LoadedIndex, build_index, choose_factory, set_search_params
 from llmfeat.retrieval import Retriever
 
 SELECTIVITIES = (0.001, 0.01, 0.05, 0.1, 0.3, 1.0)
@@ -119,6 +121,9 @@ def main() -> None:
     ap.add_argument("--coverage", type=float, nargs="*", default=[1.0, 2.0, 4.0], help="Sweep values")
     ap.add_argument("--nlist", type=int, default=None, help="index.nlist (default: the automatic choice)")
     ap.add_argument("--exact-filter-max", type=int, default=None, help="index.exact_filter_max (smoke runs)")
+    ap.add_argument(
+        "--index-cache", type=Path, default=None, help="Keep the built index here and reuse it on a rerun"
+    )
     ap.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     args = ap.parse_args()
     command = "nice -n 10 python " + " ".join(shlex.quote(a) for a in sys.argv)
@@ -136,10 +141,24 @@ def main() -> None:
     xq, xv = mix.sample(args.queries, seed=11), mix.sample(args.val_queries, seed=2)
     tune_users = mix.sample(cfg.tune_queries, seed=3)
     factory = choose_factory(args.n, DIM, cfg)
-    log(f"build {factory}")
-    t0 = time.perf_counter()
-    built = build_index(xb, factory, cfg, tune_users)
-    build_s = time.perf_counter() - t0
+    cache = args.index_cache
+    if cache is not None and cache.is_file() and cache.with_suffix(".json").is_file():
+        log(f"read {factory} from {cache} (built by an earlier run of this command)")
+        meta = json.loads(cache.with_suffix(".json").read_text())
+        index = faiss.read_index(str(cache))
+        set_search_params(index, meta["params"])
+        built = BuiltIndex(index, meta["factory"], meta["params"], {}, {}, {})
+        build_s, cached = meta["build_s"], True
+    else:
+        log(f"build {factory}")
+        t0 = time.perf_counter()
+        built = build_index(xb, factory, cfg, tune_users)
+        build_s, cached = time.perf_counter() - t0, False
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            faiss.write_index(built.index, str(cache))
+            meta = {"factory": factory, "params": built.params, "build_s": build_s, "n": args.n}
+            cache.with_suffix(".json").write_text(json.dumps(meta))
     log(f"built in {build_s:.0f} s: {built.params}")
 
     # Filters: clustered = categories over mixture components; random = allow-lists of item ids.
@@ -230,7 +249,9 @@ def main() -> None:
         "both columns of a row were measured minutes apart at most, and their ratio is what the target is about.",
         "",
         f"Catalogue: {args.n:,} x {DIM} synthetic (the mixture of `bench/faiss_bench.py`); index "
-        f"`{factory}` built by `llmfeat.index.build_index` (default config) in {build_s:.0f} s: "
+        f"`{factory}` built by `llmfeat.index.build_index` (default config) in {build_s:.0f} s"
+        + (" (by an earlier run of this command, read back from --index-cache)" if cached else "")
+        + ": "
         + ", ".join(f"{k}={v}" for k, v in built.params.items())
         + f". Planner settings: index.exact_filter_max={cfg.exact_filter_max:,}, "
         f"index.filter_coverage={chosen_cov:g} (picked by the validation sweep below; config default "
