@@ -168,6 +168,14 @@ class IndexConfig:
     allowed items until they hold this many times the items a plain search scans (nprobe x mean list size),
     so the effort scales with 1 / selectivity and the allowed candidates stay constant
     (bench/filtered_bench.py measured it)."""
+    filter_scan: float = 0.25
+    """Filtered IVF searches under a category or allow-list also probe lists until they hold this fraction of
+    the filter's size in all (at most filter_scan_cap x a plain search's items): breadth for clustered filters
+    whose nearest members lie far from the query, at a bounded fraction of exact search's cost."""
+    filter_scan_cap: float = 64.0
+    """Upper bound of the filter_scan floor, in multiples of the items a plain search scans."""
+    filter_rescore: float = 1.0
+    """Filtered IVF searches re-rank k x k_factor x this many candidates exactly (refine indexes)."""
 
 
 @dataclass

@@ -13,13 +13,14 @@ plan               when
 ``index-filtered`` otherwise: the index searches inside the filter (an ``IDSelector``), its effort scaled by
                    1 / selectivity: IVF probes the lists nearest the query *that hold allowed items* until
                    they hold ``index.filter_coverage`` x (nprobe x mean list size) of them (the allowed
-                   candidates a plain search sees), HNSW raises efSearch by min(1 / selectivity,
-                   ``index.filter_widen``)
+                   candidates a plain search sees) and, under a category or allow-list, until they hold
+                   ``index.filter_scan`` x the filter's size in all (see ``scan_target``); HNSW raises
+                   efSearch by min(1 / selectivity, ``index.filter_widen``)
 =================  ==========================================================================================
 
-A clustered filter (a category) and a random one (an in-stock list) of the same size cost the same: the
-probe order skips lists without allowed items instead of scanning them, and stops once enough allowed
-candidates are covered, wherever in embedding space they lie.
+The probe order skips lists without allowed items instead of scanning them, so a clustered filter (a
+category) is searched where its members are, however far from the query; the scan floor gives it the
+breadth its far-away nearest members need, and bounds the cost at a fraction of exact search.
 """
 
 from __future__ import annotations
@@ -136,11 +137,24 @@ def coverage_target(nprobe: int, count: int, nlist: int, k: int, k_factor: float
     return int(math.ceil(max(coverage * plain * max(1.0, k / 10), k * k_factor)))
 
 
-def probe_lists(counts: np.ndarray, lists: np.ndarray, target: int) -> int:
-    """How many of ``lists`` (ordered best first, each holding ``counts[lists]`` allowed items) to probe
-    so that they hold at least ``target`` allowed items (all of them when they hold fewer)."""
-    held = np.cumsum(counts[lists])
-    return int(min(len(lists), np.searchsorted(held, target) + 1))
+def probe_lists(counts: np.ndarray, lists: np.ndarray, target: int, sizes: np.ndarray | None = None,
+                scan: int = 0) -> int:  # fmt: skip
+    """How many of ``lists`` (ordered best first; list l holds ``counts[l]`` allowed of ``sizes[l]`` items) to
+    probe so that they hold at least ``target`` allowed items and ``scan`` items in all (everything when the
+    lists hold fewer)."""
+    m = int(np.searchsorted(np.cumsum(counts[lists]), target) + 1)
+    if scan > 0 and sizes is not None:
+        m = max(m, int(np.searchsorted(np.cumsum(sizes[lists]), scan) + 1))
+    return int(min(len(lists), m))
+
+
+def scan_target(remaining: int, plain: float, scan: float, cap: float) -> int:
+    """Items a search under a positive filter (category, allow-list) scans at least: ``scan`` x the filter's
+    size, at most ``cap`` x a plain search's. Scanning a code costs a fraction of scoring a vector exactly,
+    so a floor proportional to the filter keeps the search a constant factor cheaper than exact search
+    within it, while giving clustered filters, whose nearest members lie in lists far from the query, the
+    breadth that a count of allowed candidates alone does not."""
+    return int(math.ceil(min(scan * remaining, cap * plain)))
 
 
 def effort_scale(selectivity: float, cap: float) -> float:

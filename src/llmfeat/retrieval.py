@@ -31,7 +31,7 @@ from llmfeat import faiss_tools as ft
 from llmfeat import tables
 from llmfeat.config import Config
 from llmfeat.embed import embedding_paths
-from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, probe_lists
+from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, probe_lists, scan_target
 from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
 from llmfeat.vectors import normalise, read_latest
 
@@ -160,6 +160,9 @@ class Retriever:
         search_threads: int = 1,
         filter_widen: float = 32.0,
         filter_coverage: float = 2.0,
+        filter_rescore: float = 1.0,
+        filter_scan: float = 0.25,
+        filter_scan_cap: float = 64.0,
     ):
         self.loaded = loaded
         self.version = loaded.version
@@ -169,6 +172,8 @@ class Retriever:
         self.search_threads = search_threads
         self.filter_widen = filter_widen
         self.filter_coverage = filter_coverage
+        self.filter_rescore = filter_rescore
+        self.filter_scan, self.filter_scan_cap = filter_scan, filter_scan_cap
         if users is not None:
             check_model(self.model_id, users.model_id)
         self.users = users
@@ -193,6 +198,7 @@ class Retriever:
         self._refine = ft.refine_layer(loaded.index) if self._ivf is not None else None
         if self._ivf is not None:  # filter-aware probing: which list holds each row, and the centroids
             self._list_of = ft.list_of_rows(self._ivf, self.count)
+            self._list_sizes = np.bincount(self._list_of[self._list_of >= 0], minlength=self._ivf.nlist)
             self._centroids = np.ascontiguousarray(ft.centroids(self._ivf), dtype=np.float32)
         self._selectors = True
         self._max_k = self.count
@@ -233,7 +239,8 @@ class Retriever:
         seen = read_seen(data_dir, loaded.as_of)
         return cls(loaded, users, seen, exact_filter_max=cfg.index.exact_filter_max, gpu=cfg.index.gpu,
                    search_threads=cfg.index.search_threads, filter_widen=cfg.index.filter_widen,
-                   filter_coverage=cfg.index.filter_coverage)  # fmt: skip
+                   filter_coverage=cfg.index.filter_coverage, filter_rescore=cfg.index.filter_rescore,
+                   filter_scan=cfg.index.filter_scan, filter_scan_cap=cfg.index.filter_scan_cap)  # fmt: skip
 
     def _seen_rows(self, seen) -> dict[str, np.ndarray]:
         if seen is None:
@@ -476,9 +483,13 @@ class Retriever:
         order = np.argsort(-coarse, kind="stable")
         k_factor = float(self._refine.k_factor) if self._refine is not None else 1.0
         target = coverage_target(ivf.nprobe, self.count, ivf.nlist, k, k_factor, self.filter_coverage)
-        m = probe_lists(counts, lists[order], target)
+        plain = ivf.nprobe * self.count / ivf.nlist
+        scan = (
+            scan_target(flt.remaining, plain, self.filter_scan, self.filter_scan_cap) if flt.restricted else 0
+        )
+        m = probe_lists(counts, lists[order], target, self._list_sizes, scan)
         probe, dis = lists[order[:m]], coarse[order[:m]]
-        fetch = int(min(flt.remaining, math.ceil(k * k_factor)))
+        fetch = int(min(flt.remaining, math.ceil(k * k_factor * self.filter_rescore)))
         sel, _keep = self._selector(flt)
         with self._threads():
             scores, rows = ft.search_lists(ivf, q, fetch, probe, dis, sel)
