@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from llmfeat import index as ix
 from llmfeat.cli import Exit, app
 from llmfeat.config import IndexConfig
-from llmfeat.filters import ItemFilter, coverage_target, plan, probe_lists
+from llmfeat.filters import ItemFilter, coverage_target, plan, probe_lists, scan_target
 from llmfeat.index import LoadedIndex, build_index
 from llmfeat.retrieval import Retriever, UnknownCategoryError
 from llmfeat.serve import RetrieverHolder, create_app
@@ -58,6 +58,13 @@ def test_probe_effort_scales_with_one_over_selectivity():
     clustered[500:600] = size  # 10% of the items, all in lists far down the query's order
     held = np.flatnonzero(clustered)
     assert probe_lists(clustered, held, target) == 8  # 8 lists of its own, not 80 mostly empty ones
+    # Under a category or allow-list the search also scans a fixed fraction of the filter's size (at most
+    # 64 plain searches), so a clustered filter gets breadth and the cost stays a fraction of exact search.
+    sizes = np.full(nlist, size)
+    scan = scan_target(remaining=100 * size, plain=4 * size, scan=0.25, cap=64)
+    assert scan == 25 * size and probe_lists(clustered, held, target, sizes, scan) == 25
+    assert scan_target(remaining=900 * size, plain=4 * size, scan=0.25, cap=16) == 64 * size  # capped
+    assert probe_lists(np.full(nlist, 10), order, target, sizes, scan) == 800  # the count binds first
 
 
 def test_item_filter_without_keeps_counts_in_step():
