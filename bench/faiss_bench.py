@@ -505,7 +505,7 @@ def main() -> None:
         "Through the Python API (`Retriever.search`, one query per call, 1 OpenMP thread; synthetic catalogue, "
         "auto choice):",
         "",
-        f"| query | recall@10 vs exact (same filter) | q/s | answered by (index.exact_filter_max={cfg.exact_filter_max:,}, filter_widen={cfg.filter_widen:g}) |",
+        f"| query | recall@10 vs exact (same filter) | q/s | answered by (index.exact_filter_max={cfg.exact_filter_max:,}, filter_coverage={cfg.filter_coverage:g}) |",
         "|---|---:|---:|---|",
         *[f"| {name} | {rec:.4f} | {qps:,.0f} | {method} |" for name, rec, qps, method in api],
         "",

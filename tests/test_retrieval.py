@@ -104,16 +104,16 @@ def test_approximate_index_filters_and_falls_back_exactly(tmp_path):
     want = expected(data, _user(data, u), 10, exclude=data.seen[u], category="Drama")[0]
     r = Retriever.load(config(data.data_dir, "index.exact_filter_max=0"))
     assert not r.info()["exact"] and r.info()["params"]["nprobe"] == 2
-    drama = r.for_user(u, 10, categories=["Drama"])  # widened: 2 x 32 lists, i.e. all 16
+    drama = r.for_user(u, 10, categories=["Drama"])  # the lists nearest the query holding Drama items
     assert drama.method == "index" and len(drama.ids) == 10
     assert all(data.category[i] == "Drama" and i not in data.seen[u] for i in drama.ids)
     assert len(set(drama.ids) & set(want)) >= 8  # approximate, but close to exact
     tiny = r.for_user(u, 3, categories=["Tiny"], exclude_seen=False)
     assert tiny.ids == expected(data, _user(data, u), 3, category="Tiny")[0]
-    # Not widened: 2 of 16 lists hold fewer than all Drama items, the index runs dry, exact scoring answers.
-    narrow = Retriever.load(config(data.data_dir, "index.exact_filter_max=0", "index.filter_widen=1"))
-    everything = narrow.for_user(u, 300, categories=["Drama"])
-    assert everything.method == "exact"
+    # k above the category's size: filter-aware probing takes every list holding Drama items (never runs
+    # dry), and the refine step re-ranks them exactly.
+    everything = r.for_user(u, 300, categories=["Drama"])
+    assert everything.method == "index" and everything.plan == "index-filtered"
     assert everything.ids == expected(data, _user(data, u), 300, exclude=data.seen[u], category="Drama")[0]
 
 

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llmfeat.config import Config, load_config
-from llmfeat.errors import ConfigError, ExitCode, describe
+from llmfeat.errors import ConfigError, ExitCode, InputError, describe
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Text -> language-model features for recommenders."
@@ -401,6 +401,19 @@ def index_cmd(
     console.print(table)
 
 
+def _id_list(ids: list[str] | None, path: Path | None, option: str) -> list[str] | None:
+    """Ids given one by one and/or in a file (one per line, blank lines skipped); None when neither."""
+    if ids is None and path is None:
+        return None
+    out = list(ids or [])
+    if path is not None:
+        try:
+            out += [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{option} {path}: cannot read the id list ({exc})") from exc
+    return out
+
+
 @command()
 def retrieve(
     user: Annotated[str | None, typer.Option("--user", help="Recommend items for this user id.")] = None,
@@ -421,6 +434,17 @@ def retrieve(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Only this item id (repeatable; with --category: both)."),
+    ] = None,
+    deny: Annotated[list[str] | None, typer.Option("--deny", help="Never this item id (repeatable).")] = None,
+    allow_file: Annotated[
+        Path | None, typer.Option("--allow-file", help="Only the item ids in this file, one per line.")
+    ] = None,
+    deny_file: Annotated[
+        Path | None, typer.Option("--deny-file", help="Never the item ids in this file, one per line.")
+    ] = None,
 ) -> None:
     """Nearest neighbours from the published index: items for --user, or items similar to --item."""
     from llmfeat.retrieval import Retriever
@@ -430,13 +454,23 @@ def retrieve(
         raise ConfigError("give exactly one of --user and --item")
     if not 1 <= k <= cfg.serve.k_max:
         raise ConfigError(f"-k must be within 1..{cfg.serve.k_max} (serve.k_max)")
+    allow_ids = _id_list(allow, allow_file, "--allow-file")
+    deny_ids = _id_list(deny, deny_file, "--deny-file")
     r = Retriever.load(cfg, version=version)
     if user is not None:
-        res = r.for_user(user, k, category, exclude_seen=not include_seen)
+        res = r.for_user(user, k, category, exclude_seen=not include_seen, allow=allow_ids, deny=deny_ids)
     else:
-        res = r.similar_items(item, k, category)
+        res = r.similar_items(item, k, category, allow=allow_ids, deny=deny_ids)
     what = f"user {user}" if user is not None else f"items similar to {item}"
-    table = Table(title=f"{what}  (index {res.index_version}, {res.method})", title_justify="left")
+    if res.ignored_ids:
+        console.print(
+            f"[yellow]note:[/yellow] {res.ignored_ids} allow/deny ids are not in the index (ignored)"
+        )
+    if res.reason:
+        console.print(f"{what}: no items: {res.reason}")
+        return
+    plan = f"{res.method}, plan {res.plan}, selectivity {res.selectivity:.2%}"
+    table = Table(title=f"{what}  (index {res.index_version}, {plan})", title_justify="left")
     for col, justify in (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left")):
         table.add_column(col, justify=justify)
     for rank, (iid, score, title) in enumerate(zip(res.ids, res.scores, res.titles, strict=True), 1):
@@ -464,7 +498,8 @@ def serve(
     console.print(
         f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
     )
-    app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s)
+    app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s,
+                      filter_ids_max=cfg.serve.filter_ids_max)  # fmt: skip
     _require_token(app_, cfg)
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
 

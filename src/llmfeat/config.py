@@ -226,9 +226,8 @@ class IndexConfig:
     exact_filter_max: int = 20_000
     """A filtered search (category, seen items) with at most this many candidates is done exactly."""
     filter_widen: float = 32.0
-    """A category-filtered search probes this many times the inverted lists (HNSW: efSearch) of a plain one,
-    capped at all lists: a category clusters in embedding space, so its nearest members can lie far from the
-    query's own lists (bench/faiss_bench.py measures the recall)."""
+    """Filtered searches on indexes without filter-aware probing (HNSW, an IVF behind a transform) raise
+    efSearch (nprobe) by 1 / selectivity, capped at this factor (IVF: at all lists)."""
     gpu: IndexGpu = "auto"
     """auto: search on the GPU when faiss has one (the `gpu` extra); never: always on the CPU."""
     threads: int | None = None
@@ -236,10 +235,24 @@ class IndexConfig:
     search_threads: int = 1
     """OpenMP threads per single query. 1: a service runs requests in parallel already, and waking a second
     thread for a 0.1 ms search costs more than it saves, badly so on a busy machine (bench/faiss_bench.py)."""
+    filter_coverage: float = 2.0
+    """Filtered IVF searches (docs/retrieval.md, "Filtered search"): probe the lists nearest the query that hold
+    allowed items until they hold this many times the items a plain search scans (nprobe x mean list size),
+    so the effort scales with 1 / selectivity and the allowed candidates stay constant
+    (bench/filtered_bench.py measured it)."""
+    filter_scan: float = 0.25
+    """Filtered IVF searches under a category or allow-list also probe lists until they hold this fraction of
+    the filter's size in all (at most filter_scan_cap x a plain search's items): breadth for clustered filters
+    whose nearest members lie far from the query, at a bounded fraction of exact search's cost."""
+    filter_scan_cap: float = 64.0
+    """Upper bound of the filter_scan floor, in multiples of the items a plain search scans."""
+    filter_rescore: float = 1.0
+    """Filtered IVF searches re-rank k x k_factor x this many candidates exactly (refine indexes)."""
 
     def __post_init__(self) -> None:
         _positive("index", self, "exact_max_items", "k_factor", "tune_queries", "keep_versions",
-                  "filter_widen", "search_threads")  # fmt: skip
+                  "filter_widen", "search_threads", "filter_coverage", "filter_scan", "filter_scan_cap",
+                  "filter_rescore")  # fmt: skip
         _check(
             self.exact_filter_max >= 0,
             "index.exact_filter_max",
@@ -282,10 +295,12 @@ class ServeConfig:
     embedding tables; no Feast needed)."""
     auth: ServeAuthConfig = field(default_factory=ServeAuthConfig)
     """When a token is configured, every route but /health needs it (src/llmfeat/serve_auth.py)."""
+    filter_ids_max: int = 100_000
+    """Most ids an allow- or deny-list may hold in one POST query (GET: 1,000 each); more is a 422."""
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "serve.port", f"must be a TCP port (1..65535), got {self.port}")
-        _positive("serve", self, "k_max")
+        _positive("serve", self, "k_max", "filter_ids_max")
         _check(self.reload_interval_s >= 0, "serve.reload_interval_s", "must be >= 0 (0 turns reloads off)")
 
 

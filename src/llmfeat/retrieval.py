@@ -4,10 +4,13 @@ A ``Retriever`` holds one loaded version (index, id map, vectors), each item's c
 seen items (every interaction in the canonical snapshot as of the index) and a ``UserVectorSource`` for user
 queries. It never changes after construction: the service swaps whole retrievers to reload.
 
-Filters (category, seen items, the query item itself) are applied inside FAISS with an ``IDSelectorBitmap``
-when the index supports it, so k results come back without guessing an over-fetch. When few items remain
-(at most ``index.exact_filter_max``), or the approximate search returns fewer than k, the search is done
-exactly over the remaining items instead: a small category is answered correctly, never with holes.
+Filters (categories, an allow-list and a deny-list of item ids, seen items, the query item itself) are
+resolved to an ``ItemFilter`` of rows whose size is known exactly, and ``llmfeat.filters.plan`` picks the
+search by it: nothing (an empty filter, with the reason), a plain index search, exact scoring of the allowed
+items (at most ``index.exact_filter_max``), or an index search inside the filter (an ``IDSelector``) whose
+effort scales with 1 / selectivity; IVF indexes probe the lists nearest the query that hold allowed items
+(``llmfeat.faiss_tools.search_lists``). If the index returns fewer than k, the allowed items are scored exactly
+instead: a filter is answered correctly, never with holes.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from llmfeat import faiss_tools as ft
 from llmfeat import tables
 from llmfeat.config import Config
 from llmfeat.embed import embedding_paths
@@ -36,6 +40,7 @@ from llmfeat.errors import (  # noqa: F401 - re-exported
     UnknownItemError,
     UnknownUserError,
 )
+from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, probe_lists, scan_target
 from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
 from llmfeat.vectors import normalise, read_latest
 
@@ -118,8 +123,17 @@ class Results:
     scores: list[float]
     index_version: str
     method: str
-    """index: answered by the FAISS index; exact: by exact scoring of the remaining items."""
+    """index: answered by the FAISS index; exact: by exact scoring of the remaining items; none: no item
+    passes the filter (see ``reason``)."""
     titles: list[str | None]
+    plan: str = ""
+    """The planner's path (llmfeat.filters.plan): none, index, exact or index-filtered."""
+    selectivity: float = 1.0
+    """The fraction of the index's items the filter lets through."""
+    reason: str | None = None
+    """Why the answer is empty (no item passes the filter); None otherwise."""
+    ignored_ids: int = 0
+    """Allow- or deny-list ids not in this index version (ignored)."""
 
 
 class Retriever:
@@ -135,6 +149,10 @@ class Retriever:
         gpu: str = "auto",
         search_threads: int = 1,
         filter_widen: float = 32.0,
+        filter_coverage: float = 2.0,
+        filter_rescore: float = 1.0,
+        filter_scan: float = 0.25,
+        filter_scan_cap: float = 64.0,
     ):
         self.loaded = loaded
         self.version = loaded.version
@@ -143,6 +161,9 @@ class Retriever:
         self.exact_filter_max = exact_filter_max
         self.search_threads = search_threads
         self.filter_widen = filter_widen
+        self.filter_coverage = filter_coverage
+        self.filter_rescore = filter_rescore
+        self.filter_scan, self.filter_scan_cap = filter_scan, filter_scan_cap
         if users is not None:
             check_model(self.model_id, users.model_id)
         self.users = users
@@ -152,8 +173,23 @@ class Retriever:
         self._members = _category_members(loaded)
         self._seen = self._seen_rows(seen)
         self._vectors = loaded.vectors
+        if (
+            isinstance(self._vectors, np.ndarray)
+            and self._vectors.dtype == np.float32
+            and self._vectors.flags.c_contiguous
+        ):
+            self._flat_vectors = self._vectors  # FAISS scans them in place (a memory map: no copy)
+        else:
+            self._flat_vectors = None
         self._index = loaded.index
         self._exact_index = is_exact(loaded.index)
+        self._filters: dict[tuple[str, ...], ItemFilter] = {}
+        self._ivf = _preassignable_ivf(loaded.index)
+        self._refine = ft.refine_layer(loaded.index) if self._ivf is not None else None
+        if self._ivf is not None:  # filter-aware probing: which list holds each row, and the centroids
+            self._list_of = ft.list_of_rows(self._ivf, self.count)
+            self._list_sizes = np.bincount(self._list_of[self._list_of >= 0], minlength=self._ivf.nlist)
+            self._centroids = np.ascontiguousarray(ft.centroids(self._ivf), dtype=np.float32)
         self._selectors = True
         self._max_k = self.count
         self._lock: threading.Lock | None = None
@@ -161,6 +197,7 @@ class Retriever:
         if gpu != "never" and faiss.get_num_gpus() > 0:
             self._index, self.device = _to_gpu(loaded)
             self._selectors = False  # GPU indexes take no IDSelector: filters over-fetch instead
+            self._ivf = None
             self._max_k = min(self.count, GPU_MAX_K)
             self._lock = threading.Lock()  # one GPU index is not safe for concurrent searches
 
@@ -191,7 +228,9 @@ class Retriever:
                 users = None
         seen = read_seen(data_dir, loaded.as_of)
         return cls(loaded, users, seen, exact_filter_max=cfg.index.exact_filter_max, gpu=cfg.index.gpu,
-                   search_threads=cfg.index.search_threads, filter_widen=cfg.index.filter_widen)  # fmt: skip
+                   search_threads=cfg.index.search_threads, filter_widen=cfg.index.filter_widen,
+                   filter_coverage=cfg.index.filter_coverage, filter_rescore=cfg.index.filter_rescore,
+                   filter_scan=cfg.index.filter_scan, filter_scan_cap=cfg.index.filter_scan_cap)  # fmt: skip
 
     def _seen_rows(self, seen) -> dict[str, np.ndarray]:
         if seen is None:
@@ -220,17 +259,38 @@ class Retriever:
     def item_vector(self, item_id: str) -> np.ndarray:
         return np.asarray(self._vectors[self._row(item_id)], dtype=np.float32)
 
-    def similar_items(self, item_id: str, k: int = 10, categories: Sequence[str] | None = None) -> Results:
-        """The k items closest to ``item_id`` (itself excluded), optionally only from ``categories``."""
+    def similar_items(
+        self,
+        item_id: str,
+        k: int = 10,
+        categories: Sequence[str] | None = None,
+        *,
+        allow: Sequence[str] | None = None,
+        deny: Sequence[str] | None = None,
+        item_filter: ItemFilter | None = None,
+    ) -> Results:
+        """The k items closest to ``item_id`` (itself excluded), optionally only from ``categories`` (any of
+        them) AND the ``allow`` list, never from the ``deny`` list; or through a prepared ``item_filter``."""
         row = self._row(item_id)
-        return self.search(self._vectors[row], k, categories, exclude_rows=np.array([row], np.int64))
+        flt = item_filter or self.make_filter(categories, allow, deny)
+        return self.search(self._vectors[row], k, exclude_rows=np.array([row], np.int64), item_filter=flt)
 
     def for_user(
-        self, user_id: str, k: int = 10, categories: Sequence[str] | None = None, exclude_seen: bool = True
+        self,
+        user_id: str,
+        k: int = 10,
+        categories: Sequence[str] | None = None,
+        exclude_seen: bool = True,
+        *,
+        allow: Sequence[str] | None = None,
+        deny: Sequence[str] | None = None,
+        item_filter: ItemFilter | None = None,
     ) -> Results:
-        """The k items closest to the user's vector, by default without the items the user interacted with."""
+        """The k items closest to the user's vector, by default without the items the user interacted with;
+        filters as in ``similar_items``."""
         if self.users is None:
             raise UnknownUserError(f"no user vectors to look up user {user_id!r} (no user embedding table)")
+        flt = item_filter or self.make_filter(categories, allow, deny)
         vectors, found, model = self.users.get([user_id])
         check_model(self.model_id, model)
         if not found[0]:
@@ -238,7 +298,40 @@ class Retriever:
                 f"unknown user {user_id!r}: no user vector (never seen, or not embedded yet)"
             )
         exclude = self._seen.get(user_id) if exclude_seen else None
-        return self.search(vectors[0], k, categories, exclude_rows=exclude)
+        return self.search(vectors[0], k, exclude_rows=exclude, item_filter=flt)
+
+    def make_filter(
+        self,
+        categories: Sequence[str] | None = None,
+        allow: Sequence[str] | None = None,
+        deny: Sequence[str] | None = None,
+    ) -> ItemFilter:
+        """Resolve a filter once (reusable across queries, e.g. an in-stock list): items in any of
+        ``categories`` AND in ``allow`` (None: no allow-list; empty: nothing), minus ``deny``. Unknown
+        categories raise ``UnknownCategoryError``; allow/deny ids not in the index are ignored and counted."""
+        key = tuple(sorted(set(categories))) if categories else ()
+        if allow is None and not deny:
+            cached = self._filters.get(key)
+            if cached is None:
+                cached = self._category_filter(key)
+                if len(self._filters) < 256:
+                    self._filters[key] = cached
+            return cached
+        flt = self._category_filter(key)
+        rows, ignored, parts = flt.rows, 0, [flt.description] if key else []
+        if allow is not None:
+            found = self._rows_of(allow)
+            ignored += len(allow) - len(found)
+            rows = found if rows is None else np.intersect1d(rows, found, assume_unique=True)
+            parts.append(f"allow-list of {len(allow):,} ids")
+        out = ItemFilter(self.count, rows, ignored_ids=ignored)
+        if deny:
+            found = self._rows_of(deny)
+            out = out.without(found)
+            out.ignored_ids = ignored + len(deny) - len(found)
+            parts.append(f"not in deny-list of {len(deny):,} ids")
+        out.description = " AND ".join(parts) or "all items"
+        return out
 
     def search(
         self,
@@ -246,6 +339,10 @@ class Retriever:
         k: int,
         categories: Sequence[str] | None = None,
         exclude_rows: np.ndarray | None = None,
+        *,
+        allow: Sequence[str] | None = None,
+        deny: Sequence[str] | None = None,
+        item_filter: ItemFilter | None = None,
     ) -> Results:
         """Top-k for one query vector (any length-dim vector; normalised here), with optional filters."""
         if k < 1:
@@ -253,12 +350,21 @@ class Retriever:
         q = normalise(np.asarray(vector, dtype=np.float32).reshape(1, -1))
         if q.shape[1] != self._vectors.shape[1]:
             raise ModelMismatchError(f"query has {q.shape[1]} dimensions, the index {self._vectors.shape[1]}")
-        allowed = self._allowed(categories)
-        exclude = np.zeros(0, np.int64) if exclude_rows is None else np.asarray(exclude_rows, np.int64)
-        rows, scores, method = self._search(q, k, allowed, exclude)
+        base = item_filter or self.make_filter(categories, allow, deny)
+        flt = base.without(exclude_rows)
+        chosen = plan(flt, k, self.exact_filter_max)
+        rows, scores, method = self._search(q, k, flt, chosen)
+        reason = None
+        if chosen == "none":
+            excluded = base.remaining - flt.remaining
+            reason = f"no item passes the filter ({base.description}: {base.remaining:,} items"
+            reason += f", {excluded:,} of them excluded as seen or the query item)" if excluded else ")"
+            if base.ignored_ids:
+                reason += f"; {base.ignored_ids:,} allow/deny ids are not in index version {self.version}"
         return Results(
             ids=self._item_ids[rows].tolist(), scores=[float(s) for s in scores], index_version=self.version,
-            method=method, titles=[self._titles[r] for r in rows],
+            method=method, titles=[self._titles[r] for r in rows], plan=chosen,
+            selectivity=flt.selectivity, reason=reason, ignored_ids=base.ignored_ids,
         )  # fmt: skip
 
     def info(self) -> dict[str, Any]:
@@ -278,53 +384,68 @@ class Retriever:
         except KeyError:
             raise UnknownItemError(f"unknown item {item_id!r}: not in index version {self.version}") from None
 
-    def _allowed(self, categories: Sequence[str] | None) -> np.ndarray | None:
-        if not categories:
-            return None
-        missing = [c for c in categories if c not in self._members]
+    def _rows_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Sorted unique rows of the ``item_ids`` the index holds (unknown ids dropped)."""
+        pos = self._row_of.get_indexer(pd.Index(list(item_ids), dtype=object))
+        return np.unique(pos[pos >= 0]).astype(np.int64)
+
+    def _category_filter(self, key: tuple[str, ...]) -> ItemFilter:
+        if not key:
+            return ItemFilter(self.count)
+        missing = [c for c in key if c not in self._members]
         if missing:
             known = ", ".join(sorted(self._members)[:20])
             raise UnknownCategoryError(f"unknown category {missing[0]!r}; known: {known}")
-        mask = np.zeros(self.count, dtype=bool)
-        for c in categories:
-            mask[self._members[c]] = True
-        return mask
+        rows = (
+            self._members[key[0]]
+            if len(key) == 1
+            else np.unique(np.concatenate([self._members[c] for c in key]))
+        )
+        return ItemFilter(self.count, rows, description="category " + " OR ".join(key))
 
     def _search(
-        self, q: np.ndarray, k: int, allowed: np.ndarray | None, exclude: np.ndarray
+        self, q: np.ndarray, k: int, flt: ItemFilter, chosen: str
     ) -> tuple[np.ndarray, np.ndarray, str]:
-        flt = _Filter(self.count, allowed, np.unique(exclude))
         want = min(k, flt.remaining)
-        if want == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32), "exact"
-        if flt.allowed is None and len(flt.exclude) <= k:
-            # No category and few exclusions (the query item, a light user): k + len(exclude) neighbours
-            # always hold the filtered top k; no selector needed.
-            rows, scores = self._index_search(q, min(self.count, k + len(flt.exclude)), None)
+        if chosen == "none":
+            return np.zeros(0, np.int64), np.zeros(0, np.float32), "none"
+        if chosen == "index":
+            # No positive filter and few exclusions (the query item, a light user): k + len(excluded)
+            # neighbours always hold the filtered top k; no selector needed.
+            rows, scores = self._index_search(q, min(self.count, k + len(flt.excluded)), None)
             keep = flt.keeps(rows)
             rows, scores = rows[keep][:want], scores[keep][:want]
             if len(rows) == want:
                 return rows, scores, "index"
-        if flt.remaining <= self.exact_filter_max:
-            return (*self._exact(q, flt.mask(), want), "exact")
+        if chosen == "exact" or flt.remaining <= self.exact_filter_max:
+            return (*self._exact(q, flt, want), "exact")
         rows, scores = self._index_search(q, want, flt)
         if len(rows) < want:  # the approximate search ran dry inside the filter: answer exactly
-            return (*self._exact(q, flt.mask(), want), "exact")
+            return (*self._exact(q, flt, want), "exact")
         return rows, scores, "index"
 
-    def _index_search(self, q: np.ndarray, k: int, flt: _Filter | None) -> tuple[np.ndarray, np.ndarray]:
+    def _selector(self, flt: ItemFilter) -> tuple[faiss.IDSelector, Any]:
+        """The filter as an IDSelector (cached on the filter): a bitmap of the allowed rows, or, with no
+        positive filter, "not one of the excluded" (O(excluded) to build)."""
+        if flt._selector is None:
+            flt._selector = (
+                ft.bitmap_selector(flt.mask()) if flt.restricted else ft.exclusion_selector(flt.excluded)
+            )
+        return flt._selector
+
+    def _index_search(self, q: np.ndarray, k: int, flt: ItemFilter | None) -> tuple[np.ndarray, np.ndarray]:
         """Up to k (row, score) from the index, best first, only rows the filter keeps."""
         if flt is None:
             scores, rows = self._locked_search(q, min(k, self._max_k), None)
+        elif self._ivf is not None:
+            return self._ivf_filtered(q, k, flt)
         elif self._selectors:
-            sel, keep = flt.selector()
-            # A category clusters in embedding space: its nearest members may lie in lists far from the query,
-            # so a category search probes filter_widen times more lists (efSearch). Exclusions alone remove
-            # few items and need no widening.
-            widen = self.filter_widen if flt.allowed is not None else 1.0
+            sel, _keep = self._selector(flt)
+            # HNSW (or an IVF behind a transform): raise efSearch (nprobe) with 1 / selectivity, capped.
+            widen = effort_scale(flt.selectivity, self.filter_widen)
             params, keep_params = search_params(self._index, sel, k, widen)
             scores, rows = self._locked_search(q, k, params)
-            del keep, keep_params  # the selector and parameters read these until the search has returned
+            del keep_params  # the parameters read these until the search has returned
         else:
             # Without selectors, over-fetch: k + every filtered-out item is always enough; 2k x the filtered
             # fraction is enough when they are spread evenly. Whenever k survive they are the filtered top k
@@ -337,70 +458,87 @@ class Retriever:
         ok = rows[0] >= 0
         return rows[0][ok], scores[0][ok]
 
+    def _ivf_filtered(self, q: np.ndarray, k: int, flt: ItemFilter) -> tuple[np.ndarray, np.ndarray]:
+        """Filter-aware IVF search: probe the lists nearest the query among those holding allowed rows, until
+        they hold ``coverage_target`` allowed rows; FAISS scans them with the filter's selector, and a refine
+        index re-ranks its k x k_factor candidates exactly."""
+        ivf = self._ivf
+        counts = flt.list_counts(self._list_of, ivf.nlist)
+        lists = np.flatnonzero(counts)
+        coarse = (
+            ft.inner_products(q, self._centroids[lists])
+            if len(lists) < ivf.nlist
+            else ft.inner_products(q, self._centroids)
+        )
+        order = np.argsort(-coarse, kind="stable")
+        k_factor = float(self._refine.k_factor) if self._refine is not None else 1.0
+        target = coverage_target(ivf.nprobe, self.count, ivf.nlist, k, k_factor, self.filter_coverage)
+        plain = ivf.nprobe * self.count / ivf.nlist
+        scan = (
+            scan_target(flt.remaining, plain, self.filter_scan, self.filter_scan_cap) if flt.restricted else 0
+        )
+        m = probe_lists(counts, lists[order], target, self._list_sizes, scan)
+        probe, dis = lists[order[:m]], coarse[order[:m]]
+        fetch = int(min(flt.remaining, math.ceil(k * k_factor * self.filter_rescore)))
+        sel, _keep = self._selector(flt)
+        with self._threads():
+            scores, rows = ft.search_lists(ivf, q, fetch, probe, dis, sel)
+            rows = rows[rows >= 0]
+            if self._refine is None:
+                return rows[:k], scores[: len(rows)][:k]
+            exact = ft.rescore(self._refine, q, rows)
+        return top_k(rows, exact, k)
+
+    def _threads(self):
+        """OpenMP's thread count is per calling thread: set it for one search only."""
+        return _OmpThreads(self.search_threads)
+
     def _locked_search(self, q: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:
         if self._lock is not None:
             with self._lock:
                 return self._index.search(q, k)
-        # OpenMP's thread count is per calling thread: set it for this search only.
-        before = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(self.search_threads)
-        try:
+        with self._threads():
             return self._index.search(q, k, params=params) if params is not None else self._index.search(q, k)
-        finally:
-            faiss.omp_set_num_threads(before)
 
-    def _exact(self, q: np.ndarray, mask: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k of the rows in ``mask`` (all rows when None); ties broken by faiss id.
+    def _exact(self, q: np.ndarray, flt: ItemFilter, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of the rows the filter allows; ties broken by faiss id.
 
-        Scores use einsum, not BLAS: a threaded BLAS matrix-vector product costs ~30x more on a busy
-        machine (its threads wait on each other), and one query is too small to share out anyway."""
-        q1 = q[0]
-        if mask is not None and mask.sum() < self.count // 8:
-            rows = np.flatnonzero(mask)
-            scores = np.einsum("ij,j->i", np.asarray(self._vectors[rows], dtype=np.float32), q1)
-        else:
-            rows = np.arange(self.count)
-            scores = np.empty(self.count, dtype=np.float32)
-            for start in range(0, self.count, _CHUNK):
-                scores[start : start + _CHUNK] = np.einsum(
-                    "ij,j->i", np.asarray(self._vectors[start : start + _CHUNK]), q1
-                )
-            if mask is not None:
-                rows, scores = rows[mask], scores[mask]
+        Few rows: gathered and scored with einsum (a threaded BLAS matrix-vector product costs ~30x more on
+        a busy machine, and one query is too small to share out). Many rows (> 1/32 of the catalogue):
+        FAISS scans the vectors in place with the filter's selector (``knn_inner_product``), no copy."""
+        if k == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        if flt.remaining > self.count // 32 and self._flat_vectors is not None:
+            sel = None if not flt.restricted and len(flt.excluded) == 0 else self._selector(flt)[0]
+            with self._threads():
+                scores, rows = ft.exact_knn(self._flat_vectors, q, k, sel)
+            ok = rows >= 0
+            return top_k(rows[ok], scores[ok], k)
+        rows = flt.allowed_rows()
+        scores = np.einsum("ij,j->i", np.asarray(self._vectors[rows], dtype=np.float32), q[0])
         return top_k(rows, scores, k)
 
 
-class _Filter:
-    """Which rows a query may return: those in ``allowed`` (a category mask; None = all) minus ``exclude``."""
+class _OmpThreads:
+    def __init__(self, n: int):
+        self.n = n
 
-    def __init__(self, count: int, allowed: np.ndarray | None, exclude: np.ndarray):
-        self.count, self.allowed, self.exclude = count, allowed, exclude
-        if allowed is None:
-            self.remaining = count - len(exclude)
-        else:
-            self.remaining = int(allowed.sum()) - int(allowed[exclude].sum())
-        self._mask: np.ndarray | None = None
+    def __enter__(self) -> None:
+        self.before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(self.n)
 
-    def mask(self) -> np.ndarray:
-        if self._mask is None:
-            self._mask = np.ones(self.count, dtype=bool) if self.allowed is None else self.allowed.copy()
-            self._mask[self.exclude] = False
-        return self._mask
+    def __exit__(self, *exc: object) -> None:
+        faiss.omp_set_num_threads(self.before)
 
-    def keeps(self, rows: np.ndarray) -> np.ndarray:
-        ok = rows >= 0
-        if self.allowed is not None:
-            ok &= self.allowed[np.clip(rows, 0, None)]
-        return ok & ~np.isin(rows, self.exclude)
 
-    def selector(self) -> tuple[faiss.IDSelector, list[Any]]:
-        """An IDSelector and the objects it reads (keep them alive while it is used). Exclusions alone: a
-        hash set of them, O(excluded) to build; a category: a bitmap over the catalogue."""
-        if self.allowed is None:
-            batch = faiss.IDSelectorBatch(len(self.exclude), faiss.swig_ptr(self.exclude))
-            return faiss.IDSelectorNot(batch), [batch]
-        bitmap = np.packbits(self.mask(), bitorder="little")
-        return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), [bitmap]
+def _preassignable_ivf(index: faiss.Index) -> Any | None:
+    """The IVF layer when filtered searches can pick its lists directly (an IVF, possibly behind an id map or
+    a refine; not behind a pre-transform, whose queries would need transforming first)."""
+    layer = faiss.downcast_index(index)
+    while isinstance(layer, faiss.IndexRefine | faiss.IndexIDMap | faiss.IndexIDMap2):
+        inner = layer.base_index if isinstance(layer, faiss.IndexRefine) else layer.index
+        layer = faiss.downcast_index(inner)
+    return layer if isinstance(layer, faiss.IndexIVF) else None
 
 
 def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

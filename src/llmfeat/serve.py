@@ -2,14 +2,19 @@
 
 Endpoints (OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
 
-- ``GET /items/{item_id}/similar?k=10&category=C``: similar items (content-based), the item itself excluded
-- ``GET /users/{user_id}/recommendations?k=10&category=C&exclude_seen=true``: items for a user
+- ``GET /items/{item_id}/similar?k=10&category=C&allow=I&deny=J``: similar items (content-based), the item
+  itself excluded
+- ``GET /users/{user_id}/recommendations?k=10&category=C&allow=I&deny=J&exclude_seen=true``: items for a user
+- ``POST`` to either path with a JSON body ``{k, categories, allow, deny, exclude_seen}``: the same, for
+  allow-/deny-lists too long for a URL (up to ``serve.filter_ids_max`` ids each)
 - ``GET /health``, ``GET /version`` (the loaded index version and its manifest summary)
 - ``POST /reload``: load the published version now if it changed (the background check does it every
   ``serve.reload_interval_s``)
 
 ``k`` must be 1..``serve.k_max`` and ids printable, else 422; an unknown item, user or category is a 404
-with a message. Reload never disturbs a request: each request takes the current retriever once, at its
+with a message. A filter that lets no item through (an allow-list disjoint from the category, every allowed
+item seen) is a 200 with no results and a ``reason``; allow/deny ids the index does not hold are ignored
+and counted in ``ignored_ids``. Reload never disturbs a request: each request takes the current retriever once, at its
 start, and uses only that one; a new version is loaded on the side and swapped in with one assignment, and
 the old one is freed when its last request ends. A version that fails to load (checksum, model mismatch) is
 refused and the service keeps the one it has.
@@ -135,9 +140,14 @@ class Recommendations(BaseModel):
     index_version: str
     model_id: str
     method: str = Field(
-        description="index: answered by the FAISS index; exact: exact scoring of the filtered items"
+        description="index: answered by the FAISS index; exact: exact scoring of the filtered items; "
+        "none: no item passes the filter"
     )
     results: list[Hit]
+    plan: str = Field("", description="The planner's path: none, index, exact or index-filtered")
+    selectivity: float = Field(1.0, description="Fraction of the indexed items the filter lets through")
+    reason: str | None = Field(None, description="Why there are no results (an empty filter)")
+    ignored_ids: int = Field(0, description="Allow/deny ids not in the index version (ignored)")
 
 
 class Health(BaseModel):
@@ -174,9 +184,26 @@ class Problem(BaseModel):
 
 
 Category = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
+FilterId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
 
 
-def create_app(provider: RetrieverProvider, *, k_max: int = 1000, reload_interval_s: float = 0.0) -> FastAPI:
+class Query_(BaseModel):
+    """The body of a POST query: the GET parameters, with lists as JSON arrays."""
+
+    k: int = Field(10, ge=1)
+    categories: list[Category] | None = Field(None, max_length=50, description="Any of these categories")
+    allow: list[FilterId] | None = Field(None, description="Only these item ids (None: no allow-list)")
+    deny: list[FilterId] | None = Field(None, description="Never these item ids")
+    exclude_seen: bool = True
+
+
+def create_app(
+    provider: RetrieverProvider,
+    *,
+    k_max: int = 1000,
+    reload_interval_s: float = 0.0,
+    filter_ids_max: int = 100_000,
+) -> FastAPI:
     """The FastAPI app over ``provider``; a ``RetrieverHolder`` also gets its background reload check."""
 
     @asynccontextmanager
@@ -214,19 +241,65 @@ def create_app(provider: RetrieverProvider, *, k_max: int = 1000, reload_interva
     async def _mismatch(request: Request, exc: IndexModelMismatchError) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
+    Allow = Annotated[
+        list[FilterId] | None,
+        Query(max_length=1000, description="Only these item ids (repeatable; POST for more)"),
+    ]
+    Deny = Annotated[
+        list[FilterId] | None,
+        Query(max_length=1000, description="Never these item ids (repeatable; POST for more)"),
+    ]
+
+    def check(body: Query_) -> None:
+        if body.k > k_max:
+            raise HTTPException(status_code=422, detail=f"k must be within 1..{k_max}, got {body.k}")
+        for name, ids in (("allow", body.allow), ("deny", body.deny)):
+            if ids is not None and len(ids) > filter_ids_max:
+                raise HTTPException(
+                    status_code=422, detail=f"{name}: at most {filter_ids_max} ids, got {len(ids)}"
+                )
+
     @app.get("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
-    def similar(item_id: ItemId, k: K = 10, categories: Categories = None) -> Recommendations:
+    def similar(
+        item_id: ItemId, k: K = 10, categories: Categories = None, allow: Allow = None, deny: Deny = None
+    ) -> Recommendations:
         """Items whose vectors are closest to this item's (content-based filtering)."""
         r = provider.get()
-        return _response("item", item_id, k, r, r.similar_items(item_id, k, categories))
+        return _response(
+            "item", item_id, k, r, r.similar_items(item_id, k, categories, allow=allow, deny=deny)
+        )
+
+    @app.post("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
+    def similar_post(item_id: ItemId, body: Query_) -> Recommendations:
+        """As GET, with the filters in a JSON body (long allow-/deny-lists)."""
+        check(body)
+        r = provider.get()
+        res = r.similar_items(item_id, body.k, body.categories, allow=body.allow, deny=body.deny)
+        return _response("item", item_id, body.k, r, res)
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=not_found)
     def for_user(
-        user_id: UserId, k: K = 10, categories: Categories = None, exclude_seen: bool = True
+        user_id: UserId,
+        k: K = 10,
+        categories: Categories = None,
+        exclude_seen: bool = True,
+        allow: Allow = None,
+        deny: Deny = None,
     ) -> Recommendations:
         """Items closest to the user's vector, without the items the user already interacted with."""
         r = provider.get()
-        return _response("user", user_id, k, r, r.for_user(user_id, k, categories, exclude_seen))
+        res = r.for_user(user_id, k, categories, exclude_seen, allow=allow, deny=deny)
+        return _response("user", user_id, k, r, res)
+
+    @app.post("/users/{user_id}/recommendations", response_model=Recommendations, responses=not_found)
+    def for_user_post(user_id: UserId, body: Query_) -> Recommendations:
+        """As GET, with the filters in a JSON body (long allow-/deny-lists)."""
+        check(body)
+        r = provider.get()
+        res = r.for_user(
+            user_id, body.k, body.categories, body.exclude_seen, allow=body.allow, deny=body.deny
+        )
+        return _response("user", user_id, body.k, r, res)
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
@@ -257,4 +330,5 @@ def create_app(provider: RetrieverProvider, *, k_max: int = 1000, reload_interva
 def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Recommendations:
     hits = [Hit(item_id=i, score=s, title=t) for i, s, t in zip(res.ids, res.scores, res.titles, strict=True)]
     return Recommendations(kind=kind, id=id_, k=k, index_version=res.index_version, model_id=r.model_id,
-                           method=res.method, results=hits)  # fmt: skip
+                           method=res.method, results=hits, plan=res.plan, selectivity=res.selectivity,
+                           reason=res.reason, ignored_ids=res.ignored_ids)  # fmt: skip
