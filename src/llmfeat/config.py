@@ -50,7 +50,8 @@ class EmbedConfig:
     """Names the folder the embedding tables live in; a new model (e.g. fine-tuned) gets a new set."""
     max_tokens: int | None = None
     """Token limit; None: the model's own (256 for all-MiniLM-L6-v2). Truncated texts are flagged."""
-    pooling: str = "mean"
+    pooling: str = "auto"
+    """auto (the model dir's sentence-transformers pooling, else mean), mean, cls, or last (decoder LLMs)."""
     precision: str = "auto"
     device: str = "auto"
     token_budget: int = 4096
@@ -66,6 +67,17 @@ class EmbedConfig:
     """Time decay of the pooled-history vector: a click this many days old weighs half a fresh one."""
     backfill_every_days: int = 1
     """Spacing of user snapshots when catching up or backfilling."""
+    item_prompt: str | None = None
+    """Prepended to every item text before encoding (e5: "passage: "). None: the model dir's
+    sentence-transformers "document" / "passage" prompt, else none. Part of the model id."""
+    user_prompt: str | None = None
+    """Prepended to every user text (e5: "query: "; Qwen3-Embedding: an instruction). None: the model dir's
+    "query" prompt, else none. Part of the model id."""
+    dims: int | None = None
+    """Matryoshka: store the first ``dims`` dimensions, re-normalised. None: the model's full width. Part of
+    the model id; Feast, the FAISS index and the CTR job follow the stored width."""
+    padding_side: str = "auto"
+    """auto: left for last-token pooling, right otherwise; left or right to force (the vectors agree)."""
 
 
 @dataclass
