@@ -11,7 +11,12 @@ from tiny_models import QUERY_PROMPT, decoder_model_dir, encoder_model_dir
 
 from llmfeat.encoder import EncoderSpec, TextEncoder, model_id, pool_and_normalise, read_st_config
 
-TEXTS = ["Alpha kettle. kitchen", "Beta mug", "Gamma plate. dining, chef artist: Toy Story (1995). Comedy", "a"]
+TEXTS = [
+    "Alpha kettle. kitchen",
+    "Beta mug",
+    "Gamma plate. dining, chef artist: Toy Story (1995). Comedy",
+    "a",
+]
 
 
 @pytest.fixture(scope="module", params=["llama", "qwen2"])
@@ -50,7 +55,10 @@ def test_decoder_last_token_pooling_matches_a_hand_computation(decoder_dir, side
     assert enc.spec.pooling == "last" and enc.padding_side == side  # from 1_Pooling/config.json
     tok = AutoTokenizer.from_pretrained(decoder_dir, local_files_only=True)
     model = AutoModel.from_pretrained(decoder_dir, local_files_only=True).eval()
-    for prompt_name, prompt in (("item", ""), ("user", QUERY_PROMPT)):  # the dir's prompts: document "", query
+    for prompt_name, prompt in (
+        ("item", ""),
+        ("user", QUERY_PROMPT),
+    ):  # the dir's prompts: document "", query
         out = enc.encode(TEXTS, prompt_name=prompt_name)
         assert len(set(out.n_tokens)) > 2, "the batch must need padding"
         for i, text in enumerate(TEXTS):
@@ -116,6 +124,10 @@ def test_unsupported_sentence_transformers_modules_are_refused(encoder_dir, tmp_
     (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "max"}))
     with pytest.raises(ValueError, match=r"pooling \['max'\] is not supported"):
         TextEncoder(EncoderSpec(str(d)))
-    legacy = {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False, "word_embedding_dimension": 32}
+    legacy = {
+        "pooling_mode_cls_token": True,
+        "pooling_mode_mean_tokens": False,
+        "word_embedding_dimension": 32,
+    }
     (d / "1_Pooling" / "config.json").write_text(json.dumps(legacy))  # sentence-transformers < 5 keys
     assert read_st_config(d)["pooling"] == "cls"

@@ -25,14 +25,22 @@ def _tokenizer(kind: str):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<unk>", "<s>", "</s>"] if kind == "decoder" else ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    specials = (
+        ["<pad>", "<unk>", "<s>", "</s>"] if kind == "decoder" else ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    )
     tok = Tokenizer(models.BPE(unk_token=specials[1]))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False))
+    tok.train_from_iterator(
+        CORPUS, trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False)
+    )
     ids = {t: tok.token_to_id(t) for t in specials}
-    if kind == "decoder":  # like Qwen3-Embedding: the end-of-text token closes every text; it is what gets pooled
-        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", ids["</s>"])])
+    if (
+        kind == "decoder"
+    ):  # like Qwen3-Embedding: the end-of-text token closes every text; it is what gets pooled
+        tok.post_processor = processors.TemplateProcessing(
+            single="$A </s>", special_tokens=[("</s>", ids["</s>"])]
+        )
         return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>",
                                        eos_token="</s>", model_max_length=64)  # fmt: skip
     tok.post_processor = processors.TemplateProcessing(

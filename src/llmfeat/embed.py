@@ -120,7 +120,9 @@ def describe_model(spec: EncoderSpec) -> tuple[str, int]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if resolved.dims is not None and resolved.dims > hidden:
-        raise ConfigError(f"embed.dims={resolved.dims} is wider than the model's {hidden} dimensions ({spec.model_dir})")
+        raise ConfigError(
+            f"embed.dims={resolved.dims} is wider than the model's {hidden} dimensions ({spec.model_dir})"
+        )
     return model_id(resolved, limit, hidden), resolved.dims or hidden
 
 

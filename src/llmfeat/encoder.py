@@ -108,7 +108,9 @@ def weights_sha256(model_dir: str) -> str:
                 files = [Path(model_dir) / s for s in shards]
                 break
     if not files:
-        raise FileNotFoundError(f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES + SHARD_INDEXES)})")
+        raise FileNotFoundError(
+            f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES + SHARD_INDEXES)})"
+        )
     digest = hashlib.sha256()
     for path in files:
         with path.open("rb") as fh:
@@ -162,12 +164,16 @@ def read_st_config(model_dir: str | Path) -> dict:
 
 def _st_pooling(conf: dict, where: Path) -> str:
     if "pooling_mode" in conf:  # sentence-transformers >= 5
-        modes = [conf["pooling_mode"]] if isinstance(conf["pooling_mode"], str) else list(conf["pooling_mode"])
+        modes = (
+            [conf["pooling_mode"]] if isinstance(conf["pooling_mode"], str) else list(conf["pooling_mode"])
+        )
     else:  # the older boolean keys
         modes = [k.removeprefix("pooling_mode_").removesuffix("_tokens").removesuffix("_token")
                  for k, v in conf.items() if k.startswith("pooling_mode_") and v]  # fmt: skip
     if conf.get("include_prompt") is False:
-        raise ValueError(f"{where}: include_prompt=false (prompt tokens left out of pooling) is not supported")
+        raise ValueError(
+            f"{where}: include_prompt=false (prompt tokens left out of pooling) is not supported"
+        )
     if len(modes) != 1 or modes[0] not in ST_POOLING_MODES:
         raise ValueError(f"{where}: pooling {modes} is not supported; llmfeat pools with one of {POOLINGS}")
     return ST_POOLING_MODES[modes[0]]
