@@ -131,3 +131,21 @@ def test_unsupported_sentence_transformers_modules_are_refused(encoder_dir, tmp_
     }
     (d / "1_Pooling" / "config.json").write_text(json.dumps(legacy))  # sentence-transformers < 5 keys
     assert read_st_config(d)["pooling"] == "cls"
+
+
+def test_config_reaches_the_encoder_and_a_bad_width_is_a_config_error(decoder_dir):
+    from llmfeat.config import ConfigError, load_config
+    from llmfeat.embed import describe_model, encoder_spec
+
+    cfg = load_config(
+        None, [f"embed.model_dir={decoder_dir}", "embed.dims=16", "embed.item_prompt=passage: "]
+    )
+    ident, dim = describe_model(encoder_spec(cfg))
+    enc = TextEncoder(encoder_spec(cfg))
+    assert dim == 16 == enc.dim and ident == enc.model_id and ident.endswith("+d16")
+    assert (
+        enc.spec.item_prompt == "passage: " and enc.spec.user_prompt == QUERY_PROMPT
+    )  # config, then the dir
+    wide = load_config(None, [f"embed.model_dir={decoder_dir}", "embed.dims=64"])
+    with pytest.raises(ConfigError, match="embed.dims=64 is wider than the model's 32"):
+        describe_model(encoder_spec(wide))

@@ -162,7 +162,7 @@ def embed(
     try:
         manifest = run_embed(spark, cfg, day, snapshot_from=_date(from_) if from_ else None, every_days=every,
                              log=lambda m: console.print(f"[dim]{m}[/dim]"))  # fmt: skip
-    except ModelMismatchError as exc:
+    except (ModelMismatchError, ConfigError) as exc:  # ConfigError: e.g. embed.dims wider than the model
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(Exit.CONFIG_ERROR) from exc
     except FileNotFoundError as exc:
