@@ -18,7 +18,7 @@ from llmfeat.config import load_config
 from llmfeat.embed import ModelMismatchError, embedding_paths, run_embed
 from llmfeat.encoder import EncoderSpec, TextEncoder
 from llmfeat.nightly import run_nightly
-from llmfeat.texts import render, render_all
+from llmfeat.texts import render, render_all, template_fields
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 DIMS = 16
@@ -52,7 +52,9 @@ def test_decoder_model_dir_through_the_nightly_pipeline(spark, tmp_path):
     first = users.sort_values("event_timestamp").groupby("user_id").first()  # before any click: profile only
     profiles = {"U1": "chef", "U2": "artist"}
     for uid, occupation in profiles.items():
-        text = render(cfg.embed.user_template, {"occupation": occupation, "history": ""})
+        fields = dict.fromkeys(template_fields(cfg.embed.user_template))  # age, gender, bio: not in the fixture
+        text = render(cfg.embed.user_template, {**fields, "occupation": occupation, "history": ""})
+        assert text == occupation
         got = np.asarray(first.loc[uid, "embedding"])
         assert np.allclose(got, enc.encode([text], prompt_name="user").vectors[0], atol=1e-4)
         assert not np.allclose(got, enc.encode([text], prompt_name="item").vectors[0], atol=1e-3)
