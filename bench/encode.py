@@ -110,9 +110,11 @@ def ours(
     return out.vectors, out.n_tokens, time.perf_counter() - start
 
 
-def spark_job(texts: list[str], work: Path, master: str, changed_fraction: float, precision: str) -> dict:
+def spark_job(texts: list[str], work: Path, master: str, changed_fraction: float, precision: str,
+              extra_sets: list[str] = (), env: dict | None = None, rerun: bool = True) -> dict:  # fmt: skip
     """Items = texts through `llmfeat ingest` + `llmfeat embed` in a fresh process; then change a fraction of
-    the texts and run again. Returns timings, counts and the vectors of the first run (item order)."""
+    the texts and run again (unless not ``rerun``). Returns timings, counts and the vectors of the first run
+    (item order). ``extra_sets``: more ``--set`` overrides (bench/encode_gpu.py: GPU resources)."""
     data = work / "src"
     data.mkdir(parents=True, exist_ok=True)
     ids = [f"i{i:07d}" for i in range(len(texts))]
@@ -131,12 +133,20 @@ def spark_job(texts: list[str], work: Path, master: str, changed_fraction: float
     exe = str(Path(sys.executable).parent / "llmfeat")
     common = ["--data-dir", str(work / "data"), "--set", f"spark.master={master}", "--set", "embed.item_template={title}",
               "--set", f"embed.precision={precision}", "--set", "ingest.max_text_chars=100000"]  # fmt: skip
+    for item in extra_sets:
+        common += ["--set", item]
 
     def run(day: str) -> dict:
         subprocess.run([exe, "ingest", "--source", "mapped", "--path", str(data / "mapping.yaml"), "--as-of", day, *common],
-                       check=True, capture_output=True)  # fmt: skip
+                       check=True, capture_output=True, env=env)  # fmt: skip
         start = time.perf_counter()
-        subprocess.run([exe, "embed", "--as-of", day, *common], check=True, capture_output=True)
+        proc = subprocess.run(
+            [exe, "embed", "--as-of", day, *common], capture_output=True, text=True, env=env
+        )
+        if proc.returncode:
+            raise RuntimeError(
+                f"llmfeat embed failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
         wall = time.perf_counter() - start
         manifests = sorted((work / "data" / "embeddings" / "default" / "manifests").glob(f"{day}*.json"))
         m = json.loads(manifests[-1].read_text())
@@ -152,6 +162,8 @@ def spark_job(texts: list[str], work: Path, master: str, changed_fraction: float
         pd.read_parquet(work / "data" / "embeddings" / "default" / "item_text").set_index("item_id").loc[ids]
     )
     vectors = np.stack(table["embedding"].to_numpy())
+    if not rerun:
+        return {"first": first, "vectors": vectors}
     rng = np.random.default_rng(1)
     changed = rng.choice(len(texts), size=max(1, int(len(texts) * changed_fraction)), replace=False)
     frame = pd.read_csv(data / "items.csv")

@@ -31,7 +31,7 @@ def test_yaml_then_overrides(tmp_path):
         ("ingest.click_rating_threshold=true", "expected a number"),
         ("ingest", "section.key=value"),
         # choices (Literal), ranges (__post_init__) and cross-field rules, all at load time
-        ("embed.pooling=meen", r"embed.pooling: 'meen' is not one of mean, cls"),
+        ("embed.pooling=meen", r"embed.pooling: 'meen' is not one of auto, mean, cls, last"),
         ("ingest.source=csv", "ingest.source: 'csv' is not one of movielens, mind, mapped"),
         ("feast.online_store=Redis", "is not one of sqlite, redis"),
         ("feast.batch_engine=spark", "is not one of local, spark.engine"),

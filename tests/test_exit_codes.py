@@ -78,7 +78,7 @@ def test_bad_config_value_is_refused_by_every_command_before_any_work(command, t
     started = time.perf_counter()
     code, out = cli(command, *COMMANDS[command], "--set", BAD_VALUE, "--set", f"paths.data_dir={tmp_path}")
     assert code == ExitCode.CONFIG_ERROR, out
-    assert first_error_line(out) == "configuration error: embed.pooling: 'meen' is not one of mean, cls"
+    assert first_error_line(out) == "configuration error: embed.pooling: 'meen' is not one of auto, mean, cls, last"
     assert not any(tmp_path.iterdir())  # nothing written
     assert time.perf_counter() - started < 60  # refused at load, not after a Spark start
 
@@ -195,7 +195,7 @@ def test_crash_is_failure_naming_the_command_with_traceback(syn, tmp_path):
 def test_jobs_refuse_bad_config_with_code_2(name, tmp_path):
     code, out = job(name, "--as-of", "2024-01-07", "--set", BAD_VALUE, "--set", f"paths.data_dir={tmp_path}")
     assert code == ExitCode.CONFIG_ERROR, out
-    assert "configuration error: embed.pooling: 'meen' is not one of mean, cls" in out
+    assert "configuration error: embed.pooling: 'meen' is not one of auto, mean, cls, last" in out
     assert not any(tmp_path.iterdir())
 
 

@@ -25,7 +25,8 @@ import yaml
 from llmfeat.errors import ConfigError
 
 Source = Literal["movielens", "mind", "mapped"]
-Pooling = Literal["mean", "cls"]
+Pooling = Literal["auto", "mean", "cls", "last"]
+PaddingSide = Literal["auto", "left", "right"]
 Precision = Literal["auto", "fp32", "bf16"]
 OnlineStore = Literal["sqlite", "redis"]
 BatchEngine = Literal["local", "spark.engine"]
@@ -93,7 +94,8 @@ class EmbedConfig:
     """Names the folder the embedding tables live in; a new model (e.g. fine-tuned) gets a new set."""
     max_tokens: int | None = None
     """Token limit; None: the model's own (256 for all-MiniLM-L6-v2). Truncated texts are flagged."""
-    pooling: Pooling = "mean"
+    pooling: Pooling = "auto"
+    """auto (the model dir's sentence-transformers pooling, else mean), mean, cls, or last (decoder LLMs)."""
     precision: Precision = "auto"
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda or cuda:N."""
@@ -110,11 +112,22 @@ class EmbedConfig:
     """Time decay of the pooled-history vector: a click this many days old weighs half a fresh one."""
     backfill_every_days: int = 1
     """Spacing of user snapshots when catching up or backfilling."""
+    item_prompt: str | None = None
+    """Prepended to every item text before encoding (e5: "passage: "). None: the model dir's
+    sentence-transformers "document" / "passage" prompt, else none. Part of the model id."""
+    user_prompt: str | None = None
+    """Prepended to every user text (e5: "query: "; Qwen3-Embedding: an instruction). None: the model dir's
+    "query" prompt, else none. Part of the model id."""
+    dims: int | None = None
+    """Matryoshka: store the first ``dims`` dimensions, re-normalised. None: the model's full width. Part of
+    the model id; Feast, the FAISS index and the CTR job follow the stored width."""
+    padding_side: PaddingSide = "auto"
+    """auto: left for last-token pooling, right otherwise; left or right to force (the vectors agree)."""
 
     def __post_init__(self) -> None:
         _positive("embed", self, "token_budget", "max_batch_rows", "udf_batch_rows", "user_history_n",
                   "history_half_life_days", "backfill_every_days")  # fmt: skip
-        _positive("embed", self, "max_tokens", allow_none=True)
+        _positive("embed", self, "max_tokens", "dims", allow_none=True)
         _device("embed.device", self.device)
         _check(bool(self.embedding_set.strip()) and "/" not in self.embedding_set, "embed.embedding_set",
                f"must be a non-empty folder name, got {self.embedding_set!r}")  # fmt: skip
@@ -393,7 +406,9 @@ def absolute_paths(cfg: Config) -> Config:
 
 def reports_dir(cfg: Config) -> Path:
     """Where CTR reports go, absolute: ``paths.reports_dir``, or ``<data_dir>/reports`` when unset."""
-    chosen = cfg.paths.reports_dir if cfg.paths.reports_dir is not None else Path(cfg.paths.data_dir) / "reports"
+    chosen = (
+        cfg.paths.reports_dir if cfg.paths.reports_dir is not None else Path(cfg.paths.data_dir) / "reports"
+    )
     return Path(chosen).resolve()
 
 

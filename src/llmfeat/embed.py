@@ -41,8 +41,15 @@ from llmfeat.changelog import (
     write_manifest,
 )
 from llmfeat.config import Config
-from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir, model_id, model_token_limit
-from llmfeat.errors import ModelMismatchError  # noqa: F401 - re-exported
+from llmfeat.encoder import (
+    EncoderSpec,
+    TextEncoder,
+    default_model_dir,
+    model_id,
+    model_token_limit,
+    resolve_spec,
+)
+from llmfeat.errors import ConfigError, ModelMismatchError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.texts import render_all, template_fields
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
@@ -91,18 +98,28 @@ def encoder_spec(cfg: Config) -> EncoderSpec:
     return EncoderSpec(
         model_dir=str(Path(e.model_dir or default_model_dir()).resolve()), max_tokens=e.max_tokens, pooling=e.pooling,
         precision=e.precision, device=e.device, token_budget=e.token_budget, max_batch_rows=e.max_batch_rows,
-        threads=cfg.spark.task_cpus,
+        threads=cfg.spark.task_cpus, item_prompt=e.item_prompt, user_prompt=e.user_prompt, dims=e.dims,
+        padding_side=e.padding_side,
     )  # fmt: skip
 
 
 def describe_model(spec: EncoderSpec) -> tuple[str, int]:
-    """(model id, dim) from the model directory's files, without loading the weights."""
+    """(model id, stored dim) from the model directory's files, without loading the weights."""
     from transformers import AutoConfig, AutoTokenizer
 
     config = AutoConfig.from_pretrained(spec.model_dir, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(spec.model_dir, local_files_only=True)
     limit = model_token_limit(Path(spec.model_dir), tokenizer, config)
-    return model_id(spec, limit), int(config.hidden_size)
+    hidden = int(config.hidden_size)
+    try:
+        resolved = resolve_spec(spec)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if resolved.dims is not None and resolved.dims > hidden:
+        raise ConfigError(
+            f"embed.dims={resolved.dims} is wider than the model's {hidden} dimensions ({spec.model_dir})"
+        )
+    return model_id(resolved, limit, hidden), resolved.dims or hidden
 
 
 def make_encoder_udf(spec: EncoderSpec, batch_rows: int):
@@ -129,12 +146,19 @@ def make_encoder_udf(spec: EncoderSpec, batch_rows: int):
         encoder = TextEncoder(task_spec)
         runtime = f"{encoder.device}/{encoder.precision}"
 
-        def predict(texts: np.ndarray) -> dict[str, np.ndarray]:
-            out = encoder.encode([str(t) for t in texts])
+        def predict(kinds: np.ndarray, texts: np.ndarray) -> dict[str, np.ndarray]:
+            """One batch may hold item and user texts (one prompt each): encode each kind with its own."""
+            vectors = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+            n_tokens = np.zeros(len(texts), dtype=np.int32)
+            truncated = np.zeros(len(texts), dtype=np.int8)
+            for kind in np.unique(kinds):
+                rows = np.flatnonzero(kinds == kind)
+                out = encoder.encode([str(texts[i]) for i in rows], prompt_name=str(kind))
+                vectors[rows], n_tokens[rows], truncated[rows] = out.vectors, out.n_tokens, out.truncated
             return {
-                "embedding": out.vectors,
-                "n_tokens": out.n_tokens.astype(np.int32),
-                "truncated": out.truncated.astype(np.int8),
+                "embedding": vectors,
+                "n_tokens": n_tokens,
+                "truncated": truncated,
                 "runtime": np.array([runtime] * len(texts), dtype=object),
             }
 
@@ -176,7 +200,8 @@ class _Run:
     dim: int
     created: pd.Timestamp
     udf: object
-    pool: object
+    pools: dict
+    """Stored vectors (content_hash -> embedding, ...) a text of each kind may reuse: ``item`` and ``user``."""
     phases: Phases
     runtimes: set[str]
 
@@ -188,11 +213,13 @@ class _Run:
         """
         from pyspark.sql import functions as F
 
+        kind = {"items": "item", "users": "user"}[name]
+        pool = self.pools[kind]
         distinct = texts.select("content_hash", "text").dropDuplicates(["content_hash"])
         new = (
             distinct
-            if self.pool is None
-            else distinct.join(self.pool.select("content_hash"), "content_hash", "left_anti")
+            if pool is None
+            else distinct.join(pool.select("content_hash"), "content_hash", "left_anti")
         )
         n_new = new.count()
         encoded = None
@@ -202,7 +229,7 @@ class _Run:
             (
                 new.repartition(parts, "content_hash")
                 .sortWithinPartitions("content_hash")
-                .select("content_hash", self.udf("text").alias("e"))
+                .select("content_hash", self.udf(F.lit(kind), "text").alias("e"))
                 .select(
                     "content_hash",
                     "e.embedding",
@@ -215,10 +242,10 @@ class _Run:
             encoded = self.spark.read.parquet(str(out))
             self.runtimes.update(r[0] for r in encoded.select("runtime").distinct().collect())
             encoded = encoded.drop("runtime")
-        if self.pool is None:
+        if pool is None:
             vectors = encoded
         else:
-            vectors = self.pool if encoded is None else self.pool.unionByName(encoded)
+            vectors = pool if encoded is None else pool.unionByName(encoded)
         return vectors, n_new
 
     def tagged(self, df, *cols):
@@ -420,7 +447,8 @@ def _publish(
     paths: EmbeddingPaths, staging: Path, firsts: dict[str, dt.date], as_of: dt.date
 ) -> dict[str, int]:
     published = {
-        name: publish_partitions(staging / name, getattr(paths, name), day, as_of) for name, day in firsts.items()
+        name: publish_partitions(staging / name, getattr(paths, name), day, as_of)
+        for name, day in firsts.items()
     }
     if (staging / "quarantine").is_dir():
         tables.publish_dir(staging / "quarantine", tables.snapshot_dir(paths.quarantine, as_of))
@@ -465,17 +493,24 @@ def run_embed(
         snapshot_from = first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
     times = snapshot_times(snapshot_from, as_of, every)
 
-    pool = None
-    for name in ("item_text", "user_text"):
-        if existing[name] is not None:
-            part = existing[name].select("content_hash", "embedding", "n_tokens", "truncated")
-            pool = part if pool is None else pool.unionByName(part)
+    # A text's stored vector is reused by the same text of any kind, unless the kinds' prompts differ.
+    resolved = resolve_spec(spec)
+    stored = {
+        kind: existing[name].select("content_hash", "embedding", "n_tokens", "truncated")
+        for kind, name in (("item", "item_text"), ("user", "user_text"))
+        if existing[name] is not None
+    }
+    if resolved.item_prompt == resolved.user_prompt and len(stored) == 2:
+        stored = dict.fromkeys(stored, stored["item"].unionByName(stored["user"]))
+    if resolved.item_prompt == resolved.user_prompt and len(stored) == 1:
+        stored = dict.fromkeys(("item", "user"), next(iter(stored.values())))
+    pools = {k: stored[k].dropDuplicates(["content_hash"]) if k in stored else None for k in ("item", "user")}
     # Spark ignores input paths whose name starts with "." or "_", so the work area must not.
     staging = paths.root / "work" / f"run-{run_id}"
     staging.mkdir(parents=True)
     run = _Run(
         spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim, created=pd.Timestamp(started),
-        udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows), pool=pool.dropDuplicates(["content_hash"]) if pool is not None else None,
+        udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows), pools=pools,
         phases=phases, runtimes=set(),
     )  # fmt: skip
     try:
@@ -507,8 +542,10 @@ def run_embed(
         "model_id": current_model,
         "model_dir": spec.model_dir,
         "dim": dim,
-        "pooling": spec.pooling,
+        "pooling": resolved.pooling,
         "max_tokens": spec.max_tokens,
+        "prompts": {"item": resolved.item_prompt, "user": resolved.user_prompt},
+        "dims": resolved.dims,
         "runtime": sorted(run.runtimes) or ["(nothing encoded)"],
         "spark_master": spark.sparkContext.master,
         "snapshots": {
