@@ -465,7 +465,7 @@ def retrieve(
         console.print(f"[red]configuration error:[/red] -k must be within 1..{cfg.serve.k_max} (serve.k_max)")
         raise typer.Exit(Exit.CONFIG_ERROR)
     try:
-        r = Retriever.load(cfg, version=version)
+        r = Retriever.load(cfg, version=version, need_users=user is not None)  # --item: no Feast import
         if user is not None:
             res = r.for_user(user, k, category, exclude_seen=not include_seen)
         else:
@@ -523,7 +523,19 @@ def serve(
         f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
     )
     app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s)
+    _log_service_events()
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
+
+
+def _log_service_events() -> None:
+    """The service's own events (index reloaded, reload refused) on stderr beside uvicorn's lines."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    logger = logging.getLogger("llmfeat")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 @app.command()
@@ -623,18 +635,22 @@ def score(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Recommend: retrieve candidates from FAISS, fetch online features from Feast, score with the CTR model."""
+    from llmfeat.index import IndexModelMismatchError
     from llmfeat.retrieval import NotFoundError
     from llmfeat.score import Scorer, ScoringModelError
 
     cfg = _config(config, set_, data_dir)
     try:
         ranked = Scorer(cfg, model).recommend(user, k=k, candidates=candidates, categories=category)
-    except ScoringModelError as exc:
+    except (ScoringModelError, IndexModelMismatchError) as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(Exit.CONFIG_ERROR) from exc
     except NotFoundError as exc:
         console.print(f"[red]not found:[/red] {exc}")
         raise typer.Exit(Exit.NOT_FOUND) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
     table = Table(
         title=f"top {k} for user {user} ({model}, from {candidates} candidates)", title_justify="left"
     )

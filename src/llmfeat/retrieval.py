@@ -184,12 +184,16 @@ class Retriever:
         version: str | None = None,
         users: UserVectorSource | None = None,
         user_kind: str | None = None,
+        need_users: bool = True,
     ) -> Retriever:
         """The published (or given) version of ``cfg``'s embedding set, user vectors from the Parquet tables
-        unless ``users`` is given, and seen items as of the index's snapshot."""
+        unless ``users`` is given, and seen items as of the index's snapshot. ``need_users=False``: item ->
+        items only (no user vectors are opened, so Feast is not even imported)."""
         data_dir, emb_set = cfg.paths.data_dir, cfg.embed.embedding_set
         loaded = load_version(index_root(data_dir, emb_set), version)
-        if users is None and cfg.serve.user_source == "feast":
+        if not need_users:
+            pass
+        elif users is None and cfg.serve.user_source == "feast":
             from llmfeat.online import FeastUserVectors
             from llmfeat.publish import open_store
 
@@ -242,11 +246,11 @@ class Retriever:
         if self.users is None:
             raise UnknownUserError(f"no user vectors to look up user {user_id!r} (no user embedding table)")
         vectors, found, model = self.users.get([user_id])
-        check_model(self.model_id, model)
-        if not found[0]:
+        if not found[0]:  # before the model check: an unknown user has no vector, hence no model id
             raise UnknownUserError(
                 f"unknown user {user_id!r}: no user vector (never seen, or not embedded yet)"
             )
+        check_model(self.model_id, model)
         exclude = self._seen.get(user_id) if exclude_seen else None
         return self.search(vectors[0], k, categories, exclude_rows=exclude)
 
@@ -291,14 +295,29 @@ class Retriever:
     def _allowed(self, categories: Sequence[str] | None) -> np.ndarray | None:
         if not categories:
             return None
-        missing = [c for c in categories if c not in self._members]
-        if missing:
-            known = ", ".join(sorted(self._members)[:20])
-            raise UnknownCategoryError(f"unknown category {missing[0]!r}; known: {known}")
         mask = np.zeros(self.count, dtype=bool)
         for c in categories:
-            mask[self._members[c]] = True
+            mask[self._members[self.category_label(c)]] = True
         return mask
+
+    def category_label(self, name: str) -> str:
+        """The stored label ``name`` stands for: itself, else the one label equal to it ignoring case; an
+        UnknownCategoryError names it and lists the known labels, the most frequent first."""
+        if name in self._members:
+            return name
+        folded = [label for label in self._members if label.casefold() == str(name).casefold()]
+        if len(folded) == 1:
+            return folded[0]
+        by_size = sorted(self._members, key=lambda label: (-len(self._members[label]), label))
+        # Single labels first (MovieLens' category is a comma-joined genre list; its genres are tags too).
+        single = [label for label in by_size if ", " not in label] or by_size
+        shown = ", ".join(f"{label} ({len(self._members[label])})" for label in single[:25])
+        more = len(self._members) - min(25, len(single))
+        hint = f"; did you mean one of {sorted(folded)}?" if folded else ""
+        raise UnknownCategoryError(
+            f"unknown category {name!r}{hint}; known (items per category, most first): {shown}"
+            + (f" and {more} more (combinations included)" if more > 0 else "")
+        )
 
     def _search(
         self, q: np.ndarray, k: int, allowed: np.ndarray | None, exclude: np.ndarray

@@ -1,6 +1,7 @@
 """The retrieval HTTP service (``llmfeat serve``): FastAPI over a ``Retriever``, with hot reload.
 
-Endpoints (OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
+Endpoints (OpenAPI schema at ``/openapi.json``; Swagger UI at ``/docs`` and ReDoc at ``/redoc`` load their
+scripts from the service itself, via fastapi-offline, so they work on a host without internet access):
 
 - ``GET /items/{item_id}/similar?k=10&category=C``: similar items (content-based), the item itself excluded
 - ``GET /users/{user_id}/recommendations?k=10&category=C&exclude_seen=true``: items for a user
@@ -26,6 +27,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, StringConstraints
 
 from llmfeat.config import Config
@@ -86,6 +88,8 @@ class RetrieverHolder:
             try:
                 latest = self._published()
                 if latest == old.version:
+                    # e.g. a broken version was rolled back: what is published is served, nothing is wrong
+                    self.last_error = None
                     return ReloadOutcome(False, old.version, old.version)
                 new = self._load(latest)
             except Exception as exc:
@@ -192,7 +196,7 @@ def create_app(provider: RetrieverProvider, *, k_max: int = 1000, reload_interva
         if stopper is not None:
             stopper()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="llmfeat retrieval",
         version="1",
         description="Nearest-neighbour retrieval over the published FAISS item index.",

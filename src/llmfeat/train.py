@@ -51,6 +51,26 @@ def models_dir(cfg: Config) -> Path:
     return root if emb_set == "default" else root / "sets" / emb_set
 
 
+def run_dir_of(pointer: Path) -> Path:
+    """The run directory a ``current.json`` names. Written relative to the pointer's folder (a data directory
+    is relocatable); an absolute path from an older run is read as the run of that name beside the pointer
+    when there is one, so a copied data directory never loads the models of the one it was copied from."""
+    recorded = Path(json.loads(Path(pointer).read_text())["path"])
+    if not recorded.is_absolute():
+        return Path(pointer).parent / recorded
+    beside = Path(pointer).parent / recorded.name
+    return beside if beside.is_dir() else recorded
+
+
+def write_current(models: Path, run_id: str, run_dir: Path) -> Path:
+    """Point ``models/current.json`` at ``run_dir`` (relative to ``models``), atomically."""
+    pointer = Path(models) / "current.json"
+    tmp = pointer.with_name(".current.json.tmp")
+    tmp.write_text(json.dumps({"run_id": run_id, "path": os.path.relpath(run_dir, models)}))
+    os.replace(tmp, pointer)
+    return pointer
+
+
 class TooLittleDataError(ValueError):
     """Not enough labelled interactions to train (``train.min_interactions``)."""
 
@@ -72,7 +92,7 @@ def other_set_summaries(cfg: Config, as_of: dt.date) -> list[dict]:
     for pointer in pointers:
         if not pointer.is_file() or pointer.resolve() == own:
             continue
-        path = Path(json.loads(pointer.read_text())["path"]) / "summary.json"
+        path = run_dir_of(pointer) / "summary.json"
         if path.is_file():
             summary = json.loads(path.read_text())
             if summary.get("as_of") == as_of.isoformat():
@@ -285,9 +305,6 @@ def run_train(
     write_report(report_dir, summary, curves, predictions)
     summary.pop("compared_sets")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    pointer = models_dir(cfg) / "current.json"
-    tmp = pointer.with_name(".current.json.tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, "path": str(out_dir)}))
-    os.replace(tmp, pointer)
+    write_current(models_dir(cfg), run_id, out_dir)
     summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
     return summary
