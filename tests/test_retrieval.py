@@ -301,3 +301,22 @@ def test_items_are_served_without_user_vectors(tmp_path):
         ],
     )
     assert res.exit_code == Exit.CONFIG_ERROR and "user vector kind 'bogus'" in res.output
+
+
+def test_duplicate_titles_are_hinted(syn):
+    from llmfeat.retrieval import _shared_titles
+
+    assert _shared_titles(["Heat (1995)", "Up", "Heat (1995)", None, "", "Up", "Solo"]) == {0: [2], 2: [0], 1: [5], 5: [1]}
+    # a catalogue listing one title under two ids: each result names the other id
+    ids = ix.load_version(ix.index_root(syn.data_dir, "default")).ids
+    titles = ids.column("title").to_pylist()
+    titles[5] = titles[7]
+    import pyarrow as pa
+
+    loaded = ix.load_version(ix.index_root(syn.data_dir, "default"))
+    loaded.ids = ids.set_column(ids.schema.get_field_index("title"), "title", pa.array(titles, pa.string()))
+    r = Retriever(loaded)
+    res = r.similar_items(syn.item_ids[0], k=len(syn.item_ids) - 1)
+    hints = dict(zip(res.ids, res.same_title, strict=True))
+    assert hints[syn.item_ids[5]] == [syn.item_ids[7]] and hints[syn.item_ids[7]] == [syn.item_ids[5]]
+    assert sum(bool(h) for h in hints.values()) == 2

@@ -348,12 +348,14 @@ def _stage_line(stage: str, s: dict) -> str:
     if stage == "train":
         if s.get("trained") is False:
             return f"not trained: {s.get('reason')}"
+        from llmfeat.report import is_tiny
+
         heads = [
-            f"{r['model']} {r['slice']} AUC {r['auc']:.3f}"
+            f"{r['model']} {r['slice']} AUC {r['auc']:.3f} ({r['rows']} rows{', too few to read' if is_tiny(r) else ''})"
             for r in s.get("headline", [])
             if r["model"] in ("deep_lm", "deep_ids_stats")
         ]
-        return "; ".join(heads) + f"; report {s.get('report')}"
+        return "; ".join(heads) + f"; report {_absolute(s.get('report'))}"
     return json.dumps(s)[:100]
 
 
@@ -367,8 +369,14 @@ def print_nightly_summary(summary, markers) -> None:
         seconds = f"{r.seconds:.1f}" if r.status == "done" else "-"
         table.add_row(r.stage, r.status, seconds, _stage_line(r.stage, r.summary) if r.summary else "-")
     console.print(table)
-    console.print(f"  data directory: {summary.data_dir}")
-    console.print(f"  run markers and summary: {markers}")
+    console.print(f"  data directory: {_absolute(summary.data_dir)}")
+    console.print(f"  run markers and summary: {_absolute(markers)}")
+
+
+def _absolute(path) -> str:
+    """Paths in summaries absolute, so they can be opened from any directory (relative ones are relative to
+    the working directory of this run, like the configured paths)."""
+    return str(Path(path).resolve()) if path else "-"
 
 
 @app.command("index")
@@ -487,7 +495,9 @@ def retrieve(
     for col, justify in (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left")):
         table.add_column(col, justify=justify)
     for rank, (iid, score, title) in enumerate(zip(res.ids, res.scores, res.titles, strict=True), 1):
-        table.add_row(str(rank), iid, f"{score:.4f}", title or "")
+        shared = res.same_title[rank - 1] if res.same_title else []
+        hint = f"  [dim](same title as item {', '.join(shared)})[/dim]" if shared else ""
+        table.add_row(str(rank), iid, f"{score:.4f}", (title or "") + hint)
     console.print(table)
 
 
@@ -569,8 +579,8 @@ def train(
             table.add_row(r["protocol"], r["model"], r["slice"], str(r["rows"]), f"{r['auc']:.4f}", f"{r['logloss']:.4f}",
                           f"{r['base_logloss']:.4f}", f"{r['gauc']:.4f}")  # fmt: skip
     console.print(table)
-    console.print(f"  report: {summary['report']}")
-    console.print(f"  models: {Path(next(iter(summary['models'].values()), '.')).parent}")
+    console.print(f"  report: {_absolute(summary['report'])}")
+    console.print(f"  models: {_absolute(Path(next(iter(summary['models'].values()), '.')).parent)}")
 
 
 @app.command()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -130,6 +130,9 @@ class Results:
     method: str
     """index: answered by the FAISS index; exact: by exact scoring of the remaining items."""
     titles: list[str | None]
+    same_title: list[list[str]] = field(default_factory=list)
+    """Per result: the other catalogue items with exactly this title (MovieLens lists some films twice
+    under two ids); empty when the title is unique."""
 
 
 class Retriever:
@@ -158,6 +161,7 @@ class Retriever:
         self.users = users
         self._item_ids = np.asarray(loaded.ids.column("item_id").to_pylist(), dtype=object)
         self._titles = loaded.ids.column("title").to_pylist()
+        self._same_title = _shared_titles(self._titles)
         self._row_of = pd.Index(self._item_ids)
         self._members = _category_members(loaded)
         self._seen = self._seen_rows(seen)
@@ -273,6 +277,7 @@ class Retriever:
         return Results(
             ids=self._item_ids[rows].tolist(), scores=[float(s) for s in scores], index_version=self.version,
             method=method, titles=[self._titles[r] for r in rows],
+            same_title=[self._item_ids[self._same_title.get(int(r), [])].tolist() for r in rows],
         )  # fmt: skip
 
     def info(self) -> dict[str, Any]:
@@ -467,6 +472,19 @@ def search_params(
             sel
         ]
     return faiss.SearchParameters(sel=sel), [sel]
+
+
+def _shared_titles(titles: list[str | None]) -> dict[int, list[int]]:
+    """row -> the other rows with the same (non-empty) title, only for titles held by several items."""
+    frame = pd.DataFrame({"title": titles, "row": np.arange(len(titles))}).dropna()
+    frame = frame[frame["title"].str.strip() != ""]
+    dup = frame[frame.duplicated("title", keep=False)]
+    out: dict[int, list[int]] = {}
+    for _, group in dup.groupby("title")["row"]:
+        rows = group.tolist()
+        for r in rows:
+            out[r] = [o for o in rows if o != r]
+    return out
 
 
 def _category_members(loaded: LoadedIndex) -> dict[str, np.ndarray]:

@@ -133,6 +133,9 @@ class Hit(BaseModel):
     item_id: str
     score: float = Field(description="Inner product of unit vectors: cosine similarity, higher is closer.")
     title: str | None = None
+    same_title: list[str] | None = Field(
+        default=None, description="Other catalogue items with exactly this title (absent when it is unique)"
+    )
 
 
 class Recommendations(BaseModel):
@@ -262,6 +265,8 @@ def create_app(provider: RetrieverProvider, *, k_max: int = 1000, reload_interva
 
 
 def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Recommendations:
-    hits = [Hit(item_id=i, score=s, title=t) for i, s, t in zip(res.ids, res.scores, res.titles, strict=True)]
+    shared = res.same_title or [[]] * len(res.ids)
+    hits = [Hit(item_id=i, score=s, title=t, same_title=d or None)
+            for i, s, t, d in zip(res.ids, res.scores, res.titles, shared, strict=True)]  # fmt: skip
     return Recommendations(kind=kind, id=id_, k=k, index_version=res.index_version, model_id=r.model_id,
                            method=res.method, results=hits)  # fmt: skip

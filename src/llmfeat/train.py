@@ -136,7 +136,7 @@ def _evaluate(
             continue
         y, p = test["label"].to_numpy()[mask], probs[mask]
         row = {
-            "protocol": protocol, "model": name, "slice": slice_name, "rows": int(mask.sum()),
+            "protocol": protocol, "model": name, "slice": slice_name, "rows": int(mask.sum()), "clicks": int(y.sum()),
             "auc": auc(y, p), "logloss": logloss(y, p), "base_logloss": base_rate_logloss(y_train, y),
             "gauc": gauc(test["user_id"].to_numpy()[mask], y, p),
         }  # fmt: skip
