@@ -22,8 +22,8 @@ names its own location. The ``feature_store.yaml`` written there holds paths rel
 resolves them against the repository path, ``-c``), next to a copy of the feature definitions it was
 published with, so the plain CLI works on any copy as ``feast -c <data_dir>/feast <command>``. llmfeat itself
 opens the store with the same settings made absolute for where the directory is now, and when the registry's
-data sources still point at the directory it was copied from, re-applies the definitions for this one
-(keeping the materialised intervals) before anything reads through them.
+data sources still point into the directory it was copied from, rewrites those paths to this one's tables
+(``rebase_registry``; materialised intervals and everything else kept) before anything reads through them.
 """
 
 from __future__ import annotations
