@@ -171,3 +171,31 @@ def test_moved_directory_resumes_its_nightly(dirs, spark):
     finally:
         away.rename(dirs["orig"])
     assert tree_digest(dirs["orig"]) == dirs["digest"]
+
+
+def test_rebase_registry_moves_only_the_paths(tmp_path):
+    """Unit level, no Spark: a registry applied in one directory and copied is rebased once, its sources
+    pointing into the copy and the materialised interval kept; a second open changes nothing."""
+    import datetime as dt
+
+    from llmfeat.publish import load_definitions, open_store, rebase_registry
+
+    old = tmp_path / "old"
+    for rel in ("embeddings/default/item_text", "embeddings/default/user_text", "embeddings/default/user_history",
+                "features/item_stats", "features/user_stats", "features/item_meta"):  # fmt: skip
+        (old / rel).mkdir(parents=True)
+    store = open_store(load_config(None, [f"paths.data_dir={old}"]))
+    store.apply(load_definitions(load_config(None, [f"paths.data_dir={old}"])))
+    span = (dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(2024, 1, 5, tzinfo=dt.UTC))
+    store.registry.apply_materialization(store.get_feature_view("item_stats"), store.project, *span)
+    new = tmp_path / "new"
+    shutil.copytree(old, new)
+    cfg = load_config(None, [f"paths.data_dir={new}"])
+    assert rebase_registry(cfg) > 0 and rebase_registry(cfg) == 0
+    moved = open_store(cfg)
+    paths = {s.path for s in moved.list_data_sources()}
+    assert len(paths) == 6 and all(p.startswith(str(new.resolve()) + "/") for p in paths), paths
+    assert moved.get_feature_view("item_stats").materialization_intervals == [span]
+    assert {s.path for s in open_store(load_config(None, [f"paths.data_dir={old}"])).list_data_sources()} == {
+        p.replace(str(new.resolve()), str(old.resolve())) for p in paths
+    }  # the original's registry still names its own tables

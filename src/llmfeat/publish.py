@@ -221,12 +221,9 @@ def _data_sources(message) -> Iterator:
     from feast.protos.feast.core.DataSource_pb2 import DataSource
 
     for field, value in message.ListFields():
-        if field.type != field.TYPE_MESSAGE:
+        if field.type != field.TYPE_MESSAGE or field.message_type.GetOptions().map_entry:
             continue
-        values = value if field.label == field.LABEL_REPEATED else [value]
-        if field.message_type.has_options and field.message_type.GetOptions().map_entry:
-            continue
-        for item in values:
+        for item in [value] if hasattr(value, "DESCRIPTOR") else value:  # one message, or a repeated field
             if isinstance(item, DataSource):
                 yield item
             yield from _data_sources(item)
