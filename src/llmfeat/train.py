@@ -53,13 +53,14 @@ def models_dir(cfg: Config) -> Path:
 
 def run_dir_of(pointer: Path) -> Path:
     """The run directory a ``current.json`` names. Written relative to the pointer's folder (a data directory
-    is relocatable); an absolute path from an older run is read as the run of that name beside the pointer
-    when there is one, so a copied data directory never loads the models of the one it was copied from."""
+    is relocatable); older pointers held an absolute path or one relative to the working directory of the
+    run: those are read as the run of that name beside the pointer, so a copied data directory never loads
+    the models of the one it was copied from, whatever the working directory."""
     recorded = Path(json.loads(Path(pointer).read_text())["path"])
-    if not recorded.is_absolute():
-        return Path(pointer).parent / recorded
-    beside = Path(pointer).parent / recorded.name
-    return beside if beside.is_dir() else recorded
+    here = Path(pointer).parent
+    if not recorded.is_absolute() and (here / recorded).is_dir():
+        return here / recorded
+    return here / recorded.name
 
 
 def write_current(models: Path, run_id: str, run_dir: Path) -> Path:
