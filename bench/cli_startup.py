@@ -124,7 +124,9 @@ def main() -> None:
             "|---|---:|---:|---:|---|",
         ]
         for r in rows:
-            imports = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["imports_s"].items(), key=lambda kv: -kv[1]))
+            imports = ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(r["imports_s"].items(), key=lambda kv: -kv[1])
+            )
             lines.append(f"| `{r['command']}` | {r['median_s']:.2f} | {r['min_s']:.2f} | {r['x_baseline']} | "
                          f"{imports or 'none'} |")  # fmt: skip
         write_section(args.write, TITLE, "\n".join(lines) + "\n")

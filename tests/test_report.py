@@ -38,11 +38,18 @@ def test_every_panel_has_a_legend_and_models_keep_their_colour(tmp_path, monkeyp
 
     figures = []
     original = Figure.savefig
-    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self), original(self, *a, **k)))
+    monkeypatch.setattr(
+        Figure, "savefig", lambda self, *a, **k: (figures.append(self), original(self, *a, **k))
+    )
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 300)
-    predictions = {"_labels": labels, **{m: rng.random(300) for m in ("popularity", "deep_ids_stats", "deep_lm")}}
-    curves = {m: [{"epoch": e, "val_auc": 0.6 + e / 100} for e in range(3)] for m in ("deep_ids_stats", "deep_lm")}
+    predictions = {
+        "_labels": labels,
+        **{m: rng.random(300) for m in ("popularity", "deep_ids_stats", "deep_lm")},
+    }
+    curves = {
+        m: [{"epoch": e, "val_auc": 0.6 + e / 100} for e in range(3)] for m in ("deep_ids_stats", "deep_lm")
+    }
     report._plots(tmp_path, "temporal", curves, predictions)
     colours: dict[str, set] = {}
     for fig in figures:

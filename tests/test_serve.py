@@ -225,7 +225,10 @@ def test_llmfeat_serve_command(syn, tmp_path):
         page = httpx.get(f"http://127.0.0.1:{port}/docs", timeout=10).text
         assert "cdn." not in page and "swagger-ui-bundle.js" in page
         for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
-            assert httpx.get(f"http://127.0.0.1:{port}/static-offline-docs/{asset}", timeout=10).status_code == 200
+            assert (
+                httpx.get(f"http://127.0.0.1:{port}/static-offline-docs/{asset}", timeout=10).status_code
+                == 200
+            )
         assert "cdn." not in httpx.get(f"http://127.0.0.1:{port}/redoc", timeout=10).text
         new = _publish(syn, 1)
         r = httpx.post(f"http://127.0.0.1:{port}/reload", timeout=20)

@@ -155,7 +155,8 @@ def write_feature_store_yaml(cfg: Config) -> Path:
     where = "<data_dir>/feast" + ("" if folder.name == "feast" else f"/sets/{folder.name}")
     _write_if_changed(
         path,
-        PORTABLE_HEADER.format(where=where) + yaml.safe_dump(portable_feature_store_yaml(cfg), sort_keys=False),
+        PORTABLE_HEADER.format(where=where)
+        + yaml.safe_dump(portable_feature_store_yaml(cfg), sort_keys=False),
     )
     _write_if_changed(folder / ".feastignore", FEASTIGNORE)
     return path

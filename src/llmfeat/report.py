@@ -11,7 +11,18 @@ import pandas as pd
 
 from llmfeat.metrics import calibration_curve, roc_curve
 
-METRIC_COLUMNS = ("rows", "clicks", "auc", "gauc", "logloss", "base_logloss", "imp_auc", "mrr", "ndcg@5", "ndcg@10")
+METRIC_COLUMNS = (
+    "rows",
+    "clicks",
+    "auc",
+    "gauc",
+    "logloss",
+    "base_logloss",
+    "imp_auc",
+    "mrr",
+    "ndcg@5",
+    "ndcg@10",
+)
 TINY_ROWS, TINY_CLASS = 200, 20
 """A slice with fewer rows, or fewer clicks or non-clicks, than these gets a warning: its AUC is noise."""
 MODEL_ORDER = ("popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm")
@@ -37,7 +48,9 @@ def tiny_slices_note(results: list[dict], protocol: str) -> str:
     for r in results:
         if r["protocol"] == protocol and is_tiny(r):
             clicks = r.get("clicks")
-            tiny[r["slice"]] = f"{r['slice']} ({r['rows']} rows" + (f", {clicks} clicks)" if clicks is not None else ")")
+            tiny[r["slice"]] = f"{r['slice']} ({r['rows']} rows" + (
+                f", {clicks} clicks)" if clicks is not None else ")"
+            )
     if not tiny:
         return ""
     return (
@@ -97,8 +110,13 @@ def _plots(out: Path, protocol: str, curves: dict, predictions: dict) -> list[st
     if curves:
         fig, ax = plt.subplots(figsize=(6, 4))
         for m, hist in curves.items():
-            ax.plot([h["epoch"] for h in hist], [h["val_auc"] for h in hist], marker="o", label=m,
-                    color=model_colour(m))
+            ax.plot(
+                [h["epoch"] for h in hist],
+                [h["val_auc"] for h in hist],
+                marker="o",
+                label=m,
+                color=model_colour(m),
+            )
         ax.set(title=f"Validation AUC per epoch ({protocol})", xlabel="epoch", ylabel="AUC")
         ax.legend(fontsize=8)
         fig.tight_layout()
