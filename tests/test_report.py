@@ -61,3 +61,31 @@ def test_every_panel_has_a_legend_and_models_keep_their_colour(tmp_path, monkeyp
     assert set(colours) == {"popularity", "deep_ids_stats", "deep_lm"}
     assert all(len(c) == 1 for c in colours.values()), colours  # one colour per model in every figure
     assert len({next(iter(c)) for c in colours.values()}) == 3
+
+
+def test_nightly_summary_prints_absolute_paths(tmp_path, monkeypatch, capsys):
+    """The summary's data directory, markers and report are absolute, whatever the configured (relative)
+    paths, and a tiny headline slice says it is too small to read."""
+    import datetime as dt
+    from pathlib import Path
+
+    from llmfeat import cli
+    from llmfeat.nightly import NightlySummary, StageResult
+
+    from rich.console import Console
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "console", Console(width=500, soft_wrap=True))  # no wrapping inside paths
+    train = {"report": "var/reports/r1/report.md", "headline": [
+        {"model": "deep_lm", "slice": "all", "auc": 0.71, "rows": 5000, "clicks": 2500},
+        {"model": "deep_lm", "slice": "cold_item", "auc": 1.0, "rows": 2, "clicks": 1}]}  # fmt: skip
+    summary = NightlySummary(
+        dt.date(2024, 1, 5), Path("var/data"), [StageResult("train", "done", 1.0, train)], 1.0, 0
+    )
+    cli.print_nightly_summary(summary, Path("var/data/runs/2024-01-05"))
+    out = capsys.readouterr().out
+    assert f"data directory: {tmp_path / 'var/data'}\n" in out
+    assert f"run markers and summary: {tmp_path / 'var/data/runs/2024-01-05'}\n" in out
+    assert f"report {tmp_path / 'var/reports/r1/report.md'}" in out
+    assert "deep_lm all AUC 0.710 (5000 rows)" in out
+    assert "deep_lm cold_item AUC 1.000 (2 rows, too few to read)" in out
