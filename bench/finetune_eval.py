@@ -79,11 +79,11 @@ def ensure_features(spark, cfg: Config, as_of: dt.date, *, stats: bool, publish:
 
 
 def ensure_ctr(cfg: Config, as_of: dt.date) -> dict:
-    from llmfeat.train import models_dir, run_train
+    from llmfeat.train import models_dir, run_dir_of, run_train
 
     pointer = models_dir(cfg) / "current.json"
     if pointer.is_file():
-        summary = json.loads((Path(json.loads(pointer.read_text())["path"]) / "summary.json").read_text())
+        summary = json.loads((run_dir_of(pointer) / "summary.json").read_text())
         if summary["as_of"] == as_of.isoformat():
             return summary
     t = time.perf_counter()

@@ -5,7 +5,10 @@ log partitioned by snapshot_date, so a point-in-time join picks each entity's la
 entity timestamp. Feature values never expire (see NO_EXPIRY).
 
 Where the tables are: ``$LLMFEAT_DATA_DIR`` (default: ``../var/data``, what ``make run`` writes) and the
-embedding set ``$LLMFEAT_EMBEDDING_SET`` (default: ``default``). Switching rankers to another embedding set
+embedding set ``$LLMFEAT_EMBEDDING_SET`` (default: ``default``). ``llmfeat publish`` keeps a copy of this file
+in each data directory (``<data_dir>/feast/features.py``, ``<data_dir>/feast/sets/<set>/features.py``); there
+the defaults are that data directory and that set, so ``feast -c <data_dir>/feast apply`` works on any copy.
+Switching rankers to another embedding set
 (e.g. a fine-tuned model) is one setting: re-apply with ``LLMFEAT_EMBEDDING_SET=<set>`` (``llmfeat publish``
 does it from ``embed.embedding_set``).
 
@@ -20,10 +23,20 @@ from feast import Entity, FeatureService, FeatureView, Field, ValueType
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.types import Array, Float32, Int32, String, UnixTimestamp
 
-DATA_DIR = Path(
-    os.environ.get("LLMFEAT_DATA_DIR") or Path(__file__).resolve().parent.parent / "var" / "data"
-).resolve()
-EMBEDDING_SET = os.environ.get("LLMFEAT_EMBEDDING_SET") or "default"
+
+def _default_location() -> tuple[Path, str]:
+    """(data directory, embedding set) this file's place implies: the data directory it was published into,
+    else the source tree's var/data."""
+    here = Path(__file__).resolve().parent
+    if here.name == "feast" and (here / "feature_store.yaml").is_file():
+        return here.parent, "default"
+    if here.parent.name == "sets" and here.parent.parent.name == "feast":
+        return here.parent.parent.parent, here.name
+    return here.parent / "var" / "data", "default"
+
+
+DATA_DIR = Path(os.environ.get("LLMFEAT_DATA_DIR") or _default_location()[0]).resolve()
+EMBEDDING_SET = os.environ.get("LLMFEAT_EMBEDDING_SET") or _default_location()[1]
 EMBEDDINGS = DATA_DIR / "embeddings" / EMBEDDING_SET
 FEATURES = DATA_DIR / "features"
 

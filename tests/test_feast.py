@@ -1,6 +1,7 @@
 """The Feast repository on real stores: point-in-time joins that a leak would change, online values equal to
 the Parquet sources (SQLite, Redis, and `feast serve` over HTTP), and the ranker API's masks."""
 
+import contextlib
 import datetime as dt
 import os
 import subprocess
@@ -171,19 +172,30 @@ def wait_http(url: str, proc: subprocess.Popen, seconds: float = 90) -> None:
     raise TimeoutError(url)
 
 
-def test_feast_serve_over_http(pit_store):
-    cfg, _ = pit_store
+@contextlib.contextmanager
+def feast_serve(cfg):
+    """The plain `feast serve` on the data directory's feast folder, as docs/features.md shows it: no
+    environment, not run from the repository; yields the base URL."""
     port = free_port()
-    feast = Path(sys.executable).parent / "feast"
-    env = {**os.environ, "LLMFEAT_DATA_DIR": str(cfg.paths.data_dir)}
-    cmd = [str(feast), "-c", str(REPO / "feature_repo"), "-f", str(feast_dir(cfg) / "feature_store.yaml"),
-           "serve", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMFEAT_")}
+    cmd = [str(Path(sys.executable).parent / "feast"), "-c", str(feast_dir(cfg)), "serve", "-h", "127.0.0.1",
+           "-p", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, cwd=Path(cfg.paths.data_dir).parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         wait_http(f"http://127.0.0.1:{port}/health", proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_feast_serve_over_http(pit_store):
+    cfg, _ = pit_store
+    with feast_serve(cfg) as url:
         body = {"features": ["item_text_embedding:embedding", "item_stats_packed:packed"],
                 "entities": {"item_id": ["C", "A", "missing"]}, "full_feature_names": True}  # fmt: skip
-        resp = httpx.post(f"http://127.0.0.1:{port}/get-online-features", json=body, timeout=30)
+        resp = httpx.post(f"{url}/get-online-features", json=body, timeout=30)
         assert resp.status_code == 200, resp.text
         data = resp.json()
         names = data["metadata"]["feature_names"]  # columns come in this order, not the request's
@@ -194,9 +206,35 @@ def test_feast_serve_over_http(pit_store):
         )
         assert np.allclose(emb["values"][1], want["embedding"], atol=1e-6)
         assert emb["statuses"][2] == "NOT_FOUND" and emb["values"][2] is None
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+
+
+def test_feast_serve_answers_the_ranker_service(movielens_store):
+    """Feast's own server, `feature_service: ranker`, 1 user + 100 items: the documented request shape
+    (docs/features.md: full_feature_names, since several views name a feature `embedding`) answers with
+    every value present, equal to the SDK's; without it Feast refuses the collision (HTTP 500)."""
+    cfg, store = movielens_store
+    items = [str(i) for i in range(1, 101)]
+    entities = {"user_id": ["1"] * len(items), "item_id": items}
+    with feast_serve(cfg) as url, httpx.Client(timeout=60) as client:
+        body = {"feature_service": "ranker", "entities": entities, "full_feature_names": True}
+        resp = client.post(f"{url}/get-online-features", json=body)
+        assert resp.status_code == 200, resp.text
+        data = resp.json()
+        served = dict(zip(data["metadata"]["feature_names"], data["results"], strict=True))
+        want = store.get_online_features(
+            features=store.get_feature_service("ranker"),
+            entity_rows=[{"user_id": "1", "item_id": i} for i in items],
+            full_feature_names=True,
+        ).to_dict()
+        assert set(served) == set(want) and len(served) == 2 + 7  # the join keys + the service's features
+        for name, column in served.items():
+            assert column["statuses"] == ["PRESENT"] * len(items), name
+            if name not in ("user_id", "item_id"):
+                got = [np.asarray(v, dtype=float) if isinstance(v, list) else v for v in column["values"]]
+                assert all(np.allclose(g, w) if isinstance(g, np.ndarray) else g == w
+                           for g, w in zip(got, want[name], strict=True)), name  # fmt: skip
+        short = client.post(f"{url}/get-online-features", json={**body, "full_feature_names": False})
+        assert short.status_code == 500 and "FeatureNameCollisionError" in short.text
 
 
 @pytest.fixture()

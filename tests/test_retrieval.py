@@ -132,8 +132,15 @@ def test_unknown_ids_and_categories(flat):
         flat.similar_items("nope")
     with pytest.raises(UnknownUserError, match="unknown user 'ghost'"):
         flat.for_user("ghost")
-    with pytest.raises(UnknownCategoryError, match="unknown category 'Horror'; known: .*Drama"):
+    with pytest.raises(
+        UnknownCategoryError, match=r"unknown category 'Horror'; known .*: \w+ \(\d+\), .*Tiny \(3\)"
+    ):
         flat.similar_items("i0001", categories=["Horror"])
+    # matching ignores case; the answer is the same as with the stored label
+    assert (
+        flat.similar_items("i0001", 5, categories=["tiny"]).ids
+        == flat.similar_items("i0001", 5, ["Tiny"]).ids
+    )
     with pytest.raises(ValueError, match="k must be >= 1"):
         flat.similar_items("i0001", k=0)
 
@@ -299,3 +306,27 @@ def test_items_are_served_without_user_vectors(tmp_path):
         ],
     )
     assert res.exit_code == Exit.CONFIG_ERROR and "serve.user_vectors: 'bogus' is not one of text, history" in res.output
+
+
+def test_duplicate_titles_are_hinted(syn):
+    from llmfeat.retrieval import _shared_titles
+
+    assert _shared_titles(["Heat (1995)", "Up", "Heat (1995)", None, "", "Up", "Solo"]) == {
+        0: [2],
+        2: [0],
+        1: [5],
+        5: [1],
+    }
+    # a catalogue listing one title under two ids: each result names the other id
+    ids = ix.load_version(ix.index_root(syn.data_dir, "default")).ids
+    titles = ids.column("title").to_pylist()
+    titles[5] = titles[7]
+    import pyarrow as pa
+
+    loaded = ix.load_version(ix.index_root(syn.data_dir, "default"))
+    loaded.ids = ids.set_column(ids.schema.get_field_index("title"), "title", pa.array(titles, pa.string()))
+    r = Retriever(loaded)
+    res = r.similar_items(syn.item_ids[0], k=len(syn.item_ids) - 1)
+    hints = dict(zip(res.ids, res.same_title, strict=True))
+    assert hints[syn.item_ids[5]] == [syn.item_ids[7]] and hints[syn.item_ids[7]] == [syn.item_ids[5]]
+    assert sum(bool(h) for h in hints.values()) == 2

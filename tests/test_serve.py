@@ -183,6 +183,12 @@ def test_version_of_another_model_is_refused_and_the_old_one_kept(syn, service):
     assert "IndexModelMismatchError" in client.get("/health").json()["last_reload_error"]
     assert client.get(f"/users/{syn.user_ids[0]}/recommendations").status_code == 200
     assert client.post("/reload").status_code == 409  # still refused, still serving
+    # the operator re-embeds with the right model and publishes: the next reload clears the error
+    shutil.rmtree(syn.data_dir / "embeddings" / "default" / "item_text")
+    fixed = _publish(syn, 2)
+    r = client.post("/reload")
+    assert r.status_code == 200 and r.json()["index_version"] == fixed
+    assert client.get("/health").json()["last_reload_error"] is None
 
 
 def test_llmfeat_serve_command(syn, tmp_path):
@@ -215,6 +221,42 @@ def test_llmfeat_serve_command(syn, tmp_path):
                 assert time.monotonic() < deadline, "llmfeat serve did not come up"
                 time.sleep(0.2)
         assert r.status_code == 200 and r.json()["items"] == 240
+        # the docs pages load their scripts from the service itself (an offline host shows them too)
+        page = httpx.get(f"http://127.0.0.1:{port}/docs", timeout=10).text
+        assert "cdn." not in page and "swagger-ui-bundle.js" in page
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+            assert (
+                httpx.get(f"http://127.0.0.1:{port}/static-offline-docs/{asset}", timeout=10).status_code
+                == 200
+            )
+        assert "cdn." not in httpx.get(f"http://127.0.0.1:{port}/redoc", timeout=10).text
+        new = _publish(syn, 1)
+        r = httpx.post(f"http://127.0.0.1:{port}/reload", timeout=20)
+        assert r.status_code == 200 and r.json()["index_version"] == new
     finally:
         proc.terminate()
         proc.wait(20)
+    assert f"index reloaded: {r.json()['previous_version']} -> {new}" in proc.stdout.read()
+
+
+def test_rollback_clears_the_reload_error(syn):
+    """A broken version is refused; once `current` points back at the served version, /health is clean."""
+    from llmfeat.retrieval import Retriever
+    from llmfeat.serve import ReloadError
+
+    cfg = config(syn.data_dir)
+    served = ix.current_version(ix.index_root(syn.data_dir, "default"))
+    published = {"now": "broken-version"}
+
+    def load(version):
+        if version == "broken-version":
+            raise ix.CorruptIndexError("index version broken-version: index.faiss is missing")
+        return Retriever.load(cfg, version=version)
+
+    holder = RetrieverHolder(load, lambda: published["now"])
+    assert holder.get().version == served
+    with pytest.raises(ReloadError):
+        holder.reload()
+    assert "CorruptIndexError" in holder.last_error
+    published["now"] = served
+    assert holder.reload().reloaded is False and holder.last_error is None

@@ -320,8 +320,10 @@ def _stage_line(stage: str, s: dict) -> str:
     if stage == "train":
         if s.get("trained") is False:
             return f"not trained: {s.get('reason')}"
+        from llmfeat.report import is_tiny
+
         heads = [
-            f"{r['model']} {r['slice']} AUC {r['auc']:.3f}"
+            f"{r['model']} {r['slice']} AUC {r['auc']:.3f} ({r['rows']} rows{', too few to read' if is_tiny(r) else ''})"
             for r in s.get("headline", [])
             if r["model"] in ("deep_lm", "deep_ids_stats")
         ]
@@ -329,7 +331,7 @@ def _stage_line(stage: str, s: dict) -> str:
         frame = (
             f"frame: {f.get('reused_rows', 0)} rows reused, {f.get('fetched_rows', 0)} fetched; " if f else ""
         )
-        return frame + "; ".join(heads) + f"; report {s.get('report')}"
+        return frame + "; ".join(heads) + f"; report {_absolute(s.get('report'))}"
     return json.dumps(s)[:100]
 
 
@@ -346,8 +348,14 @@ def print_nightly_summary(summary, markers) -> None:
     if summary.not_yet_visible:
         console.print(f"  not yet visible: {summary.not_yet_visible} row(s) stamped at or after {summary.as_of} "
                       "(left for later nights; not quarantined)")  # fmt: skip
-    console.print(f"  data directory: {summary.data_dir}")
-    console.print(f"  run markers and summary: {markers}")
+    console.print(f"  data directory: {_absolute(summary.data_dir)}")
+    console.print(f"  run markers and summary: {_absolute(markers)}")
+
+
+def _absolute(path) -> str:
+    """Paths in summaries absolute, so they can be opened from any directory (relative ones are relative to
+    the working directory of this run, like the configured paths)."""
+    return str(Path(path).resolve()) if path else "-"
 
 
 @command("index")
@@ -456,7 +464,7 @@ def retrieve(
         raise ConfigError(f"-k must be within 1..{cfg.serve.k_max} (serve.k_max)")
     allow_ids = _id_list(allow, allow_file, "--allow-file")
     deny_ids = _id_list(deny, deny_file, "--deny-file")
-    r = Retriever.load(cfg, version=version)
+    r = Retriever.load(cfg, version=version, need_users=user is not None)  # --item: no Feast import
     if user is not None:
         res = r.for_user(user, k, category, exclude_seen=not include_seen, allow=allow_ids, deny=deny_ids)
     else:
@@ -474,7 +482,9 @@ def retrieve(
     for col, justify in (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left")):
         table.add_column(col, justify=justify)
     for rank, (iid, score, title) in enumerate(zip(res.ids, res.scores, res.titles, strict=True), 1):
-        table.add_row(str(rank), iid, f"{score:.4f}", title or "")
+        shared = res.same_title[rank - 1] if res.same_title else []
+        hint = f"  [dim](same title as item {', '.join(shared)})[/dim]" if shared else ""
+        table.add_row(str(rank), iid, f"{score:.4f}", (title or "") + hint)
     console.print(table)
 
 
@@ -501,6 +511,7 @@ def serve(
     app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s,
                       filter_ids_max=cfg.serve.filter_ids_max)  # fmt: skip
     _require_token(app_, cfg)
+    _log_service_events()
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
 
 
@@ -515,6 +526,17 @@ def _require_token(app_, cfg: Config) -> None:
                       "can reach the port can call every route, /reload included")  # fmt: skip
     else:
         console.print(f"  authentication: {'bearer token (serve.auth)' if token else 'off (loopback)'}")
+
+
+def _log_service_events() -> None:
+    """The service's own events (index reloaded, reload refused) on stderr beside uvicorn's lines."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    logger = logging.getLogger("llmfeat")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 @command()
@@ -545,8 +567,8 @@ def train(
             table.add_row(r["protocol"], r["model"], r["slice"], str(r["rows"]), f"{r['auc']:.4f}", f"{r['logloss']:.4f}",
                           f"{r['base_logloss']:.4f}", f"{r['gauc']:.4f}")  # fmt: skip
     console.print(table)
-    console.print(f"  report: {summary['report']}")
-    console.print(f"  models: {Path(next(iter(summary['models'].values()), '.')).parent}")
+    console.print(f"  report: {_absolute(summary['report'])}")
+    console.print(f"  models: {_absolute(Path(next(iter(summary['models'].values()), '.')).parent)}")
 
 
 @command()

@@ -21,6 +21,14 @@ another set ``S`` (e.g. a fine-tuned model's) is project ``llmfeat_S`` under ``<
 same feature view names then never collide in one online store (SQLite file per project; in Redis, Feast
 keys carry the project), so both versions stay servable and switching rankers between them, or rolling back,
 is the one setting ``embed.embedding_set``.
+
+A data directory is self-contained and relocatable (copy it, move it, restore a backup): nothing stored in it
+names its own location. The ``feature_store.yaml`` written there holds paths relative to its folder (Feast
+resolves them against the repository path, ``-c``), next to a copy of the feature definitions it was
+published with, so the plain CLI works on any copy as ``feast -c <data_dir>/feast <command>``. llmfeat itself
+opens the store with the same settings made absolute for where the directory is now, and when the registry's
+data sources still point into the directory it was copied from, rewrites those paths to this one's tables
+(``rebase_registry``; materialised intervals and everything else kept) before anything reads through them.
 """
 
 from __future__ import annotations
@@ -111,18 +119,72 @@ def feature_store_yaml(cfg: Config) -> dict:
     }
 
 
-def write_feature_store_yaml(cfg: Config) -> Path:
-    path = feast_dir(cfg) / "feature_store.yaml"
+PORTABLE_HEADER = """\
+# Written by llmfeat from its config. Paths are relative to this folder: use it with the plain CLI as
+#   feast -c {where} <command>        (serve, feature-views list, materialize-incremental, apply, ...)
+# from any working directory, on this data directory or any copy of it. features.py beside it is the copy of
+# the feature definitions these tables were published with (its data directory is the one it lies in).
+# The Spark offline store's staging location is llmfeat's own (it sets it when it opens the store).
+"""
+DEFINITIONS_COPY = "features.py"
+FEASTIGNORE = "sets/\nstaging/\n"
+
+
+def portable_feature_store_yaml(cfg: Config) -> dict:
+    """``feature_store_yaml`` as written into the data directory: the registry and the SQLite file relative to
+    the feast folder (Feast resolves them against ``-c``), no machine-specific path at all."""
+    out = feature_store_yaml(cfg)
+    out["registry"] = {**out["registry"], "path": "registry.db"}
+    if out["online_store"]["type"] == "sqlite":
+        out["online_store"] = {**out["online_store"], "path": "online.db"}
+    out["offline_store"] = {k: v for k, v in out["offline_store"].items() if k != "staging_location"}
+    return out
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text`` unless it already holds exactly that (a read-only command
+    on a published directory writes nothing)."""
+    if path.is_file() and path.read_text() == text:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(
-        "# Written by `llmfeat publish` from the llmfeat config; use with the plain CLI as\n"
-        f"#   LLMFEAT_DATA_DIR={Path(cfg.paths.data_dir).resolve()} LLMFEAT_EMBEDDING_SET={cfg.embed.embedding_set} "
-        f"feast -c {cfg.feast.repo_path} -f {path} <command>\n"
-        + yaml.safe_dump(feature_store_yaml(cfg), sort_keys=False)
-    )
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_feature_store_yaml(cfg: Config) -> Path:
+    """The portable feature_store.yaml (and a .feastignore keeping other sets' folders and the staging area out
+    of the plain CLI's `apply`) in ``feast_dir(cfg)``."""
+    folder = feast_dir(cfg)
+    path = folder / "feature_store.yaml"
+    where = "<data_dir>/feast" + ("" if folder.name == "feast" else f"/sets/{folder.name}")
+    _write_if_changed(
+        path,
+        PORTABLE_HEADER.format(where=where)
+        + yaml.safe_dump(portable_feature_store_yaml(cfg), sort_keys=False),
+    )
+    _write_if_changed(folder / ".feastignore", FEASTIGNORE)
     return path
+
+
+def definitions_path(cfg: Config) -> Path:
+    """feature_repo/features.py: ``feast.repo_path`` from the working directory, else from the source tree
+    llmfeat runs from (so commands work from any directory), else the copy kept in the data directory."""
+    configured = Path(cfg.feast.repo_path)
+    candidates = [configured]
+    if not configured.is_absolute():
+        candidates.append(Path(__file__).resolve().parents[2] / configured)
+    candidates.append(feast_dir(cfg))
+    for folder in candidates:
+        if (folder / "features.py").is_file():
+            return (folder / "features.py").resolve()
+    raise ConfigError(f"feast.repo_path {cfg.feast.repo_path} has no features.py")
+
+
+def _copy_definitions(cfg: Config, source: Path) -> None:
+    target = feast_dir(cfg) / DEFINITIONS_COPY
+    if source.resolve() != target.resolve():
+        _write_if_changed(target, source.read_text())
 
 
 def _quiet_alpha_warnings() -> None:
@@ -134,14 +196,75 @@ def _quiet_alpha_warnings() -> None:
 
 
 def open_store(cfg: Config):
-    """A FeatureStore on this project's repository with the effective config."""
+    """A FeatureStore on ``cfg``'s data directory wherever it is now: the portable yaml is (re)written there
+    when it differs, a registry copied from elsewhere is pointed at this directory's tables
+    (``rebase_registry``), and the store is opened with the yaml's settings made absolute for this place."""
     from feast import FeatureStore
+    from feast.repo_config import RepoConfig
 
     _quiet_alpha_warnings()
+    write_feature_store_yaml(cfg)
+    rebase_registry(cfg)
+    config = RepoConfig(**feature_store_yaml(cfg))
+    config.repo_path = feast_dir(cfg)
+    return FeatureStore(repo_path=str(feast_dir(cfg)), config=config)
 
-    return FeatureStore(
-        repo_path=str(Path(cfg.feast.repo_path).resolve()), fs_yaml_file=write_feature_store_yaml(cfg)
-    )
+
+def _rebased(path: str, root: Path) -> str | None:
+    """``path`` (a table of another data directory) as the same table under ``root``; None when it already
+    is under ``root``, is not a local path, or ``root`` has no such table."""
+    if not path.startswith("/") or Path(path).is_relative_to(root):
+        return None
+    for ancestor in Path(path).parents:  # deepest first: /old/data/features/item_stats -> features/item_stats
+        candidate = root / Path(path).relative_to(ancestor)
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+def _data_sources(message) -> Iterator:
+    """Every DataSource message inside a registry proto (top-level sources and those inside views)."""
+    from feast.protos.feast.core.DataSource_pb2 import DataSource
+
+    for field, value in message.ListFields():
+        if field.type != field.TYPE_MESSAGE or field.message_type.GetOptions().map_entry:
+            continue
+        for item in [value] if hasattr(value, "DESCRIPTOR") else value:  # one message, or a repeated field
+            if isinstance(item, DataSource):
+                yield item
+            yield from _data_sources(item)
+
+
+def rebase_registry(cfg: Config) -> int:
+    """Point the registry's data sources at this data directory's tables when they name another one (this
+    directory is a copy, or was moved). Only the paths change, so views keep their materialised intervals
+    (their online rows came along). The file is replaced in one rename, under a lock: a `feast serve` reading
+    it meanwhile sees the old or the new registry, and two commands opening a fresh copy at once rebase it
+    once. Returns how many paths changed."""
+    import fcntl
+
+    from feast.protos.feast.core.Registry_pb2 import Registry as RegistryProto
+
+    path = feast_dir(cfg) / "registry.db"
+    if not path.is_file():
+        return 0
+    root = Path(cfg.paths.data_dir).resolve()
+    with (path.parent / ".registry.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        registry = RegistryProto()
+        registry.ParseFromString(path.read_bytes())
+        changed = 0
+        for source in _data_sources(registry):
+            for options, key in ((source.spark_options, "path"), (source.file_options, "uri")):
+                new = _rebased(getattr(options, key), root)
+                if new is not None:
+                    setattr(options, key, new)
+                    changed += 1
+        if changed:
+            tmp = path.with_name(f".registry.db.{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_bytes(registry.SerializeToString())
+            os.replace(tmp, path)
+    return changed
 
 
 @contextlib.contextmanager
@@ -164,9 +287,7 @@ def load_definitions(cfg: Config) -> list:
     """Import feature_repo/features.py afresh for this data directory and embedding set; its Feast objects."""
     from feast import Entity, FeatureService, FeatureView
 
-    path = Path(cfg.feast.repo_path).resolve() / "features.py"
-    if not path.is_file():
-        raise ConfigError(f"feast.repo_path {cfg.feast.repo_path} has no features.py")
+    path = definitions_path(cfg)
     env = {
         "LLMFEAT_DATA_DIR": str(Path(cfg.paths.data_dir).resolve()),
         "LLMFEAT_EMBEDDING_SET": cfg.embed.embedding_set,
@@ -196,6 +317,7 @@ def run_publish(
 
     started = time.perf_counter()
     store = open_store(cfg)
+    _copy_definitions(cfg, definitions_path(cfg))
     objects = load_definitions(cfg)
     store.apply(objects)
     views = [o for o in objects if isinstance(o, FeatureView)]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -134,6 +134,9 @@ class Results:
     """Why the answer is empty (no item passes the filter); None otherwise."""
     ignored_ids: int = 0
     """Allow- or deny-list ids not in this index version (ignored)."""
+    same_title: list[list[str]] = field(default_factory=list)
+    """Per result: the other catalogue items with exactly this title (MovieLens lists some films twice
+    under two ids); empty when the title is unique."""
 
 
 class Retriever:
@@ -169,6 +172,7 @@ class Retriever:
         self.users = users
         self._item_ids = np.asarray(loaded.ids.column("item_id").to_pylist(), dtype=object)
         self._titles = loaded.ids.column("title").to_pylist()
+        self._same_title = _shared_titles(self._titles)
         self._row_of = pd.Index(self._item_ids)
         self._members = _category_members(loaded)
         self._seen = self._seen_rows(seen)
@@ -211,12 +215,16 @@ class Retriever:
         version: str | None = None,
         users: UserVectorSource | None = None,
         user_kind: str | None = None,
+        need_users: bool = True,
     ) -> Retriever:
         """The published (or given) version of ``cfg``'s embedding set, user vectors from the Parquet tables
-        unless ``users`` is given, and seen items as of the index's snapshot."""
+        unless ``users`` is given, and seen items as of the index's snapshot. ``need_users=False``: item ->
+        items only (no user vectors are opened, so Feast is not even imported)."""
         data_dir, emb_set = cfg.paths.data_dir, cfg.embed.embedding_set
         loaded = load_version(index_root(data_dir, emb_set), version)
-        if users is None and cfg.serve.user_source == "feast":
+        if not need_users:
+            pass
+        elif users is None and cfg.serve.user_source == "feast":
             from llmfeat.online import FeastUserVectors
             from llmfeat.publish import open_store
 
@@ -292,11 +300,11 @@ class Retriever:
             raise UnknownUserError(f"no user vectors to look up user {user_id!r} (no user embedding table)")
         flt = item_filter or self.make_filter(categories, allow, deny)
         vectors, found, model = self.users.get([user_id])
-        check_model(self.model_id, model)
-        if not found[0]:
+        if not found[0]:  # before the model check: an unknown user has no vector, hence no model id
             raise UnknownUserError(
                 f"unknown user {user_id!r}: no user vector (never seen, or not embedded yet)"
             )
+        check_model(self.model_id, model)
         exclude = self._seen.get(user_id) if exclude_seen else None
         return self.search(vectors[0], k, exclude_rows=exclude, item_filter=flt)
 
@@ -365,6 +373,7 @@ class Retriever:
             ids=self._item_ids[rows].tolist(), scores=[float(s) for s in scores], index_version=self.version,
             method=method, titles=[self._titles[r] for r in rows], plan=chosen,
             selectivity=flt.selectivity, reason=reason, ignored_ids=base.ignored_ids,
+            same_title=[self._item_ids[self._same_title.get(int(r), [])].tolist() for r in rows],
         )  # fmt: skip
 
     def info(self) -> dict[str, Any]:
@@ -392,16 +401,32 @@ class Retriever:
     def _category_filter(self, key: tuple[str, ...]) -> ItemFilter:
         if not key:
             return ItemFilter(self.count)
-        missing = [c for c in key if c not in self._members]
-        if missing:
-            known = ", ".join(sorted(self._members)[:20])
-            raise UnknownCategoryError(f"unknown category {missing[0]!r}; known: {known}")
+        key = tuple(self.category_label(c) for c in key)  # case-insensitive; unknown: UnknownCategoryError
         rows = (
             self._members[key[0]]
             if len(key) == 1
             else np.unique(np.concatenate([self._members[c] for c in key]))
         )
         return ItemFilter(self.count, rows, description="category " + " OR ".join(key))
+
+    def category_label(self, name: str) -> str:
+        """The stored label ``name`` stands for: itself, else the one label equal to it ignoring case; an
+        UnknownCategoryError names it and lists the known labels, the most frequent first."""
+        if name in self._members:
+            return name
+        folded = [label for label in self._members if label.casefold() == str(name).casefold()]
+        if len(folded) == 1:
+            return folded[0]
+        by_size = sorted(self._members, key=lambda label: (-len(self._members[label]), label))
+        # Single labels first (MovieLens' category is a comma-joined genre list; its genres are tags too).
+        single = [label for label in by_size if ", " not in label] or by_size
+        shown = ", ".join(f"{label} ({len(self._members[label])})" for label in single[:25])
+        more = len(self._members) - min(25, len(single))
+        hint = f"; did you mean one of {sorted(folded)}?" if folded else ""
+        raise UnknownCategoryError(
+            f"unknown category {name!r}{hint}; known (items per category, most first): {shown}"
+            + (f" and {more} more (combinations included)" if more > 0 else "")
+        )
 
     def _search(
         self, q: np.ndarray, k: int, flt: ItemFilter, chosen: str
@@ -576,6 +601,19 @@ def search_params(
             sel
         ]
     return faiss.SearchParameters(sel=sel), [sel]
+
+
+def _shared_titles(titles: list[str | None]) -> dict[int, list[int]]:
+    """row -> the other rows with the same (non-empty) title, only for titles held by several items."""
+    frame = pd.DataFrame({"title": titles, "row": np.arange(len(titles))}).dropna()
+    frame = frame[frame["title"].str.strip() != ""]
+    dup = frame[frame.duplicated("title", keep=False)]
+    out: dict[int, list[int]] = {}
+    for _, group in dup.groupby("title")["row"]:
+        rows = group.tolist()
+        for r in rows:
+            out[r] = [o for o in rows if o != r]
+    return out
 
 
 def _category_members(loaded: LoadedIndex) -> dict[str, np.ndarray]:

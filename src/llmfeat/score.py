@@ -8,7 +8,6 @@ embedding model id travel with it, and scoring refuses features made by another 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,12 +36,12 @@ class LoadedModel:
 def load_model(cfg: Config, name: str = "deep_lm") -> LoadedModel:
     import torch
 
-    from llmfeat.train import models_dir
+    from llmfeat.train import models_dir, run_dir_of
 
     pointer = models_dir(cfg) / "current.json"
     if not pointer.is_file():
         raise ScoringModelError(f"no trained CTR model under {models_dir(cfg)}: run `llmfeat train` first")
-    run_dir = Path(json.loads(pointer.read_text())["path"])
+    run_dir = run_dir_of(pointer)
     path = run_dir / f"{name}.pt"
     if not path.is_file():
         have = sorted(p.stem for p in run_dir.glob("*.pt"))

@@ -1,6 +1,7 @@
 """The retrieval HTTP service (``llmfeat serve``): FastAPI over a ``Retriever``, with hot reload.
 
-Endpoints (OpenAPI schema at ``/openapi.json``, docs at ``/docs``):
+Endpoints (OpenAPI schema at ``/openapi.json``; Swagger UI at ``/docs`` and ReDoc at ``/redoc`` load their
+scripts from the service itself, via fastapi-offline, so they work on a host without internet access):
 
 - ``GET /items/{item_id}/similar?k=10&category=C&allow=I&deny=J``: similar items (content-based), the item
   itself excluded
@@ -31,6 +32,7 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, StringConstraints
 
 from llmfeat.config import Config
@@ -88,6 +90,8 @@ class RetrieverHolder:
             try:
                 latest = self._published()
                 if latest == old.version:
+                    # e.g. a broken version was rolled back: what is published is served, nothing is wrong
+                    self.last_error = None
                     return ReloadOutcome(False, old.version, old.version)
                 new = self._load(latest)
             except Exception as exc:
@@ -131,6 +135,9 @@ class Hit(BaseModel):
     item_id: str
     score: float = Field(description="Inner product of unit vectors: cosine similarity, higher is closer.")
     title: str | None = None
+    same_title: list[str] | None = Field(
+        default=None, description="Other catalogue items with exactly this title (absent when it is unique)"
+    )
 
 
 class Recommendations(BaseModel):
@@ -216,7 +223,7 @@ def create_app(
         if stopper is not None:
             stopper()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="llmfeat retrieval",
         version="1",
         description="Nearest-neighbour retrieval over the published FAISS item index.",
@@ -328,7 +335,9 @@ def create_app(
 
 
 def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Recommendations:
-    hits = [Hit(item_id=i, score=s, title=t) for i, s, t in zip(res.ids, res.scores, res.titles, strict=True)]
+    shared = res.same_title or [[]] * len(res.ids)
+    hits = [Hit(item_id=i, score=s, title=t, same_title=d or None)
+            for i, s, t, d in zip(res.ids, res.scores, res.titles, shared, strict=True)]  # fmt: skip
     return Recommendations(kind=kind, id=id_, k=k, index_version=res.index_version, model_id=r.model_id,
                            method=res.method, results=hits, plan=res.plan, selectivity=res.selectivity,
                            reason=res.reason, ignored_ids=res.ignored_ids)  # fmt: skip

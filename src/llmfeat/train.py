@@ -51,6 +51,24 @@ def models_dir(cfg: Config) -> Path:
     return root if emb_set == "default" else root / "sets" / emb_set
 
 
+def run_dir_of(pointer: Path) -> Path:
+    """The run directory a ``current.json`` names. Written relative to the pointer's folder (a data directory
+    is relocatable); older pointers held an absolute path or one relative to the working directory of the
+    run: those are read as the run of that name beside the pointer, so a copied data directory never loads
+    the models of the one it was copied from, whatever the working directory."""
+    recorded = Path(json.loads(Path(pointer).read_text())["path"])
+    here = Path(pointer).parent
+    if not recorded.is_absolute() and (here / recorded).is_dir():
+        return here / recorded
+    return here / recorded.name
+
+
+def write_current(models: Path, run_id: str, run_dir: Path) -> Path:
+    """Point ``models/current.json`` at ``run_dir`` (relative to ``models``), atomically."""
+    pointer = Path(models) / "current.json"
+    return tables.write_json(pointer, {"run_id": run_id, "path": os.path.relpath(run_dir, models)})
+
+
 def training_rows(cfg: Config, as_of: dt.date) -> pd.DataFrame:
     path = tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), as_of)
     inter = pd.read_parquet(path)
@@ -68,7 +86,7 @@ def other_set_summaries(cfg: Config, as_of: dt.date) -> list[dict]:
     for pointer in pointers:
         if not pointer.is_file() or pointer.resolve() == own:
             continue
-        path = Path(json.loads(pointer.read_text())["path"]) / "summary.json"
+        path = run_dir_of(pointer) / "summary.json"
         if path.is_file():
             summary = json.loads(path.read_text())
             if summary.get("as_of") == as_of.isoformat():
@@ -112,7 +130,7 @@ def _evaluate(
             continue
         y, p = test["label"].to_numpy()[mask], probs[mask]
         row = {
-            "protocol": protocol, "model": name, "slice": slice_name, "rows": int(mask.sum()),
+            "protocol": protocol, "model": name, "slice": slice_name, "rows": int(mask.sum()), "clicks": int(y.sum()),
             "auc": auc(y, p), "logloss": logloss(y, p), "base_logloss": base_rate_logloss(y_train, y),
             "gauc": gauc(test["user_id"].to_numpy()[mask], y, p),
         }  # fmt: skip
@@ -295,9 +313,6 @@ def run_train(
     write_report(report_dir, summary, curves, predictions)
     summary.pop("compared_sets")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    pointer = models_dir(cfg) / "current.json"
-    tmp = pointer.with_name(".current.json.tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, "path": str(out_dir)}))
-    os.replace(tmp, pointer)
+    write_current(models_dir(cfg), run_id, out_dir)
     summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
     return summary
