@@ -158,6 +158,13 @@ def embed(
             extra.append(f"embed.embedding_set={set_for_model(model)}")
     cfg = _config(config, set_, data_dir, extra)
     day = _date(as_of)
+    try:  # an empty catalogue is refused before Spark starts
+        from llmfeat.embed import require_items
+
+        require_items(cfg.paths.data_dir, day)
+    except (InputError, FileNotFoundError) as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
     spark = build_spark(cfg.spark)
     try:
         manifest = run_embed(spark, cfg, day, snapshot_from=_date(from_) if from_ else None, every_days=every,
