@@ -56,12 +56,16 @@ def table(data: Path, name: str):
 
 
 def test_no_users_section_derives_utc_users(tmp_path):
-    rc, out, data = ingest(tmp_path, ITEMS_SECTION + EVENTS_SECTION, {"items.csv": ITEMS, "events.csv": EVENTS})
+    rc, out, data = ingest(
+        tmp_path, ITEMS_SECTION + EVENTS_SECTION, {"items.csv": ITEMS, "events.csv": EVENTS}
+    )
     assert rc == 0, out
     users = table(data, "users")
     assert sorted(users.column("user_id").to_pylist()) == ["U1", "U2"]
     assert str(users.schema.field("updated_at").type) == "timestamp[us, tz=UTC]"
-    first = dict(zip(users.column("user_id").to_pylist(), users.column("updated_at").to_pylist(), strict=True))
+    first = dict(
+        zip(users.column("user_id").to_pylist(), users.column("updated_at").to_pylist(), strict=True)
+    )
     assert first["U1"].isoformat() == "2024-01-02T10:00:00+00:00"  # the user's first interaction
     assert table(data, "interactions").num_rows == 3
 
@@ -95,11 +99,13 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 def test_description_only_items_survive(tmp_path):
     items = (
         "sku,name,blurb,modified\n"
-        "A,,\"A long description of a cast-iron kettle, its enamel and its whistle.\",2024-01-01T00:00:00Z\n"
+        'A,,"A long description of a cast-iron kettle, its enamel and its whistle.",2024-01-01T00:00:00Z\n'
         "B,Beta mug,,2024-01-01T00:00:00Z\n"
         "C,,,2024-01-01T00:00:00Z\n"
     )
-    rc, out, data = ingest(tmp_path, ITEMS_SECTION + EVENTS_SECTION, {"items.csv": items, "events.csv": EVENTS})
+    rc, out, data = ingest(
+        tmp_path, ITEMS_SECTION + EVENTS_SECTION, {"items.csv": items, "events.csv": EVENTS}
+    )
     assert rc == 4, out  # C has no text at all: quarantined, the others kept
     kept = table(data, "items").to_pylist()
     assert sorted(r["item_id"] for r in kept) == ["A", "B"]
@@ -128,7 +134,9 @@ def test_empty_items_file_is_refused_and_embed_does_nothing(tmp_path):
 
     # every item quarantined at ingest (future updated_at): the snapshot's items table is empty ...
     future = ITEMS.replace("2024-01-01", "2030-01-01")
-    rc, out, data = ingest(tmp_path / "q", ITEMS_SECTION + EVENTS_SECTION, {"items.csv": future, "events.csv": EVENTS})
+    rc, out, data = ingest(
+        tmp_path / "q", ITEMS_SECTION + EVENTS_SECTION, {"items.csv": future, "events.csv": EVENTS}
+    )
     assert rc == 4, out
     assert table(data, "items").num_rows == 0
     # ... and embed says so and writes nothing, instead of crashing in Spark

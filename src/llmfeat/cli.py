@@ -507,10 +507,8 @@ def serve(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Serve retrieval over HTTP (FastAPI); picks up newly published index versions without a restart."""
-    import uvicorn
-
     from llmfeat.index import CorruptIndexError, IndexModelMismatchError
-    from llmfeat.serve import RetrieverHolder, create_app
+    from llmfeat.serve import RetrieverHolder, create_app, run_server
 
     extra = ([f"serve.host={host}"] if host else []) + ([f"serve.port={port}"] if port is not None else [])
     cfg = _config(config, set_, data_dir, extra)
@@ -530,7 +528,7 @@ def serve(
         f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
     )
     app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s)
-    uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
+    run_server(app_, cfg.serve.host, cfg.serve.port, cfg)
 
 
 @app.command()

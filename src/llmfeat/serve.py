@@ -261,3 +261,10 @@ def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Recomm
     hits = [Hit(item_id=i, score=s, title=t) for i, s, t in zip(res.ids, res.scores, res.titles, strict=True)]
     return Recommendations(kind=kind, id=id_, k=k, index_version=res.index_version, model_id=r.model_id,
                            method=res.method, results=hits)  # fmt: skip
+
+
+def run_server(app: FastAPI, host: str, port: int, cfg: Config | None = None) -> None:
+    """Serve ``app`` with uvicorn as ``llmfeat serve`` does (the load bench serves the same way)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info")
