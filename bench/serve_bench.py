@@ -51,10 +51,20 @@ def free_port() -> int:
 # --- server side -----------------------------------------------------------------------------------------
 
 
-def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None) -> None:
+def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None, src: Path | None) -> None:
     """Run the service (plus the constant route) in this process until terminated."""
+    if src is not None:  # another checkout's code (e.g. the code before a change), same bench
+        sys.path.insert(0, str(src))
+    from llmfeat import serve as served
     from llmfeat.config import load_config
-    from llmfeat.serve import Recommendations, RetrieverHolder, create_app, run_server
+    from llmfeat.serve import Recommendations, RetrieverHolder, create_app
+
+    def run_server(app, host, port, cfg):
+        if hasattr(served, "run_server"):
+            return served.run_server(app, host, port, cfg)
+        import uvicorn
+
+        return uvicorn.run(app, host=host, port=port, log_level="info")  # as `llmfeat serve` did
 
     cfg = load_config(None, [f"paths.data_dir={data_dir}", *sets])
     holder = RetrieverHolder.from_config(cfg)
@@ -69,12 +79,12 @@ def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None) -> N
     payload = body.model_dump()
 
     @app.get("/bench/constant", response_model=Recommendations)
-    def constant_response() -> Recommendations:
+    async def constant_response() -> Recommendations:
         """The same response shape as the retrieval routes, built once: the web stack alone."""
         return Recommendations.model_validate(payload)
 
     @app.get("/bench/ids")
-    def ids() -> dict:
+    async def ids() -> dict:
         users = getattr(r.users, "ids", None) or sorted(r._seen)
         return {"items": [str(i) for i in r._item_ids], "users": [str(u) for u in users]}
 
@@ -187,11 +197,14 @@ def main() -> None:
         "--profile", type=Path, help="run the server under pyinstrument and write its report here"
     )
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "serve.json")
+    ap.add_argument(
+        "--src", type=Path, help="serve the code of this src/ directory (default: this checkout's)"
+    )
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.data_dir, args.port, args.sets, args.profile)
+        serve(args.data_dir, args.port, args.sets, args.profile, args.src)
         return
 
     from llmfeat.config import load_config
@@ -206,7 +219,7 @@ def main() -> None:
         for part in sorted(p.name for p in args.data_dir.iterdir()):
             src = args.data_dir.resolve() / part
             if part in ("index", "feast"):
-                shutil.copytree(src, data / part, ignore=shutil.ignore_patterns("staging"))
+                shutil.copytree(src, data / part, symlinks=True, ignore=shutil.ignore_patterns("staging"))
             else:
                 src_link = data / part
                 src_link.symlink_to(src)
@@ -225,6 +238,8 @@ def main() -> None:
             str(data),
         ]
         cmd += [a for s in args.sets for a in ("--set", s)]
+        if args.src:
+            cmd += ["--src", str(args.src.resolve())]
         if args.profile:
             cmd += ["--profile", str(args.profile.resolve())]
             args.profile.parent.mkdir(parents=True, exist_ok=True)
@@ -272,6 +287,7 @@ def main() -> None:
                     summary[f"{mode}/{name}"]["throughput_vs_constant"] = round(
                         summary[f"{mode}/{name}"]["req_per_s"] / base, 3
                     )
+            result["src"] = str(args.src) if args.src else "this checkout"
             result["results"] = summary
 
             # hot reload under the concurrent user -> items load

@@ -362,19 +362,19 @@ class Retriever:
     def _exact(self, q: np.ndarray, mask: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of the rows in ``mask`` (all rows when None); ties broken by faiss id.
 
-        Scores use einsum, not BLAS: a threaded BLAS matrix-vector product costs ~30x more on a busy
-        machine (its threads wait on each other), and one query is too small to share out anyway."""
-        q1 = q[0]
+        Scores use FAISS's single-threaded SIMD inner products, not BLAS: a threaded BLAS matrix-vector
+        product costs ~30x more on a busy machine (its threads wait on each other), and one query is too small
+        to share out anyway; numpy's einsum, used before, took twice as long (it was the largest single cost
+        of a user -> items request: docs/retrieval.md, "Throughput")."""
+        q1 = np.ascontiguousarray(q[0], dtype=np.float32)
         if mask is not None and mask.sum() < self.count // 8:
             rows = np.flatnonzero(mask)
-            scores = np.einsum("ij,j->i", np.asarray(self._vectors[rows], dtype=np.float32), q1)
+            scores = inner_products(np.asarray(self._vectors[rows], dtype=np.float32), q1)
         else:
             rows = np.arange(self.count)
             scores = np.empty(self.count, dtype=np.float32)
             for start in range(0, self.count, _CHUNK):
-                scores[start : start + _CHUNK] = np.einsum(
-                    "ij,j->i", np.asarray(self._vectors[start : start + _CHUNK]), q1
-                )
+                scores[start : start + _CHUNK] = inner_products(self._vectors[start : start + _CHUNK], q1)
             if mask is not None:
                 rows, scores = rows[mask], scores[mask]
         return top_k(rows, scores, k)
@@ -411,6 +411,18 @@ class _Filter:
             return faiss.IDSelectorNot(batch), [batch]
         bitmap = np.packbits(self.mask(), bitorder="little")
         return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), [bitmap]
+
+
+def inner_products(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``vectors @ q`` (float32) with FAISS's SIMD kernel, in the calling thread."""
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    if v.ndim != 2 or v.shape[1] != q.shape[0]:
+        raise ValueError(f"inner_products: vectors {v.shape} and query {q.shape} do not match")
+    out = np.empty(v.shape[0], dtype=np.float32)
+    if len(v):
+        faiss.fvec_inner_products_ny(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(v), v.shape[1], v.shape[0])
+    return out
 
 
 def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

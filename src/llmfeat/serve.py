@@ -217,14 +217,18 @@ def create_app(provider: RetrieverProvider, *, k_max: int = 1000, reload_interva
     async def _mismatch(request: Request, exc: IndexModelMismatchError) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
+    # The retrieval routes are coroutines and answer on the event loop: their work (one online-store read of
+    # the user, a FAISS search over one query) takes well under a millisecond, less than handing the request
+    # to a worker thread and back, and worker threads contending for the GIL with the event loop made p99
+    # several times p50 under concurrent clients (docs/retrieval.md, "Throughput"; bench/serve_bench.py).
     @app.get("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
-    def similar(item_id: ItemId, k: K = 10, categories: Categories = None) -> Recommendations:
+    async def similar(item_id: ItemId, k: K = 10, categories: Categories = None) -> Recommendations:
         """Items whose vectors are closest to this item's (content-based filtering)."""
         r = provider.get()
         return _response("item", item_id, k, r, r.similar_items(item_id, k, categories))
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=not_found)
-    def for_user(
+    async def for_user(
         user_id: UserId, k: K = 10, categories: Categories = None, exclude_seen: bool = True
     ) -> Recommendations:
         """Items closest to the user's vector, without the items the user already interacted with."""
@@ -232,7 +236,7 @@ def create_app(provider: RetrieverProvider, *, k_max: int = 1000, reload_interva
         return _response("user", user_id, k, r, r.for_user(user_id, k, categories, exclude_seen))
 
     @app.get("/health", response_model=Health)
-    def health() -> Health:
+    async def health() -> Health:
         r = provider.get()
         return Health(status="ok", index_version=r.version, items=r.count,
                       last_reload_error=getattr(provider, "last_error", None))  # fmt: skip
