@@ -101,8 +101,6 @@ def read_spec(mapping_path: Path) -> dict:
         for key in value:
             if key not in SECTION_KEYS[section]:
                 raise _unknown_key(mapping_path, f"section {section!r}", key, SECTION_KEYS[section])
-    if "users" in spec and "interactions" not in spec:
-        raise InputError(f"{mapping_path}: a users section needs an interactions section")
     return spec
 
 
@@ -123,7 +121,7 @@ def load(mapping_path: Path, *, click_rating_threshold: float = 4.0) -> RawTable
         users["age"] = pd.to_numeric(users["age"], errors="coerce")
     else:
         users = _users_from_interactions(inter)
-    notes = {} if "interactions" in spec else {"catalogue_only (no interactions section)": len(items)}
+    notes = {} if "interactions" in spec else {"no interactions section: catalogue only, items": len(items)}
     return RawTables(items=items, users=users, interactions=inter, notes=notes)
 
 
