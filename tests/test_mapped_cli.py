@@ -156,3 +156,11 @@ def test_repetitive_text_is_quarantined(tmp_path):
     assert [(r["reason"], r["row"]) for r in q] == [("REPETITIVE_TEXT", 4)]
     assert "'description'" in q[0]["detail"]
     assert sorted(table(data, "items").column("item_id").to_pylist()) == ["A", "B"]
+
+
+def test_catalogue_with_users_needs_their_updated_at(tmp_path):
+    users = "uid,job\nU1,chef\n"
+    mapping = ITEMS_SECTION + "users:\n  path: users.csv\n  id: uid\n  columns: {occupation: job}\n"
+    rc, out, _ = ingest(tmp_path, mapping, {"items.csv": ITEMS, "users.csv": users})
+    assert rc == 3, out
+    assert "users needs 'updated_at' when there is no interactions section" in out

@@ -117,6 +117,11 @@ def load(mapping_path: Path, *, click_rating_threshold: float = 4.0) -> RawTable
         first_event = CATALOGUE_ONLY_UPDATED_AT
     items = _entities(root, spec["items"], mapping_path, "items", "item_id", ITEM_FIELDS, first_event)
     if "users" in spec:
+        if "interactions" not in spec and not spec["users"].get("updated_at"):
+            # the epoch would make embed back-fill weekly user snapshots from 1970
+            raise InputError(
+                f"{mapping_path}: users needs 'updated_at' when there is no interactions section"
+            )
         users = _entities(root, spec["users"], mapping_path, "users", "user_id", USER_FIELDS, first_event)
         users["age"] = pd.to_numeric(users["age"], errors="coerce")
     else:
