@@ -4,12 +4,17 @@ On a copy of an embedded data directory (default: the demo's ``var/data`` after 
   1. materialisation rows/s per feature view into the SQLite online store and into Redis (a private
      redis-server on a free loopback port), 384-d vectors included;
   2. online lookup latency p50 / p99 for 1 user + 100 candidate items, the ranker's way
-     (``OnlineFeatures.ranker_features``: direct online-store reads per view, stats packed, matrix assembled)
-     and, as baselines in the same run, the same matrix through two ``get_online_features`` calls, and the
-     textbook way (one call with the user repeated on each of the 100 rows, unpacked stats, no assembly);
+     (``OnlineFeatures.ranker_features``: item features from the in-process cache keyed by the publish version,
+     preloaded with the catalogue as a ranker does at start; user features read per request; matrix
+     assembled) and, as baselines in the same run, the same reads without the item cache (direct online-store
+     reads per view), the same matrix through two ``get_online_features`` calls (the plain SDK path: its
+     matrix is compared with the ranker's, value by value, on every draw), and the textbook way (one call with
+     the user repeated on each of the 100 rows, unpacked stats, no assembly);
   3. point-in-time historical retrieval of the whole MovieLens training set (Spark offline store).
 
     .venv/bin/python bench/feast_bench.py --data-dir var/data --as-of 1998-04-23 --out var/bench/feast.json
+    # lookups only, on the data dir's published SQLite online store (no materialisation, no Redis, no Spark):
+    .venv/bin/python bench/feast_bench.py --lookups-only --out var/bench/feast-lookups.json
 """
 
 from __future__ import annotations
@@ -103,6 +108,8 @@ def lookups(cfg, users: list[str], items: list[str], n: int, seed: int) -> dict:
 
     store = open_store(cfg)
     online = OnlineFeatures(store, dim=384)
+    online.item_cache.preload(items)  # what a ranker process does at start
+    uncached = OnlineFeatures(store, dim=384, cache_items=False)
     user_refs = [f"{r.view.name}:{f}" for r in online.user_views for f in r.features]
     item_refs = [f"{r.view.name}:{f}" for r in online.item_views for f in r.features]
     textbook_refs = [
@@ -111,13 +118,13 @@ def lookups(cfg, users: list[str], items: list[str], n: int, seed: int) -> dict:
         for f in p.features
     ]
 
-    def via_get_online_features(u: str, cand: list[str]) -> np.ndarray:
+    def via_get_online_features(u: str, cand: list[str], at: dt.datetime) -> np.ndarray:
         user = store.get_online_features(features=user_refs, entity_rows=[{"user_id": u}],
                                          full_feature_names=True).to_dict()  # fmt: skip
         columns = store.get_online_features(features=item_refs, entity_rows=[{"item_id": i} for i in cand],
                                             full_feature_names=True).to_dict()  # fmt: skip
         columns.update({k: v * len(cand) for k, v in user.items()})
-        return build_feature_matrix(columns, dt.datetime.now(dt.UTC), 384, len(cand)).matrix
+        return build_feature_matrix(columns, at, 384, len(cand)).matrix
 
     def textbook(u: str, cand: list[str]) -> dict:
         return store.get_online_features(features=textbook_refs, entity_rows=[{"user_id": u, "item_id": i} for i in cand],
@@ -126,24 +133,36 @@ def lookups(cfg, users: list[str], items: list[str], n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     draws = [(users[rng.integers(len(users))], list(rng.choice(items, 100, replace=False))) for _ in range(n)]
     for u, cand in draws[:20]:  # warm-up: connections, registry cache, code paths
-        online.ranker_features(u, cand), via_get_online_features(u, cand), textbook(u, cand)
-    samples: dict[str, list[float]] = {"ranker": [], "via_get_online_features": [], "textbook": []}
+        now = dt.datetime.now(dt.UTC)
+        online.ranker_features(u, cand, at=now), uncached.ranker_features(u, cand, at=now)
+        via_get_online_features(u, cand, now), textbook(u, cand)
+    samples: dict[str, list[float]] = {"ranker": [], "ranker_uncached": [], "via_get_online_features": [],
+                                       "textbook": []}  # fmt: skip
+    max_diff = 0.0
     for u, cand in draws:
+        at = dt.datetime.now(dt.UTC)
         t0 = time.perf_counter()
-        got = online.ranker_features(u, cand)
+        got = online.ranker_features(u, cand, at=at)
         samples["ranker"].append(time.perf_counter() - t0)
         assert got.matrix.shape[0] == 100
         t0 = time.perf_counter()
-        ref = via_get_online_features(u, cand)
+        uncached.ranker_features(u, cand, at=at)
+        samples["ranker_uncached"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ref = via_get_online_features(u, cand, at)
         samples["via_get_online_features"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         textbook(u, cand)
         samples["textbook"].append(time.perf_counter() - t0)
-        # same features both ways (recency is read at a slightly different "now": compare the vector blocks)
-        assert np.allclose(got.matrix[:, : 3 * 384], ref[:, : 3 * 384], atol=1e-4)
+        # the same matrix both ways, every value (same "now" for the recency features)
+        max_diff = max(max_diff, float(np.abs(got.matrix - ref).max()))
+        assert np.allclose(got.matrix, ref, atol=1e-6), max_diff
     out = {name: percentiles(v) for name, v in samples.items()}
-    for name in ("via_get_online_features", "textbook"):
+    for name in ("ranker_uncached", "via_get_online_features", "textbook"):
         out[f"p99_speedup_vs_{name}"] = round(out[name]["p99_ms"] / out["ranker"]["p99_ms"], 2)
+        out[f"p50_speedup_vs_{name}"] = round(out[name]["p50_ms"] / out["ranker"]["p50_ms"], 2)
+    out["max_abs_diff_vs_get_online_features"] = max_diff
+    out["items_cached"] = len(online.item_cache._state.values)
     return out
 
 
@@ -155,6 +174,8 @@ def main() -> None:
     ap.add_argument("--lookups", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--skip-historical", action="store_true")
+    ap.add_argument("--lookups-only", action="store_true",
+                    help="Only the lookup latencies, on a copy of the data dir's published SQLite online store.")  # fmt: skip
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "feast.json")
     args = ap.parse_args()
     as_of = dt.date.fromisoformat(args.as_of)
@@ -162,6 +183,20 @@ def main() -> None:
     load = [os.getloadavg()[0]]
     result: dict = {"command": " ".join(sys.argv), "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     "machine": f"{cpu_model()}, {os.cpu_count()} cores"}  # fmt: skip
+
+    if args.lookups_only:
+        with tempfile.TemporaryDirectory(prefix="feast-bench-") as tmp:
+            data = Path(tmp) / "data"
+            for part in ("canonical", "feast"):
+                if not (args.data_dir / part).is_dir():
+                    raise SystemExit(f"{args.data_dir} has no {part}/: run `make run` (or llmfeat nightly) first")
+                shutil.copytree(args.data_dir / part, data / part, ignore=shutil.ignore_patterns("staging"))
+            cfg = load_config(None, [f"paths.data_dir={data}", "feast.online_store=sqlite"])
+            items, users = catalogue(data)
+            result["lookup_sqlite"] = lookups(cfg, users, items, args.lookups, args.seed)
+        load.append(os.getloadavg()[0])
+        finish(args, result, load, started)
+        return
 
     with tempfile.TemporaryDirectory(prefix="feast-bench-") as tmp:
         work = Path(tmp)
@@ -187,10 +222,7 @@ def main() -> None:
             (work / "data_redis").mkdir()
             for part in ("canonical", "embeddings", "features"):
                 (work / "data_redis" / part).symlink_to(data / part)
-            items = [str(i) for i in pq.read_table(next((data / "canonical" / "items").glob("snapshot_date=*")))
-                     .column("item_id").to_pylist()]  # fmt: skip
-            users = [str(u) for u in pq.read_table(next((data / "canonical" / "users").glob("snapshot_date=*")))
-                     .column("user_id").to_pylist()]  # fmt: skip
+            items, users = catalogue(data)
             for name, cfg in profiles.items():
                 print(f"[{name}] materialising ...", flush=True)
                 result[f"materialize_{name}"] = materialize(cfg, as_of)
@@ -221,6 +253,18 @@ def main() -> None:
             finally:
                 spark.stop()
             load.append(os.getloadavg()[0])
+    finish(args, result, load, started)
+
+
+def catalogue(data: Path) -> tuple[list[str], list[str]]:
+    items = [str(i) for i in pq.read_table(next((data / "canonical" / "items").glob("snapshot_date=*")))
+             .column("item_id").to_pylist()]  # fmt: skip
+    users = [str(u) for u in pq.read_table(next((data / "canonical" / "users").glob("snapshot_date=*")))
+             .column("user_id").to_pylist()]  # fmt: skip
+    return items, users
+
+
+def finish(args, result: dict, load: list[float], started: float) -> None:
     result["load_average_1min"] = [round(x, 2) for x in load]
     result["seconds"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

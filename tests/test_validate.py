@@ -65,7 +65,7 @@ def test_mind_fixture_quarantine(fixtures):
     got = sorted(zip(q["table"], q["row"], q["reason"], strict=True))
     assert got == sorted(
         [
-            ("items", 6, "EMPTY_TEXT"),  # N6 has no title
+            ("items", 6, "EMPTY_TEXT"),  # N6 has no text at all
             ("interactions", 3, "UNKNOWN_ITEM"),  # N6-0 shown, but N6 is quarantined
             ("interactions", 4, "BAD_LABEL"),  # N4-x
             ("interactions", 4, "UNKNOWN_ITEM"),  # history N9 not in news.tsv

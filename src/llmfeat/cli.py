@@ -166,6 +166,13 @@ def embed(
             extra.append(f"embed.embedding_set={set_for_model(model)}")
     cfg = _config(config, set_, data_dir, extra)
     day = _date(as_of)
+    try:  # an empty catalogue is refused before Spark starts
+        from llmfeat.embed import require_items
+
+        require_items(cfg.paths.data_dir, day)
+    except (InputError, FileNotFoundError) as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
     spark = build_spark(cfg.spark)
     try:
         manifest = run_embed(spark, cfg, day, snapshot_from=_date(from_) if from_ else None, every_days=every,
@@ -497,9 +504,7 @@ def serve(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Serve retrieval over HTTP (FastAPI); picks up newly published index versions without a restart."""
-    import uvicorn
-
-    from llmfeat.serve import RetrieverHolder, create_app
+    from llmfeat.serve import RetrieverHolder, create_app, run_server
 
     extra = ([f"serve.host={host}"] if host else []) + ([f"serve.port={port}"] if port is not None else [])
     cfg = _config(config, set_, data_dir, extra)
@@ -512,7 +517,7 @@ def serve(
                       filter_ids_max=cfg.serve.filter_ids_max)  # fmt: skip
     _require_token(app_, cfg)
     _log_service_events()
-    uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
+    run_server(app_, cfg.serve.host, cfg.serve.port, cfg)
 
 
 def _require_token(app_, cfg: Config) -> None:

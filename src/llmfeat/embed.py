@@ -51,10 +51,31 @@ from llmfeat.encoder import (
 )
 from llmfeat.errors import ConfigError, ModelMismatchError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
+from llmfeat.sources.raw import InputError
 from llmfeat.texts import render_all, template_fields
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
 EMBED_TABLES = ("item_text", "user_text", "user_history")
+
+
+class NothingToEmbedError(InputError):
+    """The canonical items snapshot has no rows: there is nothing to encode (exit 3, nothing written)."""
+
+
+def require_items(data_dir: Path, as_of: dt.date) -> Path:
+    """The canonical items snapshot of ``as_of``; refused before any Spark work when it has no rows (an empty
+    catalogue file, or every item quarantined at ingest)."""
+    import pyarrow.parquet as pq
+
+    path = require_canonical(data_dir, as_of, ("items",))["items"]
+    files = sorted(path.glob("*.parquet"))
+    if sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0:
+        quarantine = tables.snapshot_dir(tables.canonical_dir(data_dir, "quarantine"), as_of)
+        raise NothingToEmbedError(
+            f"nothing to embed: the items table of snapshot {as_of} ({path}) has no rows; "
+            f"see the ingest quarantine ({quarantine}). Nothing was written."
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -246,6 +267,10 @@ class _Run:
             vectors = encoded
         else:
             vectors = pool if encoded is None else pool.unionByName(encoded)
+        if vectors is None:  # nothing stored and nothing new (every text empty): an empty table, not None
+            vectors = self.spark.createDataFrame(
+                [], "content_hash string, embedding array<float>, n_tokens int, truncated boolean"
+            )
         return vectors, n_new
 
     def tagged(self, df, *cols):
@@ -480,6 +505,7 @@ def run_embed(
     spec = encoder_spec(cfg)
     current_model, dim = describe_model(spec)
 
+    require_items(cfg.paths.data_dir, as_of)
     canonical = require_canonical(cfg.paths.data_dir, as_of, ("items", "users", "interactions"))
     items, users, interactions = (
         spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")

@@ -6,12 +6,24 @@ user view with 1 key, one per item view with the N keys, and the stored protobuf
 numpy. ``get_online_features(...).to_dict()`` on the same store returns the same numbers, but spends most of
 a 100-item lookup on registry lookups, response building and converting 38,400 floats to Python objects and
 back (BENCHMARKS.md, "Feast"); the test suite checks the two paths agree.
+
+Item features change only when a night publishes, so the item views are held in the ranker's process
+(``ItemFeatureCache``), keyed by the publish version: the materialisation intervals the Feast registry records
+for the item views (Feast records a view's interval only after its online rows are written). A request
+stats the registry file (microseconds); when it changed and the item views' intervals differ, every cached
+item is read again from the online store and the new cache replaces the old with one assignment, so a
+request sees one version or the other, never a mix. User features are still read per request.
+``get_online_features`` stays the reference path: tests compare the two value by value.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -67,10 +79,139 @@ class _ViewRead:
     features: tuple[str, ...]
 
 
-class OnlineFeatures:
-    """Reads the ``ranker`` service's features for one user and their candidate items."""
+@dataclass
+class _CacheState:
+    version: tuple
+    values: dict[str, dict[str, object]] = field(default_factory=dict)
+    """item id -> {full feature name -> value}; an id the online store does not know maps to all-None."""
 
-    def __init__(self, store, dim: int, service: str = "ranker"):
+
+class ItemFeatureCache:
+    """The item views' online values, held in process and keyed by the publish version (see module doc).
+
+    Filled lazily (an id read once is served from memory until the next publish) or up front with
+    ``preload`` (the whole catalogue at start). At most ``max_items`` ids are held; beyond that, ids are read
+    through without being kept, so unknown ids sent by a client cannot grow the process without bound.
+    A registry that is not a local file (object store, SQL) is checked every ``check_interval_s`` seconds.
+    """
+
+    def __init__(self, online: OnlineFeatures, *, max_items: int = 2_000_000, check_interval_s: float = 5.0):
+        self.online = online
+        self.max_items = max_items
+        self.check_interval_s = check_interval_s
+        self._lock = threading.Lock()
+        self._registry_file = self._local_registry(online.store)
+        self._stamp: object = None
+        self._checked_at = 0.0
+        self._state = _CacheState(self._publish_version())
+        self._stamp = self._registry_stamp()
+        self.refreshes = 0
+
+    @staticmethod
+    def _local_registry(store) -> Path | None:
+        reg = store.config.registry
+        path = getattr(reg, "path", None) if not isinstance(reg, str) else reg
+        if not path or "://" in str(path) or getattr(reg, "registry_type", "file") != "file":
+            return None
+        path = Path(path)
+        return path if path.is_absolute() else Path(store.repo_path) / path
+
+    def _registry_stamp(self) -> object:
+        if self._registry_file is None:
+            return None
+        try:
+            st = os.stat(self._registry_file)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _publish_version(self) -> tuple:
+        """The item views' materialisation intervals, as the registry records them now."""
+        store = self.online.store
+        out = []
+        for read in self.online.item_views:
+            view = store.get_feature_view(read.view.name)  # not the registry cache: the file as it is now
+            out.append(
+                (
+                    view.name,
+                    tuple((i[0].isoformat(), i[1].isoformat()) for i in view.materialization_intervals),
+                )
+            )
+        return tuple(out)
+
+    @property
+    def version(self) -> tuple:
+        return self._state.version
+
+    def _current(self) -> _CacheState:
+        state = self._state
+        if self._registry_file is not None:
+            stamp = self._registry_stamp()
+            if stamp == self._stamp:
+                return state
+        elif time.monotonic() - self._checked_at < self.check_interval_s:
+            return state
+        if not self._lock.acquire(blocking=False):
+            return state  # another request is refreshing: answer from the version we have, do not wait
+        try:
+            if self._state is not state:
+                return self._state
+            self._checked_at = time.monotonic()
+            stamp = self._registry_stamp()
+            try:
+                version = self._publish_version()
+            except Exception:  # a registry caught half-written: keep the cache, look again next request
+                return state
+            if version != state.version:
+                fresh = _CacheState(version, self._read(list(state.values)))
+                self._state = fresh  # one assignment: a request sees the old version or the new one
+                self.refreshes += 1
+            self._stamp = stamp
+            return self._state
+        finally:
+            self._lock.release()
+
+    def _read(self, ids: list[str]) -> dict[str, dict[str, object]]:
+        if not ids:
+            return {}
+        got: dict[str, list] = {}
+        for read in self.online.item_views:
+            got.update(self.online._read(read, ids))
+        names = list(got)
+        return {i: {n: got[n][k] for n in names} for k, i in enumerate(ids)}
+
+    def preload(self, item_ids) -> int:
+        """Read ``item_ids`` (e.g. the whole catalogue) into the cache now; returns how many are held."""
+        state = self._current()
+        missing = [str(i) for i in dict.fromkeys(item_ids) if str(i) not in state.values]
+        room = max(0, self.max_items - len(state.values))
+        state.values.update(self._read(missing[:room]))
+        return len(state.values)
+
+    def get(self, item_ids: list[str]) -> dict[str, list]:
+        """Item feature values by full name, one per id in order (the shape of ``OnlineFeatures.fetch``)."""
+        state = self._current()
+        values = state.values
+        missing = [i for i in dict.fromkeys(item_ids) if i not in values]
+        if missing:
+            fetched = self._read(missing)
+            if len(values) + len(fetched) <= self.max_items:
+                values.update(fetched)  # one dict update per id: atomic under the GIL
+            lookup = {**fetched, **{i: values[i] for i in item_ids if i in values}}
+        else:
+            lookup = values
+        names = [f"{r.view.name}__{f}" for r in self.online.item_views for f in r.features]
+        rows = [lookup[i] for i in item_ids]
+        return {n: [row[n] for row in rows] for n in names}
+
+
+class OnlineFeatures:
+    """Reads the ``ranker`` service's features for one user and their candidate items.
+
+    ``cache_items=True`` (the default) serves item features from an ``ItemFeatureCache``; ``False`` reads
+    them from the online store on every call, like users."""
+
+    def __init__(self, store, dim: int, service: str = "ranker", *, cache_items: bool = True):
         from feast.infra.online_stores.helpers import get_online_store_from_config
 
         self.store = store
@@ -84,6 +225,7 @@ class OnlineFeatures:
                 raise ConfigError(f"feature view {view.name}: expected one join key, got {view.join_keys}")
             read = _ViewRead(view, view.join_keys[0], tuple(f.name for f in projection.features))
             (self.user_views if read.join_key == "user_id" else self.item_views).append(read)
+        self.item_cache = ItemFeatureCache(self) if cache_items and self.item_views else None
 
     def _read(self, read: _ViewRead, ids: list[str]) -> dict[str, list]:
         keys = [EntityKey(join_keys=[read.join_key], entity_values=[Value(string_val=str(i))]) for i in ids]
@@ -102,8 +244,11 @@ class OnlineFeatures:
         for read in self.user_views:
             user.update(self._read(read, [user_id]))
         items: dict[str, list] = {}
-        for read in self.item_views:
-            items.update(self._read(read, list(item_ids)))
+        if self.item_cache is not None:
+            items = self.item_cache.get([str(i) for i in item_ids])
+        else:
+            for read in self.item_views:
+                items.update(self._read(read, list(item_ids)))
         return user, items
 
     def columns(self, user_id: str, item_ids: list[str]) -> dict[str, list]:
@@ -125,26 +270,49 @@ class OnlineFeatures:
 
 class FeastUserVectors:
     """User query vectors for retrieval from the Feast online store (``kind``: text or history); implements
-    ``retrieval.UserVectorSource``. The model id is learnt from the vectors fetched."""
+    ``retrieval.UserVectorSource``. The model id is learnt from the vectors fetched.
+
+    ``direct=True`` (the default) reads the view straight from the online store (``online_read``, one
+    call per request), as ``OnlineFeatures`` does; ``False`` goes through ``get_online_features``, the
+    reference path the tests compare it with (a retrieval service spent most of a user request there)."""
 
     VIEWS = {"text": "user_text_embedding", "history": "user_history_embedding"}
 
-    def __init__(self, store, kind: str = "text"):
+    def __init__(self, store, kind: str = "text", *, direct: bool = True):
         if kind not in self.VIEWS:
             raise ConfigError(f"user vector kind {kind!r}: expected one of {sorted(self.VIEWS)}")
         self.store = store
         self.view = self.VIEWS[kind]
         self._model_id: str | None = None
+        self._direct = None
+        if direct:
+            from feast.infra.online_stores.helpers import get_online_store_from_config
+
+            view = store.get_feature_view(self.view)
+            features = tuple(f.name for f in view.features if f.name in ("embedding", "model_id"))
+            self._direct = (get_online_store_from_config(store.config.online_store), view, features)
+
+    def _read_direct(self, user_ids: list[str]) -> dict[str, list]:
+        online_store, view, features = self._direct
+        keys = [EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=str(u))]) for u in user_ids]
+        rows = online_store.online_read(self.store.config, view, keys, list(features))
+        return {
+            f"{self.view}__{name}": [python_value(values.get(name)) if values else None for _, values in rows]
+            for name in features
+        }
 
     @property
     def model_id(self) -> str | None:
         return self._model_id
 
     def get(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
-        refs = [f"{self.view}:embedding", f"{self.view}:model_id"]
-        got = self.store.get_online_features(
-            features=refs, entity_rows=[{"user_id": u} for u in user_ids], full_feature_names=True
-        ).to_dict()
+        if self._direct is not None:
+            got = self._read_direct(user_ids)
+        else:
+            refs = [f"{self.view}:embedding", f"{self.view}:model_id"]
+            got = self.store.get_online_features(
+                features=refs, entity_rows=[{"user_id": u} for u in user_ids], full_feature_names=True
+            ).to_dict()
         values = got[f"{self.view}__embedding"]
         dim = next((len(v) for v in values if v is not None), 0)
         vecs, found = vectors(values, dim)

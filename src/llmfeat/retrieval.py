@@ -528,9 +528,10 @@ class Retriever:
     def _exact(self, q: np.ndarray, flt: ItemFilter, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k of the rows the filter allows; ties broken by faiss id.
 
-        Few rows: gathered and scored with einsum (a threaded BLAS matrix-vector product costs ~30x more on
-        a busy machine, and one query is too small to share out). Many rows (> 1/32 of the catalogue):
-        FAISS scans the vectors in place with the filter's selector (``knn_inner_product``), no copy."""
+        Few rows: gathered and scored with FAISS's single-threaded SIMD inner products, not BLAS (a threaded
+        BLAS matrix-vector product costs ~30x more on a busy machine, and numpy's einsum took twice as long:
+        docs/retrieval.md, "Throughput"). Many rows (> 1/32 of the catalogue): FAISS scans the vectors in
+        place with the filter's selector (``knn_inner_product``), no copy."""
         if k == 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         if flt.remaining > self.count // 32 and self._flat_vectors is not None:
@@ -540,7 +541,8 @@ class Retriever:
             ok = rows >= 0
             return top_k(rows[ok], scores[ok], k)
         rows = flt.allowed_rows()
-        scores = np.einsum("ij,j->i", np.asarray(self._vectors[rows], dtype=np.float32), q[0])
+        q1 = np.ascontiguousarray(q[0], dtype=np.float32)
+        scores = inner_products(np.asarray(self._vectors[rows], dtype=np.float32), q1)
         return top_k(rows, scores, k)
 
 
@@ -564,6 +566,18 @@ def _preassignable_ivf(index: faiss.Index) -> Any | None:
         inner = layer.base_index if isinstance(layer, faiss.IndexRefine) else layer.index
         layer = faiss.downcast_index(inner)
     return layer if isinstance(layer, faiss.IndexIVF) else None
+
+
+def inner_products(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``vectors @ q`` (float32) with FAISS's SIMD kernel, in the calling thread."""
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    if v.ndim != 2 or v.shape[1] != q.shape[0]:
+        raise ValueError(f"inner_products: vectors {v.shape} and query {q.shape} do not match")
+    out = np.empty(v.shape[0], dtype=np.float32)
+    if len(v):
+        faiss.fvec_inner_products_ny(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(v), v.shape[1], v.shape[0])
+    return out
 
 
 def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ UTC_TS = pa.timestamp("us", tz="UTC")
 ITEMS = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
-        pa.field("title", pa.string(), nullable=False),
+        pa.field("title", pa.string()),  # null when another text field carries the item (description only)
         pa.field("description", pa.string()),
         pa.field("category", pa.string()),
         pa.field("subcategory", pa.string()),

@@ -266,8 +266,12 @@ def create_app(
                     status_code=422, detail=f"{name}: at most {filter_ids_max} ids, got {len(ids)}"
                 )
 
+    # The retrieval routes are coroutines and answer on the event loop: their work (one online-store read of
+    # the user, a FAISS search over one query) takes well under a millisecond, less than handing the request
+    # to a worker thread and back, and worker threads contending for the GIL with the event loop made p99
+    # several times p50 under concurrent clients (docs/retrieval.md, "Throughput"; bench/serve_bench.py).
     @app.get("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
-    def similar(
+    async def similar(
         item_id: ItemId, k: K = 10, categories: Categories = None, allow: Allow = None, deny: Deny = None
     ) -> Recommendations:
         """Items whose vectors are closest to this item's (content-based filtering)."""
@@ -285,7 +289,7 @@ def create_app(
         return _response("item", item_id, body.k, r, res)
 
     @app.get("/users/{user_id}/recommendations", response_model=Recommendations, responses=not_found)
-    def for_user(
+    async def for_user(
         user_id: UserId,
         k: K = 10,
         categories: Categories = None,
@@ -309,7 +313,7 @@ def create_app(
         return _response("user", user_id, body.k, r, res)
 
     @app.get("/health", response_model=Health)
-    def health() -> Health:
+    async def health() -> Health:
         r = provider.get()
         return Health(status="ok", index_version=r.version, items=r.count,
                       last_reload_error=getattr(provider, "last_error", None))  # fmt: skip
@@ -341,3 +345,10 @@ def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Recomm
     return Recommendations(kind=kind, id=id_, k=k, index_version=res.index_version, model_id=r.model_id,
                            method=res.method, results=hits, plan=res.plan, selectivity=res.selectivity,
                            reason=res.reason, ignored_ids=res.ignored_ids)  # fmt: skip
+
+
+def run_server(app: FastAPI, host: str, port: int, cfg: Config | None = None) -> None:
+    """Serve ``app`` with uvicorn as ``llmfeat serve`` does (the load bench serves the same way)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info")

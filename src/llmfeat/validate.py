@@ -15,6 +15,7 @@ as ``FUTURE_TIMESTAMP``.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -28,8 +29,9 @@ REASONS: dict[str, str] = {
     "MISSING_ID": "the id (or a referenced id) is null or blank",
     "BAD_ENCODING": "bytes that do not decode in the file's encoding",
     "CONTROL_CHARS": "control characters (other than tab / newline) in a text field",
-    "EMPTY_TEXT": "a required text field is null, empty or whitespace only",
+    "EMPTY_TEXT": "an item has no usable text: every text field is null, empty or whitespace only",
     "TEXT_TOO_LONG": "a text field is longer than ingest.max_text_chars",
+    "REPETITIVE_TEXT": "a long text field is mostly one repeated pattern (e.g. one character a million times)",
     "MISSING_TIMESTAMP": "the timestamp is null or blank",
     "BAD_TIMESTAMP": "the timestamp does not parse",
     "FUTURE_TIMESTAMP": "the timestamp is later than the wall clock at ingest plus ingest.max_clock_skew_s",
@@ -99,6 +101,32 @@ def _check_length(v: _Verdicts, df: pd.DataFrame, columns: list[str], max_chars:
         v.fail(length > max_chars, "TEXT_TOO_LONG", f"column {col!r} is longer than {max_chars} characters")
 
 
+REPETITIVE_MIN_CHARS = 1_000
+REPETITIVE_MIN_RATIO = 20.0
+"""A text of at least this many characters that zlib compresses more than this many times is degenerate:
+natural language compresses 2-4x, one character repeated a million times about 1000x and tokenises to a
+handful of [UNK] tokens, so its vector says nothing about the item."""
+
+
+def repetition_ratio(text: str) -> float:
+    """Length of ``text`` in UTF-8 over its zlib-compressed length (1 = incompressible)."""
+    raw = text.encode("utf-8", "surrogateescape")
+    return len(raw) / max(1, len(zlib.compress(raw, 1)))
+
+
+def _check_repetitive(v: _Verdicts, df: pd.DataFrame, columns: list[str]) -> None:
+    for col in columns:
+        text = _text(df[col])
+        long = text.str.len() >= REPETITIVE_MIN_CHARS
+        if not long.fillna(False).any():
+            continue
+        ratio = text[long.fillna(False)].map(repetition_ratio)
+        hit = pd.Series(False, index=df.index)
+        hit.loc[ratio.index] = ratio > REPETITIVE_MIN_RATIO
+        v.fail(hit, "REPETITIVE_TEXT", f"column {col!r} is long but mostly repetition "
+               f"(compresses more than {REPETITIVE_MIN_RATIO:g}x): its tokens would carry no meaning")  # fmt: skip
+
+
 def _check_timestamp(v: _Verdicts, df: pd.DataFrame, col: str, latest: pd.Timestamp) -> None:
     raw_col = f"_{col}_raw"
     missing = df[col].isna() & (_blank(df[raw_col]) if raw_col in df else True)
@@ -147,7 +175,7 @@ def _quarantine_rows(df: pd.DataFrame, v: _Verdicts, table: str) -> pd.DataFrame
 
 
 def _entities(
-    df: pd.DataFrame, table: str, id_col: str, text_cols: tuple[str, ...], required_text: str | None,
+    df: pd.DataFrame, table: str, id_col: str, text_cols: tuple[str, ...], required_text: tuple[str, ...],
     max_chars: int, snapshot_time: pd.Timestamp, latest: pd.Timestamp,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:  # fmt: skip
     df = df.reset_index(drop=True).copy()
@@ -158,9 +186,12 @@ def _entities(
     v.fail(_blank(df[id_col]), "MISSING_ID", f"column {id_col!r} is empty")
     checked = [id_col, *text_cols] + (["tags"] if "tags" in df else [])
     _check_text(v, df, checked)
-    if required_text:
-        v.fail(_blank(df[required_text]), "EMPTY_TEXT", f"column {required_text!r} is empty")
+    if required_text:  # any one usable text field is enough: the embedded text is the rendered template
+        present = [c for c in required_text if c in df]
+        blank = pd.concat([_blank(_text(df[c])) for c in present], axis=1).all(axis=1)
+        v.fail(blank, "EMPTY_TEXT", f"every text column ({', '.join(present)}) is empty")
     _check_length(v, df, checked, max_chars)
+    _check_repetitive(v, df, checked)
     _check_timestamp(v, df, "updated_at", latest)
 
     # Duplicates among otherwise valid rows: the newest updated_at wins; on a tie, the later row.
@@ -250,10 +281,11 @@ def validate(
     snapshot_time = _utc(snapshot_time)
     latest = _utc(now if now is not None else pd.Timestamp.now(tz="UTC")) + pd.Timedelta(seconds=max_clock_skew_s)
     items, q_items, later_items = _entities(
-        raw.items, "items", "item_id", schemas.ITEM_TEXT_COLUMNS, "title", max_text_chars, snapshot_time, latest
+        raw.items, "items", "item_id", schemas.ITEM_TEXT_COLUMNS, (*schemas.ITEM_TEXT_COLUMNS, "tags"), max_text_chars,
+        snapshot_time, latest
     )
     users, q_users, later_users = _entities(
-        raw.users, "users", "user_id", schemas.USER_TEXT_COLUMNS, None, max_text_chars, snapshot_time, latest
+        raw.users, "users", "user_id", schemas.USER_TEXT_COLUMNS, (), max_text_chars, snapshot_time, latest
     )
     inter, q_inter, later_inter = _interactions(
         raw.interactions, set(items["item_id"]), set(users["user_id"]), snapshot_time, latest

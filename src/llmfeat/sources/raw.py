@@ -65,6 +65,9 @@ def read_delimited(
     lines = text.splitlines()
     start = 1 if skip_header else 0
     if quoting:
+        # csv's default limit (128 KiB a field) would crash on one long text: validation owns that rule
+        # (TEXT_TOO_LONG, REPETITIVE_TEXT), with the row kept in the quarantine.
+        csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
         reader = csv.reader(io.StringIO("\n".join(lines[start:])), delimiter=sep)
         # csv may join physical lines (quoted newlines); line_num tracks the physical position.
         for fields in reader:
