@@ -484,10 +484,16 @@ def retrieve(
         raise typer.Exit(Exit.FAILURE) from exc
     what = f"user {user}" if user is not None else f"items similar to {item}"
     table = Table(title=f"{what}  (index {res.index_version}, {res.method})", title_justify="left")
-    for col, justify in (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left")):
+    because = r.explain(user, res.ids, cfg.bandit.explain_n) if user is not None else [[] for _ in res.ids]
+    cols = (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left"))
+    for col, justify in cols + ((("because you liked", "left"),) if user is not None else ()):
         table.add_column(col, justify=justify)
-    for rank, (iid, score, title) in enumerate(zip(res.ids, res.scores, res.titles, strict=True), 1):
-        table.add_row(str(rank), iid, f"{score:.4f}", title or "")
+    for rank, (iid, score, title, why) in enumerate(
+        zip(res.ids, res.scores, res.titles, because, strict=True), 1
+    ):
+        table.add_row(
+            str(rank), iid, f"{score:.4f}", title or "", *([_because(why)] if user is not None else [])
+        )
     console.print(table)
 
 
@@ -522,8 +528,32 @@ def serve(
     console.print(
         f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
     )
-    app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s)
+    bandit = _bandit_service(cfg)
+    app_ = create_app(
+        holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s, bandit=bandit
+    )
     uvicorn.run(app_, host=cfg.serve.host, port=cfg.serve.port, log_level="info")
+
+
+def _bandit_service(cfg: Config):
+    """The /rank + /reward routes when a bandit policy is published (else the service runs without them)."""
+    from llmfeat.bandit.policy import PolicyNotFoundError
+    from llmfeat.bandit.service import BanditService
+
+    if not cfg.bandit.enabled:
+        return None
+    try:
+        service = BanditService.from_config(cfg)
+    except PolicyNotFoundError as exc:
+        console.print(f"[yellow]no /rank and /reward:[/yellow] {exc}")
+        return None
+    p = service.policies.get()
+    console.print(f"bandit policy {p.version} ({p.policy.exploration}); event log {service.events.path}")
+    return service
+
+
+def _because(items) -> str:
+    return "; ".join(f"{b.title or b.item_id} ({b.similarity:.2f})" for b in items)
 
 
 @app.command()
@@ -641,7 +671,8 @@ def score(
     for col in ranked.columns:
         table.add_column(col, justify="right" if col in ("rank", "ctr", "retrieval_score") else "left")
     for row in ranked.itertuples(index=False):
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else _because(v) if isinstance(v, list) else str(v)
+                        for v in row])  # fmt: skip
     console.print(table)
 
 
@@ -650,6 +681,14 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the effective configuration (defaults + file + overrides)."""
     console.print_json(json.dumps(_config(config, set_).to_dict()))
 
+
+def _register_bandit() -> None:
+    from llmfeat.bandit.cli import bandit_app
+
+    app.add_typer(bandit_app, name="bandit")
+
+
+_register_bandit()
 
 if __name__ == "__main__":
     app()

@@ -125,10 +125,20 @@ class RetrieverHolder:
 # --- response models ----------------------------------------------------------------------------------
 
 
+class BecauseItem(BaseModel):
+    item_id: str
+    title: str | None = None
+    similarity: float = Field(description="Cosine of this liked item's vector with the recommended item's.")
+
+
 class Hit(BaseModel):
     item_id: str
     score: float = Field(description="Inner product of unit vectors: cosine similarity, higher is closer.")
     title: str | None = None
+    because: list[BecauseItem] = Field(
+        default_factory=list,
+        description='User recommendations: the 1-3 liked history items nearest to this one ("because you liked").',
+    )
 
 
 class Recommendations(BaseModel):
@@ -179,18 +189,25 @@ class Problem(BaseModel):
 Category = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
 
 
-def create_app(provider: RetrieverProvider, *, k_max: int = 1000, reload_interval_s: float = 0.0) -> FastAPI:
-    """The FastAPI app over ``provider``; a ``RetrieverHolder`` also gets its background reload check."""
+def create_app(
+    provider: RetrieverProvider, *, k_max: int = 1000, reload_interval_s: float = 0.0, bandit: Any = None
+) -> FastAPI:
+    """The FastAPI app over ``provider``; a ``RetrieverHolder`` also gets its background reload check.
+    ``bandit``: a ``llmfeat.bandit.service.BanditService`` adds ``POST /rank`` and ``POST /reward``."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         starter = getattr(provider, "start", None)
         if starter is not None:
             starter(reload_interval_s)
+        if bandit is not None:
+            bandit.start(reload_interval_s)
         yield
         stopper = getattr(provider, "stop", None)
         if stopper is not None:
             stopper()
+        if bandit is not None:
+            bandit.stop()
 
     app = FastAPI(
         title="llmfeat retrieval",
@@ -254,10 +271,14 @@ def create_app(provider: RetrieverProvider, *, k_max: int = 1000, reload_interva
             reloaded=out.reloaded, index_version=out.index_version, previous_version=out.previous_version
         )
 
+    if bandit is not None:
+        bandit.register(app, provider)
     return app
 
 
 def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Recommendations:
-    hits = [Hit(item_id=i, score=s, title=t) for i, s, t in zip(res.ids, res.scores, res.titles, strict=True)]
+    because = r.explain(id_, res.ids) if kind == "user" else [[] for _ in res.ids]
+    hits = [Hit(item_id=i, score=s, title=t, because=[BecauseItem(**vars(x)) for x in b])
+            for i, s, t, b in zip(res.ids, res.scores, res.titles, because, strict=True)]  # fmt: skip
     return Recommendations(kind=kind, id=id_, k=k, index_version=res.index_version, model_id=r.model_id,
                            method=res.method, results=hits)  # fmt: skip
