@@ -353,7 +353,11 @@ def _stage_line(stage: str, s: dict) -> str:
             for r in s.get("headline", [])
             if r["model"] in ("deep_lm", "deep_ids_stats")
         ]
-        return "; ".join(heads) + f"; report {s.get('report')}"
+        line = "; ".join(heads) + f"; report {s.get('report')}"
+        if s.get("bandit"):
+            b = s["bandit"]["mean_test_reward"]
+            line += f"; bandit sim reward VW {b['vw']:.0f} vs random {b['random']:.0f}, greedy CTR {b['greedy_ctr']:.0f}"
+        return line
     return json.dumps(s)[:100]
 
 

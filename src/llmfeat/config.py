@@ -240,11 +240,14 @@ class BanditConfig:
     )
     """The exploration algorithms ``auto`` chooses from (besides epsilon-greedy, always simulated)."""
     epsilon: float = 0.1
-    """Epsilon of the epsilon-greedy policy (the logging policy of the off-policy check)."""
+    """Epsilon of the epsilon-greedy policy."""
+    ope_epsilon: float = 0.5
+    """Exploration of the epsilon-greedy logger whose test-window logs the simulator's off-policy check uses."""
     proj_dim: int = 32
     """Dimensions each published vector is projected to (PCA of the item vectors); 0: the full vector."""
-    vw_args: str = "-q UA -q HA -q CS -b 20 --power_t 0 -l 0.02"
-    """VW learner options besides --cb_explore_adf and the exploration (namespaces: see bandit/features.py)."""
+    vw_args: str = "-q HA -b 20"
+    """VW learner options besides --cb_explore_adf and the exploration (namespaces: see bandit/features.py;
+    -q HA crosses the user's pooled-history vector with the item's, chosen on the validation window)."""
     candidates: int = 100
     """``POST /rank`` with ``k``: candidates retrieved from FAISS."""
     reward_window_s: float = 3600.0
@@ -254,8 +257,11 @@ class BanditConfig:
     seed: int = 7
     sim_seeds: int = 3
     """Seeds the simulator repeats each policy with (intervals are over them)."""
-    sim_max_sessions: int | None = 150
-    """Sessions (user-days) per window the nightly's short simulator replays (None: all; the bench uses all)."""
+    sim_max_sessions: int | None = None
+    """Sessions (user-days with a click) of the validation and test windows replayed (None: all)."""
+    sim_warmup_sessions: int = 300
+    """Sessions at the end of the training window every learner is warmed up on before validation (the
+    nightly's short run; the numbers in docs/bandits.md use more)."""
     sim_neighbours: int = 20
     """FAISS neighbours of the user's vector added to the items the user rated in a session."""
     sim_decisions_per_session: int = 3

@@ -29,6 +29,10 @@ def simulate_cmd(
         int | None,
         typer.Option("--sessions", help="Sessions per window; 0: all (default: bandit.sim_max_sessions)."),
     ] = None,
+    warmup: Annotated[
+        int | None,
+        typer.Option("--warmup", help="Training-window warm-up sessions (bandit.sim_warmup_sessions)."),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir")] = None,

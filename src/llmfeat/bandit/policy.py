@@ -48,7 +48,10 @@ class VWPolicy:
         self.space = space
         self.exploration = exploration
         if model is not None:
-            args = f"--quiet -i {model}"  # the saved model carries its reductions and options
+            # The saved model carries its reductions and options; an exploration given here overrides its own.
+            args = f"--quiet -i {model}" + (
+                f" {exploration}" if exploration and exploration != "auto" else ""
+            )
         else:
             args = f"--cb_explore_adf {exploration} {vw_args} --quiet --random_seed {seed}"
         self.args = args
@@ -77,7 +80,7 @@ class VWPolicy:
     def clone(self, path: Path) -> VWPolicy:
         """A frozen copy (saved to ``path`` and loaded back)."""
         self.save(path)
-        return VWPolicy(self.space, self.exploration, model=path)
+        return VWPolicy(self.space, "", model=path)
 
 
 def _argmax_pmf(values: np.ndarray) -> np.ndarray:
@@ -177,8 +180,9 @@ def load_policy(root: Path, version: str | None = None) -> LoadedPolicy:
         raise PolicyNotFoundError(f"bandit policy version {version} not found under {root}")
     manifest = json.loads((path / "manifest.json").read_text())
     space = FeatureSpace.load(path / "space.npy")
-    return LoadedPolicy(version, VWPolicy(space, manifest.get("exploration", ""), model=path / "policy.vw"), space,
-                        manifest)  # fmt: skip
+    policy = VWPolicy(space, "", model=path / "policy.vw")
+    policy.exploration = manifest.get("exploration", "")
+    return LoadedPolicy(version, policy, space, manifest)
 
 
 class PolicyHolder:

@@ -17,11 +17,14 @@ Protocol (Dudik et al. 2011; Bietti, Agarwal & Langford 2021):
   ``user_state.py`` pools them) and the item's impressions and clicks before that day.
 - Policies: random, popularity, greedy CTR (highest smoothed click rate), epsilon-greedy (VW) and the VW
   policy whose exploration off-policy evaluation chose on the validation window. Every policy learns through
-  the validation window and is scored on the test window, once per seed.
+  the last ``bandit.sim_warmup_sessions`` sessions of the training window and the validation window, and is
+  scored on the test window, once per seed. VW's options (``bandit.vw_args``, ``bandit.proj_dim``) were
+  chosen on the validation window (docs/bandits.md).
 - Cold-start items: no interaction before the test window. Their slice is the reward earned by choosing them.
-- Off-policy check: the VW policy frozen at the start of the test window is evaluated from the test-window
-  logs of epsilon-greedy (IPS, SNIPS, DR with bootstrap intervals); its true value on the same contexts is
-  known exactly here, since every arm's reward is: sum_a pi(a|x) r(x, a).
+- Off-policy check: the VW policy frozen at the start of the test window is evaluated from test-window logs
+  of the epsilon-greedy policy (as trained through validation, frozen, exploring with ``bandit.ope_epsilon``)
+  by IPS, SNIPS and DR with bootstrap intervals; its true value on the same contexts is known exactly here,
+  since every arm's reward is: sum_a pi(a|x) r(x, a).
 
 Bias, documented rather than hidden: an unrated arm counts as a non-click although the user may have liked
 it, so every policy is scored against what MovieLens happened to show and users chose to rate (popular
@@ -336,23 +339,21 @@ def logged_rows(sessions: list[Session], logs) -> tuple[np.ndarray, np.ndarray]:
     return np.array(rows), np.array([r for *_, r in logs])
 
 
-def choose_exploration(cfg: Config, space: FeatureSpace, sessions: list[Session], a_texts: list[str],
-                       log: Callable[[str], None] = print) -> tuple[str, list[dict]]:  # fmt: skip
-    """Off-policy selection on the validation window: epsilon-greedy logs; each candidate exploration learns
-    along the log (progressive validation) and is scored by SNIPS on the decisions it had not yet seen."""
+def choose_exploration(cfg: Config, space: FeatureSpace, warm: list[Session], sessions: list[Session],
+                       a_texts: list[str], log: Callable[[str], None] = print) -> tuple[str, list[dict]]:  # fmt: skip
+    """Off-policy selection on the validation window: epsilon-greedy runs through the warm-up and validation
+    sessions, logging; each candidate exploration learns from the warm-up logs, then along the validation
+    log (progressive validation: each decision is scored before it is learnt) and is ranked by SNIPS."""
     b = cfg.bandit
     logger = VWPolicy(space, f"--epsilon {b.epsilon}", b.vw_args, seed=b.seed)
-    trace = run_policy(logger, sessions, a_texts, np.random.default_rng(b.seed), record=True)
+    rng = np.random.default_rng(b.seed)
+    warm_trace = run_policy(logger, warm, a_texts, rng, record=True)
+    trace = run_policy(logger, sessions, a_texts, rng, record=True)
     rows = []
     for exploration in b.explorers:
         pol = VWPolicy(space, exploration, b.vw_args, seed=b.seed)
-        tgt = []
-        for si, remaining, j, p, r in trace.logs:
-            s = sessions[si]
-            acts = s.actions[remaining]
-            texts = [a_texts[c] for c in s.cand[remaining]]
-            tgt.append(pol.pmf(s.shared, acts, a_text=texts)[j])
-            pol.learn(s.shared, acts, j, r, p, a_text=texts)
+        replay(pol, warm, warm_trace.logs, a_texts)
+        tgt = replay(pol, sessions, trace.logs, a_texts)
         est = ope.estimate(ope.Logged(np.array([x[4] for x in trace.logs]), np.array([x[3] for x in trace.logs]),
                                       np.array(tgt)), seed=b.seed)  # fmt: skip
         rows.append({"exploration": exploration, **{k: v.as_dict() for k, v in est.items()}})
@@ -360,6 +361,19 @@ def choose_exploration(cfg: Config, space: FeatureSpace, sessions: list[Session]
             f"[{est['snips'].lo:.4f}, {est['snips'].hi:.4f}]")  # fmt: skip
     best = max(rows, key=lambda r: r["snips"]["value"])
     return best["exploration"], rows
+
+
+def replay(policy, sessions: list[Session], logs, a_texts: list[str]) -> list[float]:
+    """Learn ``policy`` along logged decisions (off-policy, with the logged probabilities); returns its
+    probability of each logged action just before learning it."""
+    out = []
+    for si, remaining, j, p, r in logs:
+        s = sessions[si]
+        acts = s.actions[remaining]
+        texts = [a_texts[c] for c in s.cand[remaining]]
+        out.append(float(policy.pmf(s.shared, acts, a_text=texts)[j]))
+        policy.learn(s.shared, acts, j, r, p, a_text=texts)
+    return out
 
 
 @dataclass
@@ -372,8 +386,9 @@ class SimResult:
 
 
 def simulate(cfg: Config, as_of: dt.date, *, world: World | None = None, log: Callable[[str], None] = print,
-             max_sessions: int | None = -1, seeds: int | None = None) -> SimResult:  # fmt: skip
-    """The whole simulation; ``max_sessions`` -1: ``bandit.sim_max_sessions``."""
+             max_sessions: int | None = -1, seeds: int | None = None, warmup: int | None = None) -> SimResult:  # fmt: skip
+    """The whole simulation; ``max_sessions`` -1: ``bandit.sim_max_sessions``; ``warmup`` None:
+    ``bandit.sim_warmup_sessions``."""
     b = cfg.bandit
     t0 = time.perf_counter()
     world = world or load_world(cfg, as_of)
@@ -385,12 +400,15 @@ def simulate(cfg: Config, as_of: dt.date, *, world: World | None = None, log: Ca
     )
     val = build_sessions(world, space, world.t1, world.t2, first=False, **kw)
     test = build_sessions(world, space, world.t2, None, first=True, **kw)
+    n_warm = b.sim_warmup_sessions if warmup is None else warmup
+    warm = build_sessions(world, space, np.datetime64("1900-01-01", "us"), world.t1, first=False,
+                          **(kw | {"max_sessions": n_warm})) if n_warm else []  # fmt: skip
     a_texts = world_a_text(world, space)
-    log(f"bandit: simulator: {len(val)} validation / {len(test)} test sessions "
-        f"({sum(s.decisions for s in test)} test decisions), {n_seeds} seeds, features {space.proj}-d")  # fmt: skip
+    log(f"bandit: simulator: {len(warm)} warm-up (training window) / {len(val)} validation / {len(test)} test "
+        f"sessions ({sum(s.decisions for s in test)} test decisions), {n_seeds} seeds, features {space.proj}-d")  # fmt: skip
     prepared = time.perf_counter()
     if b.exploration == "auto":
-        exploration, selection = choose_exploration(cfg, space, val, a_texts, log)
+        exploration, selection = choose_exploration(cfg, space, warm, val, a_texts, log)
     else:
         exploration, selection = b.exploration, []
     log(f"bandit: VW exploration: {exploration}")
@@ -410,26 +428,40 @@ def simulate(cfg: Config, as_of: dt.date, *, world: World | None = None, log: Ca
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(n_seeds):
             row = {"seed": seed}
-            frozen = eps_val = eps_test = None
+            frozen = eps_warm = eps_val = eps_test = None
             for k, (name, make) in enumerate(factories.items()):
                 pol = make(b.seed + seed)
                 rng = np.random.default_rng([b.seed, seed, k])
+                tw = run_policy(pol, warm, a_texts, rng, record=name == "epsilon_greedy")
                 tv = run_policy(pol, val, a_texts, rng, record=name == "epsilon_greedy")
                 if name == "vw":
                     frozen = pol.clone(Path(tmp) / f"vw-{seed}.model")
+                if name == "epsilon_greedy":
+                    eps_model = Path(tmp) / f"eps-{seed}.model"
+                    pol.save(eps_model)
                 tt = run_policy(pol, test, a_texts, rng, record=name == "epsilon_greedy")
                 if name == "epsilon_greedy":
-                    eps_val, eps_test = tv, tt
+                    eps_warm, eps_val, eps_test = tw, tv, tt
                 arrays = tt.as_arrays()
                 curves[name].append(arrays)
                 row[name] = {"reward": float(arrays["rewards"].sum()), "cold_reward": float(arrays["rewards"][arrays["cold"]].sum()),
                              "cold_chosen": int(arrays["cold"].sum()), "decisions": len(arrays["rewards"]),
                              "regret": float((arrays["oracle"] - arrays["rewards"]).sum()),
-                             "ms_per_decision": 1000 * (tv.seconds + tt.seconds) / max(1, len(tv.rewards) + len(tt.rewards))}  # fmt: skip
+                             "ms_per_decision": 1000 * (tw.seconds + tv.seconds + tt.seconds) / max(1, len(tw.rewards) + len(tv.rewards) + len(tt.rewards))}  # fmt: skip
             per_seed.append(row)
-            # Off-policy check: the frozen VW policy from epsilon-greedy's test logs, against its exact value.
-            model = ope.RewardModel(space.proj).fit(*logged_rows(val, eps_val.logs))
-            logged, truth = evaluate_logged(frozen, test, eps_test.logs, a_texts, model)
+            # Off-policy check: the frozen VW policy from epsilon-greedy test logs, against its exact value. The
+            # logger is the epsilon-greedy policy as trained through validation, frozen, exploring with
+            # bandit.ope_epsilon: with 0.1 over ~30 arms the smallest propensity is ~0.003, and a few hundred
+            # decisions then hold almost no action a near-deterministic target would take off the logger's path.
+            logger = VWPolicy(space, f"--epsilon {b.ope_epsilon}", model=eps_model)
+            ope_log = run_policy(
+                logger, test, a_texts, np.random.default_rng([b.seed, seed, 98]), learn=False, record=True
+            )
+            rows_w, r_w = logged_rows(warm, eps_warm.logs)
+            rows_v, r_v = logged_rows(val, eps_val.logs)
+            model = ope.RewardModel(space.proj).fit(np.concatenate([x for x in (rows_w, rows_v) if len(x)]),
+                                                    np.concatenate([r_w, r_v]))  # fmt: skip
+            logged, truth = evaluate_logged(frozen, test, ope_log.logs, a_texts, model)
             est = ope.estimate(logged, seed=b.seed + seed)
             on_policy = run_policy(
                 frozen, test, a_texts, np.random.default_rng([b.seed, seed, 99]), learn=False
@@ -437,17 +469,22 @@ def simulate(cfg: Config, as_of: dt.date, *, world: World | None = None, log: Ca
             onp = np.array(on_policy.rewards)
             ope_rows.append({"seed": seed, "true_value": float(truth.mean()), "on_policy_mean": float(onp.mean()),
                              "on_policy_se": float(onp.std(ddof=1) / np.sqrt(len(onp))),
-                             "logging_mean": float(np.mean(eps_test.rewards)),
+                             "logging_mean": float(np.mean(ope_log.rewards)), "ope_epsilon": b.ope_epsilon,
                              **{k: v.as_dict() | {"covers_truth": v.contains(float(truth.mean()))} for k, v in est.items()}})  # fmt: skip
             log(f"bandit: seed {seed}: " + ", ".join(f"{n} {row[n]['reward']:.0f} (cold {row[n]['cold_reward']:.0f})" for n in factories)
                 + f"; OPE of VW: true {truth.mean():.4f}, DR {est['dr'].value:.4f} [{est['dr'].lo:.4f}, {est['dr'].hi:.4f}]")  # fmt: skip
             if seed == 0:
-                first_logs = [(val, eps_val.logs), (test, eps_test.logs)]
+                first_logs = [(warm, eps_warm.logs), (val, eps_val.logs), (test, eps_test.logs)]
     summary = {
         "as_of": as_of.isoformat(),
         "windows": {"t1": str(world.t1), "t2": str(world.t2)},
-        "sessions": {"validation": len(val), "test": len(test)},
-        "decisions": {"test": sum(s.decisions for s in test)},
+        "sessions": {"warmup": len(warm), "validation": len(val), "test": len(test)},
+        "decisions": {
+            "warmup": sum(s.decisions for s in warm),
+            "validation": sum(s.decisions for s in val),
+            "test": sum(s.decisions for s in test),
+        },
+        "cold_positives_in_test_slates": int(sum((s.cold & s.positive).sum() for s in test)),
         "cold_items_in_test_slates": int(sum(s.cold.sum() for s in test)),
         "features": {"proj_dim": space.proj, "space_id": space.id, "vw_args": b.vw_args},
         "exploration": exploration,
