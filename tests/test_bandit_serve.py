@@ -104,6 +104,17 @@ def test_rank_then_reward_once(syn, client):
     assert info["events"]["decisions"] == 2 and info["exploration"] == "--epsilon 0.2"
 
 
+def test_recommendations_carry_explanations(syn, client):
+    c, _ = client
+    user = syn.user_ids[1]
+    liked = {i for n, i in enumerate(sorted(syn.seen[user])) if n % 2}
+    r = c.get(f"/users/{user}/recommendations", params={"k": 4})
+    assert r.status_code == 200
+    for hit in r.json()["results"]:
+        assert 1 <= len(hit["because"]) <= 3 and {b["item_id"] for b in hit["because"]} <= liked
+    assert all(h["because"] == [] for h in c.get("/items/i0001/similar", params={"k": 3}).json()["results"])
+
+
 @pytest.mark.parametrize(
     "route, payload, status, message",
     [
@@ -261,3 +272,49 @@ def test_sigkill_loses_no_acknowledged_reward(syn):
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+@pytest.mark.spark
+def test_rank_reads_its_features_from_the_feast_online_store(pit_day1, tmp_path):
+    """The default feature source: the ranker's Feast lookup. The logged rows are the online store's values."""
+    from conftest import copy_data_dir
+    from pit_runs import pit_overrides
+
+    from llmfeat.bandit.features import action_rows, shared_row
+    from llmfeat.config import load_config
+    from llmfeat.index import index_root, load_version
+    from llmfeat.publish import open_store
+
+    data_dir = copy_data_dir(pit_day1, tmp_path / "data")
+    cfg = load_config(None, pit_overrides(data_dir))
+    vectors = load_version(index_root(data_dir, "default")).vectors
+    space = FeatureSpace.fit(vectors, 0)  # three items: the full vectors
+    publish_policy(policy_root(data_dir), VWPolicy(space, "--epsilon 0.2", "-q HA", seed=1), {})
+    bandit = BanditService.from_config(cfg)
+    app = create_app(RetrieverHolder.from_config(cfg), bandit=bandit)
+    with running(app) as url, httpx.Client(base_url=url, timeout=20) as c:
+        r = c.post(
+            "/rank",
+            json={"user_id": "U1", "item_ids": ["C", "A", "B"], "context": {"time": "2024-01-05T09:00:00Z"}},
+        )
+        assert r.status_code == 200, r.text
+        assert c.post("/rank", json={"user_id": "nobody", "item_ids": ["A"]}).status_code == 404
+    (d,) = EventLog(bandit.events.path, readonly=True).decisions()
+    import datetime as dt
+
+    from llmfeat.bandit.service import CTR, IMPRESSIONS
+
+    when = dt.datetime(2024, 1, 5, 9, tzinfo=dt.UTC)
+    full = open_store(cfg).get_online_features(
+        features=["user_text_embedding:embedding", "user_history_embedding:embedding", "user_history_embedding:n_clicks",
+                  "item_text_embedding:embedding", "item_stats_packed:packed"],
+        entity_rows=[{"user_id": "U1", "item_id": i} for i in ("C", "A", "B")], full_feature_names=True,
+    ).to_dict()  # fmt: skip
+    text, hist = full["user_text_embedding__embedding"][0], full["user_history_embedding__embedding"][0]
+    packed = np.array(full["item_stats_packed__packed"], dtype=np.float64)
+    expected_shared = shared_row(space, text, hist, full["user_history_embedding__n_clicks"][0] or 0, when)
+    expected = action_rows(space, np.array(full["item_text_embedding__embedding"], np.float32), packed[:, IMPRESSIONS],
+                           packed[:, CTR] * packed[:, IMPRESSIONS], text, hist)  # fmt: skip
+    assert d.item_ids == ["C", "A", "B"]
+    np.testing.assert_allclose(d.shared, expected_shared, atol=1e-6)
+    np.testing.assert_allclose(d.actions, expected, atol=1e-6)
