@@ -245,9 +245,10 @@ class BanditConfig:
     """Exploration of the epsilon-greedy logger whose test-window logs the simulator's off-policy check uses."""
     proj_dim: int = 32
     """Dimensions each published vector is projected to (PCA of the item vectors); 0: the full vector."""
-    vw_args: str = "-q HA -b 20"
+    vw_args: str = "-q HA -q SS -b 20"
     """VW learner options besides --cb_explore_adf and the exploration (namespaces: see bandit/features.py;
-    -q HA crosses the user's pooled-history vector with the item's, chosen on the validation window)."""
+    -q HA crosses the user's pooled-history vector with the item's, -q SS the item stats with each other;
+    chosen on the simulator's validation window, docs/bandits.md)."""
     candidates: int = 100
     """``POST /rank`` with ``k``: candidates retrieved from FAISS."""
     reward_window_s: float = 3600.0

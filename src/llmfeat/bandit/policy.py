@@ -5,6 +5,7 @@
 - Baselines read the action rows' stats: ``RandomPolicy`` (uniform), ``PopularityPolicy`` (most impressions),
   ``GreedyCtrPolicy`` (highest smoothed click rate: a per-item CTR model, greedy, no exploration). Ties share
   the probability equally.
+- ``LinUCBPolicy``: LinUCB in numpy over the same features, a transparent second baseline.
 
 ``PolicyStore`` publishes trained VW policies as versions (``<data_dir>/bandit/policies/versions/<v>/``:
 ``policy.vw``, ``space.npy``, ``manifest.json``; ``current`` a symlink swapped with one rename) and
@@ -119,6 +120,40 @@ class PopularityPolicy(_StatPolicy):
 class GreedyCtrPolicy(_StatPolicy):
     name = "greedy_ctr"
     column = "ctr"
+
+
+class LinUCBPolicy:
+    """LinUCB with one linear model shared by all items (Li et al., WWW 2010, over action features), in numpy:
+    a transparent baseline beside VW. Features of (user, item): the item's stats, the projected item vector and
+    its element-wise product with the projected pooled-history vector (what VW's ``-q HA`` crosses).
+    Deterministic: all probability on the highest upper confidence bound (ties shared)."""
+
+    name = "linucb"
+
+    def __init__(self, space: FeatureSpace, alpha: float = 0.5, ridge: float = 1.0):
+        self.p = space.proj
+        d = 2 * self.p + len(ACTION_STATS) + 1
+        self.alpha = alpha
+        self.a_inv = np.eye(d) / ridge
+        self.b = np.zeros(d)
+
+    def _phi(self, shared: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        p = self.p
+        hist = shared[p : 2 * p]
+        items = actions[:, :p]
+        return np.concatenate([actions[:, p:], items, items * hist, np.ones((len(actions), 1))], axis=1)
+
+    def pmf(self, shared, actions, a_text=None) -> np.ndarray:
+        phi = self._phi(shared, actions).astype(np.float64)
+        theta = self.a_inv @ self.b
+        width = np.sqrt(np.einsum("ij,jk,ik->i", phi, self.a_inv, phi))
+        return _argmax_pmf(phi @ theta + self.alpha * width)
+
+    def learn(self, shared, actions, chosen: int, reward: float, prob: float, a_text=None) -> None:
+        x = self._phi(shared, actions[chosen : chosen + 1])[0].astype(np.float64)
+        ax = self.a_inv @ x
+        self.a_inv -= np.outer(ax, ax) / (1.0 + x @ ax)  # Sherman-Morrison
+        self.b += reward * x
 
 
 # --- the versioned store ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-LABELS = {"random": "random", "popularity": "popularity", "greedy_ctr": "greedy CTR",
+LABELS = {"random": "random", "popularity": "popularity", "greedy_ctr": "greedy CTR", "linucb": "LinUCB (numpy)",
           "epsilon_greedy": "epsilon-greedy (VW)", "vw": "VW policy"}  # fmt: skip
 
 

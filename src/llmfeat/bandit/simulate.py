@@ -15,7 +15,7 @@ Protocol (Dudik et al. 2011; Bietti, Agarwal & Langford 2021):
   data the nightly publishes: the item text vectors, the user text vector (latest row of the user_text table
   at that time), the pooled-history vector (time-decayed mean of the clicks before that day, as
   ``user_state.py`` pools them) and the item's impressions and clicks before that day.
-- Policies: random, popularity, greedy CTR (highest smoothed click rate), epsilon-greedy (VW) and the VW
+- Policies: random, popularity, greedy CTR (highest smoothed click rate), LinUCB (numpy), epsilon-greedy (VW) and the VW
   policy whose exploration off-policy evaluation chose on the validation window. Every policy learns through
   the last ``bandit.sim_warmup_sessions`` sessions of the training window and the validation window, and is
   scored on the test window, once per seed. VW's options (``bandit.vw_args``, ``bandit.proj_dim``) were
@@ -48,13 +48,13 @@ import pyarrow.dataset as ds
 from llmfeat import tables
 from llmfeat.bandit import ope
 from llmfeat.bandit.features import FeatureSpace, a_text, action_rows, shared_row
-from llmfeat.bandit.policy import GreedyCtrPolicy, PopularityPolicy, RandomPolicy, VWPolicy
+from llmfeat.bandit.policy import GreedyCtrPolicy, LinUCBPolicy, PopularityPolicy, RandomPolicy, VWPolicy
 from llmfeat.config import Config
 from llmfeat.embed import embedding_paths
 from llmfeat.vectors import normalise, read_latest
 
 MAX_RATED = 10
-POLICIES = ("random", "popularity", "greedy_ctr", "epsilon_greedy", "vw")
+POLICIES = ("random", "popularity", "greedy_ctr", "linucb", "epsilon_greedy", "vw")
 
 
 # --- the world: items, interactions, user vectors -----------------------------------------------------
@@ -416,6 +416,7 @@ def simulate(cfg: Config, as_of: dt.date, *, world: World | None = None, log: Ca
         "random": lambda s: RandomPolicy(),
         "popularity": lambda s: PopularityPolicy(space),
         "greedy_ctr": lambda s: GreedyCtrPolicy(space),
+        "linucb": lambda s: LinUCBPolicy(space),
         "epsilon_greedy": lambda s: VWPolicy(space, f"--epsilon {b.epsilon}", b.vw_args, seed=s),
         "vw": lambda s: VWPolicy(space, exploration, b.vw_args, seed=s),
     }
@@ -503,7 +504,8 @@ def comparisons(per_seed: list[dict]) -> list[dict]:
     out = []
     for a, b_, metric in (("vw", "greedy_ctr", "cold_reward"), ("vw", "random", "reward"),
                           ("vw", "greedy_ctr", "reward"), ("vw", "epsilon_greedy", "reward"),
-                          ("vw", "popularity", "cold_reward")):  # fmt: skip
+                          ("vw", "popularity", "cold_reward"), ("vw", "linucb", "reward"),
+                          ("vw", "linucb", "cold_reward")):  # fmt: skip
         diffs = [r[a][metric] - r[b_][metric] for r in per_seed]
         est = ope.mean_interval(diffs)
         out.append({"a": a, "b": b_, "metric": metric, "diffs": diffs, **est.as_dict(),
