@@ -33,11 +33,10 @@ def plot_curves(out: Path, curves: dict[str, list[dict[str, np.ndarray]]]) -> li
             ax.plot(x, s.mean(axis=0), label=LABELS.get(name, name))
             ax.fill_between(x, s.min(axis=0), s.max(axis=0), alpha=0.15)
     n = len(next(iter(curves.values())))
-    for ax, title in zip(axes, ("Cumulative reward", "Cumulative regret", "Cumulative reward, cold-start items"),
-                         strict=True):  # fmt: skip
-        ax.set(
-            title=f"{title} (test window, {n} seeds)", xlabel="decision", ylabel=title.split(",")[0].lower()
-        )
+    for ax, title, ylabel in zip(axes, ("Cumulative reward", "Cumulative regret", "Cold-start items: cumulative reward"),
+                                 ("reward", "regret", "reward"), strict=True):  # fmt: skip
+        ax.set(title=title, xlabel="test-window decision", ylabel=ylabel)
+    fig.suptitle(f"Simulator, test window: mean of {n} seeds, band = min..max", fontsize=10)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     name = "bandit_curves.png"
