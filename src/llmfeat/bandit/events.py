@@ -131,7 +131,7 @@ class EventLog:
         """Append one decision; returns once it is on disk."""
         actions = np.ascontiguousarray(actions, dtype=np.float32)
         row = (event_id, ts, user_id, policy_version, space_id, json.dumps(list(item_ids)), int(chosen),
-               float(pmf[chosen]), np.asarray(pmf, np.float64).tobytes(), np.asarray(shared, np.float32).tobytes(),
+               min(float(pmf[chosen]), 1.0), np.asarray(pmf, np.float64).tobytes(), np.asarray(shared, np.float32).tobytes(),
                actions.tobytes(), actions.shape[1], json.dumps(context or {}, default=str))  # fmt: skip
         with self._lock:
             self._db.execute(

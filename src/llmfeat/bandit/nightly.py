@@ -22,9 +22,9 @@ from llmfeat.bandit.policy import PolicyNotFoundError, VWPolicy, load_policy, po
 from llmfeat.config import Config
 
 
-def _current_space(cfg: Config) -> FeatureSpace | None:
+def _current(cfg: Config):
     try:
-        return load_policy(policy_root(cfg.paths.data_dir)).space
+        return load_policy(policy_root(cfg.paths.data_dir))
     except (PolicyNotFoundError, FileNotFoundError):
         return None
 
@@ -34,9 +34,16 @@ def train_policy(cfg: Config, *, exploration: str | None = None, sim=None, log: 
     """Train a policy on the event log (and, for a first policy, the simulator's logs) and publish it."""
     b = cfg.bandit
     started = time.perf_counter()
-    exploration = exploration or (b.exploration if b.exploration != "auto" else f"--epsilon {b.epsilon}")
+    current = _current(cfg)
+    if (
+        exploration is None
+    ):  # the configured one, else the served policy's (chosen by OPE), else epsilon-greedy
+        exploration = b.exploration if b.exploration != "auto" else None
+        exploration = (
+            exploration or (current.policy.exploration if current else None) or f"--epsilon {b.epsilon}"
+        )
     sim_space = sim.logs[0][0] if sim is not None else None
-    space = _current_space(cfg) or sim_space
+    space = (current.space if current else None) or sim_space
     if space is None:
         from llmfeat.index import index_root, load_version
 
