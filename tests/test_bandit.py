@@ -130,6 +130,8 @@ def test_simulator_on_a_synthetic_world(tmp_path):
     for row in s["per_seed"]:
         assert row["vw"]["reward"] > 2 * row["random"]["reward"]  # ~120 vs ~30: the features carry the taste
         assert {r["decisions"] for k, r in row.items() if k != "seed"} == {s["decisions"]["test"]}
+    vs_random = next(c for c in s["comparisons"] if c["b"] == "random")
+    assert vs_random["session_bootstrap"]["lo"] > 0 and vs_random["value"] > 0
     for r in s["ope"]:
         assert 0 <= r["true_value"] <= 1 and r["dr"]["lo"] <= r["dr"]["value"] <= r["dr"]["hi"]
     assert len(res.curves["vw"]) == 2 and len(res.curves["vw"][0]["rewards"]) == s["decisions"]["test"]

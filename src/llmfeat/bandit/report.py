@@ -79,12 +79,15 @@ def section(summary: dict, images: list[str]) -> str:
         lines.append(f"| {LABELS.get(n, n)} | " + " | ".join(f"{x['reward']:.0f}" for x in rows)
                      + f" | {np.mean([x['reward'] for x in rows]):.1f} | {np.mean([x['cold_reward'] for x in rows]):.1f}"
                      f" | {np.mean([x['cold_chosen'] for x in rows]):.1f} | {np.mean([x['ms_per_decision'] for x in rows]):.2f} |\n")  # fmt: skip
-    lines.append("\nPaired differences over seeds (mean, 95% Student-t interval; with 3 seeds the interval is wide, "
-                 "and a small cold-start slice is noisy):\n\n| comparison | metric | mean difference | interval | "
-                 "per seed |\n|---|---|---:|---|---|\n")  # fmt: skip
+    lines.append("\nPaired differences (mean over seeds; 95% intervals: Student-t over seeds, which vary only the "
+                 "policies' randomness, and a paired bootstrap over test sessions, the data's variability; a small "
+                 "cold-start slice is noisy):\n\n| comparison | metric | mean difference | over seeds | over sessions | "
+                 "per seed |\n|---|---|---:|---|---|---|\n")  # fmt: skip
     for c in s["comparisons"]:
+        sb = c.get("session_bootstrap")
+        boot = f"[{sb['lo']:.1f}, {sb['hi']:.1f}]" if sb else "-"
         lines.append(f"| {LABELS[c['a']]} - {LABELS[c['b']]} | {c['metric']} | {c['value']:.1f} | "
-                     f"[{c['lo']:.1f}, {c['hi']:.1f}] | {', '.join(f'{d:.0f}' for d in c['diffs'])} |\n")  # fmt: skip
+                     f"[{c['lo']:.1f}, {c['hi']:.1f}] | {boot} | {', '.join(f'{d:.0f}' for d in c['diffs'])} |\n")  # fmt: skip
     lines.append("\nOff-policy check: the VW policy frozen at the start of the test window, evaluated from the "
                  "epsilon-greedy test logs, against its exact value on the same contexts (sum over arms of "
                  "probability x reward) and its own on-policy run:\n\n| seed | true value | on-policy run | IPS | "

@@ -491,7 +491,9 @@ def simulate(cfg: Config, as_of: dt.date, *, world: World | None = None, log: Ca
         "exploration": exploration,
         "selection": selection,
         "per_seed": per_seed,
-        "comparisons": comparisons(per_seed),
+        "comparisons": comparisons(
+            per_seed, curves, np.repeat(np.arange(len(test)), [t.decisions for t in test])
+        ),
         "ope": ope_rows,
         "seconds": {"prepare": round(prepared - t0, 2), "total": round(time.perf_counter() - t0, 2)},
         "policies": list(factories),
@@ -499,16 +501,36 @@ def simulate(cfg: Config, as_of: dt.date, *, world: World | None = None, log: Ca
     return SimResult(summary, curves, [(space, a_texts, first_logs)])
 
 
-def comparisons(per_seed: list[dict]) -> list[dict]:
-    """Paired differences over seeds, with Student-t intervals."""
+def comparisons(per_seed: list[dict], curves: dict | None = None, sessions: np.ndarray | None = None,
+                n_boot: int = 2000, seed: int = 0) -> list[dict]:  # fmt: skip
+    """Paired differences: over seeds (Student-t interval; seeds vary the policies' randomness only), and, when
+    ``curves`` and the test decisions' ``sessions`` are given, a paired bootstrap over test sessions of the
+    difference averaged over seeds (the data's variability)."""
     out = []
+    rng = np.random.default_rng(seed)
     for a, b_, metric in (("vw", "greedy_ctr", "cold_reward"), ("vw", "random", "reward"),
                           ("vw", "greedy_ctr", "reward"), ("vw", "epsilon_greedy", "reward"),
                           ("vw", "popularity", "cold_reward"), ("vw", "linucb", "reward"),
                           ("vw", "linucb", "cold_reward")):  # fmt: skip
         diffs = [r[a][metric] - r[b_][metric] for r in per_seed]
         est = ope.mean_interval(diffs)
-        out.append({"a": a, "b": b_, "metric": metric, "diffs": diffs, **est.as_dict(),
-                    "a_mean": float(np.mean([r[a][metric] for r in per_seed])),
-                    "b_mean": float(np.mean([r[b_][metric] for r in per_seed]))})  # fmt: skip
+        row = {"a": a, "b": b_, "metric": metric, "diffs": diffs, **est.as_dict(),
+               "a_mean": float(np.mean([r[a][metric] for r in per_seed])),
+               "b_mean": float(np.mean([r[b_][metric] for r in per_seed]))}  # fmt: skip
+        if curves is not None and sessions is not None and len(sessions):
+
+            def per_decision(name: str, metric: str = metric) -> np.ndarray:
+                runs = curves[name]
+                return np.mean(
+                    [r["rewards"] * (r["cold"] if metric == "cold_reward" else 1) for r in runs], axis=0
+                )
+
+            by_session = np.bincount(sessions, weights=per_decision(a) - per_decision(b_))
+            idx = rng.integers(0, len(by_session), size=(n_boot, len(by_session)))
+            boot = by_session[idx].sum(axis=1)
+            row["session_bootstrap"] = {
+                "lo": float(np.quantile(boot, 0.025)),
+                "hi": float(np.quantile(boot, 0.975)),
+            }
+        out.append(row)
     return out
