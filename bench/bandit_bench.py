@@ -64,7 +64,7 @@ def main() -> None:
     started = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="bandit-bench-"))
     data = tmp / "data"
-    shutil.copytree(args.data_dir, data, ignore=shutil.ignore_patterns("bandit", "runs", ".llmfeat.lock"))
+    shutil.copytree(args.data_dir, data, symlinks=True, ignore=shutil.ignore_patterns("bandit", "runs", ".llmfeat.lock"))
     import httpx
 
     from llmfeat.bandit.features import FeatureSpace, action_rows, shared_row

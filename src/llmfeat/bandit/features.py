@@ -70,7 +70,9 @@ class FeatureSpace:
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """(n, dim) -> (n, proj), rows re-normalised; zero rows (missing vectors) stay zero."""
         v = np.asarray(vectors, dtype=np.float32)
-        out = v if self.matrix is None else v @ self.matrix
+        # einsum, not BLAS: a threaded BLAS product of this size costs ~25x more on a busy machine (measured:
+        # 7 ms vs 0.3 ms for 100 x 384 @ 384 x 32), and one request is too small to share out anyway.
+        out = v if self.matrix is None else np.einsum("ij,jk->ik", v, self.matrix)
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
