@@ -277,7 +277,8 @@ def create_app(
 
 
 def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Recommendations:
-    because = r.explain(id_, res.ids) if kind == "user" else [[] for _ in res.ids]
+    explain = getattr(r, "explain", None)
+    because = explain(id_, res.ids) if kind == "user" and explain else [[] for _ in res.ids]
     hits = [Hit(item_id=i, score=s, title=t, because=[BecauseItem(**vars(x)) for x in b])
             for i, s, t, b in zip(res.ids, res.scores, res.titles, because, strict=True)]  # fmt: skip
     return Recommendations(kind=kind, id=id_, k=k, index_version=res.index_version, model_id=r.model_id,
