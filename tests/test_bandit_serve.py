@@ -277,7 +277,8 @@ def test_sigkill_loses_no_acknowledged_reward(syn):
 @pytest.mark.spark
 def test_rank_reads_its_features_from_the_feast_online_store(pit_day1, tmp_path):
     """The default feature source: the ranker's Feast lookup. The logged rows are the online store's values."""
-    from conftest import copy_data_dir
+    import shutil
+
     from pit_runs import pit_overrides
 
     from llmfeat.bandit.features import action_rows, shared_row
@@ -285,7 +286,8 @@ def test_rank_reads_its_features_from_the_feast_online_store(pit_day1, tmp_path)
     from llmfeat.index import index_root, load_version
     from llmfeat.publish import open_store
 
-    data_dir = copy_data_dir(pit_day1, tmp_path / "data")
+    data_dir = tmp_path / "data"
+    shutil.copytree(pit_day1, data_dir, symlinks=True)  # the index's `current` is a relative symlink
     cfg = load_config(None, pit_overrides(data_dir))
     vectors = load_version(index_root(data_dir, "default")).vectors
     space = FeatureSpace.fit(vectors, 0)  # three items: the full vectors

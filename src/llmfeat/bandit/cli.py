@@ -47,7 +47,12 @@ def simulate_cmd(
     cap = -1 if sessions is None else (None if sessions == 0 else sessions)
     try:
         res = simulate(
-            cfg, day, log=lambda m: cli.console.print(f"[dim]{m}[/dim]"), max_sessions=cap, seeds=seeds
+            cfg,
+            day,
+            log=lambda m: cli.console.print(f"[dim]{m}[/dim]"),
+            max_sessions=cap,
+            seeds=seeds,
+            warmup=warmup,
         )
     except FileNotFoundError as exc:
         cli.console.print(f"[red]input error:[/red] {exc}")
