@@ -77,7 +77,8 @@ def main() -> None:
     cfg = load_config(None, [f"paths.data_dir={data}"])
     b = cfg.bandit
     day = dt.date.fromisoformat(args.as_of)
-    out: dict = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": f"{cpu_model()}, {os.cpu_count()} cores"}
+    out: dict = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+                 "vw_args": b.vw_args}  # fmt: skip
 
     # 3. the projection choice (first: it also trains the policy the latency runs use).
     world = load_world(cfg, day)
@@ -220,7 +221,7 @@ def render(out: dict, args) -> str:
         f"| `POST /rank` over HTTP, 100 given item ids, 8 concurrent clients ({h['concurrent8_item_ids']['rps']:.0f} req/s in all) | {f(h['concurrent8_item_ids'])} | {h['concurrent8_item_ids']['p50'] / base['p50']:.2f}x |\n",
         f"| `POST /rank` over HTTP, `k=10` (100 candidates retrieved from FAISS first), sequential | {f(h['sequential_k10_from_faiss'])} | {h['sequential_k10_from_faiss']['p50'] / base['p50']:.2f}x |\n",
         "\n### Dense vectors: full namespaces vs a PCA projection\n\n"
-        "Epsilon-greedy VW (`" + "--epsilon 0.1 -q HA -b 20" + "`) through the simulator's warm-up and validation sessions "
+        f"Epsilon-greedy VW (`--epsilon 0.1 {out.get('vw_args', '')}`) through the simulator's warm-up and validation sessions "
         "(reward on validation; hyperparameters are chosen there, the test window is not read), and the time of one "
         "predict over 100 actions:\n\n| vector dims | validation reward | decisions | ms / decision (learning) | predict(100) p50 ms | p99 ms |\n|---:|---:|---:|---:|---:|---:|\n",
     ]
