@@ -43,7 +43,12 @@ from llmfeat.config import load_config  # noqa: E402
 
 def pct(xs) -> dict:
     a = np.asarray(xs) * 1000
-    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": len(a)}
+    return {
+        "p50": float(np.percentile(a, 50)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "n": len(a),
+    }
 
 
 def free_port() -> int:
@@ -64,7 +69,9 @@ def main() -> None:
     started = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="bandit-bench-"))
     data = tmp / "data"
-    shutil.copytree(args.data_dir, data, symlinks=True, ignore=shutil.ignore_patterns("bandit", "runs", ".llmfeat.lock"))
+    shutil.copytree(
+        args.data_dir, data, symlinks=True, ignore=shutil.ignore_patterns("bandit", "runs", ".llmfeat.lock")
+    )
     import httpx
 
     from llmfeat.bandit.features import FeatureSpace, action_rows, shared_row
@@ -87,7 +94,15 @@ def main() -> None:
     policy_32 = None
     for proj in args.proj:
         space = FeatureSpace.fit(world.vectors, proj)
-        warm = build_sessions(world, space, np.datetime64("1900-01-01", "us"), world.t1, first=False, max_sessions=b.sim_warmup_sessions, **kw)
+        warm = build_sessions(
+            world,
+            space,
+            np.datetime64("1900-01-01", "us"),
+            world.t1,
+            first=False,
+            max_sessions=b.sim_warmup_sessions,
+            **kw,
+        )
         val = build_sessions(world, space, world.t1, world.t2, first=False, max_sessions=None, **kw)
         texts = world_a_text(world, space)
         pol = VWPolicy(space, f"--epsilon {b.epsilon}", b.vw_args, seed=b.seed)
@@ -95,8 +110,12 @@ def main() -> None:
         tw = run_policy(pol, warm, texts, rng)
         tv = run_policy(pol, val, texts, rng)
         # predict time for 100 actions
-        rows = action_rows(space, world.vectors[:100], np.zeros(100), np.zeros(100), world.vectors[0], world.vectors[1])
-        shared = shared_row(space, world.vectors[0], world.vectors[1], 5, dt.datetime(1998, 4, 1, tzinfo=dt.UTC))
+        rows = action_rows(
+            space, world.vectors[:100], np.zeros(100), np.zeros(100), world.vectors[0], world.vectors[1]
+        )
+        shared = shared_row(
+            space, world.vectors[0], world.vectors[1], 5, dt.datetime(1998, 4, 1, tzinfo=dt.UTC)
+        )
         times = []
         for _ in range(30 if proj == 0 else 200):
             t0 = time.perf_counter()
@@ -105,7 +124,10 @@ def main() -> None:
         proj_rows.append({"proj": space.proj, "validation_reward": float(sum(tv.rewards)), "validation_decisions": len(tv.rewards),
                           "ms_per_decision_learning": 1000 * (tw.seconds + tv.seconds) / (len(tw.rewards) + len(tv.rewards)),
                           "predict_100": pct(times)})  # fmt: skip
-        print(f"proj {space.proj}: validation reward {sum(tv.rewards):.0f}/{len(tv.rewards)}, predict(100) p50 {pct(times)['p50']:.2f} ms", flush=True)
+        print(
+            f"proj {space.proj}: validation reward {sum(tv.rewards):.0f}/{len(tv.rewards)}, predict(100) p50 {pct(times)['p50']:.2f} ms",
+            flush=True,
+        )
         if space.proj == b.proj_dim:
             policy_32 = pol
     out["projection"] = proj_rows
@@ -132,7 +154,9 @@ def main() -> None:
             lookup.append(t1 - t0)
             rank.append(t2 - t1)
     out["in_process"] = {"ranker_lookup": pct(lookup), "bandit_rank": pct(rank)}
-    print(f"in process: lookup p50 {pct(lookup)['p50']:.2f} ms, rank p50 {pct(rank)['p50']:.2f} ms", flush=True)
+    print(
+        f"in process: lookup p50 {pct(lookup)['p50']:.2f} ms, rank p50 {pct(rank)['p50']:.2f} ms", flush=True
+    )
 
     # 2. HTTP against `llmfeat serve` in its own process.
     port = free_port()
@@ -154,7 +178,13 @@ def main() -> None:
 
         def bodies(n: int, seed: int):
             r = np.random.default_rng(seed)
-            return [{"user_id": users[k % len(users)], "item_ids": [items[j] for j in r.choice(len(items), 100, replace=False)]} for k in range(n)]
+            return [
+                {
+                    "user_id": users[k % len(users)],
+                    "item_ids": [items[j] for j in r.choice(len(items), 100, replace=False)],
+                }
+                for k in range(n)
+            ]
 
         def run(client: httpx.Client, reqs, lat: list) -> None:
             for body in reqs:
@@ -178,7 +208,9 @@ def main() -> None:
         conc: list = []
         per = args.n // 8
         clients = [httpx.Client(base_url=url, timeout=30) for _ in range(8)]
-        threads = [threading.Thread(target=run, args=(clients[k], bodies(per, 10 + k), conc)) for k in range(8)]
+        threads = [
+            threading.Thread(target=run, args=(clients[k], bodies(per, 10 + k), conc)) for k in range(8)
+        ]
         t0 = time.perf_counter()
         for t in threads:
             t.start()
