@@ -338,7 +338,11 @@ def _stage_line(stage: str, s: dict) -> str:
         frame = (
             f"frame: {f.get('reused_rows', 0)} rows reused, {f.get('fetched_rows', 0)} fetched; " if f else ""
         )
-        return frame + "; ".join(heads) + f"; report {_absolute(s.get('report'))}"
+        line = frame + "; ".join(heads) + f"; report {_absolute(s.get('report'))}"
+        if s.get("bandit"):
+            b = s["bandit"]["mean_test_reward"]
+            line += f"; bandit sim reward VW {b['vw']:.0f} vs random {b['random']:.0f}, greedy CTR {b['greedy_ctr']:.0f}"
+        return line
     return json.dumps(s)[:100]
 
 
@@ -486,12 +490,18 @@ def retrieve(
         return
     plan = f"{res.method}, plan {res.plan}, selectivity {res.selectivity:.2%}"
     table = Table(title=f"{what}  (index {res.index_version}, {plan})", title_justify="left")
-    for col, justify in (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left")):
+    because = r.explain(user, res.ids, cfg.bandit.explain_n) if user is not None else [[] for _ in res.ids]
+    cols = (("#", "right"), ("item_id", "left"), ("score", "right"), ("title", "left"))
+    for col, justify in cols + ((("because you liked", "left"),) if user is not None else ()):
         table.add_column(col, justify=justify)
-    for rank, (iid, score, title) in enumerate(zip(res.ids, res.scores, res.titles, strict=True), 1):
+    for rank, (iid, score, title, why) in enumerate(
+        zip(res.ids, res.scores, res.titles, because, strict=True), 1
+    ):
         shared = res.same_title[rank - 1] if res.same_title else []
         hint = f"  [dim](same title as item {', '.join(shared)})[/dim]" if shared else ""
-        table.add_row(str(rank), iid, f"{score:.4f}", (title or "") + hint)
+        table.add_row(
+            str(rank), iid, f"{score:.4f}", (title or "") + hint, *([_because(why)] if user is not None else [])
+        )
     console.print(table)
 
 
@@ -513,8 +523,9 @@ def serve(
     console.print(
         f"serving index {r.version} ({r.count} items, {r.device}) on http://{cfg.serve.host}:{cfg.serve.port}"
     )
+    bandit = _bandit_service(cfg)
     app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s,
-                      filter_ids_max=cfg.serve.filter_ids_max)  # fmt: skip
+                      filter_ids_max=cfg.serve.filter_ids_max, bandit=bandit)  # fmt: skip
     _require_token(app_, cfg)
     _log_service_events()
     run_server(app_, cfg.serve.host, cfg.serve.port, cfg)
@@ -542,6 +553,27 @@ def _log_service_events() -> None:
     logger = logging.getLogger("llmfeat")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+def _bandit_service(cfg: Config):
+    """The /rank + /reward routes when a bandit policy is published (else the service runs without them)."""
+    from llmfeat.bandit.policy import PolicyNotFoundError
+    from llmfeat.bandit.service import BanditService
+
+    if not cfg.bandit.enabled:
+        return None
+    try:
+        service = BanditService.from_config(cfg)
+    except PolicyNotFoundError as exc:
+        console.print(f"[yellow]no /rank and /reward:[/yellow] {exc}")
+        return None
+    p = service.policies.get()
+    console.print(f"bandit policy {p.version} ({p.policy.exploration}); event log {service.events.path}")
+    return service
+
+
+def _because(items) -> str:
+    return "; ".join(f"{b.title or b.item_id} ({b.similarity:.2f})" for b in items)
 
 
 @command()
@@ -641,7 +673,8 @@ def score(
     for col in ranked.columns:
         table.add_column(col, justify="right" if col in ("rank", "ctr", "retrieval_score") else "left")
     for row in ranked.itertuples(index=False):
-        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row])
+        table.add_row(*[f"{v:.4f}" if isinstance(v, float) else _because(v) if isinstance(v, list) else str(v)
+                        for v in row])  # fmt: skip
     console.print(table)
 
 
@@ -650,6 +683,14 @@ def show_config(config: ConfigOpt = None, set_: SetOpt = None, data_dir: DataDir
     """Print the effective configuration (defaults + file + overrides), checked as every command checks it."""
     console.print_json(json.dumps(_config(config, set_, data_dir).to_dict()))
 
+
+def _register_bandit() -> None:
+    from llmfeat.bandit.cli import bandit_app
+
+    app.add_typer(bandit_app, name="bandit")
+
+
+_register_bandit()
 
 if __name__ == "__main__":
     app()

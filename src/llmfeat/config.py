@@ -371,6 +371,51 @@ class FinetuneConfig:
 
 
 @dataclass
+class BanditConfig:
+    """Contextual bandits on the published features (src/llmfeat/bandit/): the simulator, the policy the
+    nightly run trains from the event log, and the ``/rank`` + ``/reward`` routes of ``llmfeat serve``."""
+
+    enabled: bool = True
+    """Whether the nightly train stage also runs the short simulator and trains + publishes a policy."""
+    exploration: str = "auto"
+    """auto (chosen by off-policy evaluation on the validation window among ``explorers``), or one VW
+    exploration string, e.g. "--squarecb --gamma_scale 10" or "--epsilon 0.1"."""
+    explorers: list[str] = field(
+        default_factory=lambda: ["--squarecb --gamma_scale 10", "--softmax --lambda 10", "--bag 5"]
+    )
+    """The exploration algorithms ``auto`` chooses from (besides epsilon-greedy, always simulated)."""
+    epsilon: float = 0.1
+    """Epsilon of the epsilon-greedy policy."""
+    ope_epsilon: float = 0.5
+    """Exploration of the epsilon-greedy logger whose test-window logs the simulator's off-policy check uses."""
+    proj_dim: int = 32
+    """Dimensions each published vector is projected to (PCA of the item vectors); 0: the full vector."""
+    vw_args: str = "-q HA -q SS -b 20"
+    """VW learner options besides --cb_explore_adf and the exploration (namespaces: see bandit/features.py;
+    -q HA crosses the user's pooled-history vector with the item's, -q SS the item stats with each other;
+    chosen on the simulator's validation window, docs/bandits.md)."""
+    candidates: int = 100
+    """``POST /rank`` with ``k``: candidates retrieved from FAISS."""
+    reward_window_s: float = 3600.0
+    """A reward is accepted this long after its decision; later: 410. Decisions with none count as reward 0."""
+    event_log: Path | None = None
+    """The SQLite event log; None: <data_dir>/bandit/events.sqlite."""
+    seed: int = 7
+    sim_seeds: int = 3
+    """Seeds the simulator repeats each policy with (intervals are over them)."""
+    sim_max_sessions: int | None = None
+    """Sessions (user-days with a click) of the validation and test windows replayed (None: all)."""
+    sim_warmup_sessions: int = 300
+    """Sessions at the end of the training window every learner is warmed up on before validation (the
+    nightly's short run; the numbers in docs/bandits.md use more)."""
+    sim_neighbours: int = 20
+    """FAISS neighbours of the user's vector added to the items the user rated in a session."""
+    sim_decisions_per_session: int = 3
+    explain_n: int = 3
+    """Explanations: at most this many liked history items per recommendation."""
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -381,6 +426,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    bandit: BanditConfig = field(default_factory=BanditConfig)
 
     def __post_init__(self) -> None:
         if self.ingest.source != "movielens" and self.ingest.source_path is None:

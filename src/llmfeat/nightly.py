@@ -291,7 +291,7 @@ def _stage_functions(
         except TooLittleDataError as exc:
             log(f"train: not trained: {exc}")
             return {"trained": False, "reason": str(exc)}
-        return {
+        out = {
             k: summary[k]
             for k in (
                 "run_id",
@@ -310,6 +310,11 @@ def _stage_functions(
                 if r["slice"] in ("all", "cold_item") and r["protocol"] == "temporal"
             ]
         }
+        if cfg.bandit.enabled:  # the short simulator run (its section goes into the same report) + a policy
+            from llmfeat.bandit.nightly import run_bandit
+
+            out["bandit"] = run_bandit(cfg, as_of, report=Path(summary["report"]), log=log)
+        return out
 
     functions = {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish, "index": index}
     if cfg.train.enabled:

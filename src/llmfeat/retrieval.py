@@ -106,13 +106,25 @@ class ParquetUserVectors:
         return out, found, self._model_id or ""
 
 
-def read_seen(data_dir: Path, as_of) -> pd.DataFrame:
-    """(user_id, item_id) of every interaction in the latest canonical interactions snapshot <= as_of."""
+def read_seen(data_dir: Path, as_of, *, with_label: bool = False) -> pd.DataFrame:
+    """(user_id, item_id) of every interaction in the latest canonical interactions snapshot <= as_of
+    (``with_label``: and its label, 1 = click, and time)."""
     root = tables.canonical_dir(data_dir, "interactions")
     days = [d for d in tables.snapshot_dates(root) if d <= as_of]
     if not days:
         raise MissingInputError(f"no canonical interactions snapshot at or before {as_of} under {root}")
-    return tables.read_snapshot(root, days[-1]).select(["user_id", "item_id"]).to_pandas()
+    columns = ["user_id", "item_id", "label", "event_ts"] if with_label else ["user_id", "item_id"]
+    return tables.read_snapshot(root, days[-1]).select(columns).to_pandas()
+
+
+@dataclass(frozen=True)
+class Because:
+    """One liked history item that explains a recommendation ("because you liked ...")."""
+
+    item_id: str
+    title: str | None
+    similarity: float
+    """Cosine of the liked item's vector with the recommended item's (the index vectors)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +168,7 @@ class Retriever:
         filter_rescore: float = 1.0,
         filter_scan: float = 0.25,
         filter_scan_cap: float = 64.0,
+        liked: pd.DataFrame | Mapping[str, Sequence[str]] | None = None,
     ):
         self.loaded = loaded
         self.version = loaded.version
@@ -176,6 +189,7 @@ class Retriever:
         self._row_of = pd.Index(self._item_ids)
         self._members = _category_members(loaded)
         self._seen = self._seen_rows(seen)
+        self._liked = self._seen_rows(liked)
         self._vectors = loaded.vectors
         if (
             isinstance(self._vectors, np.ndarray)
@@ -234,11 +248,13 @@ class Retriever:
                 users = ParquetUserVectors(data_dir, emb_set, user_kind or cfg.serve.user_vectors)
             except FileNotFoundError:  # item -> items still works; user queries say why they cannot
                 users = None
-        seen = read_seen(data_dir, loaded.as_of)
+        seen = read_seen(data_dir, loaded.as_of, with_label=True)
+        liked = seen[seen["label"] == 1]
         return cls(loaded, users, seen, exact_filter_max=cfg.index.exact_filter_max, gpu=cfg.index.gpu,
                    search_threads=cfg.index.search_threads, filter_widen=cfg.index.filter_widen,
                    filter_coverage=cfg.index.filter_coverage, filter_rescore=cfg.index.filter_rescore,
-                   filter_scan=cfg.index.filter_scan, filter_scan_cap=cfg.index.filter_scan_cap)  # fmt: skip
+                   filter_scan=cfg.index.filter_scan, filter_scan_cap=cfg.index.filter_scan_cap,
+                   liked=liked)  # fmt: skip
 
     def _seen_rows(self, seen) -> dict[str, np.ndarray]:
         if seen is None:
@@ -263,6 +279,35 @@ class Retriever:
 
     def seen_items(self, user_id: str) -> list[str]:
         return self._item_ids[self._seen.get(user_id, np.zeros(0, np.int64))].tolist()
+
+    def titles_of(self, item_ids: Sequence[str]) -> list[str | None]:
+        """Titles of items by id (None for an item the index does not know)."""
+        rows = self._row_of.get_indexer(pd.Index(list(item_ids), dtype=object))
+        return [self._titles[r] if r >= 0 else None for r in rows]
+
+    def known_items(self, item_ids: Sequence[str]) -> np.ndarray:
+        return self._row_of.get_indexer(pd.Index(list(item_ids), dtype=object)) >= 0
+
+    def explain(self, user_id: str, item_ids: Sequence[str], n: int = 3) -> list[list[Because]]:
+        """For each item: the (up to) ``n`` items the user liked (clicked) that are nearest to it, by cosine of
+        the index vectors, best first; the item itself is never its own explanation. Empty for a user with no
+        liked item in the index version's snapshot (a cold user: nothing to explain with)."""
+        liked = self._liked.get(user_id)
+        if liked is None or len(liked) == 0 or n < 1:
+            return [[] for _ in item_ids]
+        rows = self._row_of.get_indexer(pd.Index(list(item_ids), dtype=object))
+        hist = np.asarray(self._vectors[liked], dtype=np.float32)
+        out = []
+        for row in rows:
+            if row < 0:
+                out.append([])
+                continue
+            sims = np.einsum("ij,j->i", hist, np.asarray(self._vectors[row], dtype=np.float32))
+            sims[liked == row] = -np.inf
+            order = np.argsort(-sims, kind="stable")[: min(n, len(liked))]
+            out.append([Because(str(self._item_ids[liked[j]]), self._titles[liked[j]], float(sims[j]))
+                        for j in order if np.isfinite(sims[j])])  # fmt: skip
+        return out
 
     def item_vector(self, item_id: str) -> np.ndarray:
         return np.asarray(self._vectors[self._row(item_id)], dtype=np.float32)

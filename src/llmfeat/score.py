@@ -88,7 +88,7 @@ class Scorer:
         found = self.retriever.for_user(user_id, k=candidates, categories=categories)
         item_ids = list(found.ids)
         if not item_ids:
-            return pd.DataFrame(columns=["rank", "item_id", "title", "ctr", "retrieval_score"])
+            return pd.DataFrame(columns=["rank", "item_id", "title", "ctr", "retrieval_score", "because"])
         columns = self.features.columns(user_id, item_ids)
         model_ids = {m for m in columns.get(USER_MODEL_ID, []) if m}
         if self.model.embedding_model_id and model_ids and model_ids != {self.model.embedding_model_id}:
@@ -110,4 +110,6 @@ class Scorer:
             out["title"] = list(found.titles)
         out = out.sort_values("ctr", ascending=False, kind="stable").head(k).reset_index(drop=True)
         out.insert(0, "rank", np.arange(1, len(out) + 1))
+        # "Because you liked ...": the liked history items nearest to each recommendation.
+        out["because"] = self.retriever.explain(user_id, out["item_id"].tolist(), self.cfg.bandit.explain_n)
         return out

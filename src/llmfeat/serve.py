@@ -131,12 +131,22 @@ class RetrieverHolder:
 # --- response models ----------------------------------------------------------------------------------
 
 
+class BecauseItem(BaseModel):
+    item_id: str
+    title: str | None = None
+    similarity: float = Field(description="Cosine of this liked item's vector with the recommended item's.")
+
+
 class Hit(BaseModel):
     item_id: str
     score: float = Field(description="Inner product of unit vectors: cosine similarity, higher is closer.")
     title: str | None = None
     same_title: list[str] | None = Field(
         default=None, description="Other catalogue items with exactly this title (absent when it is unique)"
+    )
+    because: list[BecauseItem] = Field(
+        default_factory=list,
+        description='User recommendations: the 1-3 liked history items nearest to this one ("because you liked").',
     )
 
 
@@ -210,18 +220,24 @@ def create_app(
     k_max: int = 1000,
     reload_interval_s: float = 0.0,
     filter_ids_max: int = 100_000,
+    bandit: Any = None,
 ) -> FastAPI:
-    """The FastAPI app over ``provider``; a ``RetrieverHolder`` also gets its background reload check."""
+    """The FastAPI app over ``provider``; a ``RetrieverHolder`` also gets its background reload check.
+    ``bandit``: a ``llmfeat.bandit.service.BanditService`` adds ``POST /rank`` and ``POST /reward``."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         starter = getattr(provider, "start", None)
         if starter is not None:
             starter(reload_interval_s)
+        if bandit is not None:
+            bandit.start(reload_interval_s)
         yield
         stopper = getattr(provider, "stop", None)
         if stopper is not None:
             stopper()
+        if bandit is not None:
+            bandit.stop()
 
     app = FastAPIOffline(
         title="llmfeat retrieval",
@@ -335,13 +351,17 @@ def create_app(
             reloaded=out.reloaded, index_version=out.index_version, previous_version=out.previous_version
         )
 
+    if bandit is not None:
+        bandit.register(app, provider)
     return app
 
 
 def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Recommendations:
     shared = res.same_title or [[]] * len(res.ids)
-    hits = [Hit(item_id=i, score=s, title=t, same_title=d or None)
-            for i, s, t, d in zip(res.ids, res.scores, res.titles, shared, strict=True)]  # fmt: skip
+    explain = getattr(r, "explain", None)
+    because = explain(id_, res.ids) if kind == "user" and explain else [[] for _ in res.ids]
+    hits = [Hit(item_id=i, score=s, title=t, same_title=d or None, because=[BecauseItem(**vars(x)) for x in b])
+            for i, s, t, d, b in zip(res.ids, res.scores, res.titles, shared, because, strict=True)]  # fmt: skip
     return Recommendations(kind=kind, id=id_, k=k, index_version=res.index_version, model_id=r.model_id,
                            method=res.method, results=hits, plan=res.plan, selectivity=res.selectivity,
                            reason=res.reason, ignored_ids=res.ignored_ids)  # fmt: skip
