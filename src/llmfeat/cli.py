@@ -562,6 +562,32 @@ def train(
 
 
 @app.command()
+def evaluate(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Latest canonical snapshot to read (default: the newest).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Retrieval evaluation with rolling origins: baselines, frozen LM vectors and the collaborative adapter,
+    hyperparameters chosen on validation, paired bootstrap intervals (docs/adapt.md)."""
+    from llmfeat.evaluate import markdown, run_evaluate
+
+    cfg = _config(config, set_, data_dir)
+    try:
+        report = run_evaluate(cfg, _date(as_of) if as_of else None, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except ConfigError as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    console.print(markdown(report))
+    console.print(f"  report: {report['path']} ({report['seconds']} s)")
+
+
+@app.command()
 def finetune(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Snapshot date of the canonical tables to train on.")
