@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from llmfeat import tables
+
 ADAPTER_FILE = "adapter.pt"
 CARD_FILE = "adapter.json"
 
@@ -53,8 +55,27 @@ def resolve_device(device: str) -> str:
 
 
 def make_mlp(d_in: int, hidden: int, dim: int):
-    nn = _torch().nn
-    return nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, dim))
+    torch = _torch()
+    nn = torch.nn
+
+    class Tower(nn.Module):
+        """MLP plus a linear skip initialised as a scaled orthogonal projection: at step 0 the tower keeps the
+        LM geometry (cosines approximately preserved), so training starts from training-free propagation
+        (TextGCN-like) instead of from a random non-linear map."""
+
+        def __init__(self):
+            super().__init__()
+            self.mlp = nn.Sequential(nn.Linear(d_in, hidden), nn.LeakyReLU(0.1), nn.Linear(hidden, dim))
+            self.skip = nn.Linear(d_in, dim, bias=False)
+            nn.init.orthogonal_(self.skip.weight)
+            with torch.no_grad():
+                self.mlp[2].weight.mul_(0.1)
+                self.mlp[2].bias.zero_()
+
+        def forward(self, x):
+            return self.skip(x) + self.mlp(x)
+
+    return Tower()
 
 
 def build_adapter(d_in: int, hidden: int, dim: int):
@@ -96,7 +117,8 @@ def _to_torch_sparse(m: sp.spmatrix, device: str):
     coo = sp.coo_matrix(m)
     idx = torch.from_numpy(np.vstack([coo.row, coo.col]).astype(np.int64))
     val = torch.from_numpy(coo.data.astype(np.float32))
-    return torch.sparse_coo_tensor(idx, val, coo.shape).coalesce().to(device)
+    t = torch.sparse_coo_tensor(idx, val, coo.shape, check_invariants=False).coalesce()
+    return (t.to_sparse_csr() if device == "cpu" else t).to(device)
 
 
 def make_graph(X: sp.spmatrix, device: str = "cpu") -> Graph:
@@ -106,13 +128,37 @@ def make_graph(X: sp.spmatrix, device: str = "cpu") -> Graph:
     return Graph(X.shape[0], X.shape[1], _to_torch_sparse(A, device), _to_torch_sparse(A.T, device), deg_u, deg_i)
 
 
+_SPMM = None
+
+
+def _spmm():
+    """``A @ x`` for a constant sparse A whose transpose is given: the backward pass is ``A^T @ grad``, one
+    more sparse product, instead of torch's generic sparse backward (4-8x slower here)."""
+    global _SPMM
+    if _SPMM is None:
+        torch = _torch()
+
+        class SpMM(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, a, a_t, x):
+                ctx.a_t = a_t
+                return torch.sparse.mm(a, x)
+
+            @staticmethod
+            def backward(ctx, grad):
+                return None, None, torch.sparse.mm(ctx.a_t, grad)
+
+        _SPMM = SpMM.apply
+    return _SPMM
+
+
 def propagate(graph: Graph, users0, items0, layers: int):
     """LightGCN: the mean of layers 0..L, ``E^{l+1} = A_hat E^l`` (users <- items, items <- users)."""
-    torch = _torch()
+    mm = _spmm()
     eu, ei = users0, items0
     su, si = users0, items0
     for _ in range(layers):
-        eu, ei = torch.sparse.mm(graph.ui, ei), torch.sparse.mm(graph.iu, eu)
+        eu, ei = mm(graph.ui, graph.iu, ei), mm(graph.iu, graph.ui, eu)
         su = su + eu
         si = si + ei
     return su / (layers + 1), si / (layers + 1)
@@ -288,7 +334,7 @@ def train_adapter(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         entry = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4)}
         if validate is not None:
             v = validate(model)
@@ -323,14 +369,14 @@ def adapter_params(cfg_adapt) -> dict:
             "half_life_days": a.half_life_days, "seed": a.seed, "device": a.device, "threads": a.threads}  # fmt: skip
 
 
-def evaluation_methods(cfg_adapt) -> list:
+def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -> list:
     """``adapted`` (cosine of adapted vectors) and ``adapted_hybrid`` (+ w log recent popularity)."""
     from llmfeat import evaluate as E
 
     base = adapter_params(cfg_adapt)
 
     def fit_adapted(ctx, params, val=None):
-        inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_text, ctx.user_text_found)
+        inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
         if "_model" in params:  # chosen at selection: the trained weights, re-propagated over this graph
             model = params["_model"]
         else:
@@ -340,7 +386,8 @@ def evaluation_methods(cfg_adapt) -> list:
                 U, I = m.vectors(ctx.X, inputs)
                 return E.selection_score(lambda users: U[users] @ I.T, ctx, tg, k)
 
-            res = train_adapter(ctx.X, ctx.click_u, ctx.click_i, ctx.click_age_days, inputs, params, validate=validate)
+            res = train_adapter(ctx.X, ctx.click_u, ctx.click_i, ctx.click_age_days, inputs, params, validate=validate,
+                                log=log)
             model = res.model
             chosen = {"epochs": res.best_epoch, "train_seconds": round(res.seconds, 1), "_model": model}
             U, I = model.vectors(ctx.X, inputs)
@@ -349,7 +396,7 @@ def evaluation_methods(cfg_adapt) -> list:
         return E.Fit(lambda users: U[users] @ I.T)
 
     def fit_hybrid(ctx, params, val=None):
-        inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_text, ctx.user_text_found)
+        inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
         U, I = params["adapted"]["_model"].vectors(ctx.X, inputs)
         log_pop = np.log1p(E.recent_counts(ctx, params["recent"]))
         w = params["weight"]
@@ -362,3 +409,224 @@ def evaluation_methods(cfg_adapt) -> list:
                                                 "weight": float(w)} for w in cfg_adapt.hybrid_weights],
                  fit_hybrid, needs_vectors=True),
     ]  # fmt: skip
+
+
+# --- the nightly stage: train, write the `adapted` embedding set ----------------------------------------------
+
+
+class AdaptedSetMismatchError(RuntimeError):
+    """The output set holds vectors adapted from another base model (or is the base set itself)."""
+
+
+def adapted_model_id(base_model_id: str, checksum: str, snapshot: dt.date) -> str:
+    """``<base model id>+adapter@<12 hex of the weights' sha256>@graph=<snapshot date>``: vectors of another
+    adapter, base model or graph snapshot never share an id, so they never mix in a table or an index."""
+    return f"{base_model_id}+adapter@{checksum[:12]}@graph={snapshot.isoformat()}"
+
+
+def base_of(model_id: str) -> str:
+    return model_id.split("+adapter@", 1)[0]
+
+
+def adapter_dir(cfg) -> Path:
+    return Path(cfg.paths.data_dir) / "models" / "adapters" / cfg.adapt.output_set
+
+
+def check_output_set(existing_model_ids: set[str], base_model_id: str, output_set: str, base_set: str) -> None:
+    """Refuse to write adapted vectors where they would mix with another model's: into the base set, or into a
+    set that holds vectors adapted from another base model. (A new adapter of the same base replaces the set
+    whole, so one set never holds two adapters' rows.)"""
+    if output_set == base_set:
+        raise AdaptedSetMismatchError(
+            f"adapt.output_set {output_set!r} is the base embedding set: adapted vectors need a set of their own"
+        )
+    others = sorted(m for m in existing_model_ids if base_of(m) != base_model_id)
+    if others:
+        raise AdaptedSetMismatchError(
+            f"embedding set {output_set!r} holds vectors adapted from {', '.join(others)}, not from "
+            f"{base_model_id}. Mixing models in one set is refused: choose another adapt.output_set."
+        )
+
+
+def _existing_model_ids(root: Path) -> set[str]:
+    import pyarrow.dataset as ds
+
+    from llmfeat.vectors import _PARTITIONING
+
+    out: set[str] = set()
+    for name in ("item_text", "user_text", "user_history"):
+        path = root / name
+        if tables.snapshot_dates(path):
+            t = ds.dataset(path, format="parquet", partitioning=_PARTITIONING).to_table(columns=["model_id"])
+            out |= set(t.column("model_id").unique().to_pylist())
+    return out
+
+
+def _emb_table(key: str, ids, vectors: np.ndarray, model: str, ts, created, extra: dict) -> object:
+    import pyarrow as pa
+
+    from llmfeat import schemas
+
+    n = len(ids)
+    hashes = [hashlib.sha256(v.tobytes()).hexdigest()[:32] for v in vectors]
+    cols = {
+        key: pa.array([str(i) for i in ids], pa.string()),
+        "embedding": pa.array(list(vectors.astype(np.float32)), pa.list_(pa.float32())),
+        "dim": pa.array([vectors.shape[1]] * n, pa.int32()),
+        "model_id": pa.array([model] * n, pa.string()),
+        "content_hash": pa.array(hashes, pa.string()),
+        "n_tokens": pa.array([0] * n, pa.int32()),
+        "truncated": pa.array([False] * n, pa.bool_()),
+        **{k: pa.array(v, pa.int32()) for k, v in extra.items()},
+        "event_timestamp": pa.array([ts] * n, schemas.UTC_TS),
+        "created_timestamp": pa.array([created] * n, schemas.UTC_TS),
+    }
+    return pa.table(cols)
+
+
+def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dict:
+    """Train the adapter on the clicks before ``as_of`` (00:00 UTC) of the canonical snapshot, with the last
+    ``adapt.validation_days`` as validation window (temperature, early stopping, hybrid weight), and write the
+    ``adapt.output_set`` embedding set (item_text, user_text, user_history tables; all rows one model id),
+    replacing the previous one whole. Returns the manifest."""
+    import pandas as pd
+
+    from llmfeat import evaluate as E
+    from llmfeat.embed import embedding_paths
+
+    started = time.perf_counter()
+    a = cfg.adapt
+    base_set = cfg.embed.embedding_set
+    data = E.load_eval_data(cfg.paths.data_dir, base_set, as_of)
+    if data.item_vecs is None or data.model_id is None:
+        raise FileNotFoundError(f"embedding set {base_set!r} has no item vectors: run `llmfeat embed` first")
+    if "+adapter@" in data.model_id:
+        raise AdaptedSetMismatchError(f"embedding set {base_set!r} is already adapted ({data.model_id})")
+    out_root = embedding_paths(cfg.paths.data_dir, a.output_set).root
+    check_output_set(_existing_model_ids(out_root), data.model_id, a.output_set, base_set)
+    snapshot = pd.Timestamp(as_of, tz="UTC")
+    t_val = snapshot - pd.Timedelta(days=a.validation_days)
+    data = data.before(snapshot)  # nothing at or after the snapshot exists for this stage
+    ctx_v = E.context(data, t_val)
+    tg = E.targets(data, ctx_v, t_val, snapshot)
+    if len(tg) == 0 or ctx_v.X.nnz == 0:
+        raise ValueError(f"too few clicks to train the adapter: {ctx_v.X.nnz} before {t_val.date()}, "
+                         f"{len(tg)} users with clicks in the validation window")  # fmt: skip
+    k = cfg.evaluate.select_k
+    inputs_v = make_inputs(ctx_v.X, ctx_v.item_vecs, ctx_v.user_first_text, ctx_v.user_text_found)
+
+    def validate(m: AdaptedModel) -> float:
+        U, I = m.vectors(ctx_v.X, inputs_v)
+        return E.selection_score(lambda users: U[users] @ I.T, ctx_v, tg, k)
+
+    best = None
+    tried = []
+    for tau in a.temperatures:
+        params = {**adapter_params(a), "temperature": float(tau)}
+        res = train_adapter(ctx_v.X, ctx_v.click_u, ctx_v.click_i, ctx_v.click_age_days, inputs_v, params,
+                            validate=validate, log=log)  # fmt: skip
+        tried.append({"temperature": tau, "val_recall": round(res.best_val, 5), "best_epoch": res.best_epoch,
+                      "seconds": round(res.seconds, 1)})  # fmt: skip
+        log(f"adapt: temperature {tau}: validation recall@{k} {res.best_val:.4f} at epoch {res.best_epoch}")
+        if best is None or res.best_val > best[1].best_val:
+            best = (params, res)
+    params, res = best
+    model = res.model
+    # the hybrid prior: trailing-window clicks as published in item_stats (clicks_<w>d), weight on validation
+    U, I = model.vectors(ctx_v.X, inputs_v)
+    hybrid = {"window_days": None, "weight": 0.0, "val_recall": round(res.best_val, 5)}
+    for w_days in (1, 7, 30):
+        log_pop = np.log1p(E.recent_counts(ctx_v, {"window_days": w_days}))
+        for w in a.hybrid_weights:
+            s = E.selection_score(lambda users: hybrid_scores(U[users], I, log_pop, w), ctx_v, tg, k)  # noqa: B023
+            if s > hybrid["val_recall"] + 1e-12:
+                hybrid = {"window_days": w_days, "weight": float(w), "val_recall": round(s, 5)}
+    # vectors over the graph at the snapshot (clicks before it), with the weights trained above
+    ctx = E.context(data, snapshot)
+    inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
+    users, items = model.vectors(ctx.X, inputs)
+    checksum = model.checksum()
+    mid = adapted_model_id(data.model_id, checksum, as_of)
+    has_vec = np.linalg.norm(users, axis=1) > 0
+    created = pd.Timestamp(dt.datetime.now(dt.UTC))
+    n_clicks = ctx.user_clicks.astype(np.int64)
+    card = {
+        "model_id": mid, "base_model_id": data.model_id, "base_set": base_set, "output_set": a.output_set,
+        "weights_sha256": checksum, "graph_snapshot": as_of.isoformat(), "graph_clicks": int(ctx.X.nnz),
+        "validation_window": [t_val.isoformat(), snapshot.isoformat()], "validation_users": len(tg),
+        "params": params, "tried": tried, "best_epoch": res.best_epoch, f"val_recall@{k}": round(res.best_val, 5),
+        "hybrid": hybrid, "history": res.history, "train_seconds": round(sum(t["seconds"] for t in tried), 1),
+        "created": created.isoformat(),
+    }  # fmt: skip
+    # the adapter's weights and card, then the embedding set, each swapped in whole
+    with tables.staged_dir(adapter_dir(cfg)) as staging:
+        (staging / ADAPTER_FILE).write_bytes(model.state_bytes())
+        (staging / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+    with tables.staged_dir(out_root) as staging:
+        for name, key, ids, vecs, extra in (
+            ("item_text", "item_id", data.item_ids, items, {}),
+            ("user_text", "user_id", data.user_ids[has_vec], users[has_vec], {"n_history": n_clicks[has_vec]}),
+            ("user_history", "user_id", data.user_ids[has_vec], users[has_vec], {"n_clicks": n_clicks[has_vec]}),
+        ):
+            part = tables.snapshot_dir(staging / name, as_of)
+            part.mkdir(parents=True)
+            tables.write_parquet(_emb_table(key, ids, vecs, mid, snapshot, created, extra), part / tables.PARQUET_FILE)
+        manifest = {**card, "embedding_set": a.output_set, "counts": {"items": len(items), "users": int(has_vec.sum()),
+                    "users_text_tower": int((has_vec & (n_clicks == 0)).sum())},
+                    "seconds": {"total": round(time.perf_counter() - started, 1)}}  # fmt: skip
+        run_id = f"{as_of.isoformat()}T{created.strftime('%H%M%S')}-adapt"
+        (staging / "manifests").mkdir()
+        (staging / "manifests" / f"{run_id}.json").write_text(json.dumps(manifest, indent=2, default=str))
+    log(f"adapt: {mid}: {len(items)} items, {int(has_vec.sum())} users; validation recall@{k} {res.best_val:.4f}, "
+        f"hybrid {hybrid}")  # fmt: skip
+    return {k2: v for k2, v in manifest.items() if k2 not in ("history",)}
+
+
+def load_adapter(cfg) -> tuple[AdaptedModel, dict]:
+    """The published adapter of ``adapt.output_set`` (weights + card), e.g. to embed a new item at once."""
+    torch = _torch()
+    root = adapter_dir(cfg)
+    if not (root / CARD_FILE).is_file():
+        raise FileNotFoundError(f"no adapter at {root}: run `llmfeat adapt` first")
+    card = json.loads((root / CARD_FILE).read_text())
+    p = card["params"]
+    module = build_adapter(int(card.get("input_dim", 0)) or _input_dim(root), p["hidden"], p["dim"])
+    module.load_state_dict(torch.load(io.BytesIO((root / ADAPTER_FILE).read_bytes()), weights_only=True))
+    model = AdaptedModel(module, p, "cpu")
+    if model.checksum() != card["weights_sha256"]:
+        raise RuntimeError(f"{root / ADAPTER_FILE} does not match its card's checksum")
+    return model, card
+
+
+def _input_dim(root: Path) -> int:
+    torch = _torch()
+    state = torch.load(io.BytesIO((root / ADAPTER_FILE).read_bytes()), weights_only=True)
+    return int(state["item.skip.weight"].shape[1])
+
+
+def output_config(cfg):
+    """``cfg`` pointed at the adapted set (for publish / index / retrieve)."""
+    out = copy.deepcopy(cfg)
+    out.embed.embedding_set = cfg.adapt.output_set
+    return out
+
+
+def run_adapt_stage(cfg, as_of: dt.date, *, spark=None, publish: bool = True, log: Callable[[str], None] = print
+                    ) -> dict:  # fmt: skip
+    """The nightly stage: train + write the set, then publish it as its own Feast project (full
+    materialisation: the set was replaced) and build its own FAISS index."""
+    summary = run_adapt(cfg, as_of, log=log)
+    out_cfg = output_config(cfg)
+    if publish:
+        from llmfeat.publish import run_publish
+
+        t0 = time.perf_counter()
+        run_publish(out_cfg, as_of, full=True, log=log)
+        summary["seconds"]["publish"] = round(time.perf_counter() - t0, 1)
+    from llmfeat.index import run_index
+
+    t0 = time.perf_counter()
+    idx = run_index(out_cfg, as_of, log=log)
+    summary["seconds"]["index"] = round(time.perf_counter() - t0, 1)
+    summary["index_version"] = idx["version"]
+    return summary

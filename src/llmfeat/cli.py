@@ -588,6 +588,42 @@ def evaluate(
 
 
 @app.command()
+def adapt(
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Snapshot date: the graph holds clicks before it.")] = None,
+    publish: Annotated[
+        bool, typer.Option("--publish/--no-publish", help="Also publish the set to Feast (needs Spark).")
+    ] = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train the collaborative adapter over the frozen LM vectors and write the adapted embedding set
+    (adapt.output_set), its Feast project and its FAISS index."""
+    from llmfeat.adapt import AdaptedSetMismatchError, run_adapt_stage
+
+    cfg = _config(config, set_, data_dir)
+    spark = None
+    try:
+        if publish:
+            from llmfeat.spark import build_spark
+
+            spark = build_spark(cfg.spark)
+        summary = run_adapt_stage(cfg, _date(as_of), publish=publish, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    except (ConfigError, AdaptedSetMismatchError) as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(Exit.CONFIG_ERROR) from exc
+    except FileNotFoundError as exc:
+        console.print(f"[red]input error:[/red] {exc}")
+        raise typer.Exit(Exit.INPUT_ERROR) from exc
+    finally:
+        if spark is not None:
+            spark.stop()
+    console.print(f"adapted set {summary['embedding_set']}: {summary['model_id']}")
+    console.print(f"  {summary['counts']}; validation recall@20 {summary.get('val_recall@20')}; hybrid {summary['hybrid']}")
+    console.print(f"  index {summary.get('index_version')}; seconds {summary['seconds']}")
+
+
+@app.command()
 def finetune(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Snapshot date of the canonical tables to train on.")

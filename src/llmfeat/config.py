@@ -260,15 +260,17 @@ class AdaptConfig:
     temperatures: list[float] = field(default_factory=lambda: [0.1, 0.2])
     """InfoNCE temperatures tried; the best validation recall wins."""
     epochs: int = 30
+    """At most this many epochs; early stopping on validation recall keeps the best."""
     patience: int = 4
     batch_size: int = 1024
     negatives: int = 1024
     """Sampled (uniform) negatives per batch, on top of the in-batch ones."""
     lr: float = 3e-3
     weight_decay: float = 1e-6
-    half_life_days: float | None = None
-    """Training clicks sampled with this recency half-life (None: uniformly)."""
-    hybrid_weights: list[float] = field(default_factory=lambda: [0.0, 0.02, 0.05, 0.1, 0.2])
+    half_life_days: float | None = 60.0
+    """Training clicks sampled with this recency half-life (None: uniformly): late MovieLens clicks follow
+    what was new and shown at the time."""
+    hybrid_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0])
     """Weights of the log recent-popularity prior tried for the hybrid score."""
     validation_days: int = 14
     """Nightly: the last N days before the snapshot are the validation window for early stopping."""

@@ -68,6 +68,17 @@ class UserTextLog:
         found[self.user_idx[idx]] = True
         return out, found
 
+    def first_at(self, cut: pd.Timestamp, n_users: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's earliest row with event_timestamp <= cut: the profile text before (nearly) any click,
+        the text a user without clicks has, so the adapter's text tower learns from what new users look like."""
+        dim = self.vectors.shape[1] if self.vectors.ndim == 2 else 0
+        out = np.zeros((n_users, dim), dtype=np.float32)
+        found = np.zeros(n_users, dtype=bool)
+        idx = np.nonzero(self.event_ts <= np.datetime64(_naive(cut)))[0][::-1]
+        out[self.user_idx[idx]] = self.vectors[idx]  # reversed: the earliest write wins
+        found[self.user_idx[idx]] = True
+        return out, found
+
 
 @dataclass
 class EvalData:
@@ -218,6 +229,8 @@ class Context:
     item_vecs: np.ndarray | None
     user_text: np.ndarray | None
     user_text_found: np.ndarray | None
+    user_first_text: np.ndarray | None = None
+    """Each user's earliest text vector (profile before their clicks), as of the cut."""
     cache: dict = field(default_factory=dict)
     """Fits shared between candidates of one context (e.g. EASE weights per lambda)."""
 
@@ -240,11 +253,12 @@ def context(data: EvalData, cut: pd.Timestamp) -> Context:
     seen = sp.csr_matrix((np.ones(len(f), np.float32), (f["u"], f["i"])), shape=shape)
     seen.data[:] = 1.0
     age = (cut_np - clicks["ts"].to_numpy()) / np.timedelta64(1, "s") / 86400.0
-    text = found = None
+    text = found = first = None
     if data.user_text is not None:
         text, found = data.user_text.at(cut, data.n_users)
+        first, _ = data.user_text.first_at(cut, data.n_users)
     return Context(cut, data.n_users, data.n_items, X, seen, clicks["u"].to_numpy(), clicks["i"].to_numpy(),
-                   age.astype(np.float64), data.item_vecs, text, found)  # fmt: skip
+                   age.astype(np.float64), data.item_vecs, text, found, first)  # fmt: skip
 
 
 @dataclass

@@ -1,0 +1,112 @@
+"""The collaborative adapter: propagation by hand, the leakage canary, new items without retraining."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+torch = pytest.importorskip("torch")
+
+from llmfeat import adapt as A  # noqa: E402
+from llmfeat import evaluate as E  # noqa: E402
+
+SMALL = {"dim": 8, "hidden": 16, "layers": 2, "epochs": 3, "patience": 2, "batch_size": 16, "negatives": 8,
+         "lr": 1e-2, "weight_decay": 0.0, "half_life_days": None, "seed": 3, "device": "cpu", "threads": 1,
+         "temperature": 0.2}  # fmt: skip
+
+
+def test_propagation_matches_a_hand_computed_graph():
+    # users u0 -> {i0, i1}, u1 -> {i1, i2}; degrees u: 2, 2; i: 1, 2, 1
+    X = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 1]], dtype=np.float32))
+    u0 = np.array([[1.0], [2.0]])
+    i0 = np.array([[10.0], [20.0], [30.0]])
+    a, b = 1 / np.sqrt(2 * 1), 1 / np.sqrt(2 * 2)  # 1/sqrt(d_u d_i)
+    # layer 1: users from items, items from users
+    u1 = np.array([[a * 10 + b * 20], [b * 20 + a * 30]])
+    i1 = np.array([[a * 1], [b * 1 + b * 2], [a * 2]])
+    # layer 2
+    u2 = np.array([[a * i1[0, 0] + b * i1[1, 0]], [b * i1[1, 0] + a * i1[2, 0]]])
+    i2 = np.array([[a * u1[0, 0]], [b * u1[0, 0] + b * u1[1, 0]], [a * u1[1, 0]]])
+    want_u, want_i = (u0 + u1 + u2) / 3, (i0 + i1 + i2) / 3
+    g = A.make_graph(X)
+    got_u, got_i = A.propagate(g, torch.tensor(u0, dtype=torch.float32), torch.tensor(i0, dtype=torch.float32), 2)
+    np.testing.assert_allclose(got_u.numpy(), want_u, rtol=1e-5)
+    np.testing.assert_allclose(got_i.numpy(), want_i, rtol=1e-5)
+    np_u, np_i = E.lightgcn_propagate(X, u0, i0, 2)  # the training-free baseline uses the same propagation
+    np.testing.assert_allclose(np_u, want_u, rtol=1e-6)
+    np.testing.assert_allclose(np_i, want_i, rtol=1e-6)
+    # an isolated item keeps its layer-0 embedding (scaled): a new item's direction is its tower output
+    X3 = sp.csr_matrix(np.array([[1, 0, 0], [1, 0, 0]], dtype=np.float32))
+    _, iso = A.propagate(A.make_graph(X3), torch.tensor(u0, dtype=torch.float32),
+                         torch.tensor(i0, dtype=torch.float32), 2)  # fmt: skip
+    assert iso[2, 0].item() == pytest.approx(30.0 / 3)
+
+
+def _data(seed: int = 0):
+    from test_evaluate import synthetic_data
+
+    return synthetic_data(seed, n_users=40, n_items=30, days=60)
+
+
+def _train(data: E.EvalData, cut: pd.Timestamp):
+    ctx = E.context(data, cut)
+    inputs = A.make_inputs(ctx.X, ctx.item_vecs, None, None)
+    res = A.train_adapter(ctx.X, ctx.click_u, ctx.click_i, ctx.click_age_days, inputs, SMALL)
+    return ctx, inputs, res
+
+
+def test_no_click_at_or_after_the_snapshot_reaches_the_graph():
+    """Leakage canary: scramble every click at or after the cut (and add clicks exactly at it): the graph,
+    the trained weights and the published vectors must not change."""
+    data = _data()
+    cut = pd.Timestamp("2024-02-10")
+    cut_np = np.datetime64("2024-02-10T00:00:00", "us")
+    inter = data.inter.copy()
+    late = inter["ts"].to_numpy() >= cut_np
+    assert late.any() and (~late).any()
+    rng = np.random.default_rng(1)
+    inter.loc[late, "i"] = rng.integers(0, data.n_items, int(late.sum()))
+    inter.loc[late, "label"] = 1
+    at_cut = pd.DataFrame({"u": [0, 1, 2], "i": [5, 6, 7], "ts": [cut_np] * 3, "label": np.int8(1)})
+    leaked = E.EvalData(data.user_ids, data.item_ids, pd.concat([inter, at_cut], ignore_index=True),
+                        data.item_vecs, None, data.model_id)  # fmt: skip
+    ctx_a, inp_a, res_a = _train(data, cut)
+    ctx_b, inp_b, res_b = _train(leaked, cut)
+    assert (ctx_a.X != ctx_b.X).nnz == 0
+    last = data.inter[(data.inter["ts"] < cut_np) & (data.inter["label"] == 1)]
+    assert ctx_a.X.nnz == len(last[["u", "i"]].drop_duplicates())
+    ua, ia = res_a.model.vectors(ctx_a.X, inp_a)
+    ub, ib = res_b.model.vectors(ctx_b.X, inp_b)
+    np.testing.assert_array_equal(ua, ub)
+    np.testing.assert_array_equal(ia, ib)
+
+
+def test_a_new_item_gets_a_vector_without_retraining():
+    data = _data(2)
+    ctx, inputs, res = _train(data, pd.Timestamp("2024-02-10"))
+    model = res.model
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    rng = np.random.default_rng(9)
+    new = rng.standard_normal((1, data.item_vecs.shape[1])).astype(np.float32)
+    new /= np.linalg.norm(new)
+    v = model.item_vectors(new)
+    assert v.shape == (1, SMALL["dim"]) and np.linalg.norm(v) == pytest.approx(1.0, abs=1e-5)
+    # the same vector as the item gets inside the catalogue while it has no click yet
+    X2 = sp.hstack([ctx.X, sp.csr_matrix((ctx.X.shape[0], 1))]).tocsr()
+    inputs2 = A.make_inputs(X2, np.vstack([data.item_vecs, new]), None, None)
+    _, items = model.vectors(X2, inputs2)
+    np.testing.assert_allclose(items[-1], v[0], atol=1e-5)
+    assert all(torch.equal(before[k], t) for k, t in model.module.state_dict().items())
+    # and it is ranked among the others: its nearest catalogue items are not arbitrary
+    assert np.isfinite(items @ v[0]).all()
+
+
+def test_training_is_seeded():
+    data = _data(4)
+    cut = pd.Timestamp("2024-02-10")
+    _, inputs, a = _train(data, cut)
+    ctx, _, b = _train(data, cut)
+    assert a.model.checksum() == b.model.checksum()
+    np.testing.assert_array_equal(a.model.vectors(ctx.X, inputs)[1], b.model.vectors(ctx.X, inputs)[1])
