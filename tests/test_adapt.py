@@ -110,3 +110,73 @@ def test_training_is_seeded():
     ctx, _, b = _train(data, cut)
     assert a.model.checksum() == b.model.checksum()
     np.testing.assert_array_equal(a.model.vectors(ctx.X, inputs)[1], b.model.vectors(ctx.X, inputs)[1])
+
+
+def _adapt_data_dir(tmp_path, model_id: str = "test-model@0001"):
+    """tests/synthetic.py's data dir with clicks spread over the two months before the snapshot."""
+    import pyarrow as pa
+    from synthetic import AS_OF, make_data
+
+    from llmfeat import schemas, tables
+
+    syn = make_data(tmp_path / "data", n_items=60, n_users=30, model_id=model_id)
+    rng = np.random.default_rng(0)
+    rows = []
+    for n, u in enumerate(syn.user_ids):
+        near = np.argsort(-(syn.vectors @ syn.user_vectors[n]))[:15]
+        for j in rng.choice(near, 10, replace=False):
+            day = pd.Timestamp(AS_OF, tz="UTC") - pd.Timedelta(minutes=int(rng.integers(100, 50 * 1440)))
+            rows.append((u, syn.item_ids[j], day, 1))
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "event_ts", "label"])
+    inter["label"] = inter["label"].astype("int8")
+    inter["impression_id"], inter["rating"], inter["dwell_s"] = None, np.nan, np.nan
+    tables.write_snapshot(tmp_path / "data" / "canonical" / "interactions", AS_OF,
+                          pa.Table.from_pandas(inter, schema=schemas.INTERACTIONS, preserve_index=False))  # fmt: skip
+    return syn, AS_OF
+
+
+def _adapt_cfg(data_dir, *extra):
+    from synthetic import config
+
+    return config(data_dir, "adapt.dim=8", "adapt.hidden=16", "adapt.epochs=2", "adapt.batch_size=32",
+                  "adapt.negatives=16", "adapt.temperatures=[0.2]", "adapt.threads=1", "adapt.device=cpu",
+                  "adapt.validation_days=10", "index.tune_queries=20", *extra)  # fmt: skip
+
+
+def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
+    from llmfeat.index import IndexModelMismatchError, check_model, run_index
+    from llmfeat.retrieval import Retriever
+    from llmfeat.vectors import read_latest
+
+    syn, as_of = _adapt_data_dir(tmp_path)
+    cfg = _adapt_cfg(syn.data_dir)
+    quiet = lambda m: None  # noqa: E731
+    s = A.run_adapt(cfg, as_of, log=quiet)
+    mid = s["model_id"]
+    assert mid.startswith("test-model@0001+adapter@") and mid.endswith(f"@graph={as_of.isoformat()}")
+    root = syn.data_dir / "embeddings" / "adapted"
+    items = read_latest(root / "item_text", "item_id")
+    base = read_latest(syn.data_dir / "embeddings" / "default" / "item_text", "item_id")
+    assert items.model_id == mid and list(items.ids) == list(base.ids)  # every item with a base vector
+    np.testing.assert_allclose(np.linalg.norm(items.vectors, axis=1), 1.0, atol=1e-5)
+    # the published weights reproduce the item vectors of items without clicks, and new items get one
+    model, card = A.load_adapter(cfg)
+    assert card["weights_sha256"] == model.checksum() and mid == card["model_id"]
+    out_cfg = A.output_config(cfg)
+    run_index(out_cfg, as_of, log=quiet)
+    r = Retriever.load(out_cfg)
+    res = r.for_user(syn.user_ids[0], 5)
+    assert len(res.ids) == 5
+    # mixing refused: frozen user vectors against the adapted index, a set of another base, the base set
+    with pytest.raises(IndexModelMismatchError):
+        check_model(mid, "test-model@0001")
+    with pytest.raises(A.AdaptedSetMismatchError):
+        A.check_output_set({mid}, "other-model@9999", "adapted", "default")
+    with pytest.raises(A.AdaptedSetMismatchError):
+        A.run_adapt(_adapt_cfg(syn.data_dir, "adapt.output_set=default"), as_of, log=quiet)
+    # a second run (new weights, same base) replaces the set whole: one model id in every table
+    s2 = A.run_adapt(_adapt_cfg(syn.data_dir, "adapt.seed=8"), as_of, log=quiet)
+    assert s2["model_id"] != mid
+    for name, key in (("item_text", "item_id"), ("user_text", "user_id"), ("user_history", "user_id")):
+        assert read_latest(root / name, key).model_id == s2["model_id"]
+    assert A._existing_model_ids(root) == {s2["model_id"]}

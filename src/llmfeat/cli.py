@@ -354,6 +354,9 @@ def _stage_line(stage: str, s: dict) -> str:
             if r["model"] in ("deep_lm", "deep_ids_stats")
         ]
         return "; ".join(heads) + f"; report {s.get('report')}"
+    if stage == "adapt":
+        return (f"set {s.get('embedding_set')}: {s.get('model_id')}; validation recall@20 {s.get('val_recall@20')}; "
+                f"index {s.get('index_version')}")  # fmt: skip
     return json.dumps(s)[:100]
 
 
