@@ -167,6 +167,18 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
     r = Retriever.load(out_cfg)
     res = r.for_user(syn.user_ids[0], 5)
     assert len(res.ids) == 5
+    # hybrid: the nearest candidates re-ranked by cosine + weight x log(1 + clicks_7d) from item_stats
+    _write_item_stats(syn, as_of)
+    from llmfeat.retrieval import popularity_prior
+
+    prior = popularity_prior(syn.data_dir, r._item_ids.tolist(), 7, as_of)
+    assert prior.max() > 0 and prior[list(r._item_ids).index("i0003")] == pytest.approx(np.log1p(3))
+    plain = r.for_user(syn.user_ids[0], 60)
+    heavy = r.with_prior(prior, 100.0).for_user(syn.user_ids[0], 5, hybrid=True)
+    assert heavy.method.startswith("hybrid") and set(heavy.ids) <= set(plain.ids)
+    got = prior[r._row_of.get_indexer(heavy.ids)]
+    assert list(got) == sorted(got, reverse=True)
+    assert r.with_prior(prior, 0.0).for_user(syn.user_ids[0], 5, hybrid=True).ids == res.ids
     # mixing refused: frozen user vectors against the adapted index, a set of another base, the base set
     with pytest.raises(IndexModelMismatchError):
         check_model(mid, "test-model@0001")
@@ -180,3 +192,16 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
     for name, key in (("item_text", "item_id"), ("user_text", "user_id"), ("user_history", "user_id")):
         assert read_latest(root / name, key).model_id == s2["model_id"]
     assert A._existing_model_ids(root) == {s2["model_id"]}
+
+
+def _write_item_stats(syn, as_of):
+    import pyarrow as pa
+
+    from llmfeat import schemas, tables
+
+    ids = syn.item_ids
+    ts = pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=1)
+    t = pa.table({"item_id": pa.array(ids), "clicks_7d": pa.array([j % 5 for j in range(len(ids))], pa.int32()),
+                  "event_timestamp": pa.array([ts] * len(ids), schemas.UTC_TS),
+                  "created_timestamp": pa.array([ts] * len(ids), schemas.UTC_TS)})  # fmt: skip
+    tables.write_snapshot(syn.data_dir / "features" / "item_stats", ts.date(), t)

@@ -582,6 +582,17 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     return {k2: v for k2, v in manifest.items() if k2 not in ("history",)}
 
 
+def load_card(cfg) -> dict:
+    """The card of the adapter that made ``cfg.embed.embedding_set`` (or ``adapt.output_set``)."""
+    c = copy.deepcopy(cfg)
+    if cfg.embed.embedding_set != "default":
+        c.adapt.output_set = cfg.embed.embedding_set
+    path = adapter_dir(c) / CARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter card at {path}: the hybrid score needs a set written by `llmfeat adapt`")
+    return json.loads(path.read_text())
+
+
 def load_adapter(cfg) -> tuple[AdaptedModel, dict]:
     """The published adapter of ``adapt.output_set`` (weights + card), e.g. to embed a new item at once."""
     torch = _torch()

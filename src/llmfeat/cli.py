@@ -455,6 +455,10 @@ def retrieve(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     data_dir: DataDirOpt = None,
+    hybrid: Annotated[
+        bool,
+        typer.Option("--hybrid", help="--user on an adapted set: cosine + the adapter's weight x log recent popularity."),
+    ] = False,
 ) -> None:
     """Nearest neighbours from the published index: items for --user, or items similar to --item."""
     from llmfeat.index import CorruptIndexError, IndexModelMismatchError
@@ -469,8 +473,12 @@ def retrieve(
         raise typer.Exit(Exit.CONFIG_ERROR)
     try:
         r = Retriever.load(cfg, version=version)
+        if hybrid:
+            from llmfeat.retrieval import load_hybrid
+
+            r = load_hybrid(cfg, r)
         if user is not None:
-            res = r.for_user(user, k, category, exclude_seen=not include_seen)
+            res = r.for_user(user, k, category, exclude_seen=not include_seen, hybrid=hybrid)
         else:
             res = r.similar_items(item, k, category)
     except NotFoundError as exc:
