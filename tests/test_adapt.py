@@ -205,3 +205,29 @@ def _write_item_stats(syn, as_of):
                   "event_timestamp": pa.array([ts] * len(ids), schemas.UTC_TS),
                   "created_timestamp": pa.array([ts] * len(ids), schemas.UTC_TS)})  # fmt: skip
     tables.write_snapshot(syn.data_dir / "features" / "item_stats", ts.date(), t)
+
+
+def test_nightly_runs_adapt_only_when_enabled_and_redoes_it_after_embed(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from llmfeat import nightly
+    from llmfeat.config import load_config
+
+    calls: list = []
+
+    def factory(cfg, as_of, spark, log, markers, faults=None):
+        names = list(nightly.STAGES) + (["adapt"] if cfg.adapt.enabled else [])
+        return {s: (lambda forced, s=s: calls.append((s, forced)) or {"stage": s}) for s in names}
+
+    monkeypatch.setattr(nightly, "_stage_functions", factory)
+    day = dt.date(2024, 3, 1)
+    off = load_config(None, [f"paths.data_dir={tmp_path}"])
+    nightly.run_nightly(off, day, log=lambda m: None)
+    assert [c[0] for c in calls] == list(nightly.STAGES)
+    calls.clear()
+    on = load_config(None, [f"paths.data_dir={tmp_path}", "adapt.enabled=true"])
+    summary = nightly.run_nightly(on, day, log=lambda m: None)
+    assert calls == [("adapt", False)] and summary.results[-1].stage == "adapt"
+    calls.clear()
+    nightly.run_nightly(on, day, force=("embed",), log=lambda m: None)
+    assert ("adapt", True) in calls and calls[-1] == ("adapt", True)
