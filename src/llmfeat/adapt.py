@@ -246,12 +246,12 @@ def _tensors(inputs: Inputs, device: str) -> dict:
     }
 
 
-def _forward(module, graph: Graph, t: dict, layers: int):
+def _forward(module, graph: Graph, t: dict, layers: int, with_tower: bool = False):
     items0 = module.item(t["item_x"])
     users0 = module.item(t["user_hist_x"])
     U, I = propagate(graph, users0, items0, layers)
     T = module.user_text(t["user_text_x"])
-    return U, I, T
+    return (U, I, T, items0) if with_tower else (U, I, T)
 
 
 @dataclass
@@ -291,7 +291,13 @@ def train_adapter(
     graph = make_graph(X, device)
     t = _tensors(inputs, device)
     n_items = inputs.item_x.shape[0]
+    # Sampled negatives come from items with clicks in the graph: items without clicks never appear as
+    # positives, and pushing them away as negatives would teach the tower that "unclicked-looking" text is
+    # bad, which is exactly the cold items the tower exists for.
+    neg_pool = np.nonzero(graph.item_degree > 0)[0] if params.get("negatives_from", "clicked") == "clicked" \
+        else np.arange(n_items)  # fmt: skip
     tau = float(params["temperature"])
+    tower_weight = float(params.get("tower_loss", 0.0))
     layers = int(params["layers"])
     bsz, n_neg = int(params["batch_size"]), int(params["negatives"])
     n = len(click_u)
@@ -317,15 +323,22 @@ def train_adapter(
         for s in range(steps):
             idx = torch.from_numpy(order[s * bsz : (s + 1) * bsz])
             u, i = cu_all[idx].to(device), ci_all[idx].to(device)
-            neg = torch.from_numpy(rng.integers(0, n_items, n_neg)).to(device)
-            U, I, T = _forward(module, graph, t, layers)
-            zi = torch.nn.functional.normalize(I[torch.cat([i, neg])], dim=1)
+            neg = torch.from_numpy(neg_pool[rng.integers(0, len(neg_pool), n_neg)]).to(device)
+            U, I, T, I0 = _forward(module, graph, t, layers, with_tower=True)
+            cand = torch.cat([i, neg])
+            zi = torch.nn.functional.normalize(I[cand], dim=1)
             same = torch.cat([i, neg])[None, :] == i[:, None]
             same[torch.arange(len(i)), torch.arange(len(i))] = False
             zu = torch.nn.functional.normalize(U[u], dim=1)
             logits = (zu @ zi.T / tau).masked_fill(same, float("-inf"))
             target = torch.arange(len(i), device=device)
             loss = torch.nn.functional.cross_entropy(logits, target)
+            if tower_weight > 0:
+                # the item tower alone (no propagation) must also find the clicked item: that is the vector an
+                # item without clicks (cold, new) gets, so it has to live in the same space
+                z0 = torch.nn.functional.normalize(I0[cand], dim=1)
+                l0 = (zu @ z0.T / tau).masked_fill(same, float("-inf"))
+                loss = loss + tower_weight * torch.nn.functional.cross_entropy(l0, target)
             tmask = text_ok[u]
             if bool(tmask.any()):
                 zt = torch.nn.functional.normalize(T[u[tmask]], dim=1)
@@ -365,7 +378,7 @@ def hybrid_scores(user_vecs: np.ndarray, item_vecs: np.ndarray, log_pop: np.ndar
 def adapter_params(cfg_adapt) -> dict:
     a = cfg_adapt
     return {"dim": a.dim, "hidden": a.hidden, "layers": a.layers, "epochs": a.epochs, "patience": a.patience,
-            "batch_size": a.batch_size, "negatives": a.negatives, "lr": a.lr, "weight_decay": a.weight_decay,
+            "batch_size": a.batch_size, "negatives": a.negatives, "negatives_from": a.negatives_from, "tower_loss": a.tower_loss, "lr": a.lr, "weight_decay": a.weight_decay,
             "half_life_days": a.half_life_days, "seed": a.seed, "device": a.device, "threads": a.threads}  # fmt: skip
 
 

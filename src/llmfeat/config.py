@@ -265,6 +265,12 @@ class AdaptConfig:
     batch_size: int = 1024
     negatives: int = 1024
     """Sampled (uniform) negatives per batch, on top of the in-batch ones."""
+    negatives_from: str = "clicked"
+    """clicked: sample negatives among items with clicks in the graph (unclicked items are never pushed away,
+    which would bias the tower against cold items); all: among every item."""
+    tower_loss: float = 0.0
+    """Weight of a second InfoNCE term scoring the item tower's output alone (before propagation), the vector
+    an item without clicks gets."""
     lr: float = 3e-3
     weight_decay: float = 1e-6
     half_life_days: float | None = 60.0
