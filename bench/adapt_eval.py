@@ -45,14 +45,16 @@ def verdicts(report: dict) -> list[str]:
         for base in ("ease", "ease+recent_pop"):
             d = _diff(report, head, base, "all", metric)
             if d:
-                verdict = ("wins" if d["lo"] > 0 else "loses" if d["hi"] < 0 else "no significant difference")
+                verdict = "wins" if d["lo"] > 0 else "loses" if d["hi"] < 0 else "no significant difference"
                 out.append(f"- `{head}` vs `{base}`, pooled {metric}: {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
                            f" -> {verdict}.")  # fmt: skip
         for sl in ("warm_user", "new_user"):
             for base in ("ease", "ease+recent_pop", "recent_popularity"):
                 d = _diff(report, head, base, sl, metric)
                 if d and d["hi"] < 0:
-                    out.append(f"- {base} still wins on {sl}: `{head}` {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}].")
+                    out.append(
+                        f"- {base} still wins on {sl}: `{head}` {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]."
+                    )
     cold = {m: _row(report, m, "cold_item", metric) for m in ("adapted", "adapted_hybrid", "lm_text", "lm_history",
                                                                "textgcn", "popularity", "recent_popularity")}  # fmt: skip
     pc = report["pooled_counts"]
@@ -104,7 +106,9 @@ def render(report: dict, command: str, machine: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path)
-    ap.add_argument("--report", type=Path, help="Render this `llmfeat evaluate` JSON report instead of running.")
+    ap.add_argument(
+        "--report", type=Path, help="Render this `llmfeat evaluate` JSON report instead of running."
+    )
     ap.add_argument("--command", help="The command line to record (default: this one).")
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--out", type=Path, help="BENCHMARKS.md to write the section into.")
@@ -117,7 +121,9 @@ def main() -> int:
 
         cfg = load_config(None, [f"paths.data_dir={args.data_dir}", *args.sets])
         report = public(run_evaluate(cfg, None))
-    machine = f"{cpu_model()}, {platform.python_version()}, shared with other sessions' jobs (load average 3-7)"
+    machine = (
+        f"{cpu_model()}, {platform.python_version()}, shared with other sessions' jobs (load average 3-7)"
+    )
     section = render(report, args.command or "python " + " ".join(sys.argv), machine)
     print(section)
     if args.out:

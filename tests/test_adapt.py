@@ -31,7 +31,9 @@ def test_propagation_matches_a_hand_computed_graph():
     i2 = np.array([[a * u1[0, 0]], [b * u1[0, 0] + b * u1[1, 0]], [a * u1[1, 0]]])
     want_u, want_i = (u0 + u1 + u2) / 3, (i0 + i1 + i2) / 3
     g = A.make_graph(X)
-    got_u, got_i = A.propagate(g, torch.tensor(u0, dtype=torch.float32), torch.tensor(i0, dtype=torch.float32), 2)
+    got_u, got_i = A.propagate(
+        g, torch.tensor(u0, dtype=torch.float32), torch.tensor(i0, dtype=torch.float32), 2
+    )
     np.testing.assert_allclose(got_u.numpy(), want_u, rtol=1e-5)
     np.testing.assert_allclose(got_i.numpy(), want_i, rtol=1e-5)
     np_u, np_i = E.lightgcn_propagate(X, u0, i0, 2)  # the training-free baseline uses the same propagation

@@ -40,7 +40,9 @@ def synthetic_data(seed: int = 0, n_users: int = 80, n_items: int = 50, days: in
 
 
 def fast_cfg() -> EvaluateConfig:
-    return EvaluateConfig(origins=2, span=0.4, ks=[5, 10], select_k=5, bootstrap=200, ease_lambdas=[1.0, 50.0])
+    return EvaluateConfig(
+        origins=2, span=0.4, ks=[5, 10], select_k=5, bootstrap=200, ease_lambdas=[1.0, 50.0]
+    )
 
 
 def fast_methods(cfg: EvaluateConfig) -> list[E.Method]:
@@ -141,7 +143,10 @@ def test_report_has_baselines_intervals_and_counts():
     for r in rep["table"]:
         if r["users"]:
             assert r["lo"] <= r["value"] + 1e-12 and r["value"] <= r["hi"] + 1e-12
-    assert any(d["slice"] == "cold_item" for d in rep["differences"]) or rep["pooled_counts"]["cold_item_clicks"] == 0
+    assert (
+        any(d["slice"] == "cold_item" for d in rep["differences"])
+        or rep["pooled_counts"]["cold_item_clicks"] == 0
+    )
     md = E.markdown(rep)
     assert "recall@5" in md and "Paired differences" in md
     pop = next(r for r in rep["table"] if r["method"] == "popularity" and r["slice"] == "cold_item"

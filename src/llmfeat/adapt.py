@@ -125,7 +125,9 @@ def make_graph(X: sp.spmatrix, device: str = "cpu") -> Graph:
     A = normalised_adjacency(X)
     deg_u = np.asarray((X > 0).sum(axis=1)).ravel()
     deg_i = np.asarray((X > 0).sum(axis=0)).ravel()
-    return Graph(X.shape[0], X.shape[1], _to_torch_sparse(A, device), _to_torch_sparse(A.T, device), deg_u, deg_i)
+    return Graph(
+        X.shape[0], X.shape[1], _to_torch_sparse(A, device), _to_torch_sparse(A.T, device), deg_u, deg_i
+    )
 
 
 _SPMM = None
@@ -203,14 +205,16 @@ class AdaptedModel:
         graph = make_graph(X, self.device)
         self.module.eval()
         with torch.no_grad():
-            U, I, T = _forward(self.module, graph, _tensors(inputs, self.device), self.params["layers"])
+            U, IV, T = _forward(self.module, graph, _tensors(inputs, self.device), self.params["layers"])
             U = torch.nn.functional.normalize(U, dim=1)
-            I = torch.nn.functional.normalize(I, dim=1)
+            IV = torch.nn.functional.normalize(IV, dim=1)
             T = torch.nn.functional.normalize(T, dim=1)
-        U, I, T = U.cpu().numpy(), I.cpu().numpy(), T.cpu().numpy()
+        U, IV, T = U.cpu().numpy(), IV.cpu().numpy(), T.cpu().numpy()
         has = graph.user_degree > 0
-        users = np.where(has[:, None], U, np.where(inputs.user_text_found[:, None], T, 0.0)).astype(np.float32)
-        return users, I.astype(np.float32)
+        users = np.where(has[:, None], U, np.where(inputs.user_text_found[:, None], T, 0.0)).astype(
+            np.float32
+        )
+        return users, IV.astype(np.float32)
 
     def item_vectors(self, item_x: np.ndarray) -> np.ndarray:
         """Vectors of items from their LM vectors alone (new items: no clicks, no retraining)."""
@@ -249,9 +253,9 @@ def _tensors(inputs: Inputs, device: str) -> dict:
 def _forward(module, graph: Graph, t: dict, layers: int, with_tower: bool = False):
     items0 = module.item(t["item_x"])
     users0 = module.item(t["user_hist_x"])
-    U, I = propagate(graph, users0, items0, layers)
+    U, IV = propagate(graph, users0, items0, layers)
     T = module.user_text(t["user_text_x"])
-    return (U, I, T, items0) if with_tower else (U, I, T)
+    return (U, IV, T, items0) if with_tower else (U, IV, T)
 
 
 @dataclass
@@ -318,15 +322,17 @@ def train_adapter(
     steps = max(1, n // bsz)
     for epoch in range(1, max_epochs + 1):
         module.train()
-        order = rng.choice(n, size=steps * bsz, p=prob) if prob is not None else rng.permutation(n)[: steps * bsz]
+        order = (
+            rng.choice(n, size=steps * bsz, p=prob) if prob is not None else rng.permutation(n)[: steps * bsz]
+        )
         losses = []
         for s in range(steps):
             idx = torch.from_numpy(order[s * bsz : (s + 1) * bsz])
             u, i = cu_all[idx].to(device), ci_all[idx].to(device)
             neg = torch.from_numpy(neg_pool[rng.integers(0, len(neg_pool), n_neg)]).to(device)
-            U, I, T, I0 = _forward(module, graph, t, layers, with_tower=True)
+            U, IV, T, I0 = _forward(module, graph, t, layers, with_tower=True)
             cand = torch.cat([i, neg])
-            zi = torch.nn.functional.normalize(I[cand], dim=1)
+            zi = torch.nn.functional.normalize(IV[cand], dim=1)
             same = torch.cat([i, neg])[None, :] == i[:, None]
             same[torch.arange(len(i)), torch.arange(len(i))] = False
             zu = torch.nn.functional.normalize(U[u], dim=1)
@@ -367,7 +373,9 @@ def train_adapter(
     return TrainResult(model, best_epoch, best_val, history, time.perf_counter() - started)
 
 
-def hybrid_scores(user_vecs: np.ndarray, item_vecs: np.ndarray, log_pop: np.ndarray, weight: float) -> np.ndarray:
+def hybrid_scores(
+    user_vecs: np.ndarray, item_vecs: np.ndarray, log_pop: np.ndarray, weight: float
+) -> np.ndarray:
     """cos(u, i) + weight * log(1 + recent clicks of i): the optional hybrid score of the retriever."""
     return user_vecs @ item_vecs.T + weight * log_pop[None, :]
 
@@ -396,24 +404,32 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
             tg, k = val
 
             def validate(m: AdaptedModel) -> float:
-                U, I = m.vectors(ctx.X, inputs)
-                return E.selection_score(lambda users: U[users] @ I.T, ctx, tg, k)
+                U, IV = m.vectors(ctx.X, inputs)
+                return E.selection_score(lambda users: U[users] @ IV.T, ctx, tg, k)
 
-            res = train_adapter(ctx.X, ctx.click_u, ctx.click_i, ctx.click_age_days, inputs, params, validate=validate,
-                                log=log)
+            res = train_adapter(
+                ctx.X,
+                ctx.click_u,
+                ctx.click_i,
+                ctx.click_age_days,
+                inputs,
+                params,
+                validate=validate,
+                log=log,
+            )
             model = res.model
             chosen = {"epochs": res.best_epoch, "train_seconds": round(res.seconds, 1), "_model": model}
-            U, I = model.vectors(ctx.X, inputs)
-            return E.Fit(lambda users: U[users] @ I.T, chosen)
-        U, I = model.vectors(ctx.X, inputs)
-        return E.Fit(lambda users: U[users] @ I.T)
+            U, IV = model.vectors(ctx.X, inputs)
+            return E.Fit(lambda users: U[users] @ IV.T, chosen)
+        U, IV = model.vectors(ctx.X, inputs)
+        return E.Fit(lambda users: U[users] @ IV.T)
 
     def fit_hybrid(ctx, params, val=None):
         inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
-        U, I = params["adapted"]["_model"].vectors(ctx.X, inputs)
+        U, IV = params["adapted"]["_model"].vectors(ctx.X, inputs)
         log_pop = np.log1p(E.recent_counts(ctx, params["recent"]))
         w = params["weight"]
-        return E.Fit(lambda users: hybrid_scores(U[users], I, log_pop, w))
+        return E.Fit(lambda users: hybrid_scores(U[users], IV, log_pop, w))
 
     return [
         E.Method("adapted", lambda ch: [{**base, "temperature": float(t)} for t in cfg_adapt.temperatures],
@@ -445,7 +461,9 @@ def adapter_dir(cfg) -> Path:
     return Path(cfg.paths.data_dir) / "models" / "adapters" / cfg.adapt.output_set
 
 
-def check_output_set(existing_model_ids: set[str], base_model_id: str, output_set: str, base_set: str) -> None:
+def check_output_set(
+    existing_model_ids: set[str], base_model_id: str, output_set: str, base_set: str
+) -> None:
     """Refuse to write adapted vectors where they would mix with another model's: into the base set, or into a
     set that holds vectors adapted from another base model. (A new adapter of the same base replaces the set
     whole, so one set never holds two adapters' rows.)"""
@@ -529,8 +547,8 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     inputs_v = make_inputs(ctx_v.X, ctx_v.item_vecs, ctx_v.user_first_text, ctx_v.user_text_found)
 
     def validate(m: AdaptedModel) -> float:
-        U, I = m.vectors(ctx_v.X, inputs_v)
-        return E.selection_score(lambda users: U[users] @ I.T, ctx_v, tg, k)
+        U, IV = m.vectors(ctx_v.X, inputs_v)
+        return E.selection_score(lambda users: U[users] @ IV.T, ctx_v, tg, k)
 
     best = None
     tried = []
@@ -546,12 +564,12 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     params, res = best
     model = res.model
     # the hybrid prior: trailing-window clicks as published in item_stats (clicks_<w>d), weight on validation
-    U, I = model.vectors(ctx_v.X, inputs_v)
+    U, IV = model.vectors(ctx_v.X, inputs_v)
     hybrid = {"window_days": None, "weight": 0.0, "val_recall": round(res.best_val, 5)}
     for w_days in (1, 7, 30):
         log_pop = np.log1p(E.recent_counts(ctx_v, {"window_days": w_days}))
         for w in a.hybrid_weights:
-            s = E.selection_score(lambda users: hybrid_scores(U[users], I, log_pop, w), ctx_v, tg, k)  # noqa: B023
+            s = E.selection_score(lambda users: hybrid_scores(U[users], IV, log_pop, w), ctx_v, tg, k)  # noqa: B023
             if s > hybrid["val_recall"] + 1e-12:
                 hybrid = {"window_days": w_days, "weight": float(w), "val_recall": round(s, 5)}
     # vectors over the graph at the snapshot (clicks before it), with the weights trained above
@@ -578,12 +596,26 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     with tables.staged_dir(out_root) as staging:
         for name, key, ids, vecs, extra in (
             ("item_text", "item_id", data.item_ids, items, {}),
-            ("user_text", "user_id", data.user_ids[has_vec], users[has_vec], {"n_history": n_clicks[has_vec]}),
-            ("user_history", "user_id", data.user_ids[has_vec], users[has_vec], {"n_clicks": n_clicks[has_vec]}),
+            (
+                "user_text",
+                "user_id",
+                data.user_ids[has_vec],
+                users[has_vec],
+                {"n_history": n_clicks[has_vec]},
+            ),
+            (
+                "user_history",
+                "user_id",
+                data.user_ids[has_vec],
+                users[has_vec],
+                {"n_clicks": n_clicks[has_vec]},
+            ),
         ):
             part = tables.snapshot_dir(staging / name, as_of)
             part.mkdir(parents=True)
-            tables.write_parquet(_emb_table(key, ids, vecs, mid, snapshot, created, extra), part / tables.PARQUET_FILE)
+            tables.write_parquet(
+                _emb_table(key, ids, vecs, mid, snapshot, created, extra), part / tables.PARQUET_FILE
+            )
         manifest = {**card, "embedding_set": a.output_set, "counts": {"items": len(items), "users": int(has_vec.sum()),
                     "users_text_tower": int((has_vec & (n_clicks == 0)).sum())},
                     "seconds": {"total": round(time.perf_counter() - started, 1)}}  # fmt: skip
@@ -602,7 +634,9 @@ def load_card(cfg) -> dict:
         c.adapt.output_set = cfg.embed.embedding_set
     path = adapter_dir(c) / CARD_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no adapter card at {path}: the hybrid score needs a set written by `llmfeat adapt`")
+        raise FileNotFoundError(
+            f"no adapter card at {path}: the hybrid score needs a set written by `llmfeat adapt`"
+        )
     return json.loads(path.read_text())
 
 

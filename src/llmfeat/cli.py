@@ -457,7 +457,10 @@ def retrieve(
     data_dir: DataDirOpt = None,
     hybrid: Annotated[
         bool,
-        typer.Option("--hybrid", help="--user on an adapted set: cosine + the adapter's weight x log recent popularity."),
+        typer.Option(
+            "--hybrid",
+            help="--user on an adapted set: cosine + the adapter's weight x log recent popularity.",
+        ),
     ] = False,
 ) -> None:
     """Nearest neighbours from the published index: items for --user, or items similar to --item."""
@@ -587,7 +590,9 @@ def evaluate(
 
     cfg = _config(config, set_, data_dir)
     try:
-        report = run_evaluate(cfg, _date(as_of) if as_of else None, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+        report = run_evaluate(
+            cfg, _date(as_of) if as_of else None, log=lambda m: console.print(f"[dim]{m}[/dim]")
+        )
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(Exit.CONFIG_ERROR) from exc
@@ -600,7 +605,9 @@ def evaluate(
 
 @app.command()
 def adapt(
-    as_of: Annotated[str | None, typer.Option("--as-of", help="Snapshot date: the graph holds clicks before it.")] = None,
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Snapshot date: the graph holds clicks before it.")
+    ] = None,
     publish: Annotated[
         bool, typer.Option("--publish/--no-publish", help="Also publish the set to Feast (needs Spark).")
     ] = True,
@@ -619,7 +626,9 @@ def adapt(
             from llmfeat.spark import build_spark
 
             spark = build_spark(cfg.spark)
-        summary = run_adapt_stage(cfg, _date(as_of), publish=publish, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+        summary = run_adapt_stage(
+            cfg, _date(as_of), publish=publish, log=lambda m: console.print(f"[dim]{m}[/dim]")
+        )
     except (ConfigError, AdaptedSetMismatchError) as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(Exit.CONFIG_ERROR) from exc
@@ -630,7 +639,9 @@ def adapt(
         if spark is not None:
             spark.stop()
     console.print(f"adapted set {summary['embedding_set']}: {summary['model_id']}")
-    console.print(f"  {summary['counts']}; validation recall@20 {summary.get('val_recall@20')}; hybrid {summary['hybrid']}")
+    console.print(
+        f"  {summary['counts']}; validation recall@20 {summary.get('val_recall@20')}; hybrid {summary['hybrid']}"
+    )
     console.print(f"  index {summary.get('index_version')}; seconds {summary['seconds']}")
 
 

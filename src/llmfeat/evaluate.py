@@ -32,7 +32,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -126,8 +125,12 @@ def load_eval_data(data_dir: Path, embedding_set: str | None, as_of: dt.date | N
     root = tables.canonical_dir(data_dir, "interactions")
     days = [d for d in tables.snapshot_dates(root) if as_of is None or d <= as_of]
     if not days:
-        raise FileNotFoundError(f"no canonical interactions snapshot under {root}: run `llmfeat ingest` first")
-    inter = tables.read_snapshot(root, days[-1]).select(["user_id", "item_id", "event_ts", "label"]).to_pandas()
+        raise FileNotFoundError(
+            f"no canonical interactions snapshot under {root}: run `llmfeat ingest` first"
+        )
+    inter = (
+        tables.read_snapshot(root, days[-1]).select(["user_id", "item_id", "event_ts", "label"]).to_pandas()
+    )
     item_vecs = model = text = None
     if embedding_set is not None:
         paths = embedding_paths(data_dir, embedding_set)
@@ -197,7 +200,9 @@ def make_origins(ts: np.ndarray, n: int, span: float) -> list[Origin]:
     step = span / n
     qs = [1 - span - step + k * step for k in range(n + 1)]
     if qs[0] <= 0:
-        raise ValueError(f"evaluate.span {span} with {n} origins leaves no training data before the first origin")
+        raise ValueError(
+            f"evaluate.span {span} with {n} origins leaves no training data before the first origin"
+        )
     series = pd.Series(np.sort(ts))
     cuts = [pd.Timestamp(series.quantile(q, interpolation="lower")).floor("D") for q in qs]
     end = pd.Timestamp(series.iloc[-1]) + pd.Timedelta(microseconds=1)
@@ -500,11 +505,11 @@ def fit_textgcn(ctx: Context, params: dict, val=None) -> Fit:
     """TextGCN-style: frozen item vectors propagated over the click graph, no training."""
     V = ctx.item_vecs.astype(np.float64)
     U0 = _row_normalise(np.asarray(ctx.X @ V))
-    U, I = lightgcn_propagate(ctx.X.astype(np.float64), U0, V, params["layers"])
+    U, IV = lightgcn_propagate(ctx.X.astype(np.float64), U0, V, params["layers"])
     has = ctx.user_clicks > 0
     U = np.where(has[:, None], _row_normalise(U), _user_text(ctx))
-    I = _row_normalise(I)
-    return Fit(lambda users: U[users] @ I.T)
+    IV = _row_normalise(IV)
+    return Fit(lambda users: U[users] @ IV.T)
 
 
 RECENT_GRID = [{"window_days": w} for w in (1, 7, 14, 30)] + [{"half_life_days": h} for h in (3, 7, 14)]
@@ -520,8 +525,10 @@ def baseline_methods(cfg_eval) -> list[Method]:
         Method("ease", lambda ch: [{"lambda": float(x)} for x in lambdas], fit_ease),
         Method(
             "ease+recent_pop",
-            lambda ch: [{"lambda": ch["ease"]["lambda"], "recent": ch["recent_popularity"], "alpha": a}
-                        for a in (0.1, 0.2, 0.35, 0.5, 0.7)],
+            lambda ch: [
+                {"lambda": ch["ease"]["lambda"], "recent": ch["recent_popularity"], "alpha": a}
+                for a in (0.1, 0.2, 0.35, 0.5, 0.7)
+            ],
             fit_ease_recent,
         ),  # fmt: skip
         Method("lm_text", lambda ch: [{}], fit_lm_text, needs_vectors=True),
@@ -545,7 +552,9 @@ class OriginResult:
     counts: dict
 
 
-def select(method: Method, data_sel: EvalData, origin: Origin, chosen: dict, k: int, log) -> tuple[dict, dict]:
+def select(
+    method: Method, data_sel: EvalData, origin: Origin, chosen: dict, k: int, log
+) -> tuple[dict, dict]:
     """Pick the candidate with the best validation recall@k. Reads only ``data_sel`` (cut at t_test)."""
     ctx = context(data_sel, origin.t_val)
     tg = targets(data_sel, ctx, origin.t_val, origin.t_test)
@@ -721,16 +730,24 @@ def markdown(report: dict, headline: str | None = None) -> str:
         for m in methods:
             cells = []
             for sl in SLICES:
-                r = next((x for x in rows if x["method"] == m and x["slice"] == sl and x["metric"] == metric), None)
-                cells.append("-" if r is None or not r["users"] else f"{r['value']:.4f} [{r['lo']:.3f}, {r['hi']:.3f}]")
+                r = next(
+                    (x for x in rows if x["method"] == m and x["slice"] == sl and x["metric"] == metric), None
+                )
+                cells.append(
+                    "-" if r is None or not r["users"] else f"{r['value']:.4f} [{r['lo']:.3f}, {r['hi']:.3f}]"
+                )
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     users = {sl: next((x["users"] for x in rows if x["slice"] == sl), 0) for sl in SLICES}
     lines.append("Users per slice: " + ", ".join(f"{k} {v}" for k, v in users.items()) + ".")
     lines.append("")
-    diffs = [d for d in report["differences"] if d["metric"] in (headline, headline.replace("recall", "ndcg"))]
+    diffs = [
+        d for d in report["differences"] if d["metric"] in (headline, headline.replace("recall", "ndcg"))
+    ]
     if diffs:
-        lines.append(f"**Paired differences** (a - b, pooled, 95% paired bootstrap interval; * = interval excludes 0)")
+        lines.append(
+            "**Paired differences** (a - b, pooled, 95% paired bootstrap interval; * = interval excludes 0)"
+        )
         lines.append("")
         lines.append("| a | b | slice | metric | a - b | 95% interval |")
         lines.append("|---|---|---|---|---:|---|")
@@ -754,7 +771,9 @@ def markdown(report: dict, headline: str | None = None) -> str:
     lines.append("")
     for i, o in enumerate(report["origins"]):
         ch = {m: p for m, p in o["chosen"].items() if p}
-        lines.append(f"- origin {i} chosen: " + "; ".join(f"{m} {json.dumps(p, default=str)}" for m, p in ch.items()))
+        lines.append(
+            f"- origin {i} chosen: " + "; ".join(f"{m} {json.dumps(p, default=str)}" for m, p in ch.items())
+        )
     return "\n".join(lines)
 
 

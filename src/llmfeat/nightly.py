@@ -306,7 +306,9 @@ def run_nightly(
     ``on_stage(stage, status)`` reports progress; ``faults`` is for the crash-safety tests only."""
     unknown = (set(force) | ({until} if until else set())) - set(STAGES) - set(OPTIONAL_STAGES)
     if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES + OPTIONAL_STAGES)}")
+        raise ValueError(
+            f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES + OPTIONAL_STAGES)}"
+        )
     order = STAGES + tuple(s for s in OPTIONAL_STAGES if getattr(getattr(cfg, s, None), "enabled", False))
     last = order.index(until) if until in order else (len(STAGES) - 1 if until else len(order) - 1)
     redo = dependents(set(force))

@@ -246,7 +246,11 @@ class Retriever:
         return out
 
     def for_user(
-        self, user_id: str, k: int = 10, categories: Sequence[str] | None = None, exclude_seen: bool = True,
+        self,
+        user_id: str,
+        k: int = 10,
+        categories: Sequence[str] | None = None,
+        exclude_seen: bool = True,
         hybrid: bool = False,
     ) -> Results:
         """The k items closest to the user's vector, by default without the items the user interacted with.
@@ -268,7 +272,9 @@ class Retriever:
     def _hybrid_for_user(self, user_id, k, categories, exclude_seen) -> Results:
         prior = getattr(self, "_prior", None)
         if prior is None:
-            raise ValueError("hybrid scoring needs a popularity prior (Retriever.with_prior / --hybrid on an adapted set)")
+            raise ValueError(
+                "hybrid scoring needs a popularity prior (Retriever.with_prior / --hybrid on an adapted set)"
+            )
         wide = self.for_user(user_id, min(self.count, max(10 * k, 200)), categories, exclude_seen)
         rows = self._row_of.get_indexer(pd.Index(wide.ids, dtype=object))
         scores = np.asarray(wide.scores, np.float32) + self._prior_weight * prior[rows]
@@ -516,11 +522,17 @@ def popularity_prior(data_dir: Path, item_ids: Sequence[str], window_days: int, 
     at = utc(pd.Timestamp(as_of))
     import pyarrow as pa
 
-    t = ds.dataset(root, format="parquet", partitioning=_PARTITIONING).to_table(
-        columns=["item_id", "event_timestamp", "created_timestamp", col],
-        filter=ds.field("event_timestamp") <= pa.scalar(at, pa.timestamp("us", tz="UTC")),
-    ).to_pandas()
-    latest = t.sort_values(["item_id", "event_timestamp", "created_timestamp"]).drop_duplicates("item_id", keep="last")
+    t = (
+        ds.dataset(root, format="parquet", partitioning=_PARTITIONING)
+        .to_table(
+            columns=["item_id", "event_timestamp", "created_timestamp", col],
+            filter=ds.field("event_timestamp") <= pa.scalar(at, pa.timestamp("us", tz="UTC")),
+        )
+        .to_pandas()
+    )
+    latest = t.sort_values(["item_id", "event_timestamp", "created_timestamp"]).drop_duplicates(
+        "item_id", keep="last"
+    )
     clicks = pd.Index(latest["item_id"]).get_indexer(pd.Index(list(item_ids), dtype=object))
     values = np.where(clicks >= 0, latest[col].to_numpy()[np.maximum(clicks, 0)], 0)
     return np.log1p(values.astype(np.float64)).astype(np.float32)
@@ -535,5 +547,7 @@ def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
     h = card.get("hybrid") or {}
     if not h.get("window_days") or not h.get("weight"):
         return retriever.with_prior(np.zeros(retriever.count, np.float32), 0.0)
-    prior = popularity_prior(cfg.paths.data_dir, retriever._item_ids.tolist(), h["window_days"], retriever.loaded.as_of)
+    prior = popularity_prior(
+        cfg.paths.data_dir, retriever._item_ids.tolist(), h["window_days"], retriever.loaded.as_of
+    )
     return retriever.with_prior(prior, float(h["weight"]))
