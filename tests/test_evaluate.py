@@ -152,3 +152,22 @@ def test_report_has_baselines_intervals_and_counts():
     pop = next(r for r in rep["table"] if r["method"] == "popularity" and r["slice"] == "cold_item"
                and r["metric"] == "recall@5")  # fmt: skip
     assert pop["users"] == 0 or pop["value"] == 0.0  # popularity cannot rank an item without clicks
+
+
+def test_adapter_runs_inside_the_evaluation_with_validation_selection():
+    pytest.importorskip("torch")
+    from llmfeat.adapt import evaluation_methods
+    from llmfeat.config import AdaptConfig
+
+    cfg = fast_cfg()
+    acfg = AdaptConfig(dim=8, hidden=16, epochs=2, patience=1, batch_size=64, negatives=16, temperatures=[0.1, 0.3],
+                       hybrid_weights=[0.0, 1.0], threads=1, device="cpu")  # fmt: skip
+    methods = [m for m in E.baseline_methods(cfg) if m.name == "recent_popularity"] + evaluation_methods(acfg)
+    rep = E.run_evaluation(synthetic_data(3), cfg, methods, lambda m: None)
+    for o in rep["origins"]:
+        assert len(o["validation"]["adapted"]) == 2 and len(o["validation"]["adapted_hybrid"]) == 2
+        assert (
+            o["chosen"]["adapted"]["temperature"] in (0.1, 0.3) and 1 <= o["chosen"]["adapted"]["epochs"] <= 2
+        )
+        assert "_model" not in o["chosen"]["adapted"]  # trained weights stay out of the report
+    assert any(d["a"] == "adapted_hybrid" and d["b"] == "recent_popularity" for d in rep["differences"])
