@@ -204,12 +204,25 @@ class AdaptedModel:
         torch = _torch()
         graph = make_graph(X, self.device)
         self.module.eval()
+        layers = self.params["layers"]
         with torch.no_grad():
-            U, IV, T = _forward(self.module, graph, _tensors(inputs, self.device), self.params["layers"])
+            U, IV, T, I0 = _forward(self.module, graph, _tensors(inputs, self.device), layers, with_tower=True)
             U = torch.nn.functional.normalize(U, dim=1)
-            IV = torch.nn.functional.normalize(IV, dim=1)
             T = torch.nn.functional.normalize(T, dim=1)
-        U, IV, T = U.cpu().numpy(), IV.cpu().numpy(), T.cpu().numpy()
+        U, IV, T, I0 = U.cpu().numpy(), IV.cpu().numpy(), T.cpu().numpy(), I0.cpu().numpy()
+        k = int(self.params.get("cold_neighbours") or 0)
+        warm = graph.item_degree > 0
+        self._cold_ref = None
+        if k > 0 and warm.any() and (~warm).any():
+            # An item without clicks has no propagated part (layers 1..L are zero), so it lacks the component
+            # every clicked item shares with the users and ranks below random. Give it the mean propagated part
+            # of its k nearest clicked items in LM space (content-based neighbourhood imputation).
+            resid = IV[warm] - I0[warm] / (layers + 1)
+            ref_x = inputs.item_x[warm]
+            self._cold_ref = (ref_x, resid, k)
+            cold = np.nonzero(~warm)[0]
+            IV[cold] = I0[cold] / (layers + 1) + _impute(inputs.item_x[cold], ref_x, resid, k)
+        IV = IV / np.maximum(np.linalg.norm(IV, axis=1, keepdims=True), 1e-12)
         has = graph.user_degree > 0
         users = np.where(has[:, None], U, np.where(inputs.user_text_found[:, None], T, 0.0)).astype(
             np.float32
@@ -217,13 +230,17 @@ class AdaptedModel:
         return users, IV.astype(np.float32)
 
     def item_vectors(self, item_x: np.ndarray) -> np.ndarray:
-        """Vectors of items from their LM vectors alone (new items: no clicks, no retraining)."""
+        """Vectors of items from their LM vectors alone (new items: no clicks, no retraining); with
+        ``cold_neighbours`` the same imputation as ``vectors`` (after a ``vectors`` call on the catalogue)."""
         torch = _torch()
         self.module.eval()
+        x = np.asarray(item_x, np.float32)
         with torch.no_grad():
-            v = self.module.item(torch.from_numpy(np.asarray(item_x, np.float32)).to(self.device))
-            v = torch.nn.functional.normalize(v, dim=1)
-        return v.cpu().numpy()
+            v = self.module.item(torch.from_numpy(x).to(self.device)).cpu().numpy()
+        ref = getattr(self, "_cold_ref", None)
+        if ref is not None:
+            v = v / (self.params["layers"] + 1) + _impute(x, *ref)
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
     def state_bytes(self) -> bytes:
         torch = _torch()
@@ -239,6 +256,14 @@ class AdaptedModel:
             h.update(k.encode())
             h.update(v.detach().cpu().float().contiguous().numpy().tobytes())
         return h.hexdigest()
+
+
+def _impute(x: np.ndarray, ref_x: np.ndarray, resid: np.ndarray, k: int) -> np.ndarray:
+    """Mean of ``resid`` over the k rows of ``ref_x`` most similar (cosine of LM vectors) to each row of x."""
+    sim = x @ ref_x.T
+    k = min(k, ref_x.shape[0])
+    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    return resid[top].mean(axis=1)
 
 
 def _tensors(inputs: Inputs, device: str) -> dict:
@@ -386,7 +411,7 @@ def hybrid_scores(
 def adapter_params(cfg_adapt) -> dict:
     a = cfg_adapt
     return {"dim": a.dim, "hidden": a.hidden, "layers": a.layers, "epochs": a.epochs, "patience": a.patience,
-            "batch_size": a.batch_size, "negatives": a.negatives, "negatives_from": a.negatives_from, "tower_loss": a.tower_loss, "lr": a.lr, "weight_decay": a.weight_decay,
+            "batch_size": a.batch_size, "negatives": a.negatives, "negatives_from": a.negatives_from, "tower_loss": a.tower_loss, "cold_neighbours": a.cold_neighbours, "lr": a.lr, "weight_decay": a.weight_decay,
             "half_life_days": a.half_life_days, "seed": a.seed, "device": a.device, "threads": a.threads}  # fmt: skip
 
 

@@ -271,6 +271,9 @@ class AdaptConfig:
     tower_loss: float = 0.0
     """Weight of a second InfoNCE term scoring the item tower's output alone (before propagation), the vector
     an item without clicks gets."""
+    cold_neighbours: int = 0
+    """Items without clicks get the mean propagated part of their k nearest clicked items in LM space
+    (0: off, the plain item tower)."""
     lr: float = 3e-3
     weight_decay: float = 1e-6
     half_life_days: float | None = 60.0
