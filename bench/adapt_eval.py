@@ -98,8 +98,15 @@ def render(report: dict, command: str, machine: str) -> str:
             f"{', '.join(str(h.get('weight')) for h in hybrid)}.",
             "",
         ]
-    lines += [markdown(report), "", "**Against the issue's bars** (computed from the numbers above):", ""]
+    lines += [
+        markdown(report, diff_metrics=(f"recall@{report['protocol']['select_k']}",)),
+        "",
+        "**Against the issue's bars** (computed from the numbers above):",
+        "",
+    ]
     lines += verdicts(report)
+    lines += ["", "Reading, caveats (design defaults compared on two test windows of a development copy before this "
+              "run) and the cold-item probe on validation windows: docs/adapt.md, \"Results\"."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

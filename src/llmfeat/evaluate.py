@@ -712,7 +712,7 @@ def default_comparisons(names: list[str]) -> list[tuple[str, str]]:
 # --- report ---------------------------------------------------------------------------------------------------
 
 
-def markdown(report: dict, headline: str | None = None) -> str:
+def markdown(report: dict, headline: str | None = None, diff_metrics: tuple[str, ...] | None = None) -> str:
     rows = report["table"]
     headline = headline or f"recall@{report['protocol']['select_k']}"
     methods = list(dict.fromkeys(r["method"] for r in rows))
@@ -741,9 +741,8 @@ def markdown(report: dict, headline: str | None = None) -> str:
     users = {sl: next((x["users"] for x in rows if x["slice"] == sl), 0) for sl in SLICES}
     lines.append("Users per slice: " + ", ".join(f"{k} {v}" for k, v in users.items()) + ".")
     lines.append("")
-    diffs = [
-        d for d in report["differences"] if d["metric"] in (headline, headline.replace("recall", "ndcg"))
-    ]
+    wanted = diff_metrics or (headline, headline.replace("recall", "ndcg"))
+    diffs = [d for d in report["differences"] if d["metric"] in wanted]
     if diffs:
         lines.append(
             "**Paired differences** (a - b, pooled, 95% paired bootstrap interval; * = interval excludes 0)"
