@@ -24,8 +24,8 @@ AS_OF = dt.date(2024, 1, 7)
 
 
 def test_dependents():
-    assert dependents({"embed"}) == {"embed", "publish", "index", "train"}
-    assert dependents({"ingest"}) == {"ingest", "embed", "stats", "publish", "index", "train"}
+    assert dependents({"embed"}) == {"embed", "publish", "index", "train", "adapt"}  # adapt: optional stage
+    assert dependents({"ingest"}) == {"ingest", "embed", "stats", "publish", "index", "train", "adapt"}
     assert dependents(set()) == set()
 
 

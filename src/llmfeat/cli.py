@@ -343,6 +343,9 @@ def _stage_line(stage: str, s: dict) -> str:
             b = s["bandit"]["mean_test_reward"]
             line += f"; bandit sim reward VW {b['vw']:.0f} vs random {b['random']:.0f}, greedy CTR {b['greedy_ctr']:.0f}"
         return line
+    if stage == "adapt":
+        return (f"set {s.get('embedding_set')}: {s.get('model_id')}; validation recall@20 {s.get('val_recall@20')}; "
+                f"index {s.get('index_version')}")  # fmt: skip
     return json.dumps(s)[:100]
 
 
@@ -464,6 +467,13 @@ def retrieve(
     deny_file: Annotated[
         Path | None, typer.Option("--deny-file", help="Never the item ids in this file, one per line.")
     ] = None,
+    hybrid: Annotated[
+        bool,
+        typer.Option(
+            "--hybrid",
+            help="--user on an adapted set: cosine + the adapter's weight x log recent popularity.",
+        ),
+    ] = False,
 ) -> None:
     """Nearest neighbours from the published index: items for --user, or items similar to --item."""
     from llmfeat.retrieval import Retriever
@@ -476,8 +486,13 @@ def retrieve(
     allow_ids = _id_list(allow, allow_file, "--allow-file")
     deny_ids = _id_list(deny, deny_file, "--deny-file")
     r = Retriever.load(cfg, version=version, need_users=user is not None)  # --item: no Feast import
+    if hybrid:
+        from llmfeat.retrieval import load_hybrid
+
+        r = load_hybrid(cfg, r)
     if user is not None:
-        res = r.for_user(user, k, category, exclude_seen=not include_seen, allow=allow_ids, deny=deny_ids)
+        res = r.for_user(user, k, category, exclude_seen=not include_seen, allow=allow_ids, deny=deny_ids,
+                         hybrid=hybrid)  # fmt: skip
     else:
         res = r.similar_items(item, k, category, allow=allow_ids, deny=deny_ids)
     what = f"user {user}" if user is not None else f"items similar to {item}"
@@ -606,6 +621,61 @@ def train(
     console.print(table)
     console.print(f"  report: {_absolute(summary['report'])}")
     console.print(f"  models: {_absolute(Path(next(iter(summary['models'].values()), '.')).parent)}")
+
+
+@command()
+def evaluate(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Latest canonical snapshot to read (default: the newest).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Retrieval evaluation with rolling origins: baselines, frozen LM vectors and the collaborative adapter,
+    hyperparameters chosen on validation, paired bootstrap intervals (docs/adapt.md)."""
+    from llmfeat.evaluate import markdown, run_evaluate
+
+    cfg = _config(config, set_, data_dir)
+    report = run_evaluate(cfg, _date(as_of) if as_of else None, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    console.print(markdown(report))
+    console.print(f"  report: {report['path']} ({report['seconds']} s)")
+
+
+@command()
+def adapt(
+    as_of: Annotated[
+        str | None, typer.Option("--as-of", help="Snapshot date: the graph holds clicks before it.")
+    ] = None,
+    publish: Annotated[
+        bool, typer.Option("--publish/--no-publish", help="Also publish the set to Feast (needs Spark).")
+    ] = True,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train the collaborative adapter over the frozen LM vectors and write the adapted embedding set
+    (adapt.output_set), its Feast project and its FAISS index."""
+    from llmfeat.adapt import run_adapt_stage
+
+    cfg = _config(config, set_, data_dir)
+    spark = None
+    try:
+        if publish:
+            from llmfeat.spark import build_spark
+
+            spark = build_spark(cfg.spark)
+        summary = run_adapt_stage(
+            cfg, _date(as_of), publish=publish, log=lambda m: console.print(f"[dim]{m}[/dim]")
+        )
+    finally:
+        if spark is not None:
+            spark.stop()
+    console.print(f"adapted set {summary['embedding_set']}: {summary['model_id']}")
+    console.print(
+        f"  {summary['counts']}; validation recall@20 {summary.get('val_recall@20')}; hybrid {summary['hybrid']}"
+    )
+    console.print(f"  index {summary.get('index_version')}; seconds {summary['seconds']}")
 
 
 @command()

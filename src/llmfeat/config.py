@@ -416,6 +416,69 @@ class BanditConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """``llmfeat evaluate``: rolling-origin retrieval evaluation (src/llmfeat/evaluate.py, docs/adapt.md)."""
+
+    origins: int = 4
+    """Cut dates; their test windows split the last ``span`` of the interactions into equal counts."""
+    span: float = 0.4
+    """Share of the interactions (by event time) covered by the test windows."""
+    ks: list[int] = field(default_factory=lambda: [20, 50])
+    select_k: int = 20
+    """Hyperparameters are chosen by validation recall@select_k."""
+    bootstrap: int = 1000
+    """Paired bootstrap draws (users resampled within each origin)."""
+    seed: int = 7
+    ease_lambdas: list[float] = field(default_factory=lambda: [50.0, 200.0, 500.0, 1000.0])
+    methods: list[str] | None = None
+    """Methods to run (None: every baseline, plus the adapter when ``adapter`` is true)."""
+    adapter: bool = True
+    """Also train and score the collaborative adapter (and its hybrid with recent popularity)."""
+
+
+@dataclass
+class AdaptConfig:
+    """The collaborative adapter over frozen LM vectors (src/llmfeat/adapt.py, docs/adapt.md)."""
+
+    enabled: bool = False
+    """Whether the nightly run trains the adapter and publishes the ``output_set`` embedding set."""
+    output_set: str = "adapted"
+    dim: int = 64
+    hidden: int = 256
+    layers: int = 2
+    """LightGCN propagation layers."""
+    temperatures: list[float] = field(default_factory=lambda: [0.1, 0.2])
+    """InfoNCE temperatures tried; the best validation recall wins."""
+    epochs: int = 30
+    """At most this many epochs; early stopping on validation recall keeps the best."""
+    patience: int = 4
+    batch_size: int = 1024
+    negatives: int = 1024
+    """Sampled (uniform) negatives per batch, on top of the in-batch ones."""
+    negatives_from: str = "clicked"
+    """clicked: sample negatives among items with clicks in the graph (unclicked items are never pushed away,
+    which would bias the tower against cold items); all: among every item."""
+    tower_loss: float = 0.0
+    """Weight of a second InfoNCE term scoring the item tower's output alone (before propagation), the vector
+    an item without clicks gets."""
+    cold_neighbours: int = 0
+    """Items without clicks get the mean propagated part of their k nearest clicked items in LM space
+    (0: off, the plain item tower)."""
+    lr: float = 3e-3
+    weight_decay: float = 1e-6
+    half_life_days: float | None = 60.0
+    """Training clicks sampled with this recency half-life (None: uniformly): late MovieLens clicks follow
+    what was new and shown at the time."""
+    hybrid_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0])
+    """Weights of the log recent-popularity prior tried for the hybrid score."""
+    validation_days: int = 14
+    """Nightly: the last N days before the snapshot are the validation window for early stopping."""
+    seed: int = 7
+    device: str = "auto"
+    threads: int | None = None
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
@@ -427,6 +490,8 @@ class Config:
     train: TrainingConfig = field(default_factory=TrainingConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     bandit: BanditConfig = field(default_factory=BanditConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
     def __post_init__(self) -> None:
         if self.ingest.source != "movielens" and self.ingest.source_path is None:

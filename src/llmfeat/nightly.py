@@ -46,7 +46,11 @@ DEPENDS_ON = {
     "publish": ("embed", "stats"),
     "index": ("embed",),
     "train": ("publish",),
+    "adapt": ("embed", "stats"),
 }
+OPTIONAL_STAGES = ("adapt",)
+"""Stages after STAGES that run only when enabled in the config (``adapt.enabled``): the collaborative
+adapter, writing the ``adapt.output_set`` embedding set, its Feast project and FAISS index."""
 
 
 def dependents(stages: set[str]) -> set[str]:
@@ -316,9 +320,20 @@ def _stage_functions(
             out["bandit"] = run_bandit(cfg, as_of, report=Path(summary["report"]), log=log)
         return out
 
+    def adapt(forced: bool) -> dict:
+        from llmfeat.adapt import run_adapt_stage
+
+        spark.get()  # publishing the adapted set as its own Feast project uses the Spark offline store
+        s = run_adapt_stage(cfg, as_of, log=log)
+        keep = ("embedding_set", "model_id", "counts", "val_recall@20", "hybrid", "best_epoch", "train_seconds",
+                "index_version", "seconds")  # fmt: skip
+        return {k: s[k] for k in keep if k in s}
+
     functions = {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish, "index": index}
     if cfg.train.enabled:
         functions["train"] = train
+    if cfg.adapt.enabled:
+        functions["adapt"] = adapt
     return functions
 
 
@@ -334,10 +349,13 @@ def run_nightly(
 ) -> NightlySummary:
     """Run (or resume) the nightly pipeline for ``as_of``, through stage ``until`` (default: all).
     ``on_stage(stage, status)`` reports progress; ``faults`` is for the crash-safety tests only."""
-    unknown = (set(force) | ({until} if until else set())) - set(STAGES)
+    unknown = (set(force) | ({until} if until else set())) - set(STAGES) - set(OPTIONAL_STAGES)
     if unknown:
-        raise ConfigError(f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES)}")
-    last = STAGES.index(until) if until else len(STAGES) - 1
+        raise ConfigError(
+            f"unknown stage(s) {sorted(unknown)}; stages are {', '.join(STAGES + OPTIONAL_STAGES)}"
+        )
+    order = STAGES + tuple(s for s in OPTIONAL_STAGES if getattr(getattr(cfg, s, None), "enabled", False))
+    last = order.index(until) if until in order else (len(STAGES) - 1 if until else len(order) - 1)
     redo = dependents(set(force))
     cfg = absolute_paths(cfg)  # every artefact under the data directory, every recorded path absolute
     markers = run_dir(cfg, as_of)
@@ -351,11 +369,11 @@ def run_nightly(
                 log(f"nightly: removed {path}, left by an interrupted run")
             # Invalidate what a forced redo replaces before touching anything, downstream first: if this run
             # dies, the next one redoes these stages (and knows they are redos) instead of skipping them.
-            for stage in reversed(STAGES):
+            for stage in reversed(order):
                 if stage in redo and (markers / f"{stage}.json").is_file():
                     os.replace(markers / f"{stage}.json", markers / f"{stage}.redo.json")
             functions = _stage_functions(cfg, as_of, spark, log, markers, faults)
-            for stage in STAGES[: last + 1]:
+            for stage in order[: last + 1]:
                 marker = markers / f"{stage}.json"
                 pending_redo = markers / f"{stage}.redo.json"
                 if stage not in functions:

@@ -328,6 +328,16 @@ class Retriever:
         flt = item_filter or self.make_filter(categories, allow, deny)
         return self.search(self._vectors[row], k, exclude_rows=np.array([row], np.int64), item_filter=flt)
 
+    def with_prior(self, log_popularity: np.ndarray, weight: float) -> Retriever:
+        """A copy whose ``for_user(..., hybrid=True)`` ranks by ``cos + weight * log_popularity[item]``
+        (``log_popularity`` aligned with the index rows; see ``popularity_prior``)."""
+        import copy
+
+        out = copy.copy(self)
+        out._prior = np.asarray(log_popularity, dtype=np.float32)
+        out._prior_weight = float(weight)
+        return out
+
     def for_user(
         self,
         user_id: str,
@@ -338,9 +348,16 @@ class Retriever:
         allow: Sequence[str] | None = None,
         deny: Sequence[str] | None = None,
         item_filter: ItemFilter | None = None,
+        hybrid: bool = False,
     ) -> Results:
         """The k items closest to the user's vector, by default without the items the user interacted with;
-        filters as in ``similar_items``."""
+        filters as in ``similar_items``. ``hybrid``: re-rank the nearest ``max(10 k, 200)`` by cosine + weight
+        x log recent popularity (needs ``with_prior``; category filters only); the plain nearest neighbours
+        otherwise."""
+        if hybrid:
+            if allow or deny or item_filter is not None:
+                raise ConfigError("hybrid scoring takes category filters only, not allow/deny lists")
+            return self._hybrid_for_user(user_id, k, categories, exclude_seen)
         if self.users is None:
             raise UnknownUserError(f"no user vectors to look up user {user_id!r} (no user embedding table)")
         flt = item_filter or self.make_filter(categories, allow, deny)
@@ -385,6 +402,21 @@ class Retriever:
             parts.append(f"not in deny-list of {len(deny):,} ids")
         out.description = " AND ".join(parts) or "all items"
         return out
+
+    def _hybrid_for_user(self, user_id, k, categories, exclude_seen) -> Results:
+        prior = getattr(self, "_prior", None)
+        if prior is None:
+            raise ValueError(
+                "hybrid scoring needs a popularity prior (Retriever.with_prior / --hybrid on an adapted set)"
+            )
+        wide = self.for_user(user_id, min(self.count, max(10 * k, 200)), categories, exclude_seen)
+        rows = self._row_of.get_indexer(pd.Index(wide.ids, dtype=object))
+        scores = np.asarray(wide.scores, np.float32) + self._prior_weight * prior[rows]
+        order = np.argsort(-scores, kind="stable")[:k]
+        rows = rows[order]
+        return Results(ids=self._item_ids[rows].tolist(), scores=[float(x) for x in scores[order]],
+                       index_version=self.version, method=f"hybrid({wide.method})",
+                       titles=[self._titles[r] for r in rows])  # fmt: skip
 
     def search(
         self,
@@ -697,3 +729,48 @@ def _to_gpu(loaded: LoadedIndex) -> tuple[faiss.Index, str]:
         flat = faiss.IndexFlatIP(loaded.vectors.shape[1])
         flat.add(np.ascontiguousarray(loaded.vectors, dtype=np.float32))
         return faiss.index_cpu_to_all_gpus(flat), f"gpu x{faiss.get_num_gpus()} (exact flat)"
+
+
+def popularity_prior(data_dir: Path, item_ids: Sequence[str], window_days: int, as_of) -> np.ndarray:
+    """log(1 + clicks in the trailing ``window_days``) per item, from the published item_stats change log
+    (latest row per item with event_timestamp <= as_of; 0 for items without one)."""
+    import pyarrow.dataset as ds
+
+    from llmfeat.vectors import _PARTITIONING, utc
+
+    root = Path(data_dir) / "features" / "item_stats"
+    if not tables.snapshot_dates(root):
+        raise FileNotFoundError(f"no item_stats under {root}: run `llmfeat stats` first")
+    col = f"clicks_{int(window_days)}d"
+    at = utc(pd.Timestamp(as_of))
+    import pyarrow as pa
+
+    t = (
+        ds.dataset(root, format="parquet", partitioning=_PARTITIONING)
+        .to_table(
+            columns=["item_id", "event_timestamp", "created_timestamp", col],
+            filter=ds.field("event_timestamp") <= pa.scalar(at, pa.timestamp("us", tz="UTC")),
+        )
+        .to_pandas()
+    )
+    latest = t.sort_values(["item_id", "event_timestamp", "created_timestamp"]).drop_duplicates(
+        "item_id", keep="last"
+    )
+    clicks = pd.Index(latest["item_id"]).get_indexer(pd.Index(list(item_ids), dtype=object))
+    values = np.where(clicks >= 0, latest[col].to_numpy()[np.maximum(clicks, 0)], 0)
+    return np.log1p(values.astype(np.float64)).astype(np.float32)
+
+
+def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
+    """Attach the adapter's hybrid prior (window and weight chosen on validation, from its card) to a retriever
+    of the adapted set."""
+    from llmfeat.adapt import load_card
+
+    card = load_card(cfg)
+    h = card.get("hybrid") or {}
+    if not h.get("window_days") or not h.get("weight"):
+        return retriever.with_prior(np.zeros(retriever.count, np.float32), 0.0)
+    prior = popularity_prior(
+        cfg.paths.data_dir, retriever._item_ids.tolist(), h["window_days"], retriever.loaded.as_of
+    )
+    return retriever.with_prior(prior, float(h["weight"]))
