@@ -406,8 +406,7 @@ class BanditConfig:
     sim_max_sessions: int | None = None
     """Sessions (user-days with a click) of the validation and test windows replayed (None: all)."""
     sim_warmup_sessions: int = 300
-    """Sessions at the end of the training window every learner is warmed up on before validation (the
-    nightly's short run; the numbers in docs/bandits.md use more)."""
+    """Sessions at the end of the training window every learner is warmed up on before validation."""
     sim_neighbours: int = 20
     """FAISS neighbours of the user's vector added to the items the user rated in a session."""
     sim_decisions_per_session: int = 3
