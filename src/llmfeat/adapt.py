@@ -206,7 +206,9 @@ class AdaptedModel:
         self.module.eval()
         layers = self.params["layers"]
         with torch.no_grad():
-            U, IV, T, I0 = _forward(self.module, graph, _tensors(inputs, self.device), layers, with_tower=True)
+            U, IV, T, I0 = _forward(
+                self.module, graph, _tensors(inputs, self.device), layers, with_tower=True
+            )
             U = torch.nn.functional.normalize(U, dim=1)
             T = torch.nn.functional.normalize(T, dim=1)
         U, IV, T, I0 = U.cpu().numpy(), IV.cpu().numpy(), T.cpu().numpy(), I0.cpu().numpy()
