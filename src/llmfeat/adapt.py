@@ -36,6 +36,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from llmfeat import tables
+from llmfeat.errors import FailureError, MissingInputError, ModelMismatchError, TooLittleDataError
 
 ADAPTER_FILE = "adapter.pt"
 CARD_FILE = "adapter.json"
@@ -333,7 +334,7 @@ def train_adapter(
     bsz, n_neg = int(params["batch_size"]), int(params["negatives"])
     n = len(click_u)
     if n == 0:
-        raise ValueError("no clicks before the snapshot: the adapter has nothing to learn from")
+        raise TooLittleDataError("no clicks before the snapshot: the adapter has nothing to learn from")
     hl = params.get("half_life_days")
     prob = None
     if hl:
@@ -470,7 +471,7 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
 # --- the nightly stage: train, write the `adapted` embedding set ----------------------------------------------
 
 
-class AdaptedSetMismatchError(RuntimeError):
+class AdaptedSetMismatchError(ModelMismatchError):
     """The output set holds vectors adapted from another base model (or is the base set itself)."""
 
 
@@ -557,7 +558,7 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     base_set = cfg.embed.embedding_set
     data = E.load_eval_data(cfg.paths.data_dir, base_set, as_of)
     if data.item_vecs is None or data.model_id is None:
-        raise FileNotFoundError(f"embedding set {base_set!r} has no item vectors: run `llmfeat embed` first")
+        raise MissingInputError(f"embedding set {base_set!r} has no item vectors: run `llmfeat embed` first")
     if "+adapter@" in data.model_id:
         raise AdaptedSetMismatchError(f"embedding set {base_set!r} is already adapted ({data.model_id})")
     out_root = embedding_paths(cfg.paths.data_dir, a.output_set).root
@@ -568,7 +569,7 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     ctx_v = E.context(data, t_val)
     tg = E.targets(data, ctx_v, t_val, snapshot)
     if len(tg) == 0 or ctx_v.X.nnz == 0:
-        raise ValueError(f"too few clicks to train the adapter: {ctx_v.X.nnz} before {t_val.date()}, "
+        raise TooLittleDataError(f"too few clicks to train the adapter: {ctx_v.X.nnz} before {t_val.date()}, "
                          f"{len(tg)} users with clicks in the validation window")  # fmt: skip
     k = cfg.evaluate.select_k
     inputs_v = make_inputs(ctx_v.X, ctx_v.item_vecs, ctx_v.user_first_text, ctx_v.user_text_found)
@@ -661,7 +662,7 @@ def load_card(cfg) -> dict:
         c.adapt.output_set = cfg.embed.embedding_set
     path = adapter_dir(c) / CARD_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no adapter card at {path}: the hybrid score needs a set written by `llmfeat adapt`"
         )
     return json.loads(path.read_text())
@@ -672,14 +673,14 @@ def load_adapter(cfg) -> tuple[AdaptedModel, dict]:
     torch = _torch()
     root = adapter_dir(cfg)
     if not (root / CARD_FILE).is_file():
-        raise FileNotFoundError(f"no adapter at {root}: run `llmfeat adapt` first")
+        raise MissingInputError(f"no adapter at {root}: run `llmfeat adapt` first")
     card = json.loads((root / CARD_FILE).read_text())
     p = card["params"]
     module = build_adapter(int(card.get("input_dim", 0)) or _input_dim(root), p["hidden"], p["dim"])
     module.load_state_dict(torch.load(io.BytesIO((root / ADAPTER_FILE).read_bytes()), weights_only=True))
     model = AdaptedModel(module, p, "cpu")
     if model.checksum() != card["weights_sha256"]:
-        raise RuntimeError(f"{root / ADAPTER_FILE} does not match its card's checksum")
+        raise FailureError(f"{root / ADAPTER_FILE} does not match its card's checksum")
     return model, card
 
 

@@ -25,9 +25,10 @@ Exit = ExitCode
 """Process exit codes (``llmfeat.errors.ExitCode``), so a scheduler can tell the cases apart."""
 
 
-def command(name: str | None = None, **kwargs):
-    """``app.command`` with llmfeat's one error mapping: an ``LlmfeatError`` prints its kind and message and
-    exits with its code; anything else prints the traceback (dim) and exits 1 naming the command."""
+def command(name: str | None = None, *, group: typer.Typer | None = None, **kwargs):
+    """``app.command`` (or ``group.command``) with llmfeat's one error mapping: an ``LlmfeatError`` prints its
+    kind and message and exits with its code; anything else prints the traceback (dim) and exits 1 naming
+    the command."""
 
     def register(fn):
         @functools.wraps(fn)
@@ -46,7 +47,7 @@ def command(name: str | None = None, **kwargs):
                     console.print(f"  {hint}", highlight=False)
                 raise typer.Exit(int(code)) from exc
 
-        return app.command(name, **kwargs)(guarded)
+        return (group or app).command(name, **kwargs)(guarded)
 
     return register
 

@@ -413,6 +413,19 @@ class BanditConfig:
     explain_n: int = 3
     """Explanations: at most this many liked history items per recommendation."""
 
+    def __post_init__(self) -> None:
+        _check(0 <= self.epsilon <= 1, "bandit.epsilon", f"must be in [0, 1], got {self.epsilon}")
+        _check(0 < self.ope_epsilon <= 1, "bandit.ope_epsilon", f"must be in (0, 1], got {self.ope_epsilon}")
+        _check(
+            self.proj_dim >= 0, "bandit.proj_dim", f"must be >= 0 (0: the full vector), got {self.proj_dim}"
+        )
+        _positive("bandit", self, "candidates", "reward_window_s", "sim_seeds", "sim_neighbours",
+                  "sim_decisions_per_session")  # fmt: skip
+        _check(self.explain_n >= 0 and self.sim_warmup_sessions >= 0, "bandit.explain_n",
+               "explain_n and sim_warmup_sessions must be >= 0")  # fmt: skip
+        _check(self.exploration == "auto" or self.exploration.startswith("--"), "bandit.exploration",
+               f"must be auto or a VW exploration option such as '--epsilon 0.1', got {self.exploration!r}")  # fmt: skip
+
 
 @dataclass
 class EvaluateConfig:
@@ -434,6 +447,15 @@ class EvaluateConfig:
     adapter: bool = True
     """Also train and score the collaborative adapter (and its hybrid with recent popularity)."""
 
+    def __post_init__(self) -> None:
+        _positive("evaluate", self, "origins", "select_k", "bootstrap")
+        _check(0 < self.span < 1, "evaluate.span", f"must be within (0, 1), got {self.span}")
+        _check(
+            bool(self.ks) and all(k > 0 for k in self.ks),
+            "evaluate.ks",
+            f"must be positive cut-offs, got {self.ks}",
+        )
+
 
 @dataclass
 class AdaptConfig:
@@ -454,7 +476,7 @@ class AdaptConfig:
     batch_size: int = 1024
     negatives: int = 1024
     """Sampled (uniform) negatives per batch, on top of the in-batch ones."""
-    negatives_from: str = "clicked"
+    negatives_from: Literal["clicked", "all"] = "clicked"
     """clicked: sample negatives among items with clicks in the graph (unclicked items are never pushed away,
     which would bias the tower against cold items); all: among every item."""
     tower_loss: float = 0.0
@@ -475,6 +497,18 @@ class AdaptConfig:
     seed: int = 7
     device: str = "auto"
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("adapt", self, "dim", "hidden", "layers", "epochs", "patience", "batch_size", "lr",
+                  "validation_days")  # fmt: skip
+        _positive("adapt", self, "half_life_days", "threads", allow_none=True)
+        _check(bool(self.temperatures) and all(x > 0 for x in self.temperatures), "adapt.temperatures",
+               f"must be positive, got {self.temperatures}")  # fmt: skip
+        _check(self.negatives >= 0 and self.cold_neighbours >= 0 and self.tower_loss >= 0, "adapt.negatives",
+               "negatives, cold_neighbours and tower_loss must be >= 0")  # fmt: skip
+        _device("adapt.device", self.device)
+        _check(bool(self.output_set.strip()) and "/" not in self.output_set, "adapt.output_set",
+               f"must be a non-empty folder name, got {self.output_set!r}")  # fmt: skip
 
 
 @dataclass

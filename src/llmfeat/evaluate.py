@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from llmfeat import tables
 from llmfeat.embed import embedding_paths
+from llmfeat.errors import ConfigError, MissingInputError
 
 SLICES = ("all", "warm_user", "new_user", "cold_item")
 
@@ -125,7 +126,7 @@ def load_eval_data(data_dir: Path, embedding_set: str | None, as_of: dt.date | N
     root = tables.canonical_dir(data_dir, "interactions")
     days = [d for d in tables.snapshot_dates(root) if as_of is None or d <= as_of]
     if not days:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"no canonical interactions snapshot under {root}: run `llmfeat ingest` first"
         )
     inter = (
@@ -196,11 +197,11 @@ def make_origins(ts: np.ndarray, n: int, span: float) -> list[Origin]:
     """``n`` origins whose test windows split the last ``span`` of the events into equal counts; each
     validation window is the equal-count window just before its test window (floored to midnight)."""
     if not 0 < span < 1 or n < 1:
-        raise ValueError("evaluate.origins must be >= 1 and evaluate.span within (0, 1)")
+        raise ConfigError("evaluate.origins must be >= 1 and evaluate.span within (0, 1)")
     step = span / n
     qs = [1 - span - step + k * step for k in range(n + 1)]
     if qs[0] <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"evaluate.span {span} with {n} origins leaves no training data before the first origin"
         )
     series = pd.Series(np.sort(ts))
@@ -211,7 +212,7 @@ def make_origins(ts: np.ndarray, n: int, span: float) -> list[Origin]:
     for k in range(n):
         t_val, t_test, t_end = cuts[k], cuts[k + 1], cuts[k + 2]
         if not t_val < t_test < t_end:
-            raise ValueError(f"origins collapse (cut dates {t_val}, {t_test}, {t_end}): use fewer origins")
+            raise ConfigError(f"origins collapse (cut dates {t_val}, {t_test}, {t_end}): use fewer origins")
         out.append(Origin(k, t_val, t_test, t_end))
     return out
 
@@ -606,7 +607,7 @@ def slice_mask(r: OriginResult, name: str) -> np.ndarray:
         return ~tg.warm_user
     if name == "cold_item":
         return np.array([len(c) > 0 for c in tg.cold], bool)
-    raise ValueError(name)
+    raise ConfigError(f"unknown slice {name!r}")
 
 
 def clean(value):

@@ -19,7 +19,12 @@ def _common():
     return cli
 
 
-@bandit_app.command("simulate")
+def _command(name: str):
+    """A ``bandit`` sub-command with the CLI's one error mapping (``llmfeat.cli.command``)."""
+    return _common().command(name, group=bandit_app)
+
+
+@_command("simulate")
 def simulate_cmd(
     as_of: Annotated[
         str | None, typer.Option("--as-of", help="Snapshot date of the data (YYYY-MM-DD).")
@@ -45,18 +50,14 @@ def simulate_cmd(
     cfg = cli._config(config, set_, data_dir)
     day = cli._date(as_of)
     cap = -1 if sessions is None else (None if sessions == 0 else sessions)
-    try:
-        res = simulate(
-            cfg,
-            day,
-            log=lambda m: cli.console.print(f"[dim]{m}[/dim]"),
-            max_sessions=cap,
-            seeds=seeds,
-            warmup=warmup,
-        )
-    except FileNotFoundError as exc:
-        cli.console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(cli.Exit.INPUT_ERROR) from exc
+    res = simulate(
+        cfg,
+        day,
+        log=lambda m: cli.console.print(f"[dim]{m}[/dim]"),
+        max_sessions=cap,
+        seeds=seeds,
+        warmup=warmup,
+    )
     out = Path(cfg.paths.reports_dir) / "bandit" / f"simulate-{day.isoformat()}"
     out.mkdir(parents=True, exist_ok=True)
     import json
@@ -86,7 +87,7 @@ def simulate_cmd(
     cli.console.print(f"  report: {out / 'bandit.md'}")
 
 
-@bandit_app.command("train")
+@_command("train")
 def train_cmd(
     config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s")] = None,
@@ -94,22 +95,17 @@ def train_cmd(
 ) -> None:
     """Train a policy on the event log and publish it as a new version (the service hot-reloads it)."""
     cli = _common()
-    from llmfeat.index import IndexNotFoundError
 
     cfg = cli._config(config, set_, data_dir)
     from llmfeat.bandit.nightly import train_policy
 
-    try:
-        out = train_policy(cfg, log=lambda m: cli.console.print(f"[dim]{m}[/dim]"))
-    except IndexNotFoundError as exc:
-        cli.console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(cli.Exit.INPUT_ERROR) from exc
+    out = train_policy(cfg, log=lambda m: cli.console.print(f"[dim]{m}[/dim]"))
     cli.console.print(
         f"policy {out['version']}: {out['logged_decisions']} logged decisions, {out['exploration']}"
     )
 
 
-@bandit_app.command("ope")
+@_command("ope")
 def ope_cmd(
     config: Annotated[Path | None, typer.Option("--config", "-c")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", "-s")] = None,
@@ -118,17 +114,9 @@ def ope_cmd(
     """Off-policy evaluation (IPS, SNIPS, DR) of random, popularity, greedy CTR and the VW policy from the log."""
     cli = _common()
     from llmfeat.bandit.evaluate import evaluate_event_log, write_ope_report
-    from llmfeat.bandit.policy import PolicyNotFoundError
 
     cfg = cli._config(config, set_, data_dir)
-    try:
-        result = evaluate_event_log(cfg)
-    except (PolicyNotFoundError, FileNotFoundError) as exc:
-        cli.console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(cli.Exit.INPUT_ERROR) from exc
-    except ValueError as exc:
-        cli.console.print(f"[red]input error:[/red] {exc}")
-        raise typer.Exit(cli.Exit.INPUT_ERROR) from exc
+    result = evaluate_event_log(cfg)
     t = Table(title=f"off-policy evaluation: {result['decisions']} decisions", title_justify="left")
     for col in ("policy", "IPS", "SNIPS", "DR"):
         t.add_column(col)

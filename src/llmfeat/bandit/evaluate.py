@@ -17,6 +17,7 @@ from llmfeat.bandit import ope
 from llmfeat.bandit.events import EventLog, event_log_path
 from llmfeat.bandit.policy import GreedyCtrPolicy, PopularityPolicy, RandomPolicy, load_policy, policy_root
 from llmfeat.config import Config
+from llmfeat.errors import InputError
 
 
 def evaluate_event_log(cfg: Config, *, now: float | None = None, n_boot: int = 1000) -> dict:
@@ -30,7 +31,7 @@ def evaluate_event_log(cfg: Config, *, now: float | None = None, n_boot: int = 1
     finally:
         events.close()
     if not decisions:
-        raise ValueError(
+        raise InputError(
             f"no closed decisions in feature space {space.id} in {event_log_path(cfg)} to evaluate"
         )
     rewards = np.array([d.reward for d in decisions], np.float64)

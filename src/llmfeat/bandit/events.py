@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from llmfeat.errors import MissingInputError
 from llmfeat.retrieval import NotFoundError
 
 SCHEMA = """
@@ -109,7 +110,7 @@ class EventLog:
         self.path = Path(path)
         if readonly:
             if not self.path.is_file():
-                raise FileNotFoundError(f"no bandit event log at {self.path}")
+                raise MissingInputError(f"no bandit event log at {self.path}")
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
                                        isolation_level=None)  # fmt: skip
         else:

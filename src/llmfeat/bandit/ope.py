@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmfeat.bandit.features import ACTION_STATS
+from llmfeat.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,9 @@ def estimate(log: Logged, *, n_boot: int = 1000, level: float = 0.95, seed: int 
     """IPS, SNIPS and (with a reward model) DR, each with a percentile bootstrap interval."""
     n = len(log.rewards)
     if n == 0:
-        raise ValueError("no logged decisions to evaluate")
+        raise InputError("no logged decisions to evaluate")
     if np.any(log.propensities <= 0):
-        raise ValueError("logged propensities must be > 0")
+        raise InputError("logged propensities must be > 0")
     rng = np.random.default_rng(seed)
     alpha = (1 - level) / 2
     out = {}

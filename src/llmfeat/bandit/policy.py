@@ -29,11 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from llmfeat.bandit.features import ACTION_STATS, FeatureSpace, vw_lines
+from llmfeat.errors import MissingInputError
 
 log = logging.getLogger("llmfeat.bandit")
 
 
-class PolicyNotFoundError(FileNotFoundError):
+class PolicyNotFoundError(MissingInputError):
     """No published policy (run the nightly train stage, or `llmfeat bandit train`)."""
 
 

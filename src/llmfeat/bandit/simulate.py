@@ -51,6 +51,7 @@ from llmfeat.bandit.features import FeatureSpace, a_text, action_rows, shared_ro
 from llmfeat.bandit.policy import GreedyCtrPolicy, LinUCBPolicy, PopularityPolicy, RandomPolicy, VWPolicy
 from llmfeat.config import Config
 from llmfeat.embed import embedding_paths
+from llmfeat.errors import MissingInputError
 from llmfeat.vectors import normalise, read_latest
 
 MAX_RATED = 10
@@ -127,7 +128,7 @@ def load_world(cfg: Config, as_of: dt.date) -> World:
     items_root = tables.canonical_dir(data_dir, "items")
     days = [d for d in tables.snapshot_dates(items_root) if d <= as_of]
     if not days:
-        raise FileNotFoundError(f"no canonical items snapshot at or before {as_of} under {items_root}")
+        raise MissingInputError(f"no canonical items snapshot at or before {as_of} under {items_root}")
     items = tables.read_snapshot(items_root, days[-1]).to_pandas().drop_duplicates("item_id", keep="last")
     keep = np.isin(latest.ids, items["item_id"].to_numpy(object))
     item_ids, vectors = latest.ids[keep], normalise(latest.vectors[keep])
@@ -136,7 +137,7 @@ def load_world(cfg: Config, as_of: dt.date) -> World:
     inter_root = tables.canonical_dir(data_dir, "interactions")
     idays = [d for d in tables.snapshot_dates(inter_root) if d <= as_of]
     if not idays:
-        raise FileNotFoundError(f"no canonical interactions snapshot at or before {as_of} under {inter_root}")
+        raise MissingInputError(f"no canonical interactions snapshot at or before {as_of} under {inter_root}")
     inter = (
         tables.read_snapshot(inter_root, idays[-1])
         .select(["user_id", "item_id", "event_ts", "label"])
