@@ -1,7 +1,6 @@
 """CTR training: a leakage canary, and a short end-to-end run on MovieLens-100k that beats the base rate."""
 
 import datetime as dt
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -88,10 +87,12 @@ def test_short_training_run_beats_the_base_rate(movielens_store):
     assert (overall["auc"] > 0.6).all()
     assert set(results["slice"]) >= {"all", "cold_user", "warm"}
     # artefacts: the model with its features and embedding model id; the report with its plots
-    saved = json.loads((Path(cfg.paths.data_dir) / "models" / "ctr" / "current.json").read_text())
+    from llmfeat.train import run_dir_of
+
+    run_dir = run_dir_of(Path(cfg.paths.data_dir) / "models" / "ctr" / "current.json")  # relative: relocatable
     import torch
 
-    model = torch.load(Path(saved["path"]) / "deep_lm.pt", weights_only=False)
+    model = torch.load(run_dir / "deep_lm.pt", weights_only=False)
     assert model["embedding_model_id"].startswith("all-MiniLM-L6-v2@") and model["feature_set"] == "lm"
     assert len(model["dense_names"]) == 3 * 384 + 5 + 19
     report = Path(summary["report"])
