@@ -545,7 +545,8 @@ def absolute_paths(cfg: Config) -> Config:
     )
     source_path = cfg.ingest.source_path
     ingest = dataclasses.replace(cfg.ingest, source_path=Path(source_path).resolve() if source_path else None)
-    return dataclasses.replace(cfg, paths=paths, ingest=ingest)
+    feast = dataclasses.replace(cfg.feast, repo_path=Path(cfg.feast.repo_path).resolve())
+    return dataclasses.replace(cfg, paths=paths, ingest=ingest, feast=feast)
 
 
 def reports_dir(cfg: Config) -> Path:
