@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument(
         "--grid",
         nargs="*",
-        default=[f"{c}:{s}:{r}" for c in (1, 2) for s in (0.1, 0.25, 0.5, 1.0) for r in (1, 4)],
+        default=[f"{c}:{s}:{r}" for c in (0.5, 1) for s in (0.25, 0.5) for r in (2, 4)],
         help="Validation sweep: filter_coverage:filter_scan:filter_rescore settings",
     )
     ap.add_argument("--nlist", type=int, default=None, help="index.nlist (default: the automatic choice)")

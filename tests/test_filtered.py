@@ -14,6 +14,7 @@ from test_serve import running
 from typer.testing import CliRunner
 
 from llmfeat import index as ix
+from llmfeat import retrieval
 from llmfeat.cli import Exit, app
 from llmfeat.config import IndexConfig
 from llmfeat.filters import ItemFilter, coverage_target, plan, probe_lists, scan_target
@@ -160,9 +161,12 @@ def test_every_planner_path_equals_exact_search(factory):
             assert res.ids == _exact(r, q, 10, allowed), (factory, kwargs.keys(), i)
 
 
-def test_default_effort_keeps_recall_on_a_clustered_filter():
-    """With the default coverage (not exhaustive), the IVF-PQ path still finds the clustered category's
-    nearest members although they lie outside the lists nearest the query."""
+@pytest.mark.parametrize("partial", [512, 4], ids=["full-order", "partial-order"])
+def test_default_effort_keeps_recall_on_a_clustered_filter(partial, monkeypatch):
+    """With the default settings (not exhaustive), the IVF-PQ path still finds the clustered category's
+    nearest members although they lie outside the lists nearest the query; the same whether the lists are
+    fully sorted or only the best few (then all when those fall short)."""
+    monkeypatch.setattr(retrieval, "_PARTIAL_LISTS", partial)
     r = _retriever("IVF32,PQ8x4fs,RFlat", False, exact_filter_max=0)
     x = np.asarray(r.loaded.vectors)
     labels = r.loaded.ids.column("labels").to_pylist()

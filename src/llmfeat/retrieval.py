@@ -35,6 +35,8 @@ from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, pro
 from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
 from llmfeat.vectors import normalise, read_latest
 
+_PARTIAL_LISTS = 512
+"""Filtered IVF searches order the best this many lists first (a partial sort), all of them if too few."""
 GPU_MAX_K = 2048
 """FAISS GPU indexes return at most this many neighbours per query."""
 _CHUNK = 65_536
@@ -474,19 +476,23 @@ class Retriever:
         index re-ranks its k x k_factor candidates exactly."""
         ivf = self._ivf
         counts = flt.list_counts(self._list_of, ivf.nlist)
-        lists = np.flatnonzero(counts)
-        coarse = (
-            ft.inner_products(q, self._centroids[lists])
-            if len(lists) < ivf.nlist
-            else ft.inner_products(q, self._centroids)
-        )
-        order = np.argsort(-coarse, kind="stable")
         k_factor = float(self._refine.k_factor) if self._refine is not None else 1.0
         target = coverage_target(ivf.nprobe, self.count, ivf.nlist, k, k_factor, self.filter_coverage)
         plain = ivf.nprobe * self.count / ivf.nlist
         scan = (
             scan_target(flt.remaining, plain, self.filter_scan, self.filter_scan_cap) if flt.restricted else 0
         )
+        lists = np.flatnonzero(counts)
+        coarse = ft.inner_products(q, self._centroids)[lists]  # all centroids: cheaper than gathering some
+        # Order only the best _PARTIAL_LISTS lists when they meet both targets (they nearly always do); else all.
+        order = None
+        if len(lists) > _PARTIAL_LISTS:
+            part = np.argpartition(-coarse, _PARTIAL_LISTS - 1)[:_PARTIAL_LISTS]
+            part = part[np.argsort(-coarse[part], kind="stable")]
+            if probe_lists(counts, lists[part], target, self._list_sizes, scan) < len(part):
+                order = part
+        if order is None:
+            order = np.argsort(-coarse, kind="stable")
         m = probe_lists(counts, lists[order], target, self._list_sizes, scan)
         probe, dis = lists[order[:m]], coarse[order[:m]]
         fetch = int(min(flt.remaining, math.ceil(k * k_factor * self.filter_rescore)))
