@@ -78,6 +78,10 @@ def test_item_filter_without_keeps_counts_in_step():
         smaller.list_counts(list_of, 7), np.bincount(list_of[smaller.rows], minlength=7)
     )
     assert smaller.list_counts(list_of, 7).sum() == counts.sum() - 2
+    flt.bitmap()  # cached on the parent: the child clears the removed bits instead of re-packing a mask
+    child = flt.without(np.array([4, 98, 5]))
+    assert child._bitmap is not None
+    np.testing.assert_array_equal(child.bitmap(), np.packbits(child.mask(), bitorder="little"))
 
 
 # --- every path against exact search on a small catalogue ------------------------------------------------

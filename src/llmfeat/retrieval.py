@@ -441,7 +441,7 @@ class Retriever:
         positive filter, "not one of the excluded" (O(excluded) to build)."""
         if flt._selector is None:
             flt._selector = (
-                ft.bitmap_selector(flt.mask()) if flt.restricted else ft.exclusion_selector(flt.excluded)
+                ft.bitmap_selector(flt.bitmap()) if flt.restricted else ft.exclusion_selector(flt.excluded)
             )
         return flt._selector
 
