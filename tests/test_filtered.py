@@ -166,21 +166,25 @@ def test_every_planner_path_equals_exact_search(factory):
 
 
 @pytest.mark.parametrize("partial", [512, 4], ids=["full-order", "partial-order"])
-def test_default_effort_keeps_recall_on_a_clustered_filter(partial, monkeypatch):
-    """With the default settings (not exhaustive), the IVF-PQ path still finds the clustered category's
-    nearest members although they lie outside the lists nearest the query; the same whether the lists are
+def test_scan_floor_gives_a_clustered_filter_its_recall(partial, monkeypatch):
+    """Not exhaustive: the IVF-PQ path with the default coverage finds a clustered category's nearest members,
+    which lie outside the lists nearest the query, only with the scan floor (the tiny catalogue needs a
+    larger floor than the 1M default that bench/filtered_bench.py picked); the same whether the lists are
     fully sorted or only the best few (then all when those fall short)."""
     monkeypatch.setattr(retrieval, "_PARTIAL_LISTS", partial)
-    r = _retriever("IVF32,PQ8x4fs,RFlat", False, exact_filter_max=0)
-    x = np.asarray(r.loaded.vectors)
-    labels = r.loaded.ids.column("labels").to_pylist()
-    hits = []
-    for i in range(0, N_SMALL, 60):
-        res = r.search(x[i], 10, categories=["c3"])
+    recalls = {}
+    for scan in (0.0, 1.0):
+        r = _retriever("IVF32,PQ8x4fs,RFlat", False, exact_filter_max=0, filter_scan=scan)
+        x = np.asarray(r.loaded.vectors)
+        labels = r.loaded.ids.column("labels").to_pylist()
         allowed = np.array(["c3" in ls for ls in labels])
-        assert res.plan == "index-filtered" and all("c3" in labels[int(s[1:])] for s in res.ids)
-        hits.append(len(set(res.ids) & set(_exact(r, x[i], 10, allowed))) / 10)
-    assert np.mean(hits) >= 0.95
+        hits = []
+        for i in range(0, N_SMALL, 60):
+            res = r.search(x[i], 10, categories=["c3"])
+            assert res.plan == "index-filtered" and all("c3" in labels[int(s[1:])] for s in res.ids)
+            hits.append(len(set(res.ids) & set(_exact(r, x[i], 10, allowed))) / 10)
+        recalls[scan] = np.mean(hits)
+    assert recalls[0.0] < 0.9 and recalls[1.0] >= 0.95, recalls
 
 
 @pytest.mark.parametrize("factory", ["IDMap2,Flat", "IVF32,PQ8x4fs,RFlat"])

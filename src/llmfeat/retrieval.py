@@ -161,8 +161,8 @@ class Retriever:
         gpu: str = "auto",
         search_threads: int = 1,
         filter_widen: float = 32.0,
-        filter_coverage: float = 2.0,
-        filter_rescore: float = 1.0,
+        filter_coverage: float = 0.5,
+        filter_rescore: float = 2.0,
         filter_scan: float = 0.25,
         filter_scan_cap: float = 64.0,
     ):
