@@ -472,8 +472,9 @@ class Retriever:
 
     def _ivf_filtered(self, q: np.ndarray, k: int, flt: ItemFilter) -> tuple[np.ndarray, np.ndarray]:
         """Filter-aware IVF search: probe the lists nearest the query among those holding allowed rows, until
-        they hold ``coverage_target`` allowed rows; FAISS scans them with the filter's selector, and a refine
-        index re-ranks its k x k_factor candidates exactly."""
+        they hold ``coverage_target`` allowed rows and (category / allow-list) ``scan_target`` rows in all;
+        FAISS scans them with the filter's selector, and a refine index re-ranks its best
+        k x k_factor x filter_rescore candidates exactly."""
         ivf = self._ivf
         counts = flt.list_counts(self._list_of, ivf.nlist)
         k_factor = float(self._refine.k_factor) if self._refine is not None else 1.0
