@@ -248,19 +248,21 @@ class IndexConfig:
     search_threads: int = 1
     """OpenMP threads per single query. 1: a service runs requests in parallel already, and waking a second
     thread for a 0.1 ms search costs more than it saves, badly so on a busy machine (bench/faiss_bench.py)."""
-    filter_coverage: float = 2.0
+    filter_coverage: float = 0.5
     """Filtered IVF searches (docs/retrieval.md, "Filtered search"): probe the lists nearest the query that hold
     allowed items until they hold this many times the items a plain search scans (nprobe x mean list size),
     so the effort scales with 1 / selectivity and the allowed candidates stay constant
-    (bench/filtered_bench.py measured it)."""
+    (filter_coverage, filter_scan, filter_rescore: the setting bench/filtered_bench.py picked on validation
+    queries, BENCHMARKS.md "Filtered retrieval")."""
     filter_scan: float = 0.25
     """Filtered IVF searches under a category or allow-list also probe lists until they hold this fraction of
     the filter's size in all (at most filter_scan_cap x a plain search's items): breadth for clustered filters
     whose nearest members lie far from the query, at a bounded fraction of exact search's cost."""
     filter_scan_cap: float = 64.0
     """Upper bound of the filter_scan floor, in multiples of the items a plain search scans."""
-    filter_rescore: float = 1.0
-    """Filtered IVF searches re-rank k x k_factor x this many candidates exactly (refine indexes)."""
+    filter_rescore: float = 2.0
+    """Filtered IVF searches re-rank k x k_factor x this many candidates exactly (refine indexes): far from
+    the query the candidates' scores crowd together and the 4-bit PQ order is less reliable."""
 
     def __post_init__(self) -> None:
         _positive("index", self, "exact_max_items", "k_factor", "tune_queries", "keep_versions",

@@ -68,9 +68,10 @@ def exclusion_selector(excluded: np.ndarray) -> tuple[faiss.IDSelector, list[Any
     return faiss.IDSelectorNot(batch), [batch, excluded]
 
 
-def bitmap_selector(mask: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
-    """An IDSelectorBitmap over ``mask`` (bool per id) and the bitmap it reads (keep it alive while used)."""
-    bitmap = np.packbits(mask, bitorder="little")
+def bitmap_selector(bitmap: np.ndarray) -> tuple[faiss.IDSelector, np.ndarray]:
+    """An IDSelectorBitmap over ``bitmap`` (uint8, id i = bit i % 8 of byte i // 8, as
+    ``np.packbits(mask, bitorder="little")`` packs a bool mask) and the array it reads (keep it alive)."""
+    bitmap = np.ascontiguousarray(bitmap, dtype=np.uint8)
     return faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap
 
 

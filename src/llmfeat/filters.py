@@ -48,6 +48,7 @@ class ItemFilter:
     _mask: np.ndarray | None = field(default=None, repr=False)
     _counts: np.ndarray | None = field(default=None, repr=False)
     _list_of: np.ndarray | None = field(default=None, repr=False)
+    _bitmap: np.ndarray | None = field(default=None, repr=False)
     _selector: tuple | None = field(default=None, repr=False)
     """(IDSelector, objects it reads), cached by the retriever."""
 
@@ -75,6 +76,12 @@ class ItemFilter:
             self._mask = mask
         return self._mask
 
+    def bitmap(self) -> np.ndarray:
+        """The mask packed 8 ids a byte, little-endian bit order (what IDSelectorBitmap reads)."""
+        if self._bitmap is None:
+            self._bitmap = np.packbits(self.mask(), bitorder="little")
+        return self._bitmap
+
     def allowed_rows(self) -> np.ndarray:
         return self.rows if self.rows is not None else np.flatnonzero(self.mask())
 
@@ -100,6 +107,10 @@ class ItemFilter:
             removed = removed[~np.isin(removed, self.excluded)]
             out = ItemFilter(self.count, None, np.union1d(self.excluded, removed), self.description,
                              self.ignored_ids)  # fmt: skip
+        if self.rows is not None and self._bitmap is not None:  # clear the removed bits: no O(n) mask
+            bits = self._bitmap.copy()
+            np.bitwise_and.at(bits, removed >> 3, np.invert(np.left_shift(1, removed & 7).astype(np.uint8)))
+            out._bitmap = bits
         if self._counts is not None and self._list_of is not None:
             counts = self._counts.copy()
             np.subtract.at(counts, self._list_of[removed], 1)

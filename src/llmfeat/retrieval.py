@@ -44,6 +44,8 @@ from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, pro
 from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
 from llmfeat.vectors import normalise, read_latest
 
+_PARTIAL_LISTS = 512
+"""Filtered IVF searches order the best this many lists first (a partial sort), all of them if too few."""
 GPU_MAX_K = 2048
 """FAISS GPU indexes return at most this many neighbours per query."""
 _CHUNK = 65_536
@@ -164,8 +166,8 @@ class Retriever:
         gpu: str = "auto",
         search_threads: int = 1,
         filter_widen: float = 32.0,
-        filter_coverage: float = 2.0,
-        filter_rescore: float = 1.0,
+        filter_coverage: float = 0.5,
+        filter_rescore: float = 2.0,
         filter_scan: float = 0.25,
         filter_scan_cap: float = 64.0,
         liked: pd.DataFrame | Mapping[str, Sequence[str]] | None = None,
@@ -531,7 +533,7 @@ class Retriever:
         positive filter, "not one of the excluded" (O(excluded) to build)."""
         if flt._selector is None:
             flt._selector = (
-                ft.bitmap_selector(flt.mask()) if flt.restricted else ft.exclusion_selector(flt.excluded)
+                ft.bitmap_selector(flt.bitmap()) if flt.restricted else ft.exclusion_selector(flt.excluded)
             )
         return flt._selector
 
@@ -562,23 +564,28 @@ class Retriever:
 
     def _ivf_filtered(self, q: np.ndarray, k: int, flt: ItemFilter) -> tuple[np.ndarray, np.ndarray]:
         """Filter-aware IVF search: probe the lists nearest the query among those holding allowed rows, until
-        they hold ``coverage_target`` allowed rows; FAISS scans them with the filter's selector, and a refine
-        index re-ranks its k x k_factor candidates exactly."""
+        they hold ``coverage_target`` allowed rows and (category / allow-list) ``scan_target`` rows in all;
+        FAISS scans them with the filter's selector, and a refine index re-ranks its best
+        k x k_factor x filter_rescore candidates exactly."""
         ivf = self._ivf
         counts = flt.list_counts(self._list_of, ivf.nlist)
-        lists = np.flatnonzero(counts)
-        coarse = (
-            ft.inner_products(q, self._centroids[lists])
-            if len(lists) < ivf.nlist
-            else ft.inner_products(q, self._centroids)
-        )
-        order = np.argsort(-coarse, kind="stable")
         k_factor = float(self._refine.k_factor) if self._refine is not None else 1.0
         target = coverage_target(ivf.nprobe, self.count, ivf.nlist, k, k_factor, self.filter_coverage)
         plain = ivf.nprobe * self.count / ivf.nlist
         scan = (
             scan_target(flt.remaining, plain, self.filter_scan, self.filter_scan_cap) if flt.restricted else 0
         )
+        lists = np.flatnonzero(counts)
+        coarse = ft.inner_products(q, self._centroids)[lists]  # all centroids: cheaper than gathering some
+        # Order only the best _PARTIAL_LISTS lists when they meet both targets (they nearly always do); else all.
+        order = None
+        if len(lists) > _PARTIAL_LISTS:
+            part = np.argpartition(-coarse, _PARTIAL_LISTS - 1)[:_PARTIAL_LISTS]
+            part = part[np.argsort(-coarse[part], kind="stable")]
+            if probe_lists(counts, lists[part], target, self._list_sizes, scan) < len(part):
+                order = part
+        if order is None:
+            order = np.argsort(-coarse, kind="stable")
         m = probe_lists(counts, lists[order], target, self._list_sizes, scan)
         probe, dis = lists[order[:m]], coarse[order[:m]]
         fetch = int(min(flt.remaining, math.ceil(k * k_factor * self.filter_rescore)))
