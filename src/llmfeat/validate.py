@@ -250,8 +250,13 @@ def validate(raw: RawTables, *, snapshot_time: pd.Timestamp, max_text_chars: int
         snapshot_time.tz_localize("UTC") if snapshot_time.tzinfo is None else snapshot_time.tz_convert("UTC")
     )
     items, q_items = _entities(
-        raw.items, "items", "item_id", schemas.ITEM_TEXT_COLUMNS,
-        (*schemas.ITEM_TEXT_COLUMNS, "tags"), max_text_chars, snapshot_time
+        raw.items,
+        "items",
+        "item_id",
+        schemas.ITEM_TEXT_COLUMNS,
+        (*schemas.ITEM_TEXT_COLUMNS, "tags"),
+        max_text_chars,
+        snapshot_time,
     )
     users, q_users = _entities(
         raw.users, "users", "user_id", schemas.USER_TEXT_COLUMNS, (), max_text_chars, snapshot_time
