@@ -189,7 +189,9 @@ def main() -> None:
             data = Path(tmp) / "data"
             for part in ("canonical", "feast"):
                 if not (args.data_dir / part).is_dir():
-                    raise SystemExit(f"{args.data_dir} has no {part}/: run `make run` (or llmfeat nightly) first")
+                    raise SystemExit(
+                        f"{args.data_dir} has no {part}/: run `make run` (or llmfeat nightly) first"
+                    )
                 shutil.copytree(args.data_dir / part, data / part, ignore=shutil.ignore_patterns("staging"))
             cfg = load_config(None, [f"paths.data_dir={data}", "feast.online_store=sqlite"])
             items, users = catalogue(data)

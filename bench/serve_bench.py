@@ -17,8 +17,7 @@ process and share the machine's cores with the server: the ratio, not the absolu
     .venv/bin/python bench/serve_bench.py --data-dir var/data --profile var/bench/serve-profile.txt  # pyinstrument
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the bench routes' annotations at definition time.
 import argparse
 import datetime as dt
 import http.client
@@ -81,6 +80,23 @@ def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None, src:
     @app.get("/bench/constant", response_model=Recommendations)
     async def constant_response() -> Recommendations:
         """The same response shape as the retrieval routes, built once: the web stack alone."""
+        return Recommendations.model_validate(payload)
+
+    from typing import Annotated
+
+    from fastapi import Path as PathParam
+    from fastapi import Query
+
+    user_id_t = Annotated[str, PathParam(min_length=1, max_length=200, pattern=served.ID_PATTERN)]
+    k_t = Annotated[int, Query(ge=1, le=cfg.serve.k_max)]
+    categories_t = Annotated[list[served.Category] | None, Query(alias="category", max_length=50)]
+
+    @app.get("/bench/constant/users/{user_id}/recommendations", response_model=Recommendations)
+    async def constant_user_route(
+        user_id: user_id_t, k: k_t = 10, categories: categories_t = None, exclude_seen: bool = True
+    ) -> Recommendations:
+        """The user route's parameters, validated the same way, and the constant response: what the web stack
+        costs that route, without the retrieval work."""
         return Recommendations.model_validate(payload)
 
     @app.get("/bench/ids")
@@ -243,7 +259,8 @@ def main() -> None:
         if args.profile:
             cmd += ["--profile", str(args.profile.resolve())]
             args.profile.parent.mkdir(parents=True, exist_ok=True)
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        server_log = Path(tmp) / "server.log"  # a file, not a pipe: a full pipe would stall the server
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=server_log.open("w"))
         try:
             deadline = time.time() + 120
             while True:
@@ -254,7 +271,7 @@ def main() -> None:
                 except OSError:
                     pass
                 if server.poll() is not None:
-                    raise SystemExit(f"server died: {server.stderr.read()[-3000:]}")
+                    raise SystemExit(f"server died: {server_log.read_text()[-3000:]}")
                 if time.time() > deadline:
                     raise SystemExit("server did not start")
                 time.sleep(0.2)
@@ -264,6 +281,9 @@ def main() -> None:
             items = [str(i) for i in rng.choice(ids["items"], min(500, len(ids["items"])), replace=False)]
             endpoints = {
                 "constant": ["/bench/constant"],
+                "constant_user_route": [
+                    f"/bench/constant/users/{u}/recommendations?k={args.k}" for u in users
+                ],
                 "user_to_items": [f"/users/{u}/recommendations?k={args.k}" for u in users],
                 "item_to_items": [f"/items/{i}/similar?k={args.k}" for i in items],
             }
@@ -283,10 +303,14 @@ def main() -> None:
             summary = {key: summarise(v) for key, v in runs.items()}
             for mode in ("sequential", "concurrent"):
                 base = summary[f"{mode}/constant"]["req_per_s"]
-                for name in ("user_to_items", "item_to_items"):
+                for name in ("constant_user_route", "user_to_items", "item_to_items"):
                     summary[f"{mode}/{name}"]["throughput_vs_constant"] = round(
                         summary[f"{mode}/{name}"]["req_per_s"] / base, 3
                     )
+                same_route = summary[f"{mode}/constant_user_route"]["req_per_s"]
+                summary[f"{mode}/user_to_items"]["throughput_vs_constant_user_route"] = round(
+                    summary[f"{mode}/user_to_items"]["req_per_s"] / same_route, 3
+                )
             result["src"] = str(args.src) if args.src else "this checkout"
             result["results"] = summary
 

@@ -47,3 +47,56 @@ def test_no_stats_means_no_activity_and_no_recency():
     fm = build_feature_matrix({ITEM_TEXT: [[1.0, 0.0]]}, [NOW], dim=2)
     stats = fm.matrix[0][6:]
     assert np.allclose(stats, 0.0)
+
+
+def test_one_user_many_items_equals_the_repeated_rows():
+    """build_user_items_matrix (the ranker's path: user blocks computed once) == build_feature_matrix on the
+    user's values repeated on every row, bit for bit, with missing values on either side."""
+    from llmfeat.feature_vector import (
+        HISTORY_CLICKS,
+        ITEM_STATS,
+        ITEM_TEXT,
+        USER_STATS,
+        USER_TEXT,
+        build_user_items_matrix,
+    )
+
+    rng = np.random.default_rng(3)
+    dim, n = 8, 7
+    wi, wu = len(packed_columns("impressions")), len(packed_columns("events"))
+    at = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)
+    unit = lambda v: (v / np.linalg.norm(v)).astype(np.float32)  # noqa: E731
+    items = {
+        ITEM_TEXT: [unit(rng.normal(size=dim)) if i % 3 else None for i in range(n)],
+        ITEM_STATS: [
+            np.abs(rng.normal(size=wi)).astype(np.float32) * 50 if i % 2 else None for i in range(n)
+        ],
+    }
+    for user in (
+        {
+            USER_TEXT: [unit(rng.normal(size=dim))],
+            USER_STATS: [np.full(wu, 3.0, np.float32)],
+            HISTORY_CLICKS: [4],
+        },
+        {USER_TEXT: [None], USER_STATS: [None], HISTORY_CLICKS: [None]},
+        {},
+    ):
+        want = build_feature_matrix({**items, **{k: v * n for k, v in user.items()}}, at, dim, n)
+        got = build_user_items_matrix(user, items, at, dim, n)
+        np.testing.assert_array_equal(got.matrix, want.matrix)
+        assert list(got.user_known) == list(want.user_known) and list(got.item_known) == list(want.item_known)
+        assert got.names == want.names
+    assert build_user_items_matrix({}, {ITEM_TEXT: []}, at, dim, 0).matrix.shape == (
+        0,
+        3 * dim + len(stat_names()),
+    )
+
+
+def test_click_counts_read_the_same_small_and_large():
+    """The ranker's small-input path of the click counts == the pandas path training takes."""
+    from llmfeat.feature_vector import _clicks_block
+
+    odd = [3, None, float("nan"), "7", "x", 2.5, np.int32(4), -2, True]
+    small = _clicks_block(odd)
+    large = _clicks_block(odd * 200)[: len(odd)]
+    np.testing.assert_array_equal(small, large)

@@ -122,11 +122,18 @@ def test_cached_items_equal_the_sdk_path_and_refresh_on_publish(store):
         {"user_id": ["U1"], "embedding": [_vec(7)], "model_id": ["m@1"], "event_timestamp": [pd.Timestamp(T0 + dt.timedelta(days=1))]}))  # fmt: skip
     stale = online.ranker_features("U1", items, at=AT)
     fresh_ref = reference(store, "U1", items)
-    assert not np.allclose(stale.matrix, fresh_ref, atol=1e-6)
-    # the user block is new (rows are L2-normalised as a whole, so compare the block's direction)
-    unit = lambda m: m / np.linalg.norm(m, axis=1, keepdims=True)  # noqa: E731
-    np.testing.assert_allclose(unit(stale.matrix[:, :DIM]), unit(fresh_ref[:, :DIM]), atol=1e-6)
-    assert np.allclose(stale.matrix[1:3], fresh_ref[1:3], atol=1e-6)  # rows without item A agree
+    with_a, without_a = [0, 3], [1, 2, 4]
+    assert not np.allclose(
+        stale.matrix[with_a], fresh_ref[with_a], atol=1e-6
+    )  # A: still the published vector
+    emb = "item_text_embedding__embedding"
+    np.testing.assert_allclose(online.fetch("U1", ["A"])[1][emb][0], _vec(2), atol=1e-7)
+    direct = OnlineFeatures(store, DIM, cache_items=False).fetch("U1", ["A"])[1]
+    np.testing.assert_allclose(direct[emb][0], _vec(99), atol=1e-7)
+    np.testing.assert_allclose(
+        stale.matrix[without_a], fresh_ref[without_a], atol=1e-6
+    )  # the new user vector
+    assert not np.allclose(stale.matrix[without_a], first.matrix[without_a], atol=1e-6)
     assert online.item_cache.refreshes == 0
 
     # the publish records its interval in the registry: the next request reads every cached item again

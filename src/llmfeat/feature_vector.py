@@ -20,8 +20,10 @@ masks; callers must look at the masks, never at the zeros.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -54,10 +56,12 @@ def _is_vector(value, dim: int) -> bool:
 def vectors(values: Sequence, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, dim) float32 matrix and a bool mask of the rows that have a vector."""
     values = list(values)
-    known = np.fromiter((_is_vector(v, dim) for v in values), dtype=bool, count=len(values))
+    rows = [i for i, v in enumerate(values) if _is_vector(v, dim)]
+    known = np.zeros(len(values), dtype=bool)
+    known[rows] = True
     out = np.zeros((len(values), dim), dtype=np.float32)
-    if known.any():
-        out[known] = np.asarray([values[i] for i in np.flatnonzero(known)], dtype=np.float32)
+    if rows:
+        out[rows] = np.asarray([values[i] for i in rows], dtype=np.float32)
     return out, known
 
 
@@ -69,22 +73,45 @@ def _transform_packed(packed: np.ndarray, now_days: np.ndarray, n_counts: int) -
     return np.concatenate([counts, ctrs, recency[:, None]], axis=1)
 
 
+def _packed_block(values: Sequence, noun: str, now_days: np.ndarray) -> np.ndarray:
+    """One stats table's packed arrays on the model's scale (float64). A missing row counts as no activity."""
+    width = len(packed_columns(noun))
+    packed, known = vectors(values, width)
+    packed[~known, -1] = np.nan  # no row: no last event either
+    return _transform_packed(packed.astype(np.float64), now_days, n_counts=(width - 1) // 2)
+
+
+def _count(value) -> float:
+    """One click count as ``pd.to_numeric(errors="coerce").fillna(0)`` reads it: missing or not a number -> 0."""
+    if value is None:
+        return 0.0
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return 0.0 if math.isnan(f) else f
+
+
+def _clicks_block(history_clicks: Sequence) -> np.ndarray:
+    values = list(history_clicks)
+    if len(values) <= 1_000:  # a ranking call: pandas costs more than the values (~1 ms for one value)
+        clicks = np.fromiter((_count(v) for v in values), dtype=np.float64, count=len(values))
+    else:
+        clicks = (
+            pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").fillna(0).to_numpy(np.float64)
+        )
+    return np.log1p(np.maximum(clicks, 0.0))[:, None]
+
+
 def stats_block(
     item_packed: Sequence, user_packed: Sequence, history_clicks: Sequence, now_days: np.ndarray
 ) -> np.ndarray:
     """(n, len(stat_names())) float32. A missing stats row counts as no activity."""
-    blocks = []
-    for values, noun in ((item_packed, "impressions"), (user_packed, "events")):
-        width = len(packed_columns(noun))
-        packed, known = vectors(values, width)
-        packed[~known, -1] = np.nan  # no row: no last event either
-        blocks.append(_transform_packed(packed.astype(np.float64), now_days, n_counts=(width - 1) // 2))
-    clicks = (
-        pd.to_numeric(pd.Series(list(history_clicks), dtype=object), errors="coerce")
-        .fillna(0)
-        .to_numpy(np.float64)
-    )
-    blocks.append(np.log1p(np.maximum(clicks, 0.0))[:, None])
+    blocks = [
+        _packed_block(item_packed, "impressions", now_days),
+        _packed_block(user_packed, "events", now_days),
+        _clicks_block(history_clicks),
+    ]
     return np.concatenate(blocks, axis=1).astype(np.float32)
 
 
@@ -109,7 +136,12 @@ class FeatureMatrix:
 
 
 def ranker_layout(dim: int) -> list[str]:
-    return (
+    return list(_layout(dim))
+
+
+@lru_cache(maxsize=8)
+def _layout(dim: int) -> tuple[str, ...]:
+    return tuple(
         [f"user_text_{i}" for i in range(dim)]
         + [f"item_text_{i}" for i in range(dim)]
         + [f"user_x_item_{i}" for i in range(dim)]
@@ -142,3 +174,35 @@ def build_feature_matrix(
     item, item_known = vectors(col(ITEM_TEXT), dim)
     stats = stats_block(col(ITEM_STATS), col(USER_STATS), col(HISTORY_CLICKS), epoch_days(at, n))
     return FeatureMatrix(assemble(user, item, stats), ranker_layout(dim), user_known, item_known)
+
+
+def build_user_items_matrix(
+    user: Mapping[str, Sequence], items: Mapping[str, Sequence], at: dt.datetime, dim: int, n: int
+) -> FeatureMatrix:
+    """``build_feature_matrix`` for one user and ``n`` items scored at one time, without repeating the user's
+    values on every row: ``user`` holds one value per user column, ``items`` ``n`` per item column. The same
+    numbers (the user's blocks are computed once and broadcast; tests compare the two)."""
+    if not isinstance(at, dt.datetime):
+        raise TypeError("build_user_items_matrix scores every row at one time; use build_feature_matrix")
+    if n == 0:
+        return build_feature_matrix({**items, **{k: [] for k in user}}, at, dim, 0)
+
+    def col(columns: Mapping[str, Sequence], name: str, count: int) -> Sequence:
+        return columns[name] if name in columns else [None] * count
+
+    now = epoch_days(at, n)
+    u_vec, u_known = vectors(col(user, USER_TEXT, 1), dim)
+    item, item_known = vectors(col(items, ITEM_TEXT, n), dim)
+    user_stats = np.concatenate(
+        [
+            _packed_block(col(user, USER_STATS, 1), "events", now[:1]),
+            _clicks_block(col(user, HISTORY_CLICKS, 1)),
+        ],
+        axis=1,
+    )
+    item_stats = _packed_block(col(items, ITEM_STATS, n), "impressions", now)
+    stats = np.concatenate([item_stats, np.repeat(user_stats, n, axis=0)], axis=1).astype(np.float32)
+    user_rows = np.repeat(u_vec, n, axis=0)
+    return FeatureMatrix(
+        assemble(user_rows, item, stats), ranker_layout(dim), np.repeat(u_known, n), item_known
+    )

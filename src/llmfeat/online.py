@@ -30,7 +30,12 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
 from llmfeat.errors import ConfigError
-from llmfeat.feature_vector import USER_MODEL_ID, FeatureMatrix, build_feature_matrix, vectors
+from llmfeat.feature_vector import (
+    USER_MODEL_ID,
+    FeatureMatrix,
+    build_user_items_matrix,
+    vectors,
+)
 
 
 @dataclass
@@ -262,9 +267,10 @@ class OnlineFeatures:
     ) -> RankerFeatures:
         """The feature matrix for (user_id, each item) in the order of ``item_ids``, with masks."""
         item_ids = list(item_ids)
-        columns = self.columns(user_id, item_ids)
-        features = build_feature_matrix(columns, at or dt.datetime.now(dt.UTC), self.dim, len(item_ids))
-        model_id = next(iter(columns.get(USER_MODEL_ID, [])), None)
+        user, items = self.fetch(user_id, item_ids)
+        at = at or dt.datetime.now(dt.UTC)
+        features = build_user_items_matrix(user, items, at, self.dim, len(item_ids))
+        model_id = next(iter(user.get(USER_MODEL_ID, [])), None)
         return RankerFeatures(user_id, item_ids, features, model_id)
 
 

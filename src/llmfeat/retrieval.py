@@ -660,7 +660,9 @@ def inner_products(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
         raise ValueError(f"inner_products: vectors {v.shape} and query {q.shape} do not match")
     out = np.empty(v.shape[0], dtype=np.float32)
     if len(v):
-        faiss.fvec_inner_products_ny(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(v), v.shape[1], v.shape[0])
+        faiss.fvec_inner_products_ny(
+            faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(v), v.shape[1], v.shape[0]
+        )
     return out
 
 
