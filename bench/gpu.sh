@@ -4,6 +4,7 @@
 #   bench/gpu.sh                      # on a GPU machine, from the repository root: install, bench, write BENCHMARKS.md
 #   bench/gpu.sh --dry-run            # anywhere: the same steps on the CPU at toy sizes; installs are only printed
 #   bench/gpu.sh --benchmarks-md FILE # write the sections to FILE instead of BENCHMARKS.md
+#   bench/gpu.sh --no-spark           # leave out the Spark job (the section says so)
 #
 # 1. installs what is missing: the venv (`make setup`, which takes the CUDA build of torch where nvidia-smi
 #    exists), a CUDA torch if the venv has the CPU one, faiss-gpu in place of faiss-cpu, Java 17 (apt) for Spark;
@@ -17,11 +18,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DRY=0
 MD=BENCHMARKS.md
+SPARK=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) DRY=1 ;;
     --benchmarks-md) MD="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --no-spark) SPARK=(--spark-texts 0) ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "bench/gpu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -68,7 +71,7 @@ EOF
 DRYFLAG=()
 [ "$DRY" = 1 ] && DRYFLAG=(--dry-run)
 say "2/3 encoder bench (bench/encode_gpu.py)"
-timeout 270 "$PY" bench/encode_gpu.py "${DRYFLAG[@]}" --benchmarks-md "$MD"
+timeout 270 "$PY" bench/encode_gpu.py "${DRYFLAG[@]}" "${SPARK[@]}" --benchmarks-md "$MD"
 say "3/3 FAISS bench (bench/faiss_gpu.py)"
 timeout 120 "$PY" bench/faiss_gpu.py "${DRYFLAG[@]}" --benchmarks-md "$MD"
 say "done in $((SECONDS - START)) s; sections \"Encoder on GPU\" and \"FAISS on GPU\" written to $MD"

@@ -232,18 +232,19 @@ def main() -> None:
             + f"{r['raw_float32']:,} | {store_bytes * 1e8 / 1e9:,.0f} GB |"
         )  # fmt: skip
     cut = [r for r in rows if r["d"] < width]
-    gap = max(abs(r["diff"]) for r in cut) if cut else 0.0
+    low, high = (min(r["diff"] for r in cut), max(r["diff"] for r in cut)) if cut else (0.0, 0.0)
     lines += ["", "**What truncation costs the default model.** all-MiniLM-L6-v2 was not trained Matryoshka-style, "
-              f"and it shows: its first d coordinates are no better than d random ones (first - random within "
-              f"{gap:.3f} of recall@10 at every width), and each cut loses neighbours: "
+              f"and it shows: its first d coordinates are hardly better than d random ones (first - random between "
+              f"{low:+.3f} and {high:+.3f} of recall@10 across the widths), and each cut loses neighbours: "
               + "; ".join(f"d = {r['d']} keeps {r['first'].mean():.0%} of the full-width top 10 "
                           f"(PCA to {r['d']}: {r['pca'].mean():.0%}) for "
                           f"{(r['redis_memory'] if has_redis else r['sqlite_file']) / (full_row['redis_memory'] if has_redis else full_row['sqlite_file']):.0%} "
                           f"of the {'Redis' if has_redis else 'SQLite'} bytes" for r in cut)
               + ". So for this model `embed.dims` buys memory with retrieval quality; leave it unset (full width), or "
               "use a model trained for truncation (Matryoshka-trained embedders such as nomic-embed, mxbai-embed or "
-              "Qwen3-Embedding), where the first dimensions carry most of the signal by construction; the PCA column "
-              "is roughly what a learned reduction of MiniLM's vectors could keep instead. This bench measures "
+              "Qwen3-Embedding), where the first dimensions carry most of the signal by construction. The PCA column "
+              "is roughly what a learned linear reduction of MiniLM's own vectors could keep instead (in-sample, so "
+              "optimistic); llmfeat does not offer one. This bench measures "
               "agreement with the full width, not quality against user behaviour, on a 1.7k-item catalogue: read "
               "the intervals.", "",
               "Bytes: SQLite = the online.db file after VACUUM divided by the items (the vector and model-id rows, "
