@@ -1,12 +1,16 @@
-"""Real services the tests start on loopback: a free port, a private redis-server."""
+"""Real services the tests start on loopback: a free port, a private redis-server, an app on uvicorn."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+
+import uvicorn
 
 
 def free_port() -> int:
@@ -38,3 +42,24 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen | None:
         proc.kill()
         raise RuntimeError(f"redis-server did not start on 127.0.0.1:{port}")
     return proc
+
+
+@contextmanager
+def running(app):
+    """Serve ``app`` on a free loopback port in a thread; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        sock.close()

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from services import running
 from synthetic import config, make_data
-from test_serve import running
 
 from llmfeat import index as ix
 from llmfeat.bandit.events import EventLog

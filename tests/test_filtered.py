@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
+from services import running
 from synthetic import config, make_data
-from test_serve import running
 from typer.testing import CliRunner
 
 from llmfeat import index as ix
