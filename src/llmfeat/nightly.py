@@ -212,11 +212,10 @@ def served_index(cfg: Config) -> tuple[str, dt.date] | None:
 
 def current_models_as_of(cfg: Config) -> dt.date | None:
     """The date the current CTR models were trained for; None if none."""
-    from llmfeat.train import models_dir
+    from llmfeat.train import models_dir, run_dir_of
 
     try:
-        pointer = json.loads((models_dir(cfg) / "current.json").read_text())
-        summary = json.loads((Path(pointer["path"]) / "summary.json").read_text())
+        summary = json.loads((run_dir_of(models_dir(cfg) / "current.json") / "summary.json").read_text())
         return dt.date.fromisoformat(summary["as_of"])
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: train as usual
         return None
