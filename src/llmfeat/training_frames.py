@@ -50,7 +50,12 @@ class FrameStats:
     invalidated: str | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """For run summaries: the fetched days as a count and a range, not a list of every day."""
+        out = asdict(self)
+        days = out.pop("fetched_days")
+        out["fetched_days"] = len(days)
+        out["fetched_range"] = [days[0], days[-1]] if days else None
+        return out
 
 
 def frame_root(data_dir: Path, embedding_set: str) -> Path:
