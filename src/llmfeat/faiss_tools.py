@@ -55,6 +55,8 @@ def inner_products(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     kernel; one query is too small for BLAS)."""
     q = np.ascontiguousarray(q, dtype=np.float32).reshape(-1)
     out = np.empty(len(rows), dtype=np.float32)
+    if len(rows) == 0:
+        return out
     faiss.fvec_inner_products_ny(
         faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(rows), len(q), len(rows)
     )

@@ -48,7 +48,6 @@ _PARTIAL_LISTS = 512
 """Filtered IVF searches order the best this many lists first (a partial sort), all of them if too few."""
 GPU_MAX_K = 2048
 """FAISS GPU indexes return at most this many neighbours per query."""
-_CHUNK = 65_536
 
 
 @runtime_checkable
@@ -625,8 +624,7 @@ class Retriever:
             ok = rows >= 0
             return top_k(rows[ok], scores[ok], k)
         rows = flt.allowed_rows()
-        q1 = np.ascontiguousarray(q[0], dtype=np.float32)
-        scores = inner_products(np.asarray(self._vectors[rows], dtype=np.float32), q1)
+        scores = ft.inner_products(q[0], np.ascontiguousarray(self._vectors[rows], dtype=np.float32))
         return top_k(rows, scores, k)
 
 
@@ -650,20 +648,6 @@ def _preassignable_ivf(index: faiss.Index) -> Any | None:
         inner = layer.base_index if isinstance(layer, faiss.IndexRefine) else layer.index
         layer = faiss.downcast_index(inner)
     return layer if isinstance(layer, faiss.IndexIVF) else None
-
-
-def inner_products(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``vectors @ q`` (float32) with FAISS's SIMD kernel, in the calling thread."""
-    v = np.ascontiguousarray(vectors, dtype=np.float32)
-    q = np.ascontiguousarray(q, dtype=np.float32)
-    if v.ndim != 2 or v.shape[1] != q.shape[0]:
-        raise ValueError(f"inner_products: vectors {v.shape} and query {q.shape} do not match")
-    out = np.empty(v.shape[0], dtype=np.float32)
-    if len(v):
-        faiss.fvec_inner_products_ny(
-            faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(v), v.shape[1], v.shape[0]
-        )
-    return out
 
 
 def top_k(rows: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field, StringConstraints
 from llmfeat.config import Config
 from llmfeat.errors import ReloadError  # noqa: F401 - re-exported
 from llmfeat.index import IndexModelMismatchError, current_version, index_root
+from llmfeat.reloading import PeriodicReload
 from llmfeat.retrieval import NotFoundError, Results, Retriever, UserVectorSource
 
 log = logging.getLogger("llmfeat.serve")
@@ -69,8 +70,7 @@ class RetrieverHolder:
         self.loaded_at = dt.datetime.now(dt.UTC)
         self.last_error: str | None = None
         self._reload_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicReload(self.reload, "index-reload")
 
     @classmethod
     def from_config(cls, cfg: Config, users: UserVectorSource | None = None) -> "RetrieverHolder":
@@ -107,25 +107,10 @@ class RetrieverHolder:
 
     def start(self, interval_s: float) -> None:
         """Check for a newly published version every ``interval_s`` seconds, in a daemon thread."""
-        if interval_s <= 0 or self._thread is not None:
-            return
-        self._stop.clear()
-
-        def loop() -> None:
-            while not self._stop.wait(interval_s):
-                try:
-                    self.reload()
-                except ReloadError as exc:
-                    log.error("%s", exc)
-
-        self._thread = threading.Thread(target=loop, name="index-reload", daemon=True)
-        self._thread.start()
+        self._periodic.start(interval_s)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._periodic.stop()
 
 
 # --- response models ----------------------------------------------------------------------------------

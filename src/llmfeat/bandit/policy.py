@@ -30,6 +30,7 @@ import numpy as np
 
 from llmfeat.bandit.features import ACTION_STATS, FeatureSpace, vw_lines
 from llmfeat.errors import MissingInputError
+from llmfeat.reloading import PeriodicReload
 
 log = logging.getLogger("llmfeat.bandit")
 
@@ -230,8 +231,7 @@ class PolicyHolder:
         self._current = self._load(None)
         self.last_error: str | None = None
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicReload(self.reload, "policy-reload")
 
     def get(self) -> LoadedPolicy:
         return self._current
@@ -254,21 +254,7 @@ class PolicyHolder:
             return True, new.version
 
     def start(self, interval_s: float) -> None:
-        if interval_s <= 0 or self._thread is not None:
-            return
-
-        def loop() -> None:
-            while not self._stop.wait(interval_s):
-                try:
-                    self.reload()
-                except Exception:  # noqa: BLE001,S110 - logged in reload
-                    pass
-
-        self._thread = threading.Thread(target=loop, name="policy-reload", daemon=True)
-        self._thread.start()
+        self._periodic.start(interval_s)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._periodic.stop()
