@@ -114,6 +114,30 @@ def test_training_is_seeded():
     np.testing.assert_array_equal(a.model.vectors(ctx.X, inputs)[1], b.model.vectors(ctx.X, inputs)[1])
 
 
+def test_item_dropout_isolates_the_dropped_items_and_trains_them_from_text():
+    data = _data(5)
+    ctx = E.context(data, pd.Timestamp("2024-02-10"))
+    inputs = A.make_inputs(ctx.X, ctx.item_vecs, None, None)
+    clicked = np.nonzero(np.asarray(ctx.X.sum(axis=0)).ravel() > 0)[0]
+    dropped = clicked[:3]
+    graph, t = A._dropped_items_graph(ctx.X, inputs, dropped, "cpu")
+    # the dropped items lose every edge (their vector is the tower output alone) and leave their users' histories
+    assert (graph.item_degree[dropped] == 0).all() and (graph.item_degree[clicked[3:]] > 0).all()
+    kept = sp.csr_matrix(ctx.X)[:, [i for i in range(ctx.X.shape[1]) if i not in set(dropped)]]
+    assert graph.ui.to_dense().numpy().astype(bool).sum() == kept.nnz
+    users_of_dropped = np.unique(sp.csr_matrix(ctx.X)[:, dropped].nonzero()[0])
+    keep = (~np.isin(np.arange(ctx.X.shape[1]), dropped)).astype(np.float32)
+    only = A.make_inputs(sp.csr_matrix(ctx.X) @ sp.diags(keep), inputs.item_x, None, None)
+    np.testing.assert_allclose(t["user_hist_x"].numpy()[users_of_dropped], only.user_hist_x[users_of_dropped],
+                               atol=1e-6)  # fmt: skip
+    # training with it: the tower is trained (weights differ from plain training), seeded, and vectors are finite
+    plain = A.train_adapter(ctx.X, ctx.click_u, ctx.click_i, ctx.click_age_days, inputs, SMALL)
+    runs = [A.train_adapter(ctx.X, ctx.click_u, ctx.click_i, ctx.click_age_days, inputs,
+                            {**SMALL, "item_dropout": 0.5}) for _ in range(2)]  # fmt: skip
+    assert runs[0].model.checksum() == runs[1].model.checksum() != plain.model.checksum()
+    assert np.isfinite(runs[0].model.vectors(ctx.X, inputs)[1]).all()
+
+
 def _adapt_data_dir(tmp_path, model_id: str = "test-model@0001"):
     """tests/synthetic.py's data dir with clicks spread over the two months before the snapshot."""
     import pyarrow as pa

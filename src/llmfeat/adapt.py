@@ -269,6 +269,16 @@ def _impute(x: np.ndarray, ref_x: np.ndarray, resid: np.ndarray, k: int) -> np.n
     return resid[top].mean(axis=1)
 
 
+def _dropped_items_graph(X: sp.spmatrix, inputs: Inputs, dropped: np.ndarray, device: str) -> tuple[Graph, dict]:
+    """The graph and inputs with every click on ``dropped`` removed (those items become isolated nodes)."""
+    keep = np.ones(X.shape[1], np.float32)
+    keep[dropped] = 0.0
+    Xd = sp.csr_matrix(X @ sp.diags(keep))
+    Xd.eliminate_zeros()
+    part = make_inputs(Xd, inputs.item_x, inputs.user_text_x, inputs.user_text_found)
+    return make_graph(Xd, device), _tensors(part, device)
+
+
 def _tensors(inputs: Inputs, device: str) -> dict:
     torch = _torch()
     return {
@@ -348,8 +358,17 @@ def train_adapter(
     model = AdaptedModel(module, params, device)
     best_val, best_epoch, best_state, waited, history = -1.0, 0, copy.deepcopy(module.state_dict()), 0, []
     steps = max(1, n // bsz)
+    dropout = float(params.get("item_dropout") or 0.0)
+    clicked = np.nonzero(graph.item_degree > 0)[0]
     for epoch in range(1, max_epochs + 1):
         module.train()
+        if dropout > 0:
+            # DropoutNet-style: this epoch a random share of the clicked items lose their edges (and leave their
+            # users' histories), so they are scored by their tower output alone against the other items'
+            # propagated vectors -- in the same softmax. That is the situation of an item without clicks at
+            # serving time, and it keeps the two kinds of item vector comparable.
+            graph, t = _dropped_items_graph(X, inputs, rng.choice(clicked, int(dropout * len(clicked)),
+                                                                      replace=False), device)  # fmt: skip
         order = (
             rng.choice(n, size=steps * bsz, p=prob) if prob is not None else rng.permutation(n)[: steps * bsz]
         )
@@ -414,7 +433,7 @@ def hybrid_scores(
 def adapter_params(cfg_adapt) -> dict:
     a = cfg_adapt
     return {"dim": a.dim, "hidden": a.hidden, "layers": a.layers, "epochs": a.epochs, "patience": a.patience,
-            "batch_size": a.batch_size, "negatives": a.negatives, "negatives_from": a.negatives_from, "tower_loss": a.tower_loss, "cold_neighbours": a.cold_neighbours, "lr": a.lr, "weight_decay": a.weight_decay,
+            "batch_size": a.batch_size, "negatives": a.negatives, "negatives_from": a.negatives_from, "tower_loss": a.tower_loss, "item_dropout": a.item_dropout, "cold_neighbours": a.cold_neighbours, "lr": a.lr, "weight_decay": a.weight_decay,
             "half_life_days": a.half_life_days, "seed": a.seed, "device": a.device, "threads": a.threads}  # fmt: skip
 
 

@@ -484,6 +484,9 @@ class AdaptConfig:
     tower_loss: float = 0.0
     """Weight of a second InfoNCE term scoring the item tower's output alone (before propagation), the vector
     an item without clicks gets."""
+    item_dropout: float = 0.0
+    """Share of the clicked items whose edges are dropped for an epoch (DropoutNet-style), so the item tower
+    alone learns to compete with propagated vectors: the vector an item without clicks gets."""
     cold_neighbours: int = 0
     """Items without clicks get the mean propagated part of their k nearest clicked items in LM space
     (0: off, the plain item tower)."""
@@ -508,6 +511,7 @@ class AdaptConfig:
                f"must be positive, got {self.temperatures}")  # fmt: skip
         _check(self.negatives >= 0 and self.cold_neighbours >= 0 and self.tower_loss >= 0, "adapt.negatives",
                "negatives, cold_neighbours and tower_loss must be >= 0")  # fmt: skip
+        _check(0 <= self.item_dropout < 1, "adapt.item_dropout", f"must be within [0, 1), got {self.item_dropout}")
         _device("adapt.device", self.device)
         _check(bool(self.output_set.strip()) and "/" not in self.output_set, "adapt.output_set",
                f"must be a non-empty folder name, got {self.output_set!r}")  # fmt: skip
