@@ -75,12 +75,19 @@ def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None, src:
                            method=constant.method,
                            results=[{"item_id": i, "score": s, "title": t}
                                     for i, s, t in zip(constant.ids, constant.scores, constant.titles, strict=True)])  # fmt: skip
-    payload = body.model_dump()
+    payload = body.model_dump(mode="json")
+    # The constant routes answer the way the retrieval routes of the served code do: a pre-built JSON body
+    # through serve.json_response where it exists (the routes return their JSON as is), else a model that
+    # FastAPI validates and serialises (the code before that change, via --src).
+    encode = getattr(served, "json_response", None)
+
+    def constant_body():
+        return encode(payload) if encode is not None else Recommendations.model_validate(payload)
 
     @app.get("/bench/constant", response_model=Recommendations)
-    async def constant_response() -> Recommendations:
+    async def constant_response():
         """The same response shape as the retrieval routes, built once: the web stack alone."""
-        return Recommendations.model_validate(payload)
+        return constant_body()
 
     from typing import Annotated
 
@@ -94,10 +101,10 @@ def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None, src:
     @app.get("/bench/constant/users/{user_id}/recommendations", response_model=Recommendations)
     async def constant_user_route(
         user_id: user_id_t, k: k_t = 10, categories: categories_t = None, exclude_seen: bool = True
-    ) -> Recommendations:
+    ):
         """The user route's parameters, validated the same way, and the constant response: what the web stack
         costs that route, without the retrieval work."""
-        return Recommendations.model_validate(payload)
+        return constant_body()
 
     @app.get("/bench/ids")
     async def ids() -> dict:

@@ -65,6 +65,13 @@ def write_items(data_dir: Path, emb_set: str, item_ids, vectors, model_id: str, 
     tables.write_snapshot(root, day, _emb_rows("item_id", item_ids, vectors, model_id, ts, ts))
 
 
+def write_users(data_dir: Path, emb_set: str, user_ids, vectors, model_id: str, day: dt.date) -> None:
+    """Append a user_text partition for ``day`` (a night that re-embeds the users)."""
+    ts = pd.Timestamp(day, tz=UTC) - pd.Timedelta(hours=1)
+    root = Path(data_dir) / "embeddings" / emb_set / "user_text"
+    tables.write_snapshot(root, day, _emb_rows("user_id", user_ids, vectors, model_id, ts, ts))
+
+
 def make_data(
     data_dir: Path,
     *,

@@ -166,3 +166,38 @@ def test_user_vectors_direct_read_equals_get_online_features(store):
     np.testing.assert_array_equal(got[0], want[0])
     assert list(got[1]) == list(want[1]) == [True, False, True]
     assert got[2] == want[2] == "m@1"
+
+
+def test_held_user_vectors_equal_the_plain_path_and_refresh_on_publish(store):
+    """The retrieval service's held user vectors: the same values as the plain SDK path; a write to the online
+    store shows only once the registry records a publish of the user view, on the next refresh."""
+    from llmfeat.online import FeastUserVectors
+    from llmfeat.retrieval import HeldUserVectors
+
+    plain = FeastUserVectors(store, "text", direct=False)
+    held = HeldUserVectors(FeastUserVectors(store, "text"), ["U1", "ghost"])
+    assert len(held) == 1  # ghost has no vector: not held, read through
+    ids = ["U1", "ghost", "U1"]
+    got, want = held.get(ids), plain.get(ids)
+    np.testing.assert_array_equal(got[0], want[0])
+    assert list(got[1]) == list(want[1]) == [True, False, True] and got[2] == want[2] == "m@1"
+    assert held.get(["U1"])[0].shape == (1, DIM) and held.refresh() is False  # nothing published since
+
+    store.write_to_online_store("user_text_embedding", pd.DataFrame(
+        {"user_id": ["U1", "U2"], "embedding": [_vec(7), _vec(8)], "model_id": ["m@1"] * 2,
+         "event_timestamp": [pd.Timestamp(T0 + dt.timedelta(days=1))] * 2}))  # fmt: skip
+    np.testing.assert_array_equal(held.get(["U1"])[0][0], np.float32(_vec(1)))  # the published version
+    vecs, found, _ = held.get(["U2", "U1"])  # U2, not held, is read through (the online store as it is)
+    assert list(found) == [True, True]
+    np.testing.assert_array_equal(vecs, np.float32([_vec(8), _vec(1)]))
+    assert held.refresh() is False
+
+    before = held.version
+    store.registry.apply_materialization(
+        store.get_feature_view("user_text_embedding"), store.project, T0, T0 + dt.timedelta(days=1)
+    )
+    assert held.refresh() is True and held.version != before
+    got, want = held.get(ids), plain.get(ids)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[0][0], np.float32(_vec(7)))
+    assert len(held) == 1 and held.refresh() is False  # the same ids re-read (U2 was never held)

@@ -13,10 +13,11 @@ import httpx
 import numpy as np
 import pytest
 from services import running
-from synthetic import AS_OF, MODEL, config, make_data, unit, write_items
+from synthetic import AS_OF, MODEL, config, make_data, unit, write_items, write_users
 
 from llmfeat import index as ix
-from llmfeat.serve import RetrieverHolder, create_app
+from llmfeat.retrieval import HeldUserVectors, ParquetUserVectors, Retriever
+from llmfeat.serve import Recommendations, RetrieverHolder, create_app
 
 K_MAX = 50
 
@@ -43,8 +44,12 @@ def test_answers(syn, service):
     assert body["index_version"] == holder.get().version and body["model_id"] == MODEL
     assert [h["item_id"] for h in body["results"]] == holder.get().for_user(syn.user_ids[0], 5).ids
     assert not {h["item_id"] for h in body["results"]} & syn.seen[syn.user_ids[0]]
+    # the routes write their JSON themselves: exactly what the response model would write, "because" included
+    assert Recommendations.model_validate(body).model_dump(mode="json") == body
+    assert any(h["because"] for h in body["results"])
     r = client.get("/items/i0003/similar", params=[("k", 3), ("category", "Tiny"), ("category", "Action")])
     assert r.status_code == 200 and len(r.json()["results"]) == 3
+    assert Recommendations.model_validate(r.json()).model_dump(mode="json") == r.json()
     assert all(
         h["item_id"] in syn.tiny or syn.category[h["item_id"]] == "Action" for h in r.json()["results"]
     )
@@ -98,18 +103,43 @@ def test_malformed_is_422(service, path):
     assert r.status_code == 422, r.text
 
 
-def _publish(syn, n: int, model: str = MODEL) -> str:
+def _publish(syn, n: int, model: str = MODEL, users: bool = False) -> str:
     vectors = unit(np.random.default_rng(50 + n), len(syn.item_ids), syn.vectors.shape[1])
     write_items(syn.data_dir, "default", syn.item_ids, vectors, model, AS_OF.replace(day=1 + n))
+    if users:  # the night re-embeds the users too
+        user_vectors = unit(np.random.default_rng(80 + n), len(syn.user_ids), syn.vectors.shape[1])
+        write_users(syn.data_dir, "default", syn.user_ids, user_vectors, model, AS_OF.replace(day=1 + n))
     return ix.run_index(config(syn.data_dir, "index.keep_versions=1"), log=lambda _: None)["version"]
 
 
-def test_reload_during_requests_fails_none(syn):
-    holder = RetrieverHolder.from_config(config(syn.data_dir, "index.keep_versions=1"))
+@pytest.mark.parametrize("held", [False, True], ids=["plain", "held-user-vectors"])
+def test_reload_during_requests_fails_none(syn, held):
+    """Requests under load while new versions are published and reloaded: none fails, no client goes back a
+    version. ``held``: the user vectors are held in the service (``HeldUserVectors``, as ``llmfeat serve``
+    holds Feast's) and each night re-embeds the users: every answer is the one the plain path gives for
+    that version, so the held vectors swap together with the index, never mixed."""
+    cfg = config(syn.data_dir, "index.keep_versions=1")
+    if held:
+        holder = RetrieverHolder(
+            lambda v: Retriever.load(cfg, version=v, users=HeldUserVectors(ParquetUserVectors(syn.data_dir, "default"), syn.user_ids)),
+            lambda: ix.current_version(ix.index_root(syn.data_dir, "default")),
+        )  # fmt: skip
+        users = holder.get().users
+        assert isinstance(users, HeldUserVectors) and len(users) == len(syn.user_ids)
+    else:
+        holder = RetrieverHolder.from_config(cfg)
     first = holder.get().version
     app = create_app(holder, k_max=K_MAX, reload_interval_s=0.05)  # the background check reloads too
     failures: list[str] = []
     versions: dict[int, list[str]] = {}
+    answers: list[tuple[str, str, list[str]]] = []
+    expected: dict[str, dict[str, list[str]]] = {}
+
+    def expect(version: str) -> None:  # the plain path (user vectors read at load) for this version
+        plain = Retriever.load(cfg, version=version)
+        expected[version] = {u: plain.for_user(u, 20).ids for u in ("u001", "u003")}
+
+    expect(first)
     stop = threading.Event()
 
     def hammer(url: str, n: int) -> None:
@@ -122,6 +152,8 @@ def test_reload_during_requests_fails_none(syn):
                     failures.append(f"{path}: {r.status_code} {r.text[:200]}")
                 else:
                     seq.append(r.json()["index_version"])
+                    if n % 2:
+                        answers.append((seq[-1], f"u00{n}", [h["item_id"] for h in r.json()["results"]]))
 
     with running(app) as url:
         threads = [threading.Thread(target=hammer, args=(url, n)) for n in range(4)]
@@ -131,7 +163,8 @@ def test_reload_during_requests_fails_none(syn):
         try:
             for n in range(1, 4):
                 time.sleep(0.3)
-                published.append(_publish(syn, n))  # keep_versions=1: the served version's files are deleted
+                published.append(_publish(syn, n, users=held))  # keep_versions=1: the served one's files go
+                expect(published[-1])
                 r = httpx.post(f"{url}/reload", timeout=20)
                 assert r.status_code == 200 and r.json()["index_version"] == published[-1], r.text
             time.sleep(0.3)
@@ -147,6 +180,8 @@ def test_reload_during_requests_fails_none(syn):
         order = [published.index(v) for v in seq]
         assert order == sorted(order)  # a client never goes back to an older version
     assert {v for seq in versions.values() for v in seq} >= {published[0], published[-1]}
+    wrong = [(v, u) for v, u, ids in answers if ids != expected[v][u]]
+    assert answers and not wrong, wrong[:5]
 
 
 def test_version_of_another_model_is_refused_and_the_old_one_kept(syn, service):

@@ -308,6 +308,10 @@ class ServeConfig:
     user_source: UserSource = "feast"
     """Where user query vectors are read: feast (the online store, as rankers do) or parquet (the
     embedding tables; no Feast needed)."""
+    hold_user_vectors: bool = True
+    """feast: the service reads the user vectors of the index snapshot's users once per loaded version and
+    answers from memory (users x dim x 4 bytes), re-read when the user view is published again; false reads
+    the online store on every request."""
     auth: ServeAuthConfig = field(default_factory=ServeAuthConfig)
     """When a token is configured, every route but /health needs it (src/llmfeat/serve_auth.py)."""
     filter_ids_max: int = 100_000

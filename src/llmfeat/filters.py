@@ -94,7 +94,9 @@ class ItemFilter:
         """This filter minus ``rows`` (per-query exclusions); per-list counts are carried over, not recounted."""
         if rows is None or len(rows) == 0:
             return self
-        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) > 1 and not (rows[1:] > rows[:-1]).all():  # a user's seen rows come sorted and unique
+            rows = np.unique(rows)
         if self.rows is not None:
             pos = np.searchsorted(self.rows, rows)
             hit = pos < len(self.rows)
@@ -104,9 +106,10 @@ class ItemFilter:
                              ignored_ids=self.ignored_ids)  # fmt: skip
         else:
             removed = rows[(rows >= 0) & (rows < self.count)]
-            removed = removed[~np.isin(removed, self.excluded)]
-            out = ItemFilter(self.count, None, np.union1d(self.excluded, removed), self.description,
-                             self.ignored_ids)  # fmt: skip
+            if len(self.excluded):
+                removed = removed[~np.isin(removed, self.excluded)]
+            excluded = np.union1d(self.excluded, removed) if len(self.excluded) else removed
+            out = ItemFilter(self.count, None, excluded, self.description, self.ignored_ids)
         if self.rows is not None and self._bitmap is not None:  # clear the removed bits: no O(n) mask
             bits = self._bitmap.copy()
             np.bitwise_and.at(bits, removed >> 3, np.invert(np.left_shift(1, removed & 7).astype(np.uint8)))

@@ -311,6 +311,12 @@ class FeastUserVectors:
     def model_id(self) -> str | None:
         return self._model_id
 
+    def publish_version(self) -> tuple:
+        """The view's materialisation intervals as the registry file records them now (a publish adds one);
+        ``retrieval.HeldUserVectors`` re-reads its users when this changes."""
+        view = self.store.get_feature_view(self.view)
+        return tuple((a.isoformat(), b.isoformat()) for a, b in view.materialization_intervals)
+
     def get(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
         if self._direct is not None:
             got = self._read_direct(user_ids)

@@ -107,6 +107,88 @@ class ParquetUserVectors:
         return out, found, self._model_id or ""
 
 
+@dataclass(frozen=True)
+class _HeldState:
+    version: object
+    rows: dict[str, int]
+    vectors: np.ndarray
+    model_id: str
+    ids: list[str]
+    """Every id asked for at load, found or not (a refresh reads them all again)."""
+
+
+class HeldUserVectors:
+    """A ``UserVectorSource`` whose vectors for ``user_ids`` are read once and then served from memory, so a
+    user -> items request does no online-store read (``serve.hold_user_vectors``).
+
+    Keyed by the source's publish version when it has one (``publish_version()``: for Feast, the user view's
+    materialisation intervals in the registry): ``refresh()``, called by the service's reload check, reads the
+    held users again when it changed and swaps them in with one assignment, so a request sees one version or
+    the other. A user not held (first embedded after the load, or unknown) is read through from the source
+    on each request and not kept, so unknown ids cannot grow the process."""
+
+    CHUNK = 10_000
+    """Users per read of the source at load / refresh."""
+
+    def __init__(self, source: UserVectorSource, user_ids: Sequence[str]):
+        self.source = source
+        self._state = self._read([str(u) for u in dict.fromkeys(user_ids)])
+
+    @property
+    def model_id(self) -> str | None:
+        return self.source.model_id  # what is known up front, as the source says (Feast: learnt per read)
+
+    @property
+    def version(self) -> object:
+        return self._state.version
+
+    def __len__(self) -> int:
+        return len(self._state.rows)
+
+    def _read(self, ids: list[str]) -> _HeldState:
+        version = _publish_version(self.source)  # before the read: a publish during it shows next refresh
+        vecs, found, model = [], [], ""
+        for start in range(0, len(ids), self.CHUNK):
+            v, f, m = self.source.get(ids[start : start + self.CHUNK])
+            vecs.append(np.asarray(v, np.float32)[f])
+            found.append(f)
+            model = model or m
+        found_all = np.concatenate(found) if found else np.zeros(0, bool)
+        held = [u for u, f in zip(ids, found_all.tolist(), strict=True) if f]
+        matrix = np.ascontiguousarray(np.concatenate(vecs)) if held else np.zeros((0, 0), np.float32)
+        return _HeldState(version, {u: r for r, u in enumerate(held)}, matrix, model, ids)
+
+    def refresh(self) -> bool:
+        """Read the held users again if the source published since; True when it did."""
+        version = _publish_version(self.source)
+        if version is None or version == self._state.version:
+            return False
+        self._state = self._read(self._state.ids)  # one assignment
+        return True
+
+    def get(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
+        state = self._state  # once: a refresh during this call does not mix versions
+        rows = np.fromiter((state.rows.get(u, -1) for u in user_ids), np.int64, len(user_ids))
+        held = rows >= 0
+        if held.all():
+            return state.vectors[rows], held, state.model_id
+        missing = [u for u, h in zip(user_ids, held.tolist(), strict=True) if not h]
+        vecs, found, model = self.source.get(missing)
+        dim = state.vectors.shape[1] if len(state.rows) else np.shape(vecs)[1]
+        out = np.zeros((len(user_ids), dim), np.float32)
+        out[held] = state.vectors[rows[held]]
+        if np.asarray(found).any():  # none found: the source may answer zero-width rows
+            out[~held] = vecs
+        got = held.copy()
+        got[~held] = found
+        return out, got, (state.model_id if held.any() else model)
+
+
+def _publish_version(source: object) -> object:
+    version = getattr(source, "publish_version", None)
+    return version() if version is not None else None
+
+
 def read_seen(data_dir: Path, as_of, *, with_label: bool = False) -> pd.DataFrame:
     """(user_id, item_id) of every interaction in the latest canonical interactions snapshot <= as_of
     (``with_label``: and its label, 1 = click, and time)."""
@@ -188,6 +270,7 @@ class Retriever:
         self._titles = loaded.ids.column("title").to_pylist()
         self._same_title = _shared_titles(self._titles)
         self._row_of = pd.Index(self._item_ids)
+        self._row_dict = {i: r for r, i in enumerate(self._item_ids.tolist())}
         self._members = _category_members(loaded)
         self._seen = self._seen_rows(seen)
         self._liked = self._seen_rows(liked)
@@ -231,10 +314,12 @@ class Retriever:
         users: UserVectorSource | None = None,
         user_kind: str | None = None,
         need_users: bool = True,
+        hold_users: bool = False,
     ) -> Retriever:
         """The published (or given) version of ``cfg``'s embedding set, user vectors from the Parquet tables
         unless ``users`` is given, and seen items as of the index's snapshot. ``need_users=False``: item ->
-        items only (no user vectors are opened, so Feast is not even imported)."""
+        items only (no user vectors are opened, so Feast is not even imported). ``hold_users``: the Feast user
+        vectors of the snapshot's users are read once and held (``HeldUserVectors``; the service does this)."""
         data_dir, emb_set = cfg.paths.data_dir, cfg.embed.embedding_set
         loaded = load_version(index_root(data_dir, emb_set), version)
         if not need_users:
@@ -251,6 +336,9 @@ class Retriever:
                 users = None
         seen = read_seen(data_dir, loaded.as_of, with_label=True)
         liked = seen[seen["label"] == 1]
+        # Parquet user vectors are in memory already; any other source (Feast) is held when asked.
+        if hold_users and users is not None and not isinstance(users, ParquetUserVectors):
+            users = HeldUserVectors(users, seen["user_id"].unique().tolist())
         return cls(loaded, users, seen, exact_filter_max=cfg.index.exact_filter_max, gpu=cfg.index.gpu,
                    search_threads=cfg.index.search_threads, filter_widen=cfg.index.filter_widen,
                    filter_coverage=cfg.index.filter_coverage, filter_rescore=cfg.index.filter_rescore,
@@ -296,19 +384,24 @@ class Retriever:
         liked = self._liked.get(user_id)
         if liked is None or len(liked) == 0 or n < 1:
             return [[] for _ in item_ids]
-        rows = self._row_of.get_indexer(pd.Index(list(item_ids), dtype=object))
-        hist = np.asarray(self._vectors[liked], dtype=np.float32)
-        out = []
-        for row in rows:
-            if row < 0:
-                out.append([])
-                continue
-            sims = np.einsum("ij,j->i", hist, np.asarray(self._vectors[row], dtype=np.float32))
-            sims[liked == row] = -np.inf
-            order = np.argsort(-sims, kind="stable")[: min(n, len(liked))]
-            out.append([Because(str(self._item_ids[liked[j]]), self._titles[liked[j]], float(sims[j]))
-                        for j in order if np.isfinite(sims[j])])  # fmt: skip
-        return out
+        rows = np.fromiter((self._row_dict.get(i, -1) for i in item_ids), np.int64, len(item_ids))
+        known = rows[rows >= 0]
+        if len(known) == 0:
+            return [[] for _ in item_ids]
+        # One pass over the liked vectors per result, FAISS's single-threaded kernel (no BLAS threads), then
+        # one stable sort of the (results x liked) similarities: ties keep the liked items' order.
+        hist = np.ascontiguousarray(self._vectors[liked], dtype=np.float32)
+        cand = np.ascontiguousarray(self._vectors[known], dtype=np.float32)
+        sims = np.stack([ft.inner_products(v, hist) for v in cand])
+        sims[liked[None, :] == known[:, None]] = -np.inf
+        best = np.argsort(-sims, axis=1, kind="stable")[:, : min(n, len(liked))]
+        top = np.take_along_axis(sims, best, axis=1)
+        found = iter(
+            [Because(str(self._item_ids[liked[j]]), self._titles[liked[j]], float(s))
+             for j, s in zip(b, t, strict=True) if math.isfinite(s)]
+            for b, t in zip(best.tolist(), top.tolist(), strict=True)
+        )  # fmt: skip
+        return [next(found) if row >= 0 else [] for row in rows]
 
     def item_vector(self, item_id: str) -> np.ndarray:
         return np.asarray(self._vectors[self._row(item_id)], dtype=np.float32)

@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, StringConstraints
+from pydantic_core import to_json
 
 from llmfeat.config import Config
 from llmfeat.errors import ReloadError  # noqa: F401 - re-exported
@@ -75,11 +76,15 @@ class RetrieverHolder:
     @classmethod
     def from_config(cls, cfg: Config, users: UserVectorSource | None = None) -> "RetrieverHolder":
         """Retrievers of ``cfg``'s published index; ``users`` (e.g. the Feast online store) or the Parquet
-        user vectors, re-read at each reload."""
+        user vectors, re-read at each reload; Feast user vectors held in process per loaded version unless
+        ``serve.hold_user_vectors`` is off (``retrieval.HeldUserVectors``)."""
         root = index_root(cfg.paths.data_dir, cfg.embed.embedding_set)
-        return cls(
-            lambda version: Retriever.load(cfg, version=version, users=users), lambda: current_version(root)
-        )
+        hold = cfg.serve.hold_user_vectors
+
+        def load(version: str | None) -> Retriever:
+            return Retriever.load(cfg, version=version, users=users, hold_users=hold)
+
+        return cls(load, lambda: current_version(root))
 
     def get(self) -> Retriever:
         return self._retriever
@@ -89,6 +94,10 @@ class RetrieverHolder:
             old = self._retriever
             try:
                 latest = self._published()
+                # held user vectors (HeldUserVectors) are read again when their source published since
+                refresh = getattr(getattr(old, "users", None), "refresh", None)
+                if latest == old.version and refresh is not None and refresh():
+                    log.info("user vectors reloaded for index %s", old.version)
                 if latest == old.version:
                     # e.g. a broken version was rolled back: what is published is served, nothing is wrong
                     self.last_error = None
@@ -274,7 +283,7 @@ def create_app(
     @app.get("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
     async def similar(
         item_id: ItemId, k: K = 10, categories: Categories = None, allow: Allow = None, deny: Deny = None
-    ) -> Recommendations:
+    ) -> Response:
         """Items whose vectors are closest to this item's (content-based filtering)."""
         r = provider.get()
         return _response(
@@ -282,7 +291,7 @@ def create_app(
         )
 
     @app.post("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
-    def similar_post(item_id: ItemId, body: Query_) -> Recommendations:
+    def similar_post(item_id: ItemId, body: Query_) -> Response:
         """As GET, with the filters in a JSON body (long allow-/deny-lists)."""
         check(body)
         r = provider.get()
@@ -297,14 +306,14 @@ def create_app(
         exclude_seen: bool = True,
         allow: Allow = None,
         deny: Deny = None,
-    ) -> Recommendations:
+    ) -> Response:
         """Items closest to the user's vector, without the items the user already interacted with."""
         r = provider.get()
         res = r.for_user(user_id, k, categories, exclude_seen, allow=allow, deny=deny)
         return _response("user", user_id, k, r, res)
 
     @app.post("/users/{user_id}/recommendations", response_model=Recommendations, responses=not_found)
-    def for_user_post(user_id: UserId, body: Query_) -> Recommendations:
+    def for_user_post(user_id: UserId, body: Query_) -> Response:
         """As GET, with the filters in a JSON body (long allow-/deny-lists)."""
         check(body)
         r = provider.get()
@@ -341,15 +350,26 @@ def create_app(
     return app
 
 
-def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Recommendations:
+def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Response:
+    """The ``Recommendations`` JSON, built as plain dicts and encoded by pydantic-core in one call: the
+    routes return it as is, so FastAPI neither builds nor re-validates ~40 models per request
+    (tests/test_serve.py checks it against the model; the model stays the OpenAPI schema)."""
     shared = res.same_title or [[]] * len(res.ids)
     explain = getattr(r, "explain", None)
     because = explain(id_, res.ids) if kind == "user" and explain else [[] for _ in res.ids]
-    hits = [Hit(item_id=i, score=s, title=t, same_title=d or None, because=[BecauseItem(**vars(x)) for x in b])
+    hits = [{"item_id": i, "score": s, "title": t, "same_title": d or None,
+             "because": [{"item_id": x.item_id, "title": x.title, "similarity": x.similarity} for x in b]}
             for i, s, t, d, b in zip(res.ids, res.scores, res.titles, shared, because, strict=True)]  # fmt: skip
-    return Recommendations(kind=kind, id=id_, k=k, index_version=res.index_version, model_id=r.model_id,
-                           method=res.method, results=hits, plan=res.plan, selectivity=res.selectivity,
-                           reason=res.reason, ignored_ids=res.ignored_ids)  # fmt: skip
+    return json_response({"kind": kind, "id": id_, "k": k, "index_version": res.index_version,
+                          "model_id": r.model_id, "method": res.method, "results": hits, "plan": res.plan,
+                          "selectivity": res.selectivity, "reason": res.reason,
+                          "ignored_ids": res.ignored_ids})  # fmt: skip
+
+
+def json_response(body: dict[str, Any]) -> Response:
+    """A 200 JSON response of ``body`` (plain JSON types), encoded by pydantic-core (NaN as null, as the
+    models write it)."""
+    return Response(to_json(body, inf_nan_mode="null"), media_type="application/json")
 
 
 def run_server(app: FastAPI, host: str, port: int, cfg: Config | None = None) -> None:
