@@ -150,10 +150,18 @@ def _layout(dim: int) -> tuple[str, ...]:
 
 
 def assemble(user: np.ndarray, item: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """Concatenate the blocks in the fixed layout and L2-normalise each row."""
-    x = np.concatenate([user, item, user * item, stats], axis=1)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    """Concatenate the blocks in the fixed layout and L2-normalise each row (float32). ``user`` may be one
+    row for every item row (broadcast). Written into one array in place: a ranker call allocates the matrix
+    once, not five times (each ~0.5 MB for 100 x 384-d rows)."""
+    n, d = item.shape
+    out = np.empty((n, 3 * d + stats.shape[1]), dtype=np.float32)
+    out[:, :d] = user
+    out[:, d : 2 * d] = item
+    np.multiply(out[:, :d], out[:, d : 2 * d], out=out[:, 2 * d : 3 * d])
+    out[:, 3 * d :] = stats
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    out /= np.where(norms > 0, norms, np.float32(1.0))[:, None]
+    return out
 
 
 def build_feature_matrix(
@@ -202,7 +210,4 @@ def build_user_items_matrix(
     )
     item_stats = _packed_block(col(items, ITEM_STATS, n), "impressions", now)
     stats = np.concatenate([item_stats, np.repeat(user_stats, n, axis=0)], axis=1).astype(np.float32)
-    user_rows = np.repeat(u_vec, n, axis=0)
-    return FeatureMatrix(
-        assemble(user_rows, item, stats), ranker_layout(dim), np.repeat(u_known, n), item_known
-    )
+    return FeatureMatrix(assemble(u_vec, item, stats), ranker_layout(dim), np.repeat(u_known, n), item_known)
