@@ -9,7 +9,9 @@ On a copy of an embedded data directory (default: the demo's ``var/data`` after 
      assembled) and, as baselines in the same run, the same reads without the item cache (direct online-store
      reads per view), the same matrix through two ``get_online_features`` calls (the plain SDK path: its
      matrix is compared with the ranker's, value by value, on every draw), and the textbook way (one call with
-     the user repeated on each of the 100 rows, unpacked stats, no assembly);
+     the user repeated on each of the 100 rows, unpacked stats, no assembly); every garbage collection during
+     the timed draws is recorded (``gc_during_lookups``: count, total and longest pause per generation), to
+     tell a collector pause from the machine's scheduling in the tail;
   3. point-in-time historical retrieval of the whole MovieLens training set (Spark offline store).
 
     .venv/bin/python bench/feast_bench.py --data-dir var/data --as-of 1998-04-23 --out var/bench/feast.json
@@ -99,6 +101,29 @@ def percentiles(samples: list[float]) -> dict:
             "mean_ms": round(float(ms.mean()), 2), "n": len(samples)}  # fmt: skip
 
 
+class gc_pauses:
+    """Records every garbage collection from now on (generation, milliseconds) until ``summary()``."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.gc, self.events, self._t0 = gc, [], 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.events.append((info["generation"], (time.perf_counter() - self._t0) * 1000))
+
+    def summary(self) -> dict:
+        self.gc.callbacks.remove(self._callback)
+        return {f"gen{g}": {"collections": sum(1 for e in self.events if e[0] == g),
+                            "total_ms": round(sum(ms for e_g, ms in self.events if e_g == g), 2),
+                            "max_ms": round(max([ms for e_g, ms in self.events if e_g == g] or [0.0]), 2)}
+                for g in (0, 1, 2)}  # fmt: skip
+
+
 def lookups(cfg, users: list[str], items: list[str], n: int, seed: int) -> dict:
     """1 user + 100 items, ``n`` times after a warm-up, three ways interleaved (so all see the same machine):
     llmfeat's direct store reads; the same matrix from two ``get_online_features`` calls (the Feast API path);
@@ -139,6 +164,7 @@ def lookups(cfg, users: list[str], items: list[str], n: int, seed: int) -> dict:
     samples: dict[str, list[float]] = {"ranker": [], "ranker_uncached": [], "via_get_online_features": [],
                                        "textbook": []}  # fmt: skip
     max_diff = 0.0
+    pauses = gc_pauses()  # is the tail the collector's? (every collection during the timed draws)
     for u, cand in draws:
         at = dt.datetime.now(dt.UTC)
         t0 = time.perf_counter()
@@ -158,6 +184,7 @@ def lookups(cfg, users: list[str], items: list[str], n: int, seed: int) -> dict:
         max_diff = max(max_diff, float(np.abs(got.matrix - ref).max()))
         assert np.allclose(got.matrix, ref, atol=1e-6), max_diff
     out = {name: percentiles(v) for name, v in samples.items()}
+    out["gc_during_lookups"] = pauses.summary()
     for name in ("ranker_uncached", "via_get_online_features", "textbook"):
         out[f"p99_speedup_vs_{name}"] = round(out[name]["p99_ms"] / out["ranker"]["p99_ms"], 2)
         out[f"p50_speedup_vs_{name}"] = round(out[name]["p50_ms"] / out["ranker"]["p50_ms"], 2)

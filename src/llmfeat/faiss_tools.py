@@ -63,6 +63,21 @@ def inner_products(q: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def inner_products_by_idx(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(nq, n) float32: <queries[i], vectors[ids[i, j]]>, the rows of the C-contiguous float32 ``vectors``
+    read in place (nothing gathered); every id must be a valid row. FAISS spreads the queries over its
+    OpenMP threads: call it with one thread set for small batches."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    out = np.empty(ids.shape, dtype=np.float32)
+    if out.size:
+        faiss.fvec_inner_products_by_idx(
+            faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(vectors), faiss.swig_ptr(ids),
+            q.shape[1], len(q), ids.shape[1],
+        )  # fmt: skip
+    return out
+
+
 def exclusion_selector(excluded: np.ndarray) -> tuple[faiss.IDSelector, list[Any]]:
     """An IDSelector of every id except ``excluded`` (int64), O(excluded) to build, and what it reads."""
     excluded = np.ascontiguousarray(excluded, dtype=np.int64)

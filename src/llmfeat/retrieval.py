@@ -270,7 +270,8 @@ class Retriever:
         self._titles = loaded.ids.column("title").to_pylist()
         self._same_title = _shared_titles(self._titles)
         self._row_of = pd.Index(self._item_ids)
-        self._row_dict = {i: r for r, i in enumerate(self._item_ids.tolist())}
+        self._id_list = [str(i) for i in self._item_ids.tolist()]
+        self._row_dict = {i: r for r, i in enumerate(self._id_list)}
         self._members = _category_members(loaded)
         self._seen = self._seen_rows(seen)
         self._liked = self._seen_rows(liked)
@@ -388,17 +389,22 @@ class Retriever:
         known = rows[rows >= 0]
         if len(known) == 0:
             return [[] for _ in item_ids]
-        # One pass over the liked vectors per result, FAISS's single-threaded kernel (no BLAS threads), then
-        # one stable sort of the (results x liked) similarities: ties keep the liked items' order.
-        hist = np.ascontiguousarray(self._vectors[liked], dtype=np.float32)
-        cand = np.ascontiguousarray(self._vectors[known], dtype=np.float32)
-        sims = np.stack([ft.inner_products(v, hist) for v in cand])
+        # The (results x liked) cosines in one call of FAISS's kernel on one thread (no BLAS threads), the
+        # liked vectors read in place; then one stable sort per result: ties keep the liked items' order.
+        if self._flat_vectors is not None:
+            flat = np.asarray(self._flat_vectors)  # a plain view of the memory map: no per-index overhead
+            with self._threads():
+                sims = ft.inner_products_by_idx(flat[known], flat, np.tile(liked, (len(known), 1)))
+        else:
+            hist = np.ascontiguousarray(self._vectors[liked], dtype=np.float32)
+            cand = np.ascontiguousarray(self._vectors[known], dtype=np.float32)
+            sims = np.stack([ft.inner_products(v, hist) for v in cand])
         sims[liked[None, :] == known[:, None]] = -np.inf
         best = np.argsort(-sims, axis=1, kind="stable")[:, : min(n, len(liked))]
         top = np.take_along_axis(sims, best, axis=1)
+        ids, titles, liked_rows = self._id_list, self._titles, liked.tolist()
         found = iter(
-            [Because(str(self._item_ids[liked[j]]), self._titles[liked[j]], float(s))
-             for j, s in zip(b, t, strict=True) if math.isfinite(s)]
+            [Because(ids[liked_rows[j]], titles[liked_rows[j]], s) for j, s in zip(b, t, strict=True) if math.isfinite(s)]
             for b, t in zip(best.tolist(), top.tolist(), strict=True)
         )  # fmt: skip
         return [next(found) if row >= 0 else [] for row in rows]
