@@ -11,7 +11,8 @@ On a copy of an embedded data directory (default: the demo's ``var/data`` after 
      matrix is compared with the ranker's, value by value, on every draw), and the textbook way (one call with
      the user repeated on each of the 100 rows, unpacked stats, no assembly); every garbage collection during
      the timed draws is recorded (``gc_during_lookups``: count, total and longest pause per generation), to
-     tell a collector pause from the machine's scheduling in the tail;
+     tell a collector pause from the machine's scheduling in the tail, by the path that was being timed; after
+     load the bench calls ``gc.freeze()`` as a ranker process should (``--no-gc-freeze``: not);
   3. point-in-time historical retrieval of the whole MovieLens training set (Spark offline store).
 
     .venv/bin/python bench/feast_bench.py --data-dir var/data --as-of 1998-04-23 --out var/bench/feast.json
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import os
 import shutil
@@ -102,29 +104,36 @@ def percentiles(samples: list[float]) -> dict:
 
 
 class gc_pauses:
-    """Records every garbage collection from now on (generation, milliseconds) until ``summary()``."""
+    """Records every garbage collection from now on, by the path being timed when it ran (``path``, set by
+    the caller; None between timed calls), until ``summary()``."""
 
     def __init__(self) -> None:
         import gc
 
-        self.gc, self.events, self._t0 = gc, [], 0.0
+        self.gc, self.events, self._t0, self.path = gc, [], 0.0, None
         gc.callbacks.append(self._callback)
 
     def _callback(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._t0 = time.perf_counter()
         else:
-            self.events.append((info["generation"], (time.perf_counter() - self._t0) * 1000))
+            self.events.append((self.path, info["generation"], (time.perf_counter() - self._t0) * 1000))
 
     def summary(self) -> dict:
         self.gc.callbacks.remove(self._callback)
-        return {f"gen{g}": {"collections": sum(1 for e in self.events if e[0] == g),
-                            "total_ms": round(sum(ms for e_g, ms in self.events if e_g == g), 2),
-                            "max_ms": round(max([ms for e_g, ms in self.events if e_g == g] or [0.0]), 2)}
-                for g in (0, 1, 2)}  # fmt: skip
+        out = {}
+        for path in dict.fromkeys(e[0] for e in self.events):
+            mine = [e for e in self.events if e[0] == path]
+            out[str(path) if path else "between_calls"] = {
+                f"gen{g}": {"collections": sum(1 for e in mine if e[1] == g),
+                            "total_ms": round(sum(e[2] for e in mine if e[1] == g), 2),
+                            "max_ms": round(max([e[2] for e in mine if e[1] == g] or [0.0]), 2)}
+                for g in (0, 1, 2)
+            }  # fmt: skip
+        return out
 
 
-def lookups(cfg, users: list[str], items: list[str], n: int, seed: int) -> dict:
+def lookups(cfg, users: list[str], items: list[str], n: int, seed: int, freeze: bool = True) -> dict:
     """1 user + 100 items, ``n`` times after a warm-up, three ways interleaved (so all see the same machine):
     llmfeat's direct store reads; the same matrix from two ``get_online_features`` calls (the Feast API path);
     the textbook single call with the user repeated on every row."""
@@ -161,30 +170,41 @@ def lookups(cfg, users: list[str], items: list[str], n: int, seed: int) -> dict:
         now = dt.datetime.now(dt.UTC)
         online.ranker_features(u, cand, at=now), uncached.ranker_features(u, cand, at=now)
         via_get_online_features(u, cand, now), textbook(u, cand)
+    if freeze:  # what a ranker process does once loaded: the collector no longer scans the libraries' objects
+        gc.collect()
+        gc.freeze()
     samples: dict[str, list[float]] = {"ranker": [], "ranker_uncached": [], "via_get_online_features": [],
                                        "textbook": []}  # fmt: skip
     max_diff = 0.0
     pauses = gc_pauses()  # is the tail the collector's? (every collection during the timed draws)
     for u, cand in draws:
         at = dt.datetime.now(dt.UTC)
+        pauses.path = "ranker"
         t0 = time.perf_counter()
         got = online.ranker_features(u, cand, at=at)
         samples["ranker"].append(time.perf_counter() - t0)
-        assert got.matrix.shape[0] == 100
+        pauses.path = "ranker_uncached"
         t0 = time.perf_counter()
         uncached.ranker_features(u, cand, at=at)
         samples["ranker_uncached"].append(time.perf_counter() - t0)
+        pauses.path = "via_get_online_features"
         t0 = time.perf_counter()
         ref = via_get_online_features(u, cand, at)
         samples["via_get_online_features"].append(time.perf_counter() - t0)
+        pauses.path = "textbook"
         t0 = time.perf_counter()
         textbook(u, cand)
         samples["textbook"].append(time.perf_counter() - t0)
+        pauses.path = None
+        assert got.matrix.shape[0] == 100
         # the same matrix both ways, every value (same "now" for the recency features)
         max_diff = max(max_diff, float(np.abs(got.matrix - ref).max()))
         assert np.allclose(got.matrix, ref, atol=1e-6), max_diff
     out = {name: percentiles(v) for name, v in samples.items()}
     out["gc_during_lookups"] = pauses.summary()
+    out["gc_frozen_after_load"] = freeze
+    if freeze:
+        gc.unfreeze()
     for name in ("ranker_uncached", "via_get_online_features", "textbook"):
         out[f"p99_speedup_vs_{name}"] = round(out[name]["p99_ms"] / out["ranker"]["p99_ms"], 2)
         out[f"p50_speedup_vs_{name}"] = round(out[name]["p50_ms"] / out["ranker"]["p50_ms"], 2)
@@ -204,6 +224,8 @@ def main() -> None:
     ap.add_argument("--lookups-only", action="store_true",
                     help="Only the lookup latencies, on a copy of the data dir's published SQLite online store.")  # fmt: skip
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "feast.json")
+    ap.add_argument("--no-gc-freeze", dest="gc_freeze", action="store_false",
+                    help="Leave the garbage collector as it is after load (default: gc.freeze(), as a ranker does).")  # fmt: skip
     args = ap.parse_args()
     as_of = dt.date.fromisoformat(args.as_of)
     started = time.perf_counter()
@@ -222,7 +244,7 @@ def main() -> None:
                 shutil.copytree(args.data_dir / part, data / part, ignore=shutil.ignore_patterns("staging"))
             cfg = load_config(None, [f"paths.data_dir={data}", "feast.online_store=sqlite"])
             items, users = catalogue(data)
-            result["lookup_sqlite"] = lookups(cfg, users, items, args.lookups, args.seed)
+            result["lookup_sqlite"] = lookups(cfg, users, items, args.lookups, args.seed, args.gc_freeze)
         load.append(os.getloadavg()[0])
         finish(args, result, load, started)
         return
@@ -257,7 +279,7 @@ def main() -> None:
                 result[f"materialize_{name}"] = materialize(cfg, as_of)
                 load.append(os.getloadavg()[0])
                 print(f"[{name}] {args.lookups} lookups of 1 user + 100 items ...", flush=True)
-                result[f"lookup_{name}"] = lookups(cfg, users, items, args.lookups, args.seed)
+                result[f"lookup_{name}"] = lookups(cfg, users, items, args.lookups, args.seed, args.gc_freeze)
                 load.append(os.getloadavg()[0])
                 print(json.dumps(result[f"lookup_{name}"]), flush=True)
         finally:
