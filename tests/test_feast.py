@@ -332,3 +332,8 @@ def test_retrieval_queries_the_feast_online_store(pit_store):
         embedding_paths(cfg.paths.data_dir, "default").item_text, "item_id", "C", utc("2024-01-07")
     )
     assert np.isclose(res.scores[0], float(np.dot(online["embedding"][0], item_c["embedding"])), atol=1e-5)
+    # the service's way (serve.hold_user_vectors): the snapshot's users read once and held, the same answer
+    held = Retriever.load(cfg, hold_users=True)
+    assert type(held.users).__name__ == "HeldUserVectors" and len(held.users) >= 1
+    again = held.for_user("U1", k=3)
+    assert again.ids == res.ids and again.scores == res.scores
