@@ -5,7 +5,9 @@ of the same shape (``/bench/constant``: the ceiling of the web stack itself, no 
 In one run, interleaved in rounds so that every endpoint sees the same machine:
   - sequential (1 client) and concurrent (``--clients``, default 8) keep-alive HTTP clients;
   - endpoints: constant, user -> items (``/users/{id}/recommendations?k=10``), item -> items
-    (``/items/{id}/similar?k=10``), random known ids;
+    (``/items/{id}/similar?k=10``), random known ids; two more constants for the user route: its parameters
+    validated the same way, and a fixed real user answer (``/bench/constant/user-response``: with its
+    "because you liked" lists, ~3x the bytes of the item-shaped constant);
   - per endpoint: requests/s, p50 / p99 latency, failed requests (anything but HTTP 200, or an error);
   - then a hot-reload phase: the concurrent user -> items load while the published index version is flipped
     between two versions ``--reloads`` times (POST /reload after each flip); every request must succeed.
@@ -107,6 +109,17 @@ def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None, src:
         """The user route's parameters, validated the same way, and the constant response: what the web stack
         costs that route, without the retrieval work."""
         return constant_body()
+
+    # A real user answer (10 results with their "because you liked" items: ~3x the bytes of the item-shaped
+    # constant), answered as a constant: the web stack's ceiling for a response of the user route's size.
+    user = next(u for u in sorted(r._seen) if r._liked.get(u) is not None)
+    answer = served._response("user", user, 10, r, r.for_user(user, 10))
+    user_payload = json.loads(answer.body) if hasattr(answer, "body") else answer.model_dump(mode="json")
+
+    @app.get("/bench/constant/user-response", response_model=Recommendations)
+    async def constant_user_response():
+        """A fixed user answer (because lists included), built once."""
+        return encode(user_payload) if encode is not None else Recommendations.model_validate(user_payload)
 
     @app.get("/bench/ids")
     async def ids() -> dict:
@@ -293,6 +306,7 @@ def main() -> None:
                 "constant_user_route": [
                     f"/bench/constant/users/{u}/recommendations?k={args.k}" for u in users
                 ],
+                "constant_user_response": ["/bench/constant/user-response"],
                 "user_to_items": [f"/users/{u}/recommendations?k={args.k}" for u in users],
                 "item_to_items": [f"/items/{i}/similar?k={args.k}" for i in items],
             }
@@ -312,11 +326,16 @@ def main() -> None:
             summary = {key: summarise(v) for key, v in runs.items()}
             for mode in ("sequential", "concurrent"):
                 base = summary[f"{mode}/constant"]["req_per_s"]
-                for name in ("constant_user_route", "user_to_items", "item_to_items"):
+                for name in (
+                    "constant_user_route",
+                    "constant_user_response",
+                    "user_to_items",
+                    "item_to_items",
+                ):
                     summary[f"{mode}/{name}"]["throughput_vs_constant"] = round(
                         summary[f"{mode}/{name}"]["req_per_s"] / base, 3
                     )
-                    # per round (each endpoint against the constant measured minutes apart, not seconds): on a
+                    # per round (each endpoint against the constant of its own round, seconds apart): on a
                     # shared machine a load burst in one slot moves the pooled ratio; the median resists it
                     per_round = [
                         (e["requests"] / e["seconds"]) / (c["requests"] / c["seconds"])
@@ -328,6 +347,10 @@ def main() -> None:
                 same_route = summary[f"{mode}/constant_user_route"]["req_per_s"]
                 summary[f"{mode}/user_to_items"]["throughput_vs_constant_user_route"] = round(
                     summary[f"{mode}/user_to_items"]["req_per_s"] / same_route, 3
+                )
+                same_size = summary[f"{mode}/constant_user_response"]["req_per_s"]
+                summary[f"{mode}/user_to_items"]["throughput_vs_constant_user_response"] = round(
+                    summary[f"{mode}/user_to_items"]["req_per_s"] / same_size, 3
                 )
             result["src"] = str(args.src) if args.src else "this checkout"
             result["results"] = summary
