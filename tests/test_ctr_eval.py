@@ -1,0 +1,114 @@
+"""CTR with adapted vectors (src/llmfeat/ctr_eval.py): the leakage canary of the per-origin features, and the
+comparison end to end on a tiny input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("torch")
+
+from test_evaluate import synthetic_data  # noqa: E402
+
+from llmfeat import ctr_eval as C  # noqa: E402
+from llmfeat import evaluate as E  # noqa: E402
+from llmfeat.ctr_models import TrainConfig  # noqa: E402
+from llmfeat.feature_vector import ITEM_TEXT  # noqa: E402
+
+SMALL = {"dim": 8, "hidden": 16, "layers": 2, "epochs": 3, "patience": 2, "batch_size": 32, "negatives": 16,
+         "lr": 1e-2, "weight_decay": 0.0, "half_life_days": None, "seed": 3, "device": "cpu", "threads": 1,
+         "temperature": 0.2}  # fmt: skip
+
+
+def frame_of(data: E.EvalData) -> pd.DataFrame:
+    """A training frame of every interaction, with the item's frozen vector as its Feast column would be
+    (no stats columns: they count as "no activity")."""
+    inter = data.inter
+    return pd.DataFrame({
+        "user_id": data.user_ids[inter["u"].to_numpy()].astype(str),
+        "item_id": data.item_ids[inter["i"].to_numpy()].astype(str),
+        "event_timestamp": pd.to_datetime(inter["ts"]).dt.tz_localize("UTC"),
+        "label": inter["label"].to_numpy(np.int64),
+        ITEM_TEXT: list(data.item_vecs[inter["i"].to_numpy()]),
+    })  # fmt: skip
+
+
+def _scramble_from(data: E.EvalData, cut: np.datetime64, seed: int = 5) -> E.EvalData:
+    """Every event at or after ``cut`` replaced by garbage clicks at the same times, plus clicks exactly at it."""
+    rng = np.random.default_rng(seed)
+    inter = data.inter.copy()
+    m = inter["ts"].to_numpy() >= cut
+    inter.loc[m, "u"] = rng.integers(0, data.n_users, int(m.sum()))
+    inter.loc[m, "i"] = rng.integers(0, data.n_items, int(m.sum()))
+    inter.loc[m, "label"] = 1
+    at_cut = pd.DataFrame({"u": [0, 1, 2], "i": [3, 4, 5], "ts": [cut] * 3, "label": np.int8(1)})
+    inter = pd.concat([inter, at_cut], ignore_index=True).sort_values(["ts", "u", "i"], kind="stable")
+    return E.EvalData(data.user_ids, data.item_ids, inter.reset_index(drop=True), data.item_vecs, None,
+                      data.model_id)  # fmt: skip
+
+
+def test_per_origin_features_never_include_an_event_at_or_after_the_cut():
+    """Leakage canary. The adapter of an origin reads nothing at or after t_val; a row of day D reads nothing
+    at or after D 00:00. Scramble everything from a day inside the test window on: the adapter's weights and
+    every feature of the rows before that day must not move; the rows after it must (else the canary is blind)."""
+    data = synthetic_data(2, n_users=60, n_items=40, days=90)
+    origin = E.make_origins(data.inter["ts"].to_numpy(), 2, 0.4)[0]
+    frame = frame_of(data)
+    res_a = C.origin_adapter(data, origin.t_val, SMALL, validation_days=7, select_k=5)
+    # the adapter's weights: everything at or after t_val is garbage, the weights are the same
+    late_val = C.origin_adapter(_scramble_from(data, np.datetime64(E._naive(origin.t_val))), origin.t_val, SMALL,
+                                validation_days=7, select_k=5)  # fmt: skip
+    assert res_a.model.checksum() == late_val.model.checksum()
+    # the features of each row: day D reads the graph strictly before D
+    days = np.unique(C.row_days(frame))
+    cut = days[len(days) * 3 // 4]
+    assert cut > np.datetime64(E._naive(origin.t_test))
+    scrambled = _scramble_from(data, cut)
+    fa = C.adapted_features(data, res_a.model, frame)
+    fb = C.adapted_features(scrambled, res_a.model, frame)
+    before = C.row_days(frame) < cut
+    assert before.any() and (~before).any()
+    np.testing.assert_array_equal(fa.user[before], fb.user[before])
+    np.testing.assert_array_equal(fa.item[before], fb.item[before])
+    np.testing.assert_array_equal(fa.scalars[before], fb.scalars[before])
+    assert not np.array_equal(fa.scalars[~before], fb.scalars[~before]), "the canary cannot see anything"
+    # recent popularity by hand for one row: the item's clicks in the 7 days before its day
+    r = int(np.nonzero(before)[0][-1])
+    day = C.row_days(frame)[r]
+    i = int(np.nonzero(data.item_ids == frame["item_id"].iloc[r])[0][0])
+    ts = data.inter["ts"].to_numpy()
+    want = ((data.inter["i"] == i) & (data.inter["label"] == 1) & (ts < day)
+            & (ts >= day - np.timedelta64(7, "D"))).sum()  # fmt: skip
+    assert fa.scalars[r, 2] == pytest.approx(np.log1p(want))
+
+
+def test_comparison_runs_end_to_end_on_a_tiny_input():
+    data = synthetic_data(3, n_users=60, n_items=40, days=90)
+    frame = frame_of(data)
+    train_cfg = TrainConfig(epochs=2, batch_size=64, patience=1, device="cpu")
+    rep = C.run_ctr_eval(data, frame, origins=2, span=0.4, variants=list(C.VARIANTS), seeds=[1, 2],
+                         adapter_params=SMALL, validation_days=7, select_k=5, train_cfg=train_cfg, draws=50,
+                         log=lambda m: None)  # fmt: skip
+    assert len(rep["origins"]) == 2 and all(o["adapter"]["best_epoch"] >= 1 for o in rep["origins"])
+    table = pd.DataFrame(rep["table"])
+    assert set(table["variant"]) == set(C.VARIANTS) and set(table["seed"]) == {1, 2}
+    assert table[table["slice"] == "all"]["auc"].between(0, 1).all()
+    diffs = [d for d in rep["differences"] if d["slice"] == "all"]
+    assert {d["variant"] for d in diffs} == set(C.VARIANTS) - {"ids_stats"}
+    for d in diffs:
+        assert d["runs"] == 4 and d["t_lo"] <= d["diff"] <= d["t_hi"] and d["boot_lo"] <= d["boot_hi"]
+    md = C.markdown(rep)
+    assert "adapted" in md and "bootstrap" in md
+    # the test rows of each origin are its test window, and their cold items had no click before t_test
+    for o in rep["origins"]:
+        assert o["rows"]["test"] > 0 and 0 <= o["cold_rows"] <= o["rows"]["test"]
+
+
+def test_unknown_variant_is_a_config_error():
+    from llmfeat.errors import ConfigError
+
+    data = synthetic_data(3, n_users=30, n_items=20, days=60)
+    with pytest.raises(ConfigError):
+        C.run_ctr_eval(data, frame_of(data), origins=2, span=0.4, variants=["ids_stats", "nope"], seeds=[1],
+                       adapter_params=SMALL, validation_days=7, select_k=5, train_cfg=TrainConfig())  # fmt: skip
