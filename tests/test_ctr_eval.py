@@ -50,8 +50,9 @@ def _scramble_from(data: E.EvalData, cut: np.datetime64, seed: int = 5) -> E.Eva
 
 def test_per_origin_features_never_include_an_event_at_or_after_the_cut():
     """Leakage canary. The adapter of an origin reads nothing at or after t_val; a row of day D reads nothing
-    at or after D 00:00. Scramble everything from a day inside the test window on: the adapter's weights and
-    every feature of the rows before that day must not move; the rows after it must (else the canary is blind)."""
+    at or after D 00:00. Scramble everything from a day D inside the test window on (and add clicks at D 00:00):
+    the adapter's weights and every feature of the rows of D and before must not move; the rows after D must
+    (else the canary is blind)."""
     data = synthetic_data(2, n_users=60, n_items=40, days=90)
     origin = E.make_origins(data.inter["ts"].to_numpy(), 2, 0.4)[0]
     frame = frame_of(data)
@@ -67,8 +68,8 @@ def test_per_origin_features_never_include_an_event_at_or_after_the_cut():
     scrambled = _scramble_from(data, cut)
     fa = C.adapted_features(data, res_a.model, frame)
     fb = C.adapted_features(scrambled, res_a.model, frame)
-    before = C.row_days(frame) < cut
-    assert before.any() and (~before).any()
+    before = C.row_days(frame) <= cut  # the rows of the cut day itself read only what precedes it
+    assert (C.row_days(frame) == cut).any() and (~before).any()
     np.testing.assert_array_equal(fa.user[before], fb.user[before])
     np.testing.assert_array_equal(fa.item[before], fb.item[before])
     np.testing.assert_array_equal(fa.scalars[before], fb.scalars[before])
