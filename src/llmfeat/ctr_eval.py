@@ -292,12 +292,13 @@ def summarise(runs: list[OriginRun], variants: list[str], seeds: list[int], draw
                 continue
             t = table[table["slice"] == sl].pivot_table(index=["origin", "seed"], columns="variant", values="auc")
             d = (t[v] - t[BASELINE]).dropna().to_numpy()
+            per_origin_diff = (t[v] - t[BASELINE]).groupby(level="origin").mean()
             half = st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
             b = boot_auc[v] - boot_auc[BASELINE]
             diffs.append({"slice": sl, "variant": v, "vs": BASELINE, "diff": float(d.mean()), "runs": int(len(d)),
                           "t_lo": float(d.mean() - half), "t_hi": float(d.mean() + half),
                           "boot_lo": float(np.nanpercentile(b, 2.5)), "boot_hi": float(np.nanpercentile(b, 97.5)),
-                          "origins_won": int((t[v] - t[BASELINE]).groupby(level="origin").mean().gt(0).sum())})  # fmt: skip
+                          "origins_won": int(per_origin_diff.gt(0).sum()), "origins": int(per_origin_diff.notna().sum())})  # fmt: skip
     means = (table.groupby(["slice", "variant"]).agg(auc_mean=("auc", "mean"), auc_std=("auc", "std"),
                                                      rows=("rows", "sum")).reset_index())  # fmt: skip
     return {"table": rows, "means": means.to_dict("records"), "differences": diffs}
@@ -350,10 +351,9 @@ def markdown(report: dict) -> str:
               "paired bootstrap over test rows within origins, AUC averaged over seeds):", "",
               "| variant | slice | AUC diff | t interval | bootstrap interval | origins won |",
               "|---|---|---:|---|---|---:|"]  # fmt: skip
-    n_origins = len(report["origins"])
     for d in report["differences"]:
         lines.append(f"| {d['variant']} | {d['slice']} | {d['diff']:+.4f} | [{d['t_lo']:+.4f}, {d['t_hi']:+.4f}] | "
-                     f"[{d['boot_lo']:+.4f}, {d['boot_hi']:+.4f}] | {d['origins_won']}/{n_origins} |")  # fmt: skip
+                     f"[{d['boot_lo']:+.4f}, {d['boot_hi']:+.4f}] | {d['origins_won']}/{d.get('origins', len(report['origins']))} |")  # fmt: skip
     lines += ["", "Per origin (test AUC, all rows, mean over seeds):", "",
               "| origin | test window | rows | cold rows | adapter epoch | " + " | ".join(report["protocol"]["variants"])
               + " |", "|---|---|---:|---:|---:|" + "---:|" * len(report["protocol"]["variants"])]  # fmt: skip
