@@ -6,6 +6,9 @@ Writes the "## CTR with adapted vectors (rolling origins)" section of BENCHMARKS
         --out var/bench/ctr_adapted.json --md BENCHMARKS.md
     PYTHONPATH=src python bench/ctr_adapted.py --report var/bench/ctr_adapted.json --md BENCHMARKS.md
 
+Each origin's test predictions are saved under --save-dir and not recomputed: two processes with
+``--origins 0 2`` and ``--origins 1 3 --threads 1`` split the work, a third run without --origins combines.
+
 The data directory needs the canonical interactions, the embedding set and the point-in-time training frame
 that `llmfeat train` stores (`make run` makes all three); it is only read.
 """
@@ -92,6 +95,9 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=500)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="Extra config overrides.")
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "ctr_adapted.json")
+    ap.add_argument("--save-dir", type=Path, default=REPO / "var" / "bench" / "ctr_adapted",
+                    help="Per-origin predictions; origins saved there are not run again (split a run over "
+                         "processes with --origins, then run once without it to combine).")
     ap.add_argument("--md", type=Path, help="BENCHMARKS.md to write the section into.")
     args = ap.parse_args()
     if args.report:
@@ -119,6 +125,7 @@ def main() -> int:
                                 variants=args.variants or list(C.VARIANTS), seeds=args.seeds, adapter_params=params,
                                 validation_days=cfg.adapt.validation_days, select_k=cfg.evaluate.select_k,
                                 train_cfg=train_cfg, draws=args.draws, only_origins=args.origins,
+                                save_dir=args.save_dir,
                                 log=lambda m: print(m, flush=True))  # fmt: skip
         load = os.getloadavg()
         report.update({

@@ -307,8 +307,12 @@ def summarise(runs: list[OriginRun], variants: list[str], seeds: list[int], draw
 def run_ctr_eval(data: E.EvalData, frame: pd.DataFrame, *, origins: int, span: float, variants: list[str],
                  seeds: list[int], adapter_params: dict, validation_days: int, select_k: int, train_cfg,
                  draws: int = 500, bootstrap_seed: int = 7, only_origins: list[int] | None = None,
-                 log: Callable[[str], None] = print) -> dict:  # fmt: skip
-    """The comparison over every origin; returns the report (JSON-able)."""
+                 save_dir: Path | None = None, log: Callable[[str], None] = print) -> dict:  # fmt: skip
+    """The comparison over every origin; returns the report (JSON-able). With ``save_dir``, each origin's test
+    predictions are saved there (``origin-<k>.pkl``) and an origin already saved is not run again, so one
+    long run can be split over processes and combined with ``report_from_saved``."""
+    import pickle
+
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown or BASELINE not in variants:
         raise ConfigError(f"variants {variants}: need {BASELINE!r}, known {VARIANTS}")
@@ -318,20 +322,26 @@ def run_ctr_eval(data: E.EvalData, frame: pd.DataFrame, *, origins: int, span: f
         cuts = [o for o in cuts if o.index in only_origins]
     runs = []
     for o in cuts:
+        saved = Path(save_dir) / f"origin-{o.index}.pkl" if save_dir is not None else None
+        if saved is not None and saved.is_file():
+            runs.append(pickle.loads(saved.read_bytes()))
+            continue
         log(f"ctr_eval: origin {o.index}: train < {o.t_val.date()} <= validation < {o.t_test.date()} <= test < "
             f"{o.t_end.date()}")  # fmt: skip
         runs.append(run_origin(data, frame, o, variants, seeds, adapter_params, validation_days, select_k,
                                train_cfg, log))  # fmt: skip
-    summary = summarise(runs, variants, seeds, draws, bootstrap_seed)
-    return {
-        "protocol": {"origins": origins, "span": span, "seeds": seeds, "variants": variants, "draws": draws,
-                     "adapter": {k: v for k, v in adapter_params.items()}, "validation_days": validation_days,
-                     "train": {k: getattr(train_cfg, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
-                                                                   "patience")}},  # fmt: skip
-        "origins": [{**r.origin.to_dict(), **r.info} for r in runs],
-        **summary,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_bytes(pickle.dumps(runs[-1]))
+    protocol = {"origins": origins, "span": span, "seeds": seeds, "variants": variants, "draws": draws,
+                "adapter": dict(adapter_params), "validation_days": validation_days,
+                "train": {k: getattr(train_cfg, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")}}  # fmt: skip
+    return {**report_of(runs, protocol, bootstrap_seed), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def report_of(runs: list[OriginRun], protocol: dict, bootstrap_seed: int = 7) -> dict:
+    summary = summarise(runs, protocol["variants"], protocol["seeds"], protocol["draws"], bootstrap_seed)
+    return {"protocol": protocol, "origins": [{**r.origin.to_dict(), **r.info} for r in runs], **summary}
 
 
 def markdown(report: dict) -> str:
