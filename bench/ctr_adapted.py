@@ -37,7 +37,9 @@ def verdict(report: dict) -> list[str]:
     out = []
     for v in ("adapted", "adapted_dot", "frozen_lm"):
         d_all = next((d for d in report["differences"] if d["variant"] == v and d["slice"] == "all"), None)
-        d_cold = next((d for d in report["differences"] if d["variant"] == v and d["slice"] == "cold_item"), None)
+        d_cold = next(
+            (d for d in report["differences"] if d["variant"] == v and d["slice"] == "cold_item"), None
+        )
         if d_all is None:
             continue
         met = d_all["diff"] >= 0.005
@@ -64,7 +66,7 @@ def render(report: dict) -> str:
         f"Command: `{report['command']}`. Machine: {report['machine']}. Whole run {report['seconds']} s "
         f"(finished {report['finished']}).",
         "",
-        f"Protocol (docs/adapt.md, \"CTR\"): the {p['origins']} rolling origins of `llmfeat evaluate` (span "
+        f'Protocol (docs/adapt.md, "CTR"): the {p["origins"]} rolling origins of `llmfeat evaluate` (span '
         f"{p['span']}); CTR training rows before t_val, validation rows (early stopping) in [t_val, t_test), test "
         f"rows in [t_test, t_end); seeds {p['seeds']}. Ids + stats and frozen LM features: the Feast point-in-time "
         f"frame `llmfeat train` stored. Adapted features: one adapter per origin (trained on clicks before t_val - "
@@ -95,9 +97,13 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=500)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="Extra config overrides.")
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "ctr_adapted.json")
-    ap.add_argument("--save-dir", type=Path, default=REPO / "var" / "bench" / "ctr_adapted",
-                    help="Per-origin predictions; origins saved there are not run again (split a run over "
-                         "processes with --origins, then run once without it to combine).")
+    ap.add_argument(
+        "--save-dir",
+        type=Path,
+        default=REPO / "var" / "bench" / "ctr_adapted",
+        help="Per-origin predictions; origins saved there are not run again (split a run over "
+        "processes with --origins, then run once without it to combine).",
+    )
     ap.add_argument("--md", type=Path, help="BENCHMARKS.md to write the section into.")
     args = ap.parse_args()
     if args.report:

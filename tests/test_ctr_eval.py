@@ -88,12 +88,24 @@ def test_comparison_runs_end_to_end_on_a_tiny_input(tmp_path):
     data = synthetic_data(3, n_users=60, n_items=40, days=90)
     frame = frame_of(data)
     train_cfg = TrainConfig(epochs=2, batch_size=64, patience=1, device="cpu")
-    kw = {"origins": 2, "span": 0.4, "variants": list(C.VARIANTS), "seeds": [1, 2], "adapter_params": SMALL,
-          "validation_days": 7, "select_k": 5, "train_cfg": train_cfg, "draws": 50, "log": lambda m: None}
+    kw = {
+        "origins": 2,
+        "span": 0.4,
+        "variants": list(C.VARIANTS),
+        "seeds": [1, 2],
+        "adapter_params": SMALL,
+        "validation_days": 7,
+        "select_k": 5,
+        "train_cfg": train_cfg,
+        "draws": 50,
+        "log": lambda m: None,
+    }
     rep = C.run_ctr_eval(data, frame, save_dir=tmp_path, **kw)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["origin-0.pkl", "origin-1.pkl"]
     # saved origins are read back, not run again: the same report from garbage data
-    again = C.run_ctr_eval(_scramble_from(data, data.inter["ts"].to_numpy()[0]), frame, save_dir=tmp_path, **kw)
+    again = C.run_ctr_eval(
+        _scramble_from(data, data.inter["ts"].to_numpy()[0]), frame, save_dir=tmp_path, **kw
+    )
     for key in ("table", "differences"):  # (NaN AUCs of empty cold slices: compared as equal)
         pd.testing.assert_frame_equal(pd.DataFrame(again[key]), pd.DataFrame(rep[key]))
     assert len(rep["origins"]) == 2 and all(o["adapter"]["best_epoch"] >= 1 for o in rep["origins"])
@@ -118,3 +130,43 @@ def test_unknown_variant_is_a_config_error():
     with pytest.raises(ConfigError):
         C.run_ctr_eval(data, frame_of(data), origins=2, span=0.4, variants=["ids_stats", "nope"], seeds=[1],
                        adapter_params=SMALL, validation_days=7, select_k=5, train_cfg=TrainConfig())  # fmt: skip
+
+
+def test_train_fits_deep_adapted_on_the_temporal_split_and_skips_it_with_a_reason_otherwise(tmp_path):
+    """`llmfeat train` with `deep_adapted`: trained and reported on the temporal split (its adapter trained
+    before T1), skipped with its reason on leave-last-k; the saved model names its features; scoring refuses
+    it (not served online yet)."""
+    import pyarrow as pa
+    import torch
+    from test_adapt import _adapt_cfg, _adapt_data_dir
+
+    from llmfeat import schemas, tables
+    from llmfeat.errors import ScoringModelError
+    from llmfeat.score import load_model
+    from llmfeat.train import run_train
+
+    syn, as_of = _adapt_data_dir(tmp_path)
+    root = syn.data_dir / "canonical" / "interactions"
+    inter = pd.read_parquet(tables.snapshot_dir(root, as_of))
+    inter["label"] = (np.random.default_rng(0).random(len(inter)) < 0.6).astype(
+        "int8"
+    )  # clicks and non-clicks
+    tables.write_snapshot(
+        root, as_of, pa.Table.from_pandas(inter, schema=schemas.INTERACTIONS, preserve_index=False)
+    )
+    vec = dict(zip(syn.item_ids, syn.vectors, strict=True))
+    frame = pd.DataFrame({"user_id": inter["user_id"], "item_id": inter["item_id"],
+                          "event_timestamp": pd.to_datetime(inter["event_ts"], utc=True), "label": inter["label"],
+                          "impression_id": None, ITEM_TEXT: [vec[i] for i in inter["item_id"]],
+                          "item_text_embedding__model_id": "test-model@0001"})  # fmt: skip
+    cfg = _adapt_cfg(syn.data_dir, "train.models=[deep_ids_stats, deep_adapted]", "train.protocols=[temporal, leave_last_k]",
+                     "train.epochs=2", "train.min_interactions=10", "train.device=cpu", "evaluate.select_k=5",
+                     f"paths.reports_dir={tmp_path / 'reports'}")  # fmt: skip
+    s = run_train(cfg, as_of, log=lambda m: None, frame=frame)
+    assert "temporal" in s["skipped"]["leave_last_k/deep_adapted"]
+    got = {(r["protocol"], r["model"]) for r in s["results"] if r["slice"] == "all"}
+    assert ("temporal", "deep_adapted") in got and ("leave_last_k", "deep_adapted") not in got
+    blob = torch.load(s["models"]["deep_adapted"], weights_only=False)
+    assert blob["feature_set"] == "adapted" and len(blob["dense_names"]) == blob["kwargs"]["dense_dim"]
+    with pytest.raises(ScoringModelError, match="not served online"):
+        load_model(cfg, "deep_adapted")

@@ -61,6 +61,8 @@ def _col(columns: Mapping[str, Sequence], name: str, n: int) -> Sequence:
 
 TEXT_BLOCKS = ("user_text", "user_history", "item_text")
 """The vector blocks at the front of the ``lm`` / ``tfidf`` dense input, each ``dim`` wide."""
+ADAPTED_SCALARS = ("cos_adapted", "has_adapted_user", "log_item_clicks_7d", "log_item_clicks_30d")
+"""Scalars of the ``adapted`` input (ctr_eval.adapted_features): cosine, user-vector flag, log recent popularity."""
 TEXT_SCALARS = ("cos_user_text_item", "cos_history_item", "has_user_text", "has_history", "has_item_text")
 
 
@@ -101,6 +103,12 @@ def dense_names(feature_set: str, dim: int) -> list[str]:
         return [f"{b}_{i}" for b in TEXT_BLOCKS for i in range(dim)] + list(TEXT_SCALARS) + stat_names()
     if feature_set == "ids_stats":
         return stat_names()
+    if feature_set == "adapted":  # ctr_eval.dense_inputs: built from the adapter, not from Feast columns
+        return (
+            [f"adapted_{b}_{i}" for b in ("user", "item") for i in range(dim)]
+            + list(ADAPTED_SCALARS)
+            + stat_names()
+        )
     raise ConfigError(f"unknown feature set {feature_set!r}; choose from {FEATURE_SETS}")
 
 

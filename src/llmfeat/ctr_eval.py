@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from llmfeat import evaluate as E
-from llmfeat.ctr_data import TEXT_BLOCKS, Vocab, build_dense
+from llmfeat.ctr_data import ADAPTED_SCALARS, TEXT_BLOCKS, Vocab, build_dense
 from llmfeat.errors import ConfigError, MissingInputError
 from llmfeat.feature_vector import ITEM_TEXT
 
@@ -48,7 +48,7 @@ VARIANTS = ("ids_stats", "frozen_lm", "adapted", "adapted_dot")
 BASELINE = "ids_stats"
 SLICES = ("all", "cold_item")
 POP_WINDOWS = (7, 30)
-ADAPTED_SCALARS = ("cos_adapted", "has_adapted_user", *(f"log_item_clicks_{w}d" for w in POP_WINDOWS))
+"""The windows of ``ADAPTED_SCALARS``' log_item_clicks_<w>d."""
 
 
 def load_training_frame(data_dir: Path, embedding_set: str = "default") -> pd.DataFrame:
@@ -58,7 +58,9 @@ def load_training_frame(data_dir: Path, embedding_set: str = "default") -> pd.Da
     root = training_frames.frame_root(data_dir, embedding_set)
     parts = sorted(root.glob("event_day=*/*.parquet"))
     if not parts:
-        raise MissingInputError(f"no stored training frame under {root}: run `llmfeat train` (or `make run`) first")
+        raise MissingInputError(
+            f"no stored training frame under {root}: run `llmfeat train` (or `make run`) first"
+        )
     frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     return training_frames.sort_frame(frame)
@@ -134,6 +136,36 @@ def adapted_features(data: E.EvalData, model, frame: pd.DataFrame) -> AdaptedFea
     return AdaptedFeatures(user, item, scalars)
 
 
+# --- the nightly's `deep_adapted` model (llmfeat train) --------------------------------------------------------
+
+
+def split_adapted_features(cfg, as_of, split, log: Callable[[str], None] = print):
+    """The adapted features of a ``llmfeat train`` split, for its ``deep_adapted`` model: an adapter trained
+    on the clicks before the split's T1 (early-stopped on the last ``adapt.validation_days`` before it), so it
+    never saw the CTR validation or test rows, re-propagated per event day as in the bench. Returns
+    ``(features per part, None, info)`` or ``(None, reason, {})`` when the model cannot be trained here."""
+    from llmfeat.adapt import adapter_params
+
+    if split.protocol != "temporal":
+        return None, (f"needs the temporal protocol: {split.protocol} rows share no cut before which the "
+                      "adapter could be trained without seeing them"), {}  # fmt: skip
+    data = E.load_eval_data(cfg.paths.data_dir, cfg.embed.embedding_set, as_of)
+    if data.item_vecs is None or data.model_id is None:
+        return None, f"embedding set {cfg.embed.embedding_set!r} has no item vectors", {}
+    if "+adapter@" in data.model_id:
+        return None, (f"embedding set {cfg.embed.embedding_set!r} is already adapted: train deep_adapted on its "
+                      "base set"), {}  # fmt: skip
+    t1 = pd.Timestamp(split.boundaries["t1"])
+    params = {**adapter_params(cfg.adapt), "temperature": float(cfg.adapt.temperatures[0])}
+    res = origin_adapter(data, t1, params, cfg.adapt.validation_days, cfg.evaluate.select_k)
+    log(f"train: deep_adapted: adapter before {t1.date()} (epoch {res.best_epoch}, validation recall "
+        f"{res.best_val:.4f}, {res.seconds:.0f} s)")  # fmt: skip
+    feats = {k: adapted_features(data, res.model, p) for k, p in split.parts().items()}
+    info = {"adapter_before": t1.isoformat(), "adapter_sha256": res.model.checksum(), "best_epoch": res.best_epoch,
+            "dim": int(params["dim"])}  # fmt: skip
+    return feats, None, info
+
+
 # --- model inputs per variant ---------------------------------------------------------------------------------
 
 
@@ -188,14 +220,18 @@ def run_origin(data: E.EvalData, frame: pd.DataFrame, origin: E.Origin, variants
     from llmfeat.ctr_models import CtrInputs, DeepCTR, fit, predict
 
     ts = pd.to_datetime(frame["event_timestamp"], utc=True)
-    utc = {k: pd.Timestamp(E._naive(getattr(origin, k))).tz_localize("UTC") for k in ("t_val", "t_test", "t_end")}
+    utc = {
+        k: pd.Timestamp(E._naive(getattr(origin, k))).tz_localize("UTC") for k in ("t_val", "t_test", "t_end")
+    }
     parts = {
         "train": frame[ts < utc["t_val"]],
         "validation": frame[(ts >= utc["t_val"]) & (ts < utc["t_test"])],
         "test": frame[(ts >= utc["t_test"]) & (ts < utc["t_end"])],
     }
     if any(len(p) == 0 for p in parts.values()):
-        raise ConfigError(f"origin {origin.index}: an empty CTR split ({ {k: len(v) for k, v in parts.items()} })")
+        raise ConfigError(
+            f"origin {origin.index}: an empty CTR split ({ {k: len(v) for k, v in parts.items()} })"
+        )
     dim = frame_dim(frame)
     info: dict = {"rows": {k: len(v) for k, v in parts.items()}, "seconds": {}}
     adapted: dict[str, AdaptedFeatures] = {}
@@ -290,10 +326,14 @@ def summarise(runs: list[OriginRun], variants: list[str], seeds: list[int], draw
         for v in variants:
             if v == BASELINE:
                 continue
-            t = table[table["slice"] == sl].pivot_table(index=["origin", "seed"], columns="variant", values="auc")
+            t = table[table["slice"] == sl].pivot_table(
+                index=["origin", "seed"], columns="variant", values="auc"
+            )
             d = (t[v] - t[BASELINE]).dropna().to_numpy()
             per_origin_diff = (t[v] - t[BASELINE]).groupby(level="origin").mean()
-            half = st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            half = (
+                st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            )
             b = boot_auc[v] - boot_auc[BASELINE]
             diffs.append({"slice": sl, "variant": v, "vs": BASELINE, "diff": float(d.mean()), "runs": int(len(d)),
                           "t_lo": float(d.mean() - half), "t_hi": float(d.mean() + half),

@@ -51,6 +51,11 @@ def load_model(cfg: Config, name: str = "deep_lm") -> LoadedModel:
         raise ScoringModelError(
             "the TF-IDF baseline is not served online (its text vectors are not in Feast)"
         )
+    if blob["feature_set"] == "adapted":
+        raise ScoringModelError(
+            "deep_adapted is not served online yet: its adapter is trained inside `llmfeat train` (before the "
+            "split's T1), not the published `adapted` set's (docs/adapt.md, \"CTR\")"
+        )
     cls = {"DeepCTR": DeepCTR, "LogisticRegression": LogisticRegression}[blob["class"]]
     model = cls(**blob["kwargs"])
     model.load_state_dict(blob["state_dict"])

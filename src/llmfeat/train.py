@@ -9,7 +9,9 @@
    (cold-start items, cold users, light users, warm):
    ``popularity`` (smoothed item CTR from training), ``lr_lm`` (logistic regression on the seed's vector),
    ``deep_ids_stats`` (the deep model without text), ``deep_tfidf`` (TF-IDF text instead of the language
-   model), ``deep_lm`` (the deep model with language-model features).
+   model), ``deep_lm`` (the deep model with language-model features), optionally ``deep_adapted`` (ids + stats
+   + the collaborative adapter's vectors, cosine and log recent popularity; ``ctr_eval.split_adapted_features``;
+   temporal protocol only, skipped with its reason otherwise).
 4. Artefacts: each model with its feature list, id vocabularies, embedding model id and metrics under
    ``<data_dir>/models/ctr/<run>/``, ``current.json`` pointing at the latest run; the report (Markdown + PNG
    plots) under ``<data_dir>/reports/<run>/`` (or ``paths.reports_dir``), as absolute paths.
@@ -38,8 +40,9 @@ from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, lo
 from llmfeat.splits import Split, leave_last_k, slice_masks, temporal_split
 from llmfeat.texts import render
 
-MODELS = ("popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm")
-FEATURE_SET = {"lr_lm": "lm_vector", "deep_ids_stats": "ids_stats", "deep_tfidf": "tfidf", "deep_lm": "lm"}
+MODELS = ("popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm", "deep_adapted")
+FEATURE_SET = {"lr_lm": "lm_vector", "deep_ids_stats": "ids_stats", "deep_tfidf": "tfidf", "deep_lm": "lm",
+               "deep_adapted": "adapted"}  # fmt: skip
 
 
 def models_dir(cfg: Config) -> Path:
@@ -109,9 +112,13 @@ class PreparedSplit:
 
 
 def _inputs(feature_set: str, frame: pd.DataFrame, dim: int, users: Vocab, items: Vocab, tfidf: TfidfSpace | None,
-            clicks: pd.DataFrame) -> CtrInputs:  # fmt: skip
+            clicks: pd.DataFrame, adapted=None) -> CtrInputs:  # fmt: skip
     at = pd.to_datetime(frame["event_timestamp"], utc=True)
-    if feature_set == "tfidf":
+    if feature_set == "adapted":
+        from llmfeat.ctr_eval import dense_inputs
+
+        dense = dense_inputs("adapted", frame, dim, adapted)
+    elif feature_set == "tfidf":
         columns = tfidf.columns(frame, clicks)
         dense = build_dense("tfidf", columns, at, tfidf.dim, len(frame))
     else:
@@ -243,6 +250,7 @@ def run_train(
     curves: dict[str, dict[str, list[dict]]] = {}
     predictions: dict[str, dict[str, np.ndarray]] = {}
     saved: dict[str, str] = {}
+    skipped: dict[str, str] = {}
     for split in splits:
         train, val, test = split.train, split.validation, split.test
         log(f"train: {split.protocol}: {len(train)} train / {len(val)} validation / {len(test)} test rows")
@@ -257,8 +265,17 @@ def run_train(
                 probs = _popularity(train, test)
             else:
                 fs = FEATURE_SET[name]
+                adapted: dict = {}
+                if fs == "adapted":
+                    from llmfeat.ctr_eval import split_adapted_features
+
+                    adapted, reason, adapted_info = split_adapted_features(cfg, as_of, split, log)
+                    if reason:
+                        skipped[f"{split.protocol}/{name}"] = reason
+                        log(f"train: {split.protocol}: {name} skipped: {reason}")
+                        continue
                 data = {
-                    part: _inputs(fs, df, dim, users, items_vocab, tfidf, clicks)
+                    part: _inputs(fs, df, dim, users, items_vocab, tfidf, clicks, adapted.get(part))
                     for part, df in split.parts().items()
                 }
                 width = data["train"].dense.shape[1]
@@ -271,6 +288,8 @@ def run_train(
                         kwargs.update(
                             text_blocks=len(TEXT_BLOCKS), text_dim=tfidf.dim if fs == "tfidf" else dim
                         )
+                    elif fs == "adapted":
+                        kwargs.update(text_blocks=2, text_dim=adapted_info["dim"])
                     model = DeepCTR(**kwargs)
                 log(f"train: {split.protocol}: fitting {name} ({width} dense features) ...")
                 fitted = fit(model, data["train"], data["validation"], train_cfg,
@@ -281,7 +300,7 @@ def run_train(
             results += metrics
             predictions[split.protocol][name] = probs
             if fitted is not None and split.protocol == t.protocols[0]:
-                vec_dim = tfidf.dim if fs == "tfidf" else dim
+                vec_dim = tfidf.dim if fs == "tfidf" else adapted_info["dim"] if fs == "adapted" else dim
                 dims = {"names": dense_names(fs, vec_dim), "dim": vec_dim}
                 saved[name] = str(_save_model(out_dir, name, fitted.model, fs, dims, users, items_vocab,
                                               embedding_model_id, metrics, kwargs))  # fmt: skip
@@ -306,6 +325,7 @@ def run_train(
         },  # fmt: skip
         "results": results,
         "models": saved,
+        "skipped": skipped,
         "report": str(report_dir / "report.md"),
         "seconds": {"features": round(fetched - started, 3), "training": round(done - fetched, 3)},
     }
