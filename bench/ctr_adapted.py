@@ -43,15 +43,20 @@ def verdict(report: dict) -> list[str]:
         if d_all is None:
             continue
         met = d_all["diff"] >= 0.005
-        sure = d_all["boot_lo"] > 0 and d_all["t_lo"] > 0
+        lo = min(d_all["t_lo"], d_all["boot_lo"])
+        sure = (
+            "both intervals above +0.005" if lo >= 0.005 else
+            f"intervals above 0, but their lower ends ({d_all['t_lo']:+.4f}, {d_all['boot_lo']:+.4f}) are below +0.005"
+            if lo > 0 else "an interval includes 0"
+        )  # fmt: skip
         cold = "n/a" if d_cold is None else (
             "no loss" if d_cold["diff"] >= 0 else "a significant LOSS" if d_cold["boot_hi"] < 0
             else "lower, but the interval includes 0")  # fmt: skip
         out.append(f"- `{v}` - `ids_stats`: {d_all['diff']:+.4f} AUC (t [{d_all['t_lo']:+.4f}, {d_all['t_hi']:+.4f}], "
-                   f"bootstrap [{d_all['boot_lo']:+.4f}, {d_all['boot_hi']:+.4f}]): bar +0.005 "
-                   f"{'met' if met else 'NOT met'}{' (interval above 0)' if sure else ' (interval includes 0)' if not d_all['boot_lo'] > 0 else ''}"
-                   + (f"; cold items {d_cold['diff']:+.4f} [{d_cold['boot_lo']:+.4f}, {d_cold['boot_hi']:+.4f}]: {cold}."
-                      if d_cold else "."))  # fmt: skip
+                   f"bootstrap [{d_all['boot_lo']:+.4f}, {d_all['boot_hi']:+.4f}]): bar +0.005 on the mean "
+                   f"{'met' if met else 'NOT met'} ({sure})"
+                   + (f"; cold items {d_cold['diff']:+.4f} [{d_cold['boot_lo']:+.4f}, {d_cold['boot_hi']:+.4f}] "
+                      f"({d_cold['origins_won']}/{d_cold.get('origins', '?')} origins up): {cold}." if d_cold else "."))  # fmt: skip
     return out
 
 
@@ -63,7 +68,7 @@ def render(report: dict) -> str:
     lines = [
         f"## {TITLE}",
         "",
-        f"Command: `{report['command']}`. Machine: {report['machine']}. Whole run {report['seconds']} s "
+        f"Command: `{report['command']}`. Machine: {report['machine']}. Whole run {report['seconds']}{' s' if isinstance(report['seconds'], int | float) else ''} "
         f"(finished {report['finished']}).",
         "",
         f'Protocol (docs/adapt.md, "CTR"): the {p["origins"]} rolling origins of `llmfeat evaluate` (span '
@@ -78,6 +83,9 @@ def render(report: dict) -> str:
         "**Against the issue's bar** (computed from the numbers above):",
         "",
         *verdict(report),
+        "",
+        "What the adapted features are, what each origin's adapter saw, and the caveats (epoch cap, adapter weights "
+        'trained on the CTR training rows\' clicks, a small cold slice): docs/adapt.md, "CTR".',
         "",
     ]
     return "\n".join(lines)
