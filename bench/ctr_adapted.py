@@ -71,6 +71,17 @@ def render(report: dict) -> str:
         f"Command: `{report['command']}`. Machine: {report['machine']}. Whole run {report['seconds']}{' s' if isinstance(report['seconds'], int | float) else ''} "
         f"(finished {report['finished']}).",
         "",
+        "Data: "
+        + (
+            ", ".join(
+                f"{k} {report['data'][k]}"
+                for k in ("snapshot", "interactions", "clicks", "users", "items", "embedding_set", "model_id")
+            )
+            if "data" in report
+            else "-"
+        )
+        + ".",
+        "",
         f'Protocol (docs/adapt.md, "CTR"): the {p["origins"]} rolling origins of `llmfeat evaluate` (span '
         f"{p['span']}); CTR training rows before t_val, validation rows (early stopping) in [t_val, t_test), test "
         f"rows in [t_test, t_end); seeds {p['seeds']}. Ids + stats and frozen LM features: the Feast point-in-time "
@@ -142,6 +153,7 @@ def main() -> int:
                                 save_dir=args.save_dir,
                                 log=lambda m: print(m, flush=True))  # fmt: skip
         load = os.getloadavg()
+        report["data"] = data.info
         report.update({
             "command": "python " + " ".join(sys.argv), "seconds": round(time.perf_counter() - started, 1),
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
