@@ -156,13 +156,17 @@ def split_adapted_features(cfg, as_of, split, log: Callable[[str], None] = print
         return None, (f"embedding set {cfg.embed.embedding_set!r} is already adapted: train deep_adapted on its "
                       "base set"), {}  # fmt: skip
     t1 = pd.Timestamp(split.boundaries["t1"])
-    params = {**adapter_params(cfg.adapt), "temperature": float(cfg.adapt.temperatures[0])}
-    res = origin_adapter(data, t1, params, cfg.adapt.validation_days, cfg.evaluate.select_k)
+    res = None
+    for tau in cfg.adapt.temperatures:  # chosen on the adapter's validation window, as `llmfeat adapt` does
+        params = {**adapter_params(cfg.adapt), "temperature": float(tau)}
+        r = origin_adapter(data, t1, params, cfg.adapt.validation_days, cfg.evaluate.select_k)
+        if res is None or r.best_val > res.best_val:
+            res = r
     log(f"train: deep_adapted: adapter before {t1.date()} (epoch {res.best_epoch}, validation recall "
         f"{res.best_val:.4f}, {res.seconds:.0f} s)")  # fmt: skip
     feats = {k: adapted_features(data, res.model, p) for k, p in split.parts().items()}
     info = {"adapter_before": t1.isoformat(), "adapter_sha256": res.model.checksum(), "best_epoch": res.best_epoch,
-            "dim": int(params["dim"])}  # fmt: skip
+            "temperature": res.model.params["temperature"], "dim": int(cfg.adapt.dim)}  # fmt: skip
     return feats, None, info
 
 
