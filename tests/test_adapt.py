@@ -138,6 +138,20 @@ def test_item_dropout_isolates_the_dropped_items_and_trains_them_from_text():
     assert np.isfinite(runs[0].model.vectors(ctx.X, inputs)[1]).all()
 
 
+def test_fresh_slots_lift_the_best_items_without_clicks_and_nothing_else():
+    base = np.array([[5.0, 4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    fresh = np.array([[0.0, 0.0, 0.1, 0.9, 0.5], [0.9, 0.0, 0.0, 0.2, 0.0]])
+    is_new = np.array([False, False, True, True, True])
+    assert A.fresh_slot_scores(base, fresh, is_new, 0) is base
+    out = A.fresh_slot_scores(base, fresh, is_new, 2)
+    order = np.argsort(-out, axis=1)
+    # user 0: the new items 3 and 4 (best fresh scores) first, in fresh order, then the base order
+    assert order[0].tolist() == [3, 4, 0, 1, 2]
+    # user 1: item 0 has the best fresh score but has clicks: only new items (3, then 2 or 4) are lifted
+    assert order[1][:2].tolist()[0] == 3 and set(order[1][:2]) <= {2, 3, 4}
+    assert order[1][2:].tolist() == [o for o in np.argsort(-base[1]) if o not in order[1][:2]]
+
+
 def _adapt_data_dir(tmp_path, model_id: str = "test-model@0001"):
     """tests/synthetic.py's data dir with clicks spread over the two months before the snapshot."""
     import pyarrow as pa

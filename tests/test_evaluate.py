@@ -161,7 +161,7 @@ def test_adapter_runs_inside_the_evaluation_with_validation_selection():
 
     cfg = fast_cfg()
     acfg = AdaptConfig(dim=8, hidden=16, epochs=2, patience=1, batch_size=64, negatives=16, temperatures=[0.1, 0.3],
-                       hybrid_weights=[0.0, 1.0], threads=1, device="cpu")  # fmt: skip
+                       hybrid_weights=[0.0, 1.0], fresh_slots=[0, 2], threads=1, device="cpu")  # fmt: skip
     methods = [m for m in E.baseline_methods(cfg) if m.name == "recent_popularity"] + evaluation_methods(acfg)
     rep = E.run_evaluation(synthetic_data(3), cfg, methods, lambda m: None)
     for o in rep["origins"]:
@@ -170,4 +170,6 @@ def test_adapter_runs_inside_the_evaluation_with_validation_selection():
             o["chosen"]["adapted"]["temperature"] in (0.1, 0.3) and 1 <= o["chosen"]["adapted"]["epochs"] <= 2
         )
         assert "_model" not in o["chosen"]["adapted"]  # trained weights stay out of the report
+        assert len(o["validation"]["adapted_fresh"]) == 2 and o["chosen"]["adapted_fresh"]["slots"] in (0, 2)
     assert any(d["a"] == "adapted_hybrid" and d["b"] == "recent_popularity" for d in rep["differences"])
+    assert any(d["a"] == "adapted_fresh" and d["b"] == "adapted_hybrid" for d in rep["differences"])

@@ -430,6 +430,24 @@ def hybrid_scores(
     return user_vecs @ item_vecs.T + weight * log_pop[None, :]
 
 
+def fresh_slot_scores(base: np.ndarray, fresh: np.ndarray, is_new: np.ndarray, slots: int) -> np.ndarray:
+    """``base`` scores (users x items) with each user's ``slots`` best items without clicks, by ``fresh``
+    (their adapted cosine: the item tower), lifted above every other item -- the "new items get a few
+    reserved slots" policy of a recommender, since an item without clicks cannot win on a popularity-shaped
+    score. ``slots=0`` returns ``base`` unchanged."""
+    cand = np.nonzero(is_new)[0]
+    if slots <= 0 or len(cand) == 0:
+        return base
+    k = min(int(slots), len(cand))
+    f = np.asarray(fresh)[:, cand]
+    top = np.argpartition(-f, k - 1, axis=1)[:, :k]
+    out = np.array(base, dtype=np.float64, copy=True)
+    lift = float(np.max(out)) - float(np.min(out)) + 1.0
+    rows = np.arange(out.shape[0])[:, None]
+    out[rows, cand[top]] = np.max(out, axis=1, keepdims=True) + lift + np.take_along_axis(f, top, axis=1)
+    return out
+
+
 # --- the methods `llmfeat evaluate` runs -------------------------------------------------------------------
 
 
@@ -482,12 +500,24 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
         w = params["weight"]
         return E.Fit(lambda users: hybrid_scores(U[users], IV, log_pop, w))
 
+    def fit_fresh(ctx, params, val=None):
+        inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
+        hyb = params["hybrid"]
+        U, IV = hyb["adapted"]["_model"].vectors(ctx.X, inputs)
+        log_pop = np.log1p(E.recent_counts(ctx, hyb["recent"]))
+        is_new = ctx.item_clicks == 0
+        return E.Fit(lambda users: fresh_slot_scores(hybrid_scores(U[users], IV, log_pop, hyb["weight"]),
+                                                     U[users] @ IV.T, is_new, params["slots"]))  # fmt: skip
+
     return [
         E.Method("adapted", lambda ch: [{**base, "temperature": float(t)} for t in cfg_adapt.temperatures],
                  fit_adapted, needs_vectors=True),
         E.Method("adapted_hybrid", lambda ch: [{"adapted": ch["adapted"], "recent": ch["recent_popularity"],
                                                 "weight": float(w)} for w in cfg_adapt.hybrid_weights],
                  fit_hybrid, needs_vectors=True),
+        E.Method("adapted_fresh", lambda ch: [{"hybrid": ch["adapted_hybrid"], "slots": int(n)}
+                                              for n in cfg_adapt.fresh_slots],
+                 fit_fresh, needs_vectors=True),
     ]  # fmt: skip
 
 

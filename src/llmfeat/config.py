@@ -501,6 +501,9 @@ class AdaptConfig:
     what was new and shown at the time."""
     hybrid_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0])
     """Weights of the log recent-popularity prior tried for the hybrid score."""
+    fresh_slots: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
+    """Reserved slots for items without clicks (ranked by their tower vector) tried on top of the hybrid score
+    in ``llmfeat evaluate`` (method ``adapted_fresh``); the best validation recall wins."""
     validation_days: int = 14
     """Nightly: the last N days before the snapshot are the validation window for early stopping."""
     seed: int = 7
@@ -515,6 +518,8 @@ class AdaptConfig:
                f"must be positive, got {self.temperatures}")  # fmt: skip
         _check(self.negatives >= 0 and self.cold_neighbours >= 0 and self.tower_loss >= 0, "adapt.negatives",
                "negatives, cold_neighbours and tower_loss must be >= 0")  # fmt: skip
+        _check(bool(self.fresh_slots) and all(n >= 0 for n in self.fresh_slots), "adapt.fresh_slots",
+               f"must be a non-empty list of counts >= 0, got {self.fresh_slots}")  # fmt: skip
         _check(0 <= self.item_dropout < 1, "adapt.item_dropout", f"must be within [0, 1), got {self.item_dropout}")
         _device("adapt.device", self.device)
         _check(bool(self.output_set.strip()) and "/" not in self.output_set, "adapt.output_set",

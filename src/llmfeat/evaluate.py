@@ -701,12 +701,11 @@ def run_evaluation(data: EvalData, cfg_eval, methods: list[Method], log: Callabl
 
 
 def default_comparisons(names: list[str]) -> list[tuple[str, str]]:
-    heads = [n for n in ("adapted_hybrid", "adapted") if n in names]
+    heads = [n for n in ("adapted_fresh", "adapted_hybrid", "adapted") if n in names]
     out = []
     for a in heads:
         out += [(a, b) for b in names if b != a and b not in heads]
-    if len(heads) == 2:
-        out.append(("adapted_hybrid", "adapted"))
+    out += [(a, b) for i, a in enumerate(heads) for b in heads[i + 1 :]]
     return out
 
 
@@ -812,6 +811,8 @@ def methods_for(cfg) -> list[Method]:
         needed = set(wanted)
         if "ease+recent_pop" in needed:
             needed |= {"ease", "recent_popularity"}
+        if "adapted_fresh" in needed:
+            needed |= {"adapted_hybrid"}
         if "adapted_hybrid" in needed:
             needed |= {"adapted", "recent_popularity"}
         methods = [m for m in methods if m.name in needed]
