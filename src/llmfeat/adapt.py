@@ -596,6 +596,37 @@ def _emb_table(key: str, ids, vectors: np.ndarray, model: str, ts, created, extr
     return pa.table(cols)
 
 
+@dataclass
+class ValidationSplit:
+    """Training at ``cut``: the clicks before ``start`` (= cut - validation days) are the graph and the training
+    clicks, the clicks in [start, cut) the validation targets that ``validate(model)`` scores (recall@k)."""
+
+    start: object
+    ctx: object
+    targets: object
+    inputs: Inputs
+    validate: Callable[[AdaptedModel], float]
+
+
+def validation_split(data, cut, validation_days: int, k: int) -> ValidationSplit:
+    """How the nightly stage trains at ``cut`` (and ``ctr_eval`` per origin): reads ``data`` before ``cut`` only."""
+    import pandas as pd
+
+    from llmfeat import evaluate as E
+
+    sel = data.before(cut)
+    start = pd.Timestamp(cut) - pd.Timedelta(days=validation_days)
+    ctx = E.context(sel, start)
+    tg = E.targets(sel, ctx, start, cut)
+    inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
+
+    def validate(m: AdaptedModel) -> float:
+        U, IV = m.vectors(ctx.X, inputs)
+        return E.selection_score(lambda users: U[users] @ IV.T, ctx, tg, k)
+
+    return ValidationSplit(start, ctx, tg, inputs, validate)
+
+
 def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dict:
     """Train the adapter on the clicks before ``as_of`` (00:00 UTC) of the canonical snapshot, with the last
     ``adapt.validation_days`` as validation window (temperature, early stopping, hybrid weight), and write the
@@ -617,19 +648,13 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     out_root = embedding_paths(cfg.paths.data_dir, a.output_set).root
     check_output_set(_existing_model_ids(out_root), data.model_id, a.output_set, base_set)
     snapshot = pd.Timestamp(as_of, tz="UTC")
-    t_val = snapshot - pd.Timedelta(days=a.validation_days)
     data = data.before(snapshot)  # nothing at or after the snapshot exists for this stage
-    ctx_v = E.context(data, t_val)
-    tg = E.targets(data, ctx_v, t_val, snapshot)
+    k = cfg.evaluate.select_k
+    v = validation_split(data, snapshot, a.validation_days, k)
+    ctx_v, tg, inputs_v, validate, t_val = v.ctx, v.targets, v.inputs, v.validate, v.start
     if len(tg) == 0 or ctx_v.X.nnz == 0:
         raise TooLittleDataError(f"too few clicks to train the adapter: {ctx_v.X.nnz} before {t_val.date()}, "
                          f"{len(tg)} users with clicks in the validation window")  # fmt: skip
-    k = cfg.evaluate.select_k
-    inputs_v = make_inputs(ctx_v.X, ctx_v.item_vecs, ctx_v.user_first_text, ctx_v.user_text_found)
-
-    def validate(m: AdaptedModel) -> float:
-        U, IV = m.vectors(ctx_v.X, inputs_v)
-        return E.selection_score(lambda users: U[users] @ IV.T, ctx_v, tg, k)
 
     best = None
     tried = []

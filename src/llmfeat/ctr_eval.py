@@ -76,18 +76,10 @@ def origin_adapter(data: E.EvalData, cut: pd.Timestamp, params: dict, validation
     Reads only ``data.before(cut)``. Returns the ``adapt.TrainResult``."""
     from llmfeat import adapt as A
 
-    sel = data.before(cut)
-    t_a = pd.Timestamp(cut) - pd.Timedelta(days=validation_days)
-    ctx = E.context(sel, t_a)
-    tg = E.targets(sel, ctx, t_a, cut)
-    inputs = A.make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
-
-    def validate(m) -> float:
-        U, IV = m.vectors(ctx.X, inputs)
-        return E.selection_score(lambda users: U[users] @ IV.T, ctx, tg, select_k)
-
-    return A.train_adapter(ctx.X, ctx.click_u, ctx.click_i, ctx.click_age_days, inputs, params,
-                           validate=validate if len(tg) else None, log=log)  # fmt: skip
+    v = A.validation_split(data, cut, validation_days, select_k)
+    ctx = v.ctx
+    return A.train_adapter(ctx.X, ctx.click_u, ctx.click_i, ctx.click_age_days, v.inputs, params,
+                           validate=v.validate if len(v.targets) else None, log=log)  # fmt: skip
 
 
 @dataclass
