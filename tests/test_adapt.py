@@ -219,6 +219,15 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
     got = prior[r._row_of.get_indexer(heavy.ids)]
     assert list(got) == sorted(got, reverse=True)
     assert r.with_prior(prior, 0.0).for_user(syn.user_ids[0], 5, hybrid=True).ids == res.ids
+    # fresh slots: the user's nearest items among those without clicks come first, then the hybrid ranking
+    new_rows = np.nonzero(prior == 0)[0]
+    seen = set(r._item_ids[r._seen.get(syn.user_ids[0], [])])
+    fresh = r.with_prior(prior, 100.0, new_rows=new_rows, fresh_slots=2).for_user(
+        syn.user_ids[0], 5, hybrid=True
+    )
+    want_new = [i for i in plain.ids if i in set(r._item_ids[new_rows])][:2]
+    assert fresh.ids[:2] == want_new and not seen & set(fresh.ids) and fresh.method.endswith("+fresh(2)")
+    assert fresh.ids[2:] == [i for i in heavy.ids if i not in want_new][:3]
     # mixing refused: frozen user vectors against the adapted index, a set of another base, the base set
     with pytest.raises(IndexModelMismatchError):
         check_model(mid, "test-model@0001")

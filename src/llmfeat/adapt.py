@@ -269,7 +269,9 @@ def _impute(x: np.ndarray, ref_x: np.ndarray, resid: np.ndarray, k: int) -> np.n
     return resid[top].mean(axis=1)
 
 
-def _dropped_items_graph(X: sp.spmatrix, inputs: Inputs, dropped: np.ndarray, device: str) -> tuple[Graph, dict]:
+def _dropped_items_graph(
+    X: sp.spmatrix, inputs: Inputs, dropped: np.ndarray, device: str
+) -> tuple[Graph, dict]:
     """The graph and inputs with every click on ``dropped`` removed (those items become isolated nodes)."""
     keep = np.ones(X.shape[1], np.float32)
     keep[dropped] = 0.0
@@ -678,6 +680,22 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
             s = E.selection_score(lambda users: hybrid_scores(U[users], IV, log_pop, w), ctx_v, tg, k)  # noqa: B023
             if s > hybrid["val_recall"] + 1e-12:
                 hybrid = {"window_days": w_days, "weight": float(w), "val_recall": round(s, 5)}
+    # reserved slots for items without clicks on top of the hybrid score, also chosen on validation
+    is_new = ctx_v.item_clicks == 0
+    log_pop = np.log1p(E.recent_counts(ctx_v, {"window_days": hybrid["window_days"] or 1}))
+    hybrid["fresh_slots"] = 0
+
+    def with_slots(n: int):
+        def score(users):
+            base = hybrid_scores(U[users], IV, log_pop, hybrid["weight"])
+            return fresh_slot_scores(base, U[users] @ IV.T, is_new, n)
+
+        return score
+
+    for n in a.fresh_slots:
+        s = E.selection_score(with_slots(n), ctx_v, tg, k)
+        if s > hybrid["val_recall"] + 1e-12:
+            hybrid.update(fresh_slots=int(n), val_recall=round(s, 5))
     # vectors over the graph at the snapshot (clicks before it), with the weights trained above
     ctx = E.context(data, snapshot)
     inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)

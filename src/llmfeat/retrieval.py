@@ -428,14 +428,19 @@ class Retriever:
         flt = item_filter or self.make_filter(categories, allow, deny)
         return self.search(self._vectors[row], k, exclude_rows=np.array([row], np.int64), item_filter=flt)
 
-    def with_prior(self, log_popularity: np.ndarray, weight: float) -> Retriever:
+    def with_prior(self, log_popularity: np.ndarray, weight: float, *, new_rows: np.ndarray | None = None,
+                   fresh_slots: int = 0) -> Retriever:  # fmt: skip
         """A copy whose ``for_user(..., hybrid=True)`` ranks by ``cos + weight * log_popularity[item]``
-        (``log_popularity`` aligned with the index rows; see ``popularity_prior``)."""
+        (``log_popularity`` aligned with the index rows; see ``popularity_prior``), with the user's
+        ``fresh_slots`` nearest items among ``new_rows`` (items without clicks) first: an item without clicks
+        cannot win on a popularity-shaped score, so new items get reserved slots."""
         import copy
 
         out = copy.copy(self)
         out._prior = np.asarray(log_popularity, dtype=np.float32)
         out._prior_weight = float(weight)
+        out._new_rows = np.unique(np.asarray(new_rows if new_rows is not None else [], np.int64))
+        out._fresh_slots = int(fresh_slots)
         return out
 
     def for_user(
@@ -512,11 +517,29 @@ class Retriever:
         wide = self.for_user(user_id, min(self.count, max(10 * k, 200)), categories, exclude_seen)
         rows = self._row_of.get_indexer(pd.Index(wide.ids, dtype=object))
         scores = np.asarray(wide.scores, np.float32) + self._prior_weight * prior[rows]
-        order = np.argsort(-scores, kind="stable")[:k]
-        rows = rows[order]
-        return Results(ids=self._item_ids[rows].tolist(), scores=[float(x) for x in scores[order]],
-                       index_version=self.version, method=f"hybrid({wide.method})",
-                       titles=[self._titles[r] for r in rows])  # fmt: skip
+        order = np.argsort(-scores, kind="stable")
+        rows, scores, method = rows[order], scores[order], f"hybrid({wide.method})"
+        fresh = self._fresh_for_user(
+            user_id, min(k, getattr(self, "_fresh_slots", 0)), categories, exclude_seen
+        )
+        if fresh is not None and len(fresh.ids):
+            new = self._row_of.get_indexer(pd.Index(fresh.ids, dtype=object))
+            rest = ~np.isin(rows, new)
+            rows = np.concatenate([new, rows[rest]])
+            scores = np.concatenate([np.asarray(fresh.scores, np.float32), scores[rest]])
+            method += f"+fresh({len(new)})"
+        rows, scores = rows[:k], scores[:k]
+        return Results(ids=self._item_ids[rows].tolist(), scores=[float(x) for x in scores],
+                       index_version=self.version, method=method, titles=[self._titles[r] for r in rows])  # fmt: skip
+
+    def _fresh_for_user(self, user_id, n: int, categories, exclude_seen) -> Results | None:
+        """The user's ``n`` nearest items among those without clicks (within ``categories``), or None."""
+        new_rows = getattr(self, "_new_rows", None)
+        if n <= 0 or new_rows is None or not len(new_rows):
+            return None
+        flt = self.make_filter(categories)
+        rows = new_rows if flt.rows is None else np.intersect1d(new_rows, flt.rows, assume_unique=True)
+        return self.for_user(user_id, n, exclude_seen=exclude_seen, item_filter=ItemFilter(self.count, rows))
 
     def search(
         self,
@@ -823,9 +846,9 @@ def _to_gpu(loaded: LoadedIndex) -> tuple[faiss.Index, str]:
         return faiss.index_cpu_to_all_gpus(flat), f"gpu x{faiss.get_num_gpus()} (exact flat)"
 
 
-def popularity_prior(data_dir: Path, item_ids: Sequence[str], window_days: int, as_of) -> np.ndarray:
-    """log(1 + clicks in the trailing ``window_days``) per item, from the published item_stats change log
-    (latest row per item with event_timestamp <= as_of; 0 for items without one)."""
+def item_clicks(data_dir: Path, item_ids: Sequence[str], col: str, as_of) -> np.ndarray:
+    """The item_stats column ``col`` (e.g. ``clicks_7d``, ``clicks_total``) per item, from the published change
+    log (latest row per item with event_timestamp <= as_of; 0 for items without one)."""
     import pyarrow.dataset as ds
 
     from llmfeat.vectors import _PARTITIONING, utc
@@ -833,7 +856,6 @@ def popularity_prior(data_dir: Path, item_ids: Sequence[str], window_days: int, 
     root = Path(data_dir) / "features" / "item_stats"
     if not tables.snapshot_dates(root):
         raise FileNotFoundError(f"no item_stats under {root}: run `llmfeat stats` first")
-    col = f"clicks_{int(window_days)}d"
     at = utc(pd.Timestamp(as_of))
     import pyarrow as pa
 
@@ -849,8 +871,13 @@ def popularity_prior(data_dir: Path, item_ids: Sequence[str], window_days: int, 
         "item_id", keep="last"
     )
     clicks = pd.Index(latest["item_id"]).get_indexer(pd.Index(list(item_ids), dtype=object))
-    values = np.where(clicks >= 0, latest[col].to_numpy()[np.maximum(clicks, 0)], 0)
-    return np.log1p(values.astype(np.float64)).astype(np.float32)
+    return np.where(clicks >= 0, latest[col].to_numpy()[np.maximum(clicks, 0)], 0).astype(np.float64)
+
+
+def popularity_prior(data_dir: Path, item_ids: Sequence[str], window_days: int, as_of) -> np.ndarray:
+    """log(1 + clicks in the trailing ``window_days``) per item, from the published item_stats change log
+    (latest row per item with event_timestamp <= as_of; 0 for items without one)."""
+    return np.log1p(item_clicks(data_dir, item_ids, f"clicks_{int(window_days)}d", as_of)).astype(np.float32)
 
 
 def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
@@ -860,9 +887,12 @@ def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
 
     card = load_card(cfg)
     h = card.get("hybrid") or {}
-    if not h.get("window_days") or not h.get("weight"):
-        return retriever.with_prior(np.zeros(retriever.count, np.float32), 0.0)
-    prior = popularity_prior(
-        cfg.paths.data_dir, retriever._item_ids.tolist(), h["window_days"], retriever.loaded.as_of
+    ids, as_of = retriever._item_ids.tolist(), retriever.loaded.as_of
+    weight = float(h.get("weight") or 0.0) if h.get("window_days") else 0.0
+    prior = popularity_prior(cfg.paths.data_dir, ids, h["window_days"], as_of) if weight \
+        else np.zeros(retriever.count, np.float32)  # fmt: skip
+    slots = int(h.get("fresh_slots") or 0)
+    new_rows = (
+        np.nonzero(item_clicks(cfg.paths.data_dir, ids, "clicks_total", as_of) == 0)[0] if slots else None
     )
-    return retriever.with_prior(prior, float(h["weight"]))
+    return retriever.with_prior(prior, weight, new_rows=new_rows, fresh_slots=slots)
