@@ -51,11 +51,12 @@ from llmfeat.encoder import (
 )
 from llmfeat.errors import ConfigError, ModelMismatchError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
+from llmfeat.feast.names import EMBEDDING_TABLES
 from llmfeat.sources.raw import InputError
 from llmfeat.texts import render_all, template_fields
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
-EMBED_TABLES = ("item_text", "user_text", "user_history")
+EMBED_TABLES = EMBEDDING_TABLES
 
 
 class NothingToEmbedError(InputError):

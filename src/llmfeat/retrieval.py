@@ -240,8 +240,8 @@ class Retriever:
         if not need_users:
             pass
         elif users is None and cfg.serve.user_source == "feast":
+            from llmfeat.feast.store import open_store
             from llmfeat.online import FeastUserVectors
-            from llmfeat.publish import open_store
 
             users = FeastUserVectors(open_store(cfg), user_kind or cfg.serve.user_vectors)
         elif users is None:

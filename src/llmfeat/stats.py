@@ -38,9 +38,9 @@ from llmfeat.changelog import (
 )
 from llmfeat.config import Config
 from llmfeat.faults import NO_FAULTS, Faults
-
-WINDOWS_DAYS = (1, 7, 30)
-STATS_TABLES = ("item_stats", "user_stats", "item_meta")
+from llmfeat.feast import names as n
+from llmfeat.feast.names import STATS_TABLES, packed_columns, stat_columns  # noqa: F401 - re-exported
+from llmfeat.feast.names import WINDOWS as WINDOWS_DAYS
 
 
 @dataclass(frozen=True)
@@ -57,23 +57,6 @@ class StatsPaths:
 
 def stats_paths(data_dir: Path) -> StatsPaths:
     return StatsPaths(Path(data_dir) / "features")
-
-
-def stat_columns(noun: str, windows: Sequence[int] = WINDOWS_DAYS) -> list[str]:
-    """Value columns of a stats table, in order. ``noun`` is "impressions" (items) or "events" (users)."""
-    cols = []
-    for w in windows:
-        cols += [f"{noun}_{w}d", f"clicks_{w}d", f"ctr_{w}d"]
-    return [*cols, f"{noun}_total", "clicks_total", "ctr_total", "last_event_ts"]
-
-
-def packed_columns(noun: str, windows: Sequence[int] = WINDOWS_DAYS) -> list[str]:
-    """What the ``packed`` column holds, in order: counts, CTRs, then the last event as days since the epoch
-    (NaN when there is none). One array per row is what online rankers fetch: a 100-item lookup reads one
-    value per item instead of one per stat."""
-    counts = [f"{noun}_{w}d" for w in windows] + [f"{noun}_total"]
-    ctrs = [f"ctr_{w}d" for w in windows] + ["ctr_total"]
-    return [*counts, *ctrs, "last_event_days"]
 
 
 def pack(frame: pd.DataFrame, noun: str) -> list[np.ndarray]:
@@ -285,8 +268,8 @@ def run_stats(
     try:
         if times:
             for name, entities, key, noun in (
-                ("item_stats", items, "item_id", "impressions"),
-                ("user_stats", users, "user_id", "events"),
+                (n.ITEM_STATS_TABLE, items, n.ITEM_KEY, n.IMPRESSIONS),
+                (n.USER_STATS_TABLE, users, n.USER_KEY, n.EVENTS),
             ):
                 rows = _entity_stats(
                     spark,

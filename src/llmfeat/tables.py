@@ -133,16 +133,24 @@ def read_snapshot(
     return pq.read_table(path, schema=schema)
 
 
-def write_json(path: Path, payload: dict) -> Path:
-    """Write a JSON document atomically: a hidden temporary file beside it, then one rename."""
-    import json
-
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically: a hidden temporary file beside it, then one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Write a JSON document atomically (``write_atomic``)."""
+    import json
+
+    return write_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 def run_id(as_of: dt.date, now: dt.datetime | None = None) -> str:

@@ -33,7 +33,7 @@ from llmfeat.config import Config, reports_dir
 from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
 from llmfeat.errors import ConfigError, MissingInputError, ModelMismatchError, TooLittleDataError  # noqa: F401 - re-exported
-from llmfeat.feature_vector import ITEM_TEXT
+from llmfeat.feast.names import ITEM_MODEL_ID, ITEM_TEXT
 from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss
 from llmfeat.splits import Split, leave_last_k, slice_masks, temporal_split
 from llmfeat.texts import render
@@ -176,7 +176,7 @@ def fetch_training_frame(
     ``stats``, when given, receives what was reused and fetched."""
     from llmfeat import training_frames
     from llmfeat.embed import embedding_paths
-    from llmfeat.publish import open_store
+    from llmfeat.feast.store import open_store
 
     rows = training_rows(cfg, as_of)
     if len(rows) < cfg.train.min_interactions:
@@ -213,7 +213,7 @@ def run_train(
     frame = frame.copy()
     frame["event_ts"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     dim = _embedding_dim(frame)
-    model_ids = frame["item_text_embedding__model_id"].dropna().unique().tolist()
+    model_ids = frame[ITEM_MODEL_ID].dropna().unique().tolist()
     embedding_model_id = model_ids[0] if len(model_ids) == 1 else None
     if len(model_ids) > 1:
         raise ModelMismatchError(f"the training frame mixes embedding models {model_ids}")

@@ -33,8 +33,8 @@ from pathlib import Path
 import pandas as pd
 
 from llmfeat import tables
+from llmfeat.feast.names import CTR_TRAINING as SERVICE
 
-SERVICE = "ctr_training"
 STATE = "state.json"
 ORDER = ["event_timestamp", "user_id", "item_id"]
 
@@ -91,7 +91,7 @@ def fetch(
 ) -> tuple[pd.DataFrame, FrameStats]:
     """The point-in-time frame of ``rows`` (user_id, item_id, event_timestamp, label, ...), fetching from Feast
     only the event days not stored yet (or changed); sorted by event time, user, item."""
-    from llmfeat.offline import historical_features
+    from llmfeat.feast.offline import historical_features
 
     root = Path(root)
     rows = rows.copy()
