@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from llmfeat import tables
 from llmfeat.errors import FailureError, MissingInputError, ModelMismatchError, TooLittleDataError
 from llmfeat.feast.names import WINDOWS
+from llmfeat.layout import DataDir
 
 ADAPTER_FILE = "adapter.pt"
 CARD_FILE = "adapter.json"
@@ -510,7 +511,7 @@ def base_of(model_id: str) -> str:
 
 
 def adapter_dir(cfg) -> Path:
-    return Path(cfg.paths.data_dir) / "models" / "adapters" / cfg.adapt.output_set
+    return DataDir(Path(cfg.paths.data_dir)).adapters(cfg.adapt.output_set)
 
 
 def check_output_set(

@@ -52,6 +52,7 @@ from llmfeat.encoder import (
 from llmfeat.errors import ConfigError, ModelMismatchError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.feast.names import EMBEDDING_TABLES
+from llmfeat.layout import DataDir
 from llmfeat.sources.raw import InputError
 from llmfeat.texts import render_all, template_fields
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
@@ -71,7 +72,7 @@ def require_items(data_dir: Path, as_of: dt.date) -> Path:
     path = require_canonical(data_dir, as_of, ("items",))["items"]
     files = sorted(path.glob("*.parquet"))
     if sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0:
-        quarantine = tables.snapshot_dir(tables.canonical_dir(data_dir, "quarantine"), as_of)
+        quarantine = tables.snapshot_dir(DataDir(Path(data_dir)).quarantine, as_of)
         raise NothingToEmbedError(
             f"nothing to embed: the items table of snapshot {as_of} ({path}) has no rows; "
             f"see the ingest quarantine ({quarantine}). Nothing was written."
@@ -105,7 +106,7 @@ class EmbeddingPaths:
 
 
 def embedding_paths(data_dir: Path, embedding_set: str) -> EmbeddingPaths:
-    return EmbeddingPaths(Path(data_dir) / "embeddings" / embedding_set)
+    return EmbeddingPaths(DataDir(Path(data_dir)).embeddings(embedding_set))
 
 
 def set_for_model(model_dir: Path | str) -> str:
@@ -533,7 +534,7 @@ def run_embed(
         stored = dict.fromkeys(("item", "user"), next(iter(stored.values())))
     pools = {k: stored[k].dropDuplicates(["content_hash"]) if k in stored else None for k in ("item", "user")}
     # Spark ignores input paths whose name starts with "." or "_", so the work area must not.
-    staging = paths.root / "work" / f"run-{run_id}"
+    staging = DataDir.work(paths.root, run_id)
     staging.mkdir(parents=True)
     run = _Run(
         spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim, created=pd.Timestamp(started),

@@ -51,6 +51,7 @@ from llmfeat.encoder import (
     resolve_device,
 )
 from llmfeat.errors import TooLittleDataError
+from llmfeat.layout import DataDir
 from llmfeat.splits import Split, temporal_split
 from llmfeat.texts import render
 from llmfeat.user_state import UserStateParams, user_snapshots
@@ -255,7 +256,7 @@ def _trainable_state(model) -> dict:
 
 def output_dir(cfg: Config) -> Path:
     f = cfg.finetune
-    return Path(f.output_dir) if f.output_dir else Path(cfg.paths.data_dir) / "models" / "encoders" / f.name
+    return Path(f.output_dir) if f.output_dir else DataDir(Path(cfg.paths.data_dir)).encoders(f.name)
 
 
 def run_finetune(

@@ -53,6 +53,7 @@ from llmfeat.errors import (  # noqa: F401 - re-exported
     MissingInputError,
 )
 from llmfeat.faults import NO_FAULTS, Faults
+from llmfeat.layout import DataDir
 from llmfeat.vectors import normalise, read_latest
 
 FORMAT_VERSION = 1
@@ -69,7 +70,7 @@ TUNE_K = 10
 
 
 def index_root(data_dir: Path, embedding_set: str) -> Path:
-    return Path(data_dir) / "index" / embedding_set
+    return DataDir(Path(data_dir)).index(embedding_set)
 
 
 # --- inputs -------------------------------------------------------------------------------------------

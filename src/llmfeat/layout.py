@@ -48,7 +48,7 @@ def check_set_name(name: str) -> str:
 @dataclass(frozen=True)
 class DataDir:
     """Paths under one data directory. ``DataDir.of(cfg)`` is absolute; ``DataDir(path)`` keeps ``path`` as
-    given. Methods taking an embedding set check its name."""
+    given. ``feast`` checks the embedding set's name (it becomes part of a Feast project name)."""
 
     root: Path
 
@@ -66,14 +66,14 @@ class DataDir:
 
     # --- embed / stats / train frame ---
     def embeddings(self, emb_set: str) -> Path:
-        return self.root / "embeddings" / check_set_name(emb_set)
+        return self.root / "embeddings" / emb_set
 
     @property
     def features(self) -> Path:
         return self.root / "features"
 
     def training_frame(self, emb_set: str) -> Path:
-        return self.features / "training_frame" / check_set_name(emb_set)
+        return self.features / "training_frame" / emb_set
 
     @staticmethod
     def work(stage_root: Path, run_id: str) -> Path:
@@ -86,7 +86,7 @@ class DataDir:
         return root if check_set_name(emb_set) == DEFAULT_SET else root / "sets" / emb_set
 
     def index(self, emb_set: str) -> Path:
-        return self.root / "index" / check_set_name(emb_set)
+        return self.root / "index" / emb_set
 
     # --- models ---
     @property
@@ -99,13 +99,13 @@ class DataDir:
 
     def ctr_models(self, emb_set: str) -> Path:
         root = self.ctr_models_root
-        return root if check_set_name(emb_set) == DEFAULT_SET else root / "sets" / emb_set
+        return root if emb_set == DEFAULT_SET else root / "sets" / emb_set
 
     def encoders(self, name: str) -> Path:
         return self.models / "encoders" / name
 
     def adapters(self, emb_set: str) -> Path:
-        return self.models / "adapters" / check_set_name(emb_set)
+        return self.models / "adapters" / emb_set
 
     # --- operations ---
     @property

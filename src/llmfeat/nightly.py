@@ -37,6 +37,7 @@ from llmfeat import tables
 from llmfeat.config import Config, absolute_paths
 from llmfeat.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
+from llmfeat.layout import DataDir
 
 STAGES = ("ingest", "embed", "stats", "publish", "index", "train")
 DEPENDS_ON = {
@@ -67,12 +68,12 @@ def dependents(stages: set[str]) -> set[str]:
 
 
 def run_dir(cfg: Config, as_of: dt.date) -> Path:
-    return Path(cfg.paths.data_dir).resolve() / "runs" / as_of.isoformat()
+    return DataDir.of(cfg).run(as_of)
 
 
 @contextlib.contextmanager
 def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
-    path = Path(data_dir) / ".llmfeat.lock"
+    path = DataDir(Path(data_dir)).lock
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = path.open("a+")
     try:
@@ -98,27 +99,9 @@ def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
         fh.close()
 
 
-# What a writer that died leaves behind: work areas of the Spark stages, staging and swapped-out directories
-# of atomic publishes (tables.staged_dir / publish_dir), index versions being pruned, temporary symlinks.
-LEFTOVERS = (
-    "embeddings/*/work/run-*",
-    "features/work/run-*",
-    "canonical/*/.staging-*",
-    "canonical/*/.old-*",
-    "embeddings/*/*/.staging-*",
-    "embeddings/*/*/.old-*",
-    "features/*/.staging-*",
-    "features/*/.old-*",
-    "index/*/versions/.staging-*",
-    "index/*/versions/.old-*",
-    "index/*/versions/.deleting-*",
-    "index/*/.current-*",
-)
-
-
 def remove_leftovers(data_dir: Path) -> list[Path]:
     """Remove what interrupted writers left behind; only safe while holding the data-directory lock."""
-    found = sorted({p for pattern in LEFTOVERS for p in Path(data_dir).glob(pattern)})
+    found = DataDir(Path(data_dir)).leftovers()  # layout.DataDir.leftover_patterns: derived from the layout
     for path in found:
         if path.is_symlink() or path.is_file():
             path.unlink(missing_ok=True)

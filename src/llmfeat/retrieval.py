@@ -40,8 +40,10 @@ from llmfeat.errors import (  # noqa: F401 - re-exported
     UnknownItemError,
     UnknownUserError,
 )
+from llmfeat.feast.names import ITEM_STATS_TABLE
 from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, probe_lists, scan_target
 from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
+from llmfeat.layout import DataDir
 from llmfeat.vectors import normalise, read_latest
 
 _PARTIAL_LISTS = 512
@@ -731,7 +733,7 @@ def popularity_prior(data_dir: Path, item_ids: Sequence[str], window_days: int, 
 
     from llmfeat.vectors import _PARTITIONING, utc
 
-    root = Path(data_dir) / "features" / "item_stats"
+    root = DataDir(Path(data_dir)).features / ITEM_STATS_TABLE
     if not tables.snapshot_dates(root):
         raise FileNotFoundError(f"no item_stats under {root}: run `llmfeat stats` first")
     col = f"clicks_{int(window_days)}d"

@@ -41,6 +41,7 @@ from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.feast import names as n
 from llmfeat.feast.names import STATS_TABLES, packed_columns, stat_columns  # noqa: F401 - re-exported
 from llmfeat.feast.names import WINDOWS as WINDOWS_DAYS
+from llmfeat.layout import DataDir
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class StatsPaths:
 
 
 def stats_paths(data_dir: Path) -> StatsPaths:
-    return StatsPaths(Path(data_dir) / "features")
+    return StatsPaths(DataDir(Path(data_dir)).features)
 
 
 def pack(frame: pd.DataFrame, noun: str) -> list[np.ndarray]:
@@ -261,7 +262,7 @@ def run_stats(
     times = snapshot_times(snapshot_from, as_of, every)
     existing = {name: read_table(spark, paths.table(name)) for name in STATS_TABLES}
     created = pd.Timestamp(started)
-    staging = paths.root / "work" / f"run-{run_id}"
+    staging = DataDir.work(paths.root, run_id)
     staging.mkdir(parents=True)
     counts: dict[str, int] = {}
     firsts = {"item_meta": as_of}

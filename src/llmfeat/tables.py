@@ -25,13 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llmfeat.errors import MissingInputError
+from llmfeat.layout import DataDir
 
 PARQUET_FILE = "part-00000.parquet"
 _RENAME_EXCHANGE = 2
 
 
 def canonical_dir(data_dir: Path, table: str) -> Path:
-    return Path(data_dir) / "canonical" / table
+    return DataDir(Path(data_dir)).canonical(table)
 
 
 def snapshot_dir(root: Path, snapshot_date: dt.date) -> Path:

@@ -34,6 +34,7 @@ from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
 from llmfeat.errors import ConfigError, MissingInputError, ModelMismatchError, TooLittleDataError  # noqa: F401 - re-exported
 from llmfeat.feast.names import ITEM_MODEL_ID, ITEM_TEXT
+from llmfeat.layout import DataDir
 from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss
 from llmfeat.splits import Split, leave_last_k, slice_masks, temporal_split
 from llmfeat.texts import render
@@ -46,9 +47,7 @@ def models_dir(cfg: Config) -> Path:
     """CTR models of ``cfg``'s embedding set: ``<data_dir>/models/ctr`` for the default set, else
     ``<data_dir>/models/ctr/sets/<set>``; each has its own ``current.json``, so switching
     ``embed.embedding_set`` switches the rankers with the features, and rolling back is switching back."""
-    root = Path(cfg.paths.data_dir) / "models" / "ctr"
-    emb_set = cfg.embed.embedding_set
-    return root if emb_set == "default" else root / "sets" / emb_set
+    return DataDir(Path(cfg.paths.data_dir)).ctr_models(cfg.embed.embedding_set)
 
 
 def run_dir_of(pointer: Path) -> Path:
@@ -79,7 +78,7 @@ def training_rows(cfg: Config, as_of: dt.date) -> pd.DataFrame:
 
 def other_set_summaries(cfg: Config, as_of: dt.date) -> list[dict]:
     """The current run of every other embedding set's CTR models on the same snapshot (for the report)."""
-    root = Path(cfg.paths.data_dir) / "models" / "ctr"
+    root = DataDir(Path(cfg.paths.data_dir)).ctr_models_root
     pointers = [root / "current.json", *sorted((root / "sets").glob("*/current.json"))]
     own = (models_dir(cfg) / "current.json").resolve()
     out = []

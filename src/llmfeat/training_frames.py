@@ -34,6 +34,7 @@ import pandas as pd
 
 from llmfeat import tables
 from llmfeat.feast.names import CTR_TRAINING as SERVICE
+from llmfeat.layout import DataDir
 
 STATE = "state.json"
 ORDER = ["event_timestamp", "user_id", "item_id"]
@@ -59,7 +60,7 @@ class FrameStats:
 
 
 def frame_root(data_dir: Path, embedding_set: str) -> Path:
-    return Path(data_dir) / "features" / "training_frame" / embedding_set
+    return DataDir(Path(data_dir)).training_frame(embedding_set)
 
 
 def _day_dir(root: Path, day: dt.date) -> Path:
