@@ -52,6 +52,7 @@ from llmfeat.feast.store import (  # noqa: F401 - feast_dir ... rebase_registry 
     rebase_registry,
     write_repo_files,
 )
+from llmfeat.results import PublishResult
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -64,7 +65,7 @@ def _utc(t: dt.datetime) -> dt.datetime:
 
 def run_publish(
     cfg: Config, as_of: dt.date, *, full: bool = False, log=print, faults: Faults = NO_FAULTS
-) -> dict:
+) -> PublishResult:
     """Apply the repository and materialise up to the snapshot time of ``as_of`` (00:00 UTC, inclusive).
 
     One view at a time: Feast records a view's materialised interval in the registry only after the view is
@@ -99,7 +100,7 @@ def run_publish(
     for line in feast_output.getvalue().splitlines():
         if line.startswith("Materializing"):
             log(f"publish: {_ANSI.sub('', line).strip()}")
-    return {
+    return PublishResult({
         "as_of": as_of.isoformat(),
         "materialized_until": end.isoformat(),
         "feature_views": sorted(v.name for v in views),
@@ -111,4 +112,4 @@ def run_publish(
         "embedding_set": cfg.embed.embedding_set,
         "feature_store_yaml": str(yaml_path),
         "seconds": {"apply": round(applied - started, 3), "materialize": round(done - applied, 3)},
-    }
+    })  # fmt: skip

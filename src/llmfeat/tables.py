@@ -134,6 +134,12 @@ def read_snapshot(
     return pq.read_table(path, schema=schema)
 
 
+def parquet_rows(*paths: Path) -> int:
+    """Rows in the Parquet files under ``paths`` (files or directories), from their footers: no data read."""
+    files = [f for p in map(Path, paths) for f in ([p] if p.is_file() else sorted(p.rglob("*.parquet")))]
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
 def write_atomic(path: Path, data: str | bytes) -> Path:
     """Replace ``path`` with ``data`` atomically: a hidden temporary file beside it, then one rename."""
     path = Path(path)
@@ -151,7 +157,12 @@ def write_json(path: Path, payload: dict) -> Path:
     """Write a JSON document atomically (``write_atomic``)."""
     import json
 
-    return write_atomic(path, json.dumps(payload, indent=2, default=str))
+    return write_atomic(path, json.dumps(payload, indent=2, default=_jsonable))
+
+
+def _jsonable(value):
+    """Typed results (``results.StageResult``) as their ``to_dict()``; anything else as its string."""
+    return value.to_dict() if hasattr(value, "to_dict") else str(value)
 
 
 def run_id(as_of: dt.date, now: dt.datetime | None = None) -> str:
