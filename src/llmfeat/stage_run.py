@@ -63,6 +63,11 @@ class StageRun:
         """Run ``fn`` as a named, logged, timed phase."""
         return self.phases.run(name, fn)
 
+    @property
+    def started_clock(self) -> float:
+        """``time.perf_counter()`` when the run started (for ``mark``)."""
+        return self._clock
+
     def mark(self, name: str, since: float) -> float:
         """Record a phase that ran inline since ``since`` (a ``time.perf_counter()``); returns now."""
         now = time.perf_counter()
