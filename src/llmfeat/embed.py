@@ -510,11 +510,10 @@ def run_embed(
     )
     existing = {name: read_table(spark, getattr(paths, name)) for name in EMBED_TABLES}
     stage.phase("check model ids", lambda: check_model(existing, current_model))
-    if snapshot_from is None:
+    if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update
         earliest = users.agg(F.min("updated_at")).collect()[0][0]
         snapshot_from = first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
-    times = snapshot_times(snapshot_from, as_of, every)
-    resolved = resolve_spec(spec)
+    times, resolved = snapshot_times(snapshot_from, as_of, every), resolve_spec(spec)
     with stage.staging(paths.root) as staging:
         run = _Run(
             spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim,
@@ -539,9 +538,7 @@ def run_embed(
         faults.reach("embed.after_write_before_commit")
         published = stage.phase("publish", lambda: _publish(paths, staging, firsts, as_of))
     return stage.write_manifest(paths.manifests, {
-        "embedding_set": cfg.embed.embedding_set, "model_id": current_model, "model_dir": spec.model_dir, "dim": dim,
-        "pooling": resolved.pooling, "max_tokens": spec.max_tokens,
-        "prompts": {"item": resolved.item_prompt, "user": resolved.user_prompt}, "dims": resolved.dims,
+        "embedding_set": cfg.embed.embedding_set, **_model_fields(spec, resolved, current_model, dim),
         "runtime": sorted(run.runtimes) or ["(nothing encoded)"], "spark_master": spark.sparkContext.master,
         "snapshots": {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
                       "count": len(times)},
@@ -550,6 +547,13 @@ def run_embed(
         "outputs": {k: str(getattr(paths, k)) for k in (*EMBED_TABLES, "quarantine")},
         "published_partitions": published,
     }, EmbedResult)  # fmt: skip
+
+
+def _model_fields(spec, resolved, model: str, dim: int) -> dict:
+    """The encoder as the manifest records it."""
+    return {"model_id": model, "model_dir": spec.model_dir, "dim": dim, "pooling": resolved.pooling,
+            "max_tokens": spec.max_tokens, "prompts": {"item": resolved.item_prompt, "user": resolved.user_prompt},
+            "dims": resolved.dims}  # fmt: skip
 
 
 def _reuse_pools(existing: dict, resolved) -> dict:
