@@ -3,7 +3,7 @@
 Each result wraps the stage's manifest (``data``, as written to disk and to the nightly's markers) and gives
 it a type: the rows the stage read and wrote (``rows_read`` / ``rows_written``; None where the stage has no
 row count to give, e.g. Feast does not report how many rows a materialisation wrote), ``to_dict()`` (the
-manifest with those two counts) and a one-line ``headline()``. A result is also a read-only mapping over
+manifest with those counts it has) and a one-line ``headline()``. A result is also a read-only mapping over
 ``to_dict()``, so code that indexed the old manifest dicts keeps working.
 
 ``result_for(stage, summary)`` rebuilds the result of a stage from its recorded summary (a skipped stage's
@@ -42,7 +42,13 @@ class StageResult(Mapping):
         return self.data.get("seconds", {})
 
     def to_dict(self) -> dict:
-        return {**self.data, "rows_read": self.rows_read, "rows_written": self.rows_written}
+        """``data`` with ``rows_read`` / ``rows_written`` (each left out when the stage has no such count)."""
+        rows = {"rows_read": self.rows_read, "rows_written": self.rows_written}
+        return {**self.data, **{k: v for k, v in rows.items() if v is not None}}
+
+    def __bool__(self) -> bool:
+        """False for the empty result of a stage that did not run."""
+        return bool(self.data)
 
     def rows(self) -> str:
         """'rows read R, written W' (a dash for a count the stage does not have)."""
