@@ -357,7 +357,7 @@ def run_nightly(
                     on_stage(stage, "running")
                 t0 = time.perf_counter()
                 try:
-                    summary = functions[stage](pending_redo.is_file())
+                    summary = R.result_for(stage, functions[stage](pending_redo.is_file()))
                 except LlmfeatError:
                     raise
                 except Exception as exc:  # named, so the operator knows where the rerun resumes
