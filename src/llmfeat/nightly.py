@@ -347,9 +347,8 @@ def run_nightly(
                     continue
                 if marker.is_file():
                     pending_redo.unlink(missing_ok=True)
-                    results.append(
-                        StageResult(stage, "skipped", summary=R.result_for(stage, json.loads(marker.read_text())["summary"]))
-                    )
+                    recorded = json.loads(marker.read_text())["summary"]
+                    results.append(StageResult(stage, "skipped", summary=R.result_for(stage, recorded)))
                     if on_stage:
                         on_stage(stage, "skipped")
                     continue
