@@ -49,7 +49,7 @@ from llmfeat.encoder import (
 from llmfeat.errors import ConfigError, ModelMismatchError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.feast.names import EMBEDDING_TABLES
-from llmfeat.layout import DataDir
+from llmfeat.layout import DataDir, EmbeddingPaths, embedding_paths  # noqa: F401 - re-exported
 from llmfeat.results import EmbedResult
 from llmfeat.sources.raw import InputError
 from llmfeat.stage_run import Phases, StageRun
@@ -79,33 +79,6 @@ def require_items(data_dir: Path, as_of: dt.date) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class EmbeddingPaths:
-    root: Path
-
-    @property
-    def item_text(self) -> Path:
-        return self.root / "item_text"
-
-    @property
-    def user_text(self) -> Path:
-        return self.root / "user_text"
-
-    @property
-    def user_history(self) -> Path:
-        return self.root / "user_history"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine"
-
-    @property
-    def manifests(self) -> Path:
-        return self.root / "manifests"
-
-
-def embedding_paths(data_dir: Path, embedding_set: str) -> EmbeddingPaths:
-    return EmbeddingPaths(DataDir(Path(data_dir)).embeddings(embedding_set))
 
 
 def set_for_model(model_dir: Path | str) -> str:

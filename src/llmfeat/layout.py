@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmfeat.errors import ConfigError
+from llmfeat.feast.names import ITEM_TEXT_TABLE, USER_HISTORY_TABLE, USER_TEXT_TABLE
 
 DEFAULT_SET = "default"
 _SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -147,3 +148,53 @@ class DataDir:
     def leftovers(self) -> list[Path]:
         """What ``leftover_patterns`` finds now."""
         return sorted({p for pattern in self.leftover_patterns() for p in self.root.glob(pattern)})
+
+
+@dataclass(frozen=True)
+class EmbeddingPaths:
+    """One embedding set's tables (``DataDir.embeddings``): item_text, user_text, user_history, the texts
+    that rendered empty, and the embed runs' manifests."""
+
+    root: Path
+
+    @property
+    def item_text(self) -> Path:
+        return self.root / ITEM_TEXT_TABLE
+
+    @property
+    def user_text(self) -> Path:
+        return self.root / USER_TEXT_TABLE
+
+    @property
+    def user_history(self) -> Path:
+        return self.root / USER_HISTORY_TABLE
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+
+def embedding_paths(data_dir: Path, embedding_set: str) -> EmbeddingPaths:
+    return EmbeddingPaths(DataDir(Path(data_dir)).embeddings(embedding_set))
+
+
+@dataclass(frozen=True)
+class StatsPaths:
+    """The stats tables (``DataDir.features``) and the stats runs' manifests."""
+
+    root: Path
+
+    def table(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+
+def stats_paths(data_dir: Path) -> StatsPaths:
+    return StatsPaths(DataDir(Path(data_dir)).features)

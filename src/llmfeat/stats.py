@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,25 +37,9 @@ from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.feast import names as n
 from llmfeat.feast.names import STATS_TABLES, packed_columns, stat_columns  # noqa: F401 - re-exported
 from llmfeat.feast.names import WINDOWS as WINDOWS_DAYS
-from llmfeat.layout import DataDir
+from llmfeat.layout import StatsPaths, stats_paths  # noqa: F401 - re-exported
 from llmfeat.results import StatsResult
 from llmfeat.stage_run import StageRun
-
-
-@dataclass(frozen=True)
-class StatsPaths:
-    root: Path
-
-    def table(self, name: str) -> Path:
-        return self.root / name
-
-    @property
-    def manifests(self) -> Path:
-        return self.root / "manifests"
-
-
-def stats_paths(data_dir: Path) -> StatsPaths:
-    return StatsPaths(DataDir(Path(data_dir)).features)
 
 
 def pack(frame: pd.DataFrame, noun: str) -> list[np.ndarray]:

@@ -175,8 +175,8 @@ def fetch_training_frame(
     for the event days not stored yet (``training_frames``); ``refresh`` fetches every day again.
     ``stats``, when given, receives what was reused and fetched."""
     from llmfeat import training_frames
-    from llmfeat.embed import embedding_paths
     from llmfeat.feast.store import open_store
+    from llmfeat.layout import embedding_paths
 
     rows = training_rows(cfg, as_of)
     if len(rows) < cfg.train.min_interactions:
