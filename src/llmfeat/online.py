@@ -1,9 +1,9 @@
 """Online feature lookup for rankers: 1 user x N candidate items -> the model input matrix.
 
 The features are those of the ``ranker`` feature service. They are read view by view straight from Feast's
-online store (``OnlineStore.online_read``, the call ``get_online_features`` makes underneath): one read per
-user view with 1 key, one per item view with the N keys, and the stored protobuf values decoded straight to
-numpy. ``get_online_features(...).to_dict()`` on the same store returns the same numbers, but spends most of
+online store (``OnlineStore.online_read``, the call ``get_online_features`` makes underneath, through the Feast
+adapter's ``llmfeat.feast.online.OnlineReader``): one read per user view with 1 key, one per item view with
+the N keys, and the stored protobuf values decoded straight to numpy. ``get_online_features(...).to_dict()`` on the same store returns the same numbers, but spends most of
 a 100-item lookup on registry lookups, response building and converting 38,400 floats to Python objects and
 back (BENCHMARKS.md, "Feast"); the test suite checks the two paths agree.
 
