@@ -87,7 +87,7 @@ def ensure_ctr(cfg: Config, as_of: dt.date) -> dict:
         if summary["as_of"] == as_of.isoformat():
             return summary
     t = time.perf_counter()
-    summary = run_train(cfg, as_of, log=lambda m: None)
+    summary = run_train(cfg, as_of, log=lambda m: None).to_dict()
     log(f"train {cfg.embed.embedding_set}: {round(time.perf_counter() - t, 1)} s, report {summary['report']}")
     return summary
 

@@ -4,8 +4,10 @@ The tables are written by llmfeat's jobs (``llmfeat nightly``, or ``embed`` and 
 log partitioned by snapshot_date, so a point-in-time join picks each entity's latest row at or before the
 entity timestamp. Feature values never expire (see NO_EXPIRY).
 
-Where the tables are: ``$LLMFEAT_DATA_DIR`` (default: ``../var/data``, what ``make run`` writes) and the
-embedding set ``$LLMFEAT_EMBEDDING_SET`` (default: ``default``). ``llmfeat publish`` keeps a copy of this file
+Where the tables are: ``llmfeat publish`` says so when it loads this file (it sets ``LLMFEAT_LOCATION``, a
+(data directory, embedding set) pair, in the module's namespace before running it); the plain CLI reads
+``$LLMFEAT_DATA_DIR`` (default: ``../var/data``, what ``make run`` writes) and the embedding set
+``$LLMFEAT_EMBEDDING_SET`` (default: ``default``). ``llmfeat publish`` keeps a copy of this file
 in each data directory (``<data_dir>/feast/features.py``, ``<data_dir>/feast/sets/<set>/features.py``); there
 the defaults are that data directory and that set, so ``feast -c <data_dir>/feast apply`` works on any copy.
 Switching rankers to another embedding set
@@ -13,6 +15,8 @@ Switching rankers to another embedding set
 does it from ``embed.embedding_set``).
 
 Feature order for rankers and the CTR job is fixed by the ``ranker`` and ``ctr_training`` services below.
+Every name (entities, views, features, services, tables, stats windows) comes from ``llmfeat.feast.names``,
+which llmfeat reads features by: this file needs llmfeat installed (the plain ``feast`` of llmfeat's venv).
 """
 
 import os
@@ -22,6 +26,8 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, ValueType
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 from feast.types import Array, Float32, Int32, String, UnixTimestamp
+
+from llmfeat.feast import names as n
 
 
 def _default_location() -> tuple[Path, str]:
@@ -35,18 +41,26 @@ def _default_location() -> tuple[Path, str]:
     return here.parent / "var" / "data", "default"
 
 
-DATA_DIR = Path(os.environ.get("LLMFEAT_DATA_DIR") or _default_location()[0]).resolve()
-EMBEDDING_SET = os.environ.get("LLMFEAT_EMBEDDING_SET") or _default_location()[1]
+def _location() -> tuple[Path, str]:
+    given = globals().get("LLMFEAT_LOCATION")  # set by llmfeat's loader before this module runs
+    if given:
+        return Path(given[0]), given[1]
+    data_dir, emb_set = _default_location()
+    env = os.environ.get
+    return Path(env("LLMFEAT_DATA_DIR") or data_dir), env("LLMFEAT_EMBEDDING_SET") or emb_set
+
+
+DATA_DIR, EMBEDDING_SET = _location()
+DATA_DIR = DATA_DIR.resolve()
 EMBEDDINGS = DATA_DIR / "embeddings" / EMBEDDING_SET
 FEATURES = DATA_DIR / "features"
 
 # A ttl of 0 also means "never expires" for point-in-time joins, but makes `feast materialize-incremental`
 # start one year before *now* on its first run, which skips older data. A century is explicit and safe.
 NO_EXPIRY = timedelta(days=36_500)
-WINDOWS = (1, 7, 30)
 
-user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A user id")
-item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="An item id")
+user = Entity(name=n.USER, join_keys=[n.USER_KEY], value_type=ValueType.STRING, description="A user id")
+item = Entity(name=n.ITEM, join_keys=[n.ITEM_KEY], value_type=ValueType.STRING, description="An item id")
 
 
 def _source(name: str, path: Path) -> SparkSource:
@@ -60,74 +74,67 @@ def _source(name: str, path: Path) -> SparkSource:
 
 
 def _counts(noun: str) -> list[Field]:
-    fields = []
-    for w in WINDOWS:
-        fields += [
-            Field(name=f"{noun}_{w}d", dtype=Int32),
-            Field(name=f"clicks_{w}d", dtype=Int32),
-            Field(name=f"ctr_{w}d", dtype=Float32),
-        ]
-    return fields + [
-        Field(name=f"{noun}_total", dtype=Int32),
-        Field(name="clicks_total", dtype=Int32),
-        Field(name="ctr_total", dtype=Float32),
-        Field(name="last_event_ts", dtype=UnixTimestamp),
-    ]
+    """The stats table's columns: counts Int32, CTRs Float32, the last event a timestamp."""
+
+    def dtype(column: str):
+        return UnixTimestamp if column == "last_event_ts" else Float32 if column.startswith("ctr_") else Int32
+
+    return [Field(name=c, dtype=dtype(c)) for c in n.stat_columns(noun)]
 
 
 item_text_embedding = FeatureView(
-    name="item_text_embedding",
+    name=n.ITEM_TEXT_VIEW,
     entities=[item],
     ttl=NO_EXPIRY,
-    schema=[Field(name="embedding", dtype=Array(Float32)), Field(name="model_id", dtype=String)],
-    source=_source("item_text", EMBEDDINGS / "item_text"),
+    schema=[Field(name=n.EMBEDDING, dtype=Array(Float32)), Field(name=n.MODEL_ID, dtype=String)],
+    source=_source(n.ITEM_TEXT_TABLE, EMBEDDINGS / n.ITEM_TEXT_TABLE),
     tags={"embedding_set": EMBEDDING_SET},
     description="Language-model embedding of the item's templated text (L2-normalised).",
 )
 
 user_text_embedding = FeatureView(
-    name="user_text_embedding",
+    name=n.USER_TEXT_VIEW,
     entities=[user],
     ttl=NO_EXPIRY,
     schema=[
-        Field(name="embedding", dtype=Array(Float32)),
-        Field(name="model_id", dtype=String),
-        Field(name="n_history", dtype=Int32),
+        Field(name=n.EMBEDDING, dtype=Array(Float32)),
+        Field(name=n.MODEL_ID, dtype=String),
+        Field(name=n.N_HISTORY, dtype=Int32),
     ],
-    source=_source("user_text", EMBEDDINGS / "user_text"),
+    source=_source(n.USER_TEXT_TABLE, EMBEDDINGS / n.USER_TEXT_TABLE),
     tags={"embedding_set": EMBEDDING_SET},
     description="Embedding of the user's profile + titles of their latest clicks before each snapshot.",
 )
 
 user_history_embedding = FeatureView(
-    name="user_history_embedding",
+    name=n.USER_HISTORY_VIEW,
     entities=[user],
     ttl=NO_EXPIRY,
     schema=[
-        Field(name="embedding", dtype=Array(Float32)),
-        Field(name="model_id", dtype=String),
-        Field(name="n_clicks", dtype=Int32),
+        Field(name=n.EMBEDDING, dtype=Array(Float32)),
+        Field(name=n.MODEL_ID, dtype=String),
+        Field(name=n.N_CLICKS, dtype=Int32),
     ],
-    source=_source("user_history", EMBEDDINGS / "user_history"),
+    source=_source(n.USER_HISTORY_TABLE, EMBEDDINGS / n.USER_HISTORY_TABLE),
     tags={"embedding_set": EMBEDDING_SET},
     description="Time-decayed mean of the item embeddings the user clicked before each snapshot.",
 )
 
 item_stats = FeatureView(
-    name="item_stats",
+    name=n.ITEM_STATS_VIEW,
     entities=[item],
     ttl=NO_EXPIRY,
-    schema=_counts("impressions"),
-    source=_source("item_stats", FEATURES / "item_stats"),
+    schema=_counts(n.IMPRESSIONS),
+    source=_source(n.ITEM_STATS_TABLE, FEATURES / n.ITEM_STATS_TABLE),
     description="Impressions, clicks and CTR over trailing 1/7/30-day windows ending at each snapshot.",
 )
 
 user_stats = FeatureView(
-    name="user_stats",
+    name=n.USER_STATS_VIEW,
     entities=[user],
     ttl=NO_EXPIRY,
-    schema=_counts("events"),
-    source=_source("user_stats", FEATURES / "user_stats"),
+    schema=_counts(n.EVENTS),
+    source=_source(n.USER_STATS_TABLE, FEATURES / n.USER_STATS_TABLE),
     description="The user's activity over trailing windows, totals, and the time of their last event.",
 )
 
@@ -135,51 +142,46 @@ user_stats = FeatureView(
 # llmfeat.stats.packed_columns): what rankers and the CTR model read. A view of its own, because an online
 # read fetches every feature of a view: 100 items cost 100 stored values here instead of 1,700.
 item_stats_packed = FeatureView(
-    name="item_stats_packed",
+    name=n.ITEM_STATS_PACKED_VIEW,
     entities=[item],
     ttl=NO_EXPIRY,
-    schema=[Field(name="packed", dtype=Array(Float32))],
+    schema=[Field(name=n.PACKED, dtype=Array(Float32))],
     source=item_stats.batch_source,
     description="item_stats as one array per row, for low-latency ranking.",
 )
 
 user_stats_packed = FeatureView(
-    name="user_stats_packed",
+    name=n.USER_STATS_PACKED_VIEW,
     entities=[user],
     ttl=NO_EXPIRY,
-    schema=[Field(name="packed", dtype=Array(Float32))],
+    schema=[Field(name=n.PACKED, dtype=Array(Float32))],
     source=user_stats.batch_source,
     description="user_stats as one array per row.",
 )
 
 item_metadata = FeatureView(
-    name="item_metadata",
+    name=n.ITEM_METADATA_VIEW,
     entities=[item],
     ttl=NO_EXPIRY,
-    schema=[
-        Field(name="category", dtype=String),
-        Field(name="subcategory", dtype=String),
-        Field(name="primary_category", dtype=String),
-        Field(name="n_tags", dtype=Int32),
-    ],
-    source=_source("item_meta", FEATURES / "item_meta"),
+    schema=[Field(name=c, dtype=Int32 if c == "n_tags" else String) for c in n.METADATA],
+    source=_source(n.ITEM_META_TABLE, FEATURES / n.ITEM_META_TABLE),
     description="Catalogue metadata.",
 )
 
 ranker = FeatureService(
-    name="ranker",
+    name=n.RANKER,
     features=[
-        user_text_embedding[["embedding", "model_id"]],
-        user_history_embedding[["embedding", "n_clicks"]],
+        user_text_embedding[[n.EMBEDDING, n.MODEL_ID]],
+        user_history_embedding[[n.EMBEDDING, n.N_CLICKS]],
         user_stats_packed,
-        item_text_embedding[["embedding"]],
+        item_text_embedding[[n.EMBEDDING]],
         item_stats_packed,
     ],
     description="What one ranking call fetches for 1 user x N candidate items (see llmfeat.feature_vector).",
 )
 
 ctr_training = FeatureService(
-    name="ctr_training",
+    name=n.CTR_TRAINING,
     features=[
         user_text_embedding,
         user_history_embedding,

@@ -37,6 +37,8 @@ import scipy.sparse as sp
 
 from llmfeat import tables
 from llmfeat.errors import FailureError, MissingInputError, ModelMismatchError, TooLittleDataError
+from llmfeat.feast.names import WINDOWS
+from llmfeat.layout import DataDir
 
 ADAPTER_FILE = "adapter.pt"
 CARD_FILE = "adapter.json"
@@ -541,7 +543,7 @@ def base_of(model_id: str) -> str:
 
 
 def adapter_dir(cfg) -> Path:
-    return Path(cfg.paths.data_dir) / "models" / "adapters" / cfg.adapt.output_set
+    return DataDir(Path(cfg.paths.data_dir)).adapters(cfg.adapt.output_set)
 
 
 def check_output_set(
@@ -674,7 +676,7 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     # the hybrid prior: trailing-window clicks as published in item_stats (clicks_<w>d), weight on validation
     U, IV = model.vectors(ctx_v.X, inputs_v)
     hybrid = {"window_days": None, "weight": 0.0, "val_recall": round(res.best_val, 5)}
-    for w_days in (1, 7, 30):
+    for w_days in WINDOWS:
         log_pop = np.log1p(E.recent_counts(ctx_v, {"window_days": w_days}))
         for w in a.hybrid_weights:
             s = E.selection_score(lambda users: hybrid_scores(U[users], IV, log_pop, w), ctx_v, tg, k)  # noqa: B023

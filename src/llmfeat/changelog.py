@@ -12,8 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -106,26 +105,6 @@ def publish_partitions(
         if day >= first_day and (last_day is None or day <= last_day) and stale.name not in produced:
             shutil.rmtree(stale)
     return len(produced)
-
-
-def write_manifest(manifest_dir: Path, run_id: str, manifest: dict) -> Path:
-    return tables.write_json(manifest_dir / f"{run_id}.json", manifest)
-
-
-class Phases:
-    """Logs each phase as it starts and keeps its duration for the manifest."""
-
-    def __init__(self, stage: str, log: Callable[[str], None]):
-        self.stage = stage
-        self.log = log
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, fn: Callable[[], T]) -> T:
-        self.log(f"{self.stage}: {name} ...")
-        start = time.perf_counter()
-        result = fn()
-        self.seconds[name] = round(time.perf_counter() - start, 3)
-        return result
 
 
 def require_canonical(data_dir: Path, as_of: dt.date, names: Iterable[str]) -> dict[str, Path]:

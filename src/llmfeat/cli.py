@@ -222,13 +222,13 @@ def stats(
     cfg = _config(config, set_, data_dir)
     spark = build_spark(cfg.spark)
     try:
-        manifest = run_stats(spark, cfg, _date(as_of), snapshot_from=_date(from_) if from_ else None, every_days=every,
+        result = run_stats(spark, cfg, _date(as_of), snapshot_from=_date(from_) if from_ else None, every_days=every,
                              log=lambda m: console.print(f"[dim]{m}[/dim]"))  # fmt: skip
     finally:
         spark.stop()
-    console.print(f"stats {manifest['as_of']}: rows written {manifest['counts']['written']}")
-    console.print(f"  seconds: {manifest['seconds']}")
-    for name, out in manifest["outputs"].items():
+    console.print(f"stats {result['as_of']}: {result.headline()}")
+    console.print(f"  seconds: {result.seconds}")
+    for name, out in result["outputs"].items():
         console.print(f"  {name:<13} {out}")
 
 
@@ -254,8 +254,7 @@ def publish(
         result = run_publish(cfg, _date(as_of), full=full, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     finally:
         spark.stop()
-    console.print(f"published {len(result['feature_views'])} feature views to the {result['online_store']} online store "
-                  f"until {result['materialized_until']} ({result['seconds']})")  # fmt: skip
+    console.print(f"published {result.headline()} ({result.seconds})")
     console.print(f"  feature_store.yaml: {result['feature_store_yaml']}")
 
 
@@ -302,54 +301,6 @@ def nightly(
         raise typer.Exit(Exit.QUARANTINED)
 
 
-def _stage_line(stage: str, s: dict) -> str:
-    if stage == "ingest":
-        c = s.get("counts", {})
-        return (
-            ", ".join(f"{k} {v['kept']}" for k, v in c.items()) + f"; quarantined {s.get('quarantined', 0)}"
-            + f"; not yet visible {s.get('not_yet_visible', 0)}"
-        )
-    if stage == "embed":
-        c = s.get("counts", {})
-        parts = [f"{k}: encoded {v.get('encoded', 0)}, reused {v.get('reused', 0)}, written {v.get('written', 0)}"
-                 for k, v in c.items() if "encoded" in v]  # fmt: skip
-        return f"model {s.get('model_id')}; " + "; ".join(parts)
-    if stage == "stats":
-        return "rows written " + ", ".join(
-            f"{k} {v}" for k, v in s.get("counts", {}).get("written", {}).items()
-        )
-    if stage == "publish":
-        kept = f"; {len(s['kept_newer'])} kept newer values" if s.get("kept_newer") else ""
-        return f"{len(s.get('feature_views', []))} views -> {s.get('online_store')} until {s.get('materialized_until')}{kept}"
-    if stage == "index":
-        if s.get("kept_newer"):
-            return f"kept version {s.get('version')} (as of {s['kept_newer']}, newer than this date)"
-        return f"version {s.get('version')}: {s.get('count')} items, {s.get('index', {}).get('factory')}"
-    if stage == "train":
-        if s.get("trained") is False:
-            return f"not trained: {s.get('reason')}"
-        from llmfeat.report import is_tiny
-
-        heads = [
-            f"{r['model']} {r['slice']} AUC {r['auc']:.3f} ({r['rows']} rows{', too few to read' if is_tiny(r) else ''})"
-            for r in s.get("headline", [])
-            if r["model"] in ("deep_lm", "deep_ids_stats")
-        ]
-        f = s.get("frame") or {}
-        frame = (
-            f"frame: {f.get('reused_rows', 0)} rows reused, {f.get('fetched_rows', 0)} fetched; " if f else ""
-        )
-        line = frame + "; ".join(heads) + f"; report {_absolute(s.get('report'))}"
-        if s.get("bandit"):
-            b = s["bandit"]["mean_test_reward"]
-            line += f"; bandit sim reward VW {b['vw']:.0f} vs random {b['random']:.0f}, greedy CTR {b['greedy_ctr']:.0f}"
-        return line
-    if stage == "adapt":
-        return (f"set {s.get('embedding_set')}: {s.get('model_id')}; validation recall@20 {s.get('val_recall@20')}; "
-                f"index {s.get('index_version')}")  # fmt: skip
-    return json.dumps(s)[:100]
-
-
 def print_nightly_summary(summary, markers) -> None:
     if summary.nothing_to_do:
         console.print(f"nightly {summary.as_of}: already finished; nothing to do (markers in {markers}).")
@@ -358,7 +309,7 @@ def print_nightly_summary(summary, markers) -> None:
         table.add_column(col, justify="right" if col == "seconds" else "left")
     for r in summary.results:
         seconds = f"{r.seconds:.1f}" if r.status == "done" else "-"
-        table.add_row(r.stage, r.status, seconds, _stage_line(r.stage, r.summary) if r.summary else "-")
+        table.add_row(r.stage, r.status, seconds, r.summary.headline() if r.summary else "-")
     console.print(table)
     if summary.not_yet_visible:
         console.print(f"  not yet visible: {summary.not_yet_visible} row(s) stamped at or after {summary.as_of} "

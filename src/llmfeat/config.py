@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 from llmfeat.errors import ConfigError
+from llmfeat.layout import DataDir
 
 Source = Literal["movielens", "mind", "mapped"]
 Pooling = Literal["auto", "mean", "cls", "last"]
@@ -566,9 +567,8 @@ def absolute_paths(cfg: Config) -> Config:
 
 def reports_dir(cfg: Config) -> Path:
     """Where CTR reports go, absolute: ``paths.reports_dir``, or ``<data_dir>/reports`` when unset."""
-    chosen = (
-        cfg.paths.reports_dir if cfg.paths.reports_dir is not None else Path(cfg.paths.data_dir) / "reports"
-    )
+    given = cfg.paths.reports_dir
+    chosen = given if given is not None else DataDir(Path(cfg.paths.data_dir)).reports
     return Path(chosen).resolve()
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ import pandas as pd
 
 from llmfeat import tables
 from llmfeat.changelog import (
-    Phases,
     covered_until,
     first_snapshot,
     latest_before,
@@ -38,7 +36,6 @@ from llmfeat.changelog import (
     read_table,
     require_canonical,
     snapshot_times,
-    write_manifest,
 )
 from llmfeat.config import Config
 from llmfeat.encoder import (
@@ -51,11 +48,15 @@ from llmfeat.encoder import (
 )
 from llmfeat.errors import ConfigError, ModelMismatchError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
+from llmfeat.feast.names import EMBEDDING_TABLES
+from llmfeat.layout import DataDir, EmbeddingPaths, embedding_paths  # noqa: F401 - re-exported
+from llmfeat.results import EmbedResult
 from llmfeat.sources.raw import InputError
+from llmfeat.stage_run import Phases, StageRun
 from llmfeat.texts import render_all, template_fields
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
-EMBED_TABLES = ("item_text", "user_text", "user_history")
+EMBED_TABLES = EMBEDDING_TABLES
 
 
 class NothingToEmbedError(InputError):
@@ -70,7 +71,7 @@ def require_items(data_dir: Path, as_of: dt.date) -> Path:
     path = require_canonical(data_dir, as_of, ("items",))["items"]
     files = sorted(path.glob("*.parquet"))
     if sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0:
-        quarantine = tables.snapshot_dir(tables.canonical_dir(data_dir, "quarantine"), as_of)
+        quarantine = tables.snapshot_dir(DataDir(Path(data_dir)).quarantine, as_of)
         raise NothingToEmbedError(
             f"nothing to embed: the items table of snapshot {as_of} ({path}) has no rows; "
             f"see the ingest quarantine ({quarantine}). Nothing was written."
@@ -78,33 +79,6 @@ def require_items(data_dir: Path, as_of: dt.date) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class EmbeddingPaths:
-    root: Path
-
-    @property
-    def item_text(self) -> Path:
-        return self.root / "item_text"
-
-    @property
-    def user_text(self) -> Path:
-        return self.root / "user_text"
-
-    @property
-    def user_history(self) -> Path:
-        return self.root / "user_history"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine"
-
-    @property
-    def manifests(self) -> Path:
-        return self.root / "manifests"
-
-
-def embedding_paths(data_dir: Path, embedding_set: str) -> EmbeddingPaths:
-    return EmbeddingPaths(Path(data_dir) / "embeddings" / embedding_set)
 
 
 def set_for_model(model_dir: Path | str) -> str:
@@ -489,7 +463,7 @@ def run_embed(
     every_days: int | None = None,
     log: Callable[[str], None] = print,
     faults: Faults = NO_FAULTS,
-) -> dict:
+) -> EmbedResult:
     """Embed items as of ``as_of`` and user snapshots from ``snapshot_from`` to ``as_of``; returns the manifest.
 
     ``snapshot_from`` defaults to catching up: the day after the last snapshot a previous run covered, or on
@@ -497,54 +471,32 @@ def run_embed(
     """
     from pyspark.sql import functions as F
 
-    started = dt.datetime.now(dt.UTC)
-    run_id = tables.run_id(as_of, started)
+    stage = StageRun.start("embed", as_of, log)
     every = every_days or cfg.embed.backfill_every_days
     paths = embedding_paths(cfg.paths.data_dir, cfg.embed.embedding_set)
-    phases = Phases("embed", log)
     spec = encoder_spec(cfg)
     current_model, dim = describe_model(spec)
-
     require_items(cfg.paths.data_dir, as_of)
     canonical = require_canonical(cfg.paths.data_dir, as_of, ("items", "users", "interactions"))
     items, users, interactions = (
         spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
     )
-
     existing = {name: read_table(spark, getattr(paths, name)) for name in EMBED_TABLES}
-    phases.run("check model ids", lambda: check_model(existing, current_model))
-
-    if snapshot_from is None:
+    stage.phase("check model ids", lambda: check_model(existing, current_model))
+    if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update
         earliest = users.agg(F.min("updated_at")).collect()[0][0]
         snapshot_from = first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
-    times = snapshot_times(snapshot_from, as_of, every)
-
-    # A text's stored vector is reused by the same text of any kind, unless the kinds' prompts differ.
-    resolved = resolve_spec(spec)
-    stored = {
-        kind: existing[name].select("content_hash", "embedding", "n_tokens", "truncated")
-        for kind, name in (("item", "item_text"), ("user", "user_text"))
-        if existing[name] is not None
-    }
-    if resolved.item_prompt == resolved.user_prompt and len(stored) == 2:
-        stored = dict.fromkeys(stored, stored["item"].unionByName(stored["user"]))
-    if resolved.item_prompt == resolved.user_prompt and len(stored) == 1:
-        stored = dict.fromkeys(("item", "user"), next(iter(stored.values())))
-    pools = {k: stored[k].dropDuplicates(["content_hash"]) if k in stored else None for k in ("item", "user")}
-    # Spark ignores input paths whose name starts with "." or "_", so the work area must not.
-    staging = paths.root / "work" / f"run-{run_id}"
-    staging.mkdir(parents=True)
-    run = _Run(
-        spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim, created=pd.Timestamp(started),
-        udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows), pools=pools,
-        phases=phases, runtimes=set(),
-    )  # fmt: skip
-    try:
-        prev_items = latest_before(existing["item_text"], "item_id", as_of)
-        item_texts, item_vectors, item_counts = _embed_items(run, items, prev_items)
-        counts = {"items": item_counts}
-        user_texts = None
-        firsts = {"item_text": as_of}
+    times, resolved = snapshot_times(snapshot_from, as_of, every), resolve_spec(spec)
+    with stage.staging(paths.root) as staging:
+        run = _Run(
+            spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim,
+            created=pd.Timestamp(stage.started), udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows),
+            pools=_reuse_pools(existing, resolved), phases=stage.phases, runtimes=set(),
+        )  # fmt: skip
+        item_texts, item_vectors, item_counts = _embed_items(
+            run, items, latest_before(existing["item_text"], "item_id", as_of)
+        )
+        counts, user_texts, firsts = {"items": item_counts}, None, {"item_text": as_of}
         if times:
             user_texts, user_counts = _embed_users(
                 run, users, interactions, items, item_vectors,
@@ -557,35 +509,36 @@ def run_embed(
             log(f"embed: user snapshots are up to date (covered until {covered_until(paths.manifests)})")
         _quarantine(item_texts, user_texts, canonical).coalesce(1).write.parquet(str(staging / "quarantine"))
         faults.reach("embed.after_write_before_commit")
-        published = phases.run("publish", lambda: _publish(paths, staging, firsts, as_of))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-    manifest = {
-        "run_id": run_id,
-        "as_of": as_of.isoformat(),
-        "embedding_set": cfg.embed.embedding_set,
-        "model_id": current_model,
-        "model_dir": spec.model_dir,
-        "dim": dim,
-        "pooling": resolved.pooling,
-        "max_tokens": spec.max_tokens,
-        "prompts": {"item": resolved.item_prompt, "user": resolved.user_prompt},
-        "dims": resolved.dims,
-        "runtime": sorted(run.runtimes) or ["(nothing encoded)"],
-        "spark_master": spark.sparkContext.master,
-        "snapshots": {
-            "from": snapshot_from.isoformat(),
-            "to": as_of.isoformat(),
-            "every_days": every,
-            "count": len(times),
-        },
+        published = stage.phase("publish", lambda: _publish(paths, staging, firsts, as_of))
+    return stage.write_manifest(paths.manifests, {
+        "embedding_set": cfg.embed.embedding_set, **_model_fields(spec, resolved, current_model, dim),
+        "runtime": sorted(run.runtimes) or ["(nothing encoded)"], "spark_master": spark.sparkContext.master,
+        "snapshots": {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
+                      "count": len(times)},
         "counts": counts,
-        "seconds": {**phases.seconds, "total": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 3)},
         "inputs": {k: str(v) for k, v in canonical.items()},
         "outputs": {k: str(getattr(paths, k)) for k in (*EMBED_TABLES, "quarantine")},
         "published_partitions": published,
-        "started": started.isoformat(),
+    }, EmbedResult)  # fmt: skip
+
+
+def _model_fields(spec, resolved, model: str, dim: int) -> dict:
+    """The encoder as the manifest records it."""
+    return {"model_id": model, "model_dir": spec.model_dir, "dim": dim, "pooling": resolved.pooling,
+            "max_tokens": spec.max_tokens, "prompts": {"item": resolved.item_prompt, "user": resolved.user_prompt},
+            "dims": resolved.dims}  # fmt: skip
+
+
+def _reuse_pools(existing: dict, resolved) -> dict:
+    """Stored vectors a new text of each kind may reuse: a text's stored vector is reused by the same text of
+    any kind, unless the kinds' prompts differ."""
+    stored = {
+        kind: existing[name].select("content_hash", "embedding", "n_tokens", "truncated")
+        for kind, name in (("item", "item_text"), ("user", "user_text"))
+        if existing[name] is not None
     }
-    write_manifest(paths.manifests, run_id, manifest)
-    return manifest
+    if resolved.item_prompt == resolved.user_prompt and len(stored) == 2:
+        stored = dict.fromkeys(stored, stored["item"].unionByName(stored["user"]))
+    if resolved.item_prompt == resolved.user_prompt and len(stored) == 1:
+        stored = dict.fromkeys(("item", "user"), next(iter(stored.values())))
+    return {k: stored[k].dropDuplicates(["content_hash"]) if k in stored else None for k in ("item", "user")}

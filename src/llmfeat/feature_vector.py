@@ -28,15 +28,18 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from llmfeat.stats import packed_columns
-
-USER_TEXT = "user_text_embedding__embedding"
-USER_MODEL_ID = "user_text_embedding__model_id"
-USER_HISTORY = "user_history_embedding__embedding"
-ITEM_TEXT = "item_text_embedding__embedding"
-ITEM_STATS = "item_stats_packed__packed"
-USER_STATS = "user_stats_packed__packed"
-HISTORY_CLICKS = "user_history_embedding__n_clicks"
+from llmfeat.feast.names import (  # noqa: F401 - the full names are re-exported
+    EVENTS,
+    HISTORY_CLICKS,
+    IMPRESSIONS,
+    ITEM_STATS,
+    ITEM_TEXT,
+    USER_HISTORY,
+    USER_MODEL_ID,
+    USER_STATS,
+    USER_TEXT,
+    packed_columns,
+)
 
 
 def _stat_names(prefix: str, noun: str) -> list[str]:
@@ -46,7 +49,7 @@ def _stat_names(prefix: str, noun: str) -> list[str]:
 
 
 def stat_names() -> list[str]:
-    return [*_stat_names("item", "impressions"), *_stat_names("user", "events"), "user_history_clicks"]
+    return [*_stat_names("item", IMPRESSIONS), *_stat_names("user", EVENTS), "user_history_clicks"]
 
 
 def _is_vector(value, dim: int) -> bool:
@@ -108,8 +111,8 @@ def stats_block(
 ) -> np.ndarray:
     """(n, len(stat_names())) float32. A missing stats row counts as no activity."""
     blocks = [
-        _packed_block(item_packed, "impressions", now_days),
-        _packed_block(user_packed, "events", now_days),
+        _packed_block(item_packed, IMPRESSIONS, now_days),
+        _packed_block(user_packed, EVENTS, now_days),
         _clicks_block(history_clicks),
     ]
     return np.concatenate(blocks, axis=1).astype(np.float32)
@@ -203,11 +206,11 @@ def build_user_items_matrix(
     item, item_known = vectors(col(items, ITEM_TEXT, n), dim)
     user_stats = np.concatenate(
         [
-            _packed_block(col(user, USER_STATS, 1), "events", now[:1]),
+            _packed_block(col(user, USER_STATS, 1), EVENTS, now[:1]),
             _clicks_block(col(user, HISTORY_CLICKS, 1)),
         ],
         axis=1,
     )
-    item_stats = _packed_block(col(items, ITEM_STATS, n), "impressions", now)
+    item_stats = _packed_block(col(items, ITEM_STATS, n), IMPRESSIONS, now)
     stats = np.concatenate([item_stats, np.repeat(user_stats, n, axis=0)], axis=1).astype(np.float32)
     return FeatureMatrix(assemble(u_vec, item, stats), ranker_layout(dim), np.repeat(u_known, n), item_known)

@@ -29,7 +29,6 @@ import copy
 import datetime as dt
 import json
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,10 @@ from llmfeat.encoder import (
     resolve_device,
 )
 from llmfeat.errors import TooLittleDataError
+from llmfeat.layout import DataDir
+from llmfeat.results import FinetuneResult
 from llmfeat.splits import Split, temporal_split
+from llmfeat.stage_run import StageRun
 from llmfeat.texts import render
 from llmfeat.user_state import UserStateParams, user_snapshots
 
@@ -255,7 +257,7 @@ def _trainable_state(model) -> dict:
 
 def output_dir(cfg: Config) -> Path:
     f = cfg.finetune
-    return Path(f.output_dir) if f.output_dir else Path(cfg.paths.data_dir) / "models" / "encoders" / f.name
+    return Path(f.output_dir) if f.output_dir else DataDir(Path(cfg.paths.data_dir)).encoders(f.name)
 
 
 def run_finetune(
@@ -264,7 +266,7 @@ def run_finetune(
     *,
     base_model: Path | None = None,
     log: Callable[[str], None] = print,
-) -> dict:
+) -> FinetuneResult:
     """Fine-tune, save the merged model directory, return its card (also written as llmfeat_model.json)."""
     import torch
     from transformers import AutoConfig, AutoTokenizer
@@ -275,18 +277,14 @@ def run_finetune(
         raise ConfigError(
             f"{out} exists: choose another finetune.name / output_dir, or finetune.overwrite=true"
         )
-    started = time.perf_counter()
+    run = StageRun.start("finetune", as_of, log)
     base = Path(base_model or cfg.embed.model_dir or default_model_dir()).resolve()
-    base_spec = EncoderSpec(str(base))
     tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
     base_limit = model_token_limit(base, tokenizer, AutoConfig.from_pretrained(base, local_files_only=True))
-    base_id = model_id(base_spec, base_limit)
-
     device = resolve_device(f.device)
     if device == "cpu":
         torch.set_num_threads(f.threads or available_cores())
     torch.manual_seed(f.seed)
-    rng = np.random.default_rng(f.seed + 1)
 
     log(f"finetune: building click pairs as of {as_of} ...")
     train, val, data = click_pairs(cfg, as_of)
@@ -297,10 +295,46 @@ def run_finetune(
     train, val_batches = sample_pairs(train, val, f)
     log(f"finetune: {len(train)} training pairs, {sum(map(len, val_batches))} validation pairs "
         f"({data['t1']} / {data['t2']})")  # fmt: skip
-
     model, n_trainable = prepare_model(base, f.method, f, device)
-    towers = TwoTower(model, tokenizer, device, f.max_tokens)
     lr = f.lr if f.lr is not None else DEFAULT_LR[f.method]
+    log(f"finetune: {f.method}, {n_trainable:,} trainable parameters, lr {lr:g}, device {device}")
+    loop = _train(model, TwoTower(model, tokenizer, device, f.max_tokens), train, val_batches, f, lr, log)
+    trained = run.mark("train", run.started_clock)
+    model.load_state_dict(loop.best_state, strict=False)
+    if f.method == "lora":
+        model = model.merge_and_unload()
+    model.eval()
+    card = _card(cfg, base, model_id(EncoderSpec(str(base)), base_limit), lr, n_trainable, loop, val_batches,
+                 data, device)  # fmt: skip
+    card["seconds"] = {"train": round(trained - run.started_clock, 1)}
+    _save(model, tokenizer, base, out, card)
+    card["seconds"]["total"] = round(run.elapsed, 1)
+    card["model_dir"] = str(out.resolve())
+    card["model_id"] = model_id(EncoderSpec(str(out.resolve())), base_limit)
+    (out / MODEL_CARD).write_text(json.dumps(card, indent=2))
+    log(f"finetune: validation loss {loop.before:.4f} -> {loop.best:.4f} (best step {loop.best_step}); "
+        f"saved {out} as {card['model_id']}")  # fmt: skip
+    return FinetuneResult(card)
+
+
+@dataclass
+class _Loop:
+    """What the training loop ends with: validation losses before and at the best step, that step's weights."""
+
+    before: float
+    best: float
+    best_step: int
+    best_state: dict
+    steps: int
+    history: list[dict]
+
+
+def _train(model, towers: TwoTower, train: ClickPairs, val_batches, f, lr: float, log) -> _Loop:
+    """In-batch softmax steps with linear warm-up and decay, validated every ``eval_every`` steps, stopped
+    after ``patience`` validations without improvement."""
+    import torch
+
+    rng = np.random.default_rng(f.seed + 1)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=f.weight_decay)
     warmup = max(0, min(f.warmup_steps, f.max_steps - 1))
@@ -313,8 +347,7 @@ def run_finetune(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     before = towers.val_loss(val_batches, f.temperature)
     history = [{"step": 0, "val_loss": round(before, 5)}]
-    log(f"finetune: {f.method}, {n_trainable:,} trainable parameters, lr {lr:g}, device {device}; "
-        f"validation loss before {before:.4f}")  # fmt: skip
+    log(f"finetune: validation loss before {before:.4f}")
     best, best_step, best_state, waited = before, 0, _trainable_state(model), 0
     order, cursor, step, train_losses = rng.permutation(len(train)), 0, 0, []
     while step < f.max_steps:
@@ -344,12 +377,14 @@ def run_finetune(
                 if waited >= f.patience:
                     log(f"finetune: early stop at step {step} (best step {best_step})")
                     break
-    trained = time.perf_counter()
-    model.load_state_dict(best_state, strict=False)
-    if f.method == "lora":
-        model = model.merge_and_unload()
-    model.eval()
-    card = {
+    return _Loop(before, best, best_step, best_state, step, history)
+
+
+def _card(cfg: Config, base: Path, base_id: str, lr: float, n_trainable: int, loop: _Loop, val_batches, data: dict,
+          device: str) -> dict:  # fmt: skip
+    """The fine-tuned model's card (``llmfeat_model.json``): how it was trained and on what."""
+    f = cfg.finetune
+    return {
         "name": f"{model_name(base)}-ft-{f.method}",
         "base_model_id": base_id,
         "base_model_dir": str(base),
@@ -365,28 +400,18 @@ def run_finetune(
         if f.method == "lora" else None,
         "top_layers": f.top_layers if f.method == "top_layers" else None,
         "trainable_parameters": n_trainable,
-        "steps": step,
-        "best_step": best_step,
-        "val_loss_before": round(before, 5),
-        "val_loss_after": round(best, 5),
-        "history": history,
+        "steps": loop.steps,
+        "best_step": loop.best_step,
+        "val_loss_before": round(loop.before, 5),
+        "val_loss_after": round(loop.best, 5),
+        "history": loop.history,
         "data": data,
         "user_template": cfg.embed.user_template,
         "item_template": cfg.embed.item_template,
         "seed": f.seed,
         "device": device,
-        "seconds": {"train": round(trained - started, 1)},
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
-    _save(model, tokenizer, base, out, card)
-    card["seconds"]["total"] = round(time.perf_counter() - started, 1)
-    card["model_dir"] = str(out.resolve())
-    card["model_id"] = model_id(EncoderSpec(str(out.resolve())), base_limit)
-    (out / MODEL_CARD).write_text(json.dumps(card, indent=2))
-    log(
-        f"finetune: validation loss {before:.4f} -> {best:.4f} (best step {best_step}); saved {out} as {card['model_id']}"
-    )
-    return card
 
 
 def _save(model, tokenizer, base: Path, out: Path, card: dict) -> None:

@@ -44,7 +44,6 @@ import pyarrow.parquet as pq
 
 from llmfeat import tables
 from llmfeat.config import Config, IndexConfig
-from llmfeat.embed import embedding_paths
 from llmfeat.errors import (  # noqa: F401 - re-exported
     ConfigError,
     CorruptIndexError,
@@ -53,6 +52,7 @@ from llmfeat.errors import (  # noqa: F401 - re-exported
     MissingInputError,
 )
 from llmfeat.faults import NO_FAULTS, Faults
+from llmfeat.layout import DataDir, embedding_paths
 from llmfeat.vectors import normalise, read_latest
 
 FORMAT_VERSION = 1
@@ -69,7 +69,7 @@ TUNE_K = 10
 
 
 def index_root(data_dir: Path, embedding_set: str) -> Path:
-    return Path(data_dir) / "index" / embedding_set
+    return DataDir(Path(data_dir)).index(embedding_set)
 
 
 # --- inputs -------------------------------------------------------------------------------------------

@@ -33,10 +33,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmfeat import results as R
 from llmfeat import tables
 from llmfeat.config import Config, absolute_paths
 from llmfeat.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
+from llmfeat.layout import DataDir
 
 STAGES = ("ingest", "embed", "stats", "publish", "index", "train")
 DEPENDS_ON = {
@@ -67,12 +69,12 @@ def dependents(stages: set[str]) -> set[str]:
 
 
 def run_dir(cfg: Config, as_of: dt.date) -> Path:
-    return Path(cfg.paths.data_dir).resolve() / "runs" / as_of.isoformat()
+    return DataDir.of(cfg).run(as_of)
 
 
 @contextlib.contextmanager
 def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
-    path = Path(data_dir) / ".llmfeat.lock"
+    path = DataDir(Path(data_dir)).lock
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = path.open("a+")
     try:
@@ -98,27 +100,9 @@ def data_dir_lock(data_dir: Path, what: str) -> Iterator[None]:
         fh.close()
 
 
-# What a writer that died leaves behind: work areas of the Spark stages, staging and swapped-out directories
-# of atomic publishes (tables.staged_dir / publish_dir), index versions being pruned, temporary symlinks.
-LEFTOVERS = (
-    "embeddings/*/work/run-*",
-    "features/work/run-*",
-    "canonical/*/.staging-*",
-    "canonical/*/.old-*",
-    "embeddings/*/*/.staging-*",
-    "embeddings/*/*/.old-*",
-    "features/*/.staging-*",
-    "features/*/.old-*",
-    "index/*/versions/.staging-*",
-    "index/*/versions/.old-*",
-    "index/*/versions/.deleting-*",
-    "index/*/.current-*",
-)
-
-
 def remove_leftovers(data_dir: Path) -> list[Path]:
     """Remove what interrupted writers left behind; only safe while holding the data-directory lock."""
-    found = sorted({p for pattern in LEFTOVERS for p in Path(data_dir).glob(pattern)})
+    found = DataDir(Path(data_dir)).leftovers()  # layout.DataDir.leftover_patterns: derived from the layout
     for path in found:
         if path.is_symlink() or path.is_file():
             path.unlink(missing_ok=True)
@@ -133,7 +117,8 @@ class StageResult:
     status: str
     """done (ran now), skipped (marker found), disabled (not configured)."""
     seconds: float = 0.0
-    summary: dict = field(default_factory=dict)
+    summary: R.StageResult = field(default_factory=R.StageResult)
+    """The stage's typed result (``llmfeat.results``; rebuilt from the marker for a skipped stage)."""
 
 
 @dataclass
@@ -158,7 +143,9 @@ class NightlySummary:
             "quarantined": self.quarantined,
             "not_yet_visible": self.not_yet_visible,
             "stages": [
-                {"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3), "summary": r.summary}
+                {"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3),
+                 "rows_read": r.summary.rows_read, "rows_written": r.summary.rows_written,
+                 "summary": r.summary.to_dict()}  # fmt: skip
                 for r in self.results
             ],
         }
@@ -236,15 +223,12 @@ def _stage_functions(
                 return json.loads(path.read_text())["summary"]
         return {}
 
-    def ingest(forced: bool) -> dict:
+    def ingest(forced: bool) -> R.IngestSummary:
         from llmfeat.ingest import run_ingest
 
-        r = run_ingest(cfg, as_of)
-        return {"counts": r.counts, "notes": r.notes, "quarantined": r.quarantined,
-                "not_yet_visible": r.not_yet_visible,
-                "outputs": {k: str(v) for k, v in r.outputs.items()}}  # fmt: skip
+        return R.IngestSummary.of(run_ingest(cfg, as_of))
 
-    def embed(forced: bool) -> dict:
+    def embed(forced: bool) -> R.EmbedResult:
         from llmfeat.embed import run_embed
 
         # A forced redo covers the same snapshot range as the run it replaces.
@@ -254,7 +238,7 @@ def _stage_functions(
             faults=faults,
         )  # fmt: skip
 
-    def stats(forced: bool) -> dict:
+    def stats(forced: bool) -> R.StatsResult:
         from llmfeat.stats import run_stats
 
         start = previous("stats").get("snapshots", {}).get("from") if forced else None
@@ -263,70 +247,53 @@ def _stage_functions(
             faults=faults,
         )  # fmt: skip
 
-    def publish(forced: bool) -> dict:
+    def publish(forced: bool) -> R.PublishResult:
         from llmfeat.publish import run_publish
 
         spark.get()  # Feast's Spark offline store joins the session already running
         return run_publish(cfg, as_of, full=forced, log=log, faults=faults)
 
-    def index(forced: bool) -> dict:
+    def index(forced: bool) -> R.IndexResult:
         from llmfeat.index import run_index
 
         served = served_index(cfg)
         if served is not None and served[1] > as_of:
             log(f"index: the current index {served[0]} is as of {served[1]}, after {as_of}: a backfill leaves it")
-            return {"version": served[0], "kept_newer": served[1].isoformat()}
+            return R.IndexResult({"version": served[0], "kept_newer": served[1].isoformat()})
         manifest = run_index(cfg, as_of, log=log, faults=faults)
         keep = ("version", "model_id", "count", "dim", "index", "path", "pruned", "seconds")
-        return {k: manifest[k] for k in keep if k in manifest}
+        return R.IndexResult({k: manifest[k] for k in keep if k in manifest})
 
-    def train(forced: bool) -> dict:
+    def train(forced: bool) -> R.TrainResult:
         from llmfeat.train import TooLittleDataError, run_train
 
         current = current_models_as_of(cfg)
         if current is not None and current > as_of:
             reason = f"the current models are trained as of {current}, after {as_of}: a backfill leaves them"
             log(f"train: not trained: {reason}")
-            return {"trained": False, "reason": reason}
+            return R.TrainResult({"trained": False, "reason": reason})
         spark.get()  # point-in-time features come from Feast's Spark offline store
         try:
             summary = run_train(cfg, as_of, log=log, refresh=forced)
         except TooLittleDataError as exc:
             log(f"train: not trained: {exc}")
-            return {"trained": False, "reason": str(exc)}
-        out = {
-            k: summary[k]
-            for k in (
-                "run_id",
-                "rows",
-                "frame",
-                "embedding_model_id",
-                "protocols",
-                "models",
-                "report",
-                "seconds",
-            )
-        } | {
-            "headline": [
-                r
-                for r in summary["results"]
-                if r["slice"] in ("all", "cold_item") and r["protocol"] == "temporal"
-            ]
-        }
+            return R.TrainResult({"trained": False, "reason": str(exc)})
+        keep = ("run_id", "rows", "frame", "embedding_model_id", "protocols", "models", "report", "seconds")
+        out = {k: summary[k] for k in keep} | {"headline": summary.headline_rows}
         if cfg.bandit.enabled:  # the short simulator run (its section goes into the same report) + a policy
             from llmfeat.bandit.nightly import run_bandit
 
             out["bandit"] = run_bandit(cfg, as_of, report=Path(summary["report"]), log=log)
-        return out
+        return R.TrainResult(out)
 
-    def adapt(forced: bool) -> dict:
+    def adapt(forced: bool) -> R.AdaptResult:
         from llmfeat.adapt import run_adapt_stage
 
         spark.get()  # publishing the adapted set as its own Feast project uses the Spark offline store
         s = run_adapt_stage(cfg, as_of, log=log)
         keep = ("embedding_set", "model_id", "counts", "val_recall@20", "hybrid", "best_epoch", "train_seconds",
                 "index_version", "seconds")  # fmt: skip
-        return {k: s[k] for k in keep if k in s}
+        return R.AdaptResult({k: s[k] for k in keep if k in s})
 
     functions = {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish, "index": index}
     if cfg.train.enabled:
@@ -380,9 +347,8 @@ def run_nightly(
                     continue
                 if marker.is_file():
                     pending_redo.unlink(missing_ok=True)
-                    results.append(
-                        StageResult(stage, "skipped", summary=json.loads(marker.read_text())["summary"])
-                    )
+                    recorded = json.loads(marker.read_text())["summary"]
+                    results.append(StageResult(stage, "skipped", summary=R.result_for(stage, recorded)))
                     if on_stage:
                         on_stage(stage, "skipped")
                     continue
@@ -390,7 +356,7 @@ def run_nightly(
                     on_stage(stage, "running")
                 t0 = time.perf_counter()
                 try:
-                    summary = functions[stage](pending_redo.is_file())
+                    summary = R.result_for(stage, functions[stage](pending_redo.is_file()))
                 except LlmfeatError:
                     raise
                 except Exception as exc:  # named, so the operator knows where the rerun resumes
@@ -406,9 +372,9 @@ def run_nightly(
                     on_stage(stage, "done")
         finally:
             spark.stop()
-    ingest = next((r.summary for r in results if r.stage == "ingest"), {})
+    ingest = next((r.summary for r in results if r.stage == "ingest"), R.IngestSummary())
     out = NightlySummary(as_of, Path(cfg.paths.data_dir), results, time.perf_counter() - started,
-                         ingest.get("quarantined", 0), ingest.get("not_yet_visible", 0))  # fmt: skip
+                         ingest.quarantined, ingest.not_yet_visible)  # fmt: skip
     if not out.nothing_to_do:
         tables.write_json(markers / "summary.json", out.to_dict())
     return out

@@ -1,9 +1,9 @@
 """Online feature lookup for rankers: 1 user x N candidate items -> the model input matrix.
 
 The features are those of the ``ranker`` feature service. They are read view by view straight from Feast's
-online store (``OnlineStore.online_read``, the call ``get_online_features`` makes underneath): one read per
-user view with 1 key, one per item view with the N keys, and the stored protobuf values decoded straight to
-numpy. ``get_online_features(...).to_dict()`` on the same store returns the same numbers, but spends most of
+online store (``OnlineStore.online_read``, the call ``get_online_features`` makes underneath, through the Feast
+adapter's ``llmfeat.feast.online.OnlineReader``): one read per user view with 1 key, one per item view with
+the N keys, and the stored protobuf values decoded straight to numpy. ``get_online_features(...).to_dict()`` on the same store returns the same numbers, but spends most of
 a 100-item lookup on registry lookups, response building and converting 38,400 floats to Python objects and
 back (BENCHMARKS.md, "Feast"); the test suite checks the two paths agree.
 
@@ -23,13 +23,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
 
 from llmfeat.errors import ConfigError
+from llmfeat.feast.names import EMBEDDING, MODEL_ID, RANKER, USER_VECTOR_VIEWS, full_name, ref
+from llmfeat.feast.online import OnlineReader, python_value  # noqa: F401 - python_value re-exported
+from llmfeat.feast.online import ViewRead as _ViewRead
 from llmfeat.feature_vector import (
     USER_MODEL_ID,
     FeatureMatrix,
@@ -59,31 +59,6 @@ class RankerFeatures:
         return self.features.item_known
 
 
-LIST_DTYPES = {"float_list_val": np.float32, "double_list_val": np.float64, "int32_list_val": np.int32,
-               "int64_list_val": np.int64, "bool_list_val": bool}  # fmt: skip
-
-
-def python_value(value):
-    """A stored Feast ``Value`` proto -> None, a Python scalar, or a numpy array for list values."""
-    if value is None:
-        return None
-    kind = value.WhichOneof("val")
-    if kind is None or kind == "null_val":
-        return None
-    got = getattr(value, kind)
-    if kind.endswith("_list_val"):
-        return np.array(got.val, dtype=LIST_DTYPES.get(kind, object))
-    return got
-
-
-@dataclass(frozen=True)
-class _ViewRead:
-    view: object
-    """The Feast FeatureView."""
-    join_key: str
-    features: tuple[str, ...]
-
-
 @dataclass
 class _CacheState:
     version: tuple
@@ -105,21 +80,12 @@ class ItemFeatureCache:
         self.max_items = max_items
         self.check_interval_s = check_interval_s
         self._lock = threading.Lock()
-        self._registry_file = self._local_registry(online.store)
+        self._registry_file = online.reader.registry_file()
         self._stamp: object = None
         self._checked_at = 0.0
         self._state = _CacheState(self._publish_version())
         self._stamp = self._registry_stamp()
         self.refreshes = 0
-
-    @staticmethod
-    def _local_registry(store) -> Path | None:
-        reg = store.config.registry
-        path = getattr(reg, "path", None) if not isinstance(reg, str) else reg
-        if not path or "://" in str(path) or getattr(reg, "registry_type", "file") != "file":
-            return None
-        path = Path(path)
-        return path if path.is_absolute() else Path(store.repo_path) / path
 
     def _registry_stamp(self) -> object:
         if self._registry_file is None:
@@ -132,17 +98,8 @@ class ItemFeatureCache:
 
     def _publish_version(self) -> tuple:
         """The item views' materialisation intervals, as the registry records them now."""
-        store = self.online.store
-        out = []
-        for read in self.online.item_views:
-            view = store.get_feature_view(read.view.name)  # not the registry cache: the file as it is now
-            out.append(
-                (
-                    view.name,
-                    tuple((i[0].isoformat(), i[1].isoformat()) for i in view.materialization_intervals),
-                )
-            )
-        return tuple(out)
+        reader = self.online.reader
+        return tuple((read.view.name, reader.materialized(read.view.name)) for read in self.online.item_views)
 
     @property
     def version(self) -> tuple:
@@ -205,7 +162,7 @@ class ItemFeatureCache:
             lookup = {**fetched, **{i: values[i] for i in item_ids if i in values}}
         else:
             lookup = values
-        names = [f"{r.view.name}__{f}" for r in self.online.item_views for f in r.features]
+        names = [n for r in self.online.item_views for n in r.full_names]
         rows = [lookup[i] for i in item_ids]
         return {n: [row[n] for row in rows] for n in names}
 
@@ -216,31 +173,17 @@ class OnlineFeatures:
     ``cache_items=True`` (the default) serves item features from an ``ItemFeatureCache``; ``False`` reads
     them from the online store on every call, like users."""
 
-    def __init__(self, store, dim: int, service: str = "ranker", *, cache_items: bool = True):
-        from feast.infra.online_stores.helpers import get_online_store_from_config
-
+    def __init__(self, store, dim: int, service: str = RANKER, *, cache_items: bool = True):
         self.store = store
         self.dim = dim
-        self._online_store = get_online_store_from_config(store.config.online_store)
-        self.user_views: list[_ViewRead] = []
-        self.item_views: list[_ViewRead] = []
-        for projection in store.get_feature_service(service).feature_view_projections:
-            view = store.get_feature_view(projection.name)
-            if len(view.join_keys) != 1:
-                raise ConfigError(f"feature view {view.name}: expected one join key, got {view.join_keys}")
-            read = _ViewRead(view, view.join_keys[0], tuple(f.name for f in projection.features))
-            (self.user_views if read.join_key == "user_id" else self.item_views).append(read)
+        self.reader = OnlineReader(store)
+        reads = self.reader.service(service)
+        self.user_views: list[_ViewRead] = [r for r in reads if r.is_user]
+        self.item_views: list[_ViewRead] = [r for r in reads if not r.is_user]
         self.item_cache = ItemFeatureCache(self) if cache_items and self.item_views else None
 
     def _read(self, read: _ViewRead, ids: list[str]) -> dict[str, list]:
-        keys = [EntityKey(join_keys=[read.join_key], entity_values=[Value(string_val=str(i))]) for i in ids]
-        rows = self._online_store.online_read(self.store.config, read.view, keys, list(read.features))
-        return {
-            f"{read.view.name}__{name}": [
-                python_value(values.get(name)) if values else None for _, values in rows
-            ]
-            for name in read.features
-        }
+        return self.reader.read(read, ids)
 
     def fetch(self, user_id: str, item_ids: list[str]) -> tuple[dict, dict]:
         """The raw feature values by full name (``view__feature``): (user features, 1 row), (item features,
@@ -282,7 +225,7 @@ class FeastUserVectors:
     call per request), as ``OnlineFeatures`` does; ``False`` goes through ``get_online_features``, the
     reference path the tests compare it with (a retrieval service spent most of a user request there)."""
 
-    VIEWS = {"text": "user_text_embedding", "history": "user_history_embedding"}
+    VIEWS = USER_VECTOR_VIEWS
 
     def __init__(self, store, kind: str = "text", *, direct: bool = True):
         if kind not in self.VIEWS:
@@ -292,20 +235,12 @@ class FeastUserVectors:
         self._model_id: str | None = None
         self._direct = None
         if direct:
-            from feast.infra.online_stores.helpers import get_online_store_from_config
-
-            view = store.get_feature_view(self.view)
-            features = tuple(f.name for f in view.features if f.name in ("embedding", "model_id"))
-            self._direct = (get_online_store_from_config(store.config.online_store), view, features)
+            reader = OnlineReader(store)
+            self._direct = (reader, reader.view(self.view, (EMBEDDING, MODEL_ID)))
 
     def _read_direct(self, user_ids: list[str]) -> dict[str, list]:
-        online_store, view, features = self._direct
-        keys = [EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=str(u))]) for u in user_ids]
-        rows = online_store.online_read(self.store.config, view, keys, list(features))
-        return {
-            f"{self.view}__{name}": [python_value(values.get(name)) if values else None for _, values in rows]
-            for name in features
-        }
+        reader, read = self._direct
+        return reader.read(read, user_ids)
 
     @property
     def model_id(self) -> str | None:
@@ -321,14 +256,14 @@ class FeastUserVectors:
         if self._direct is not None:
             got = self._read_direct(user_ids)
         else:
-            refs = [f"{self.view}:embedding", f"{self.view}:model_id"]
+            refs = [ref(self.view, EMBEDDING), ref(self.view, MODEL_ID)]
             got = self.store.get_online_features(
                 features=refs, entity_rows=[{"user_id": u} for u in user_ids], full_feature_names=True
             ).to_dict()
-        values = got[f"{self.view}__embedding"]
+        values = got[full_name(self.view, EMBEDDING)]
         dim = next((len(v) for v in values if v is not None), 0)
         vecs, found = vectors(values, dim)
-        ids = [m for m in got.get(f"{self.view}__model_id", []) if m]
+        ids = [m for m in got.get(full_name(self.view, MODEL_ID), []) if m]
         if ids:
             self._model_id = ids[0]
         return vecs, found, self._model_id or ""

@@ -30,7 +30,6 @@ import pyarrow.compute as pc
 from llmfeat import faiss_tools as ft
 from llmfeat import tables
 from llmfeat.config import Config
-from llmfeat.embed import embedding_paths
 from llmfeat.errors import (  # noqa: F401 - re-exported
     ConfigError,
     MissingInputError,
@@ -40,8 +39,10 @@ from llmfeat.errors import (  # noqa: F401 - re-exported
     UnknownItemError,
     UnknownUserError,
 )
+from llmfeat.feast.names import ITEM_STATS_TABLE
 from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, probe_lists, scan_target
 from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
+from llmfeat.layout import DataDir, embedding_paths
 from llmfeat.vectors import normalise, read_latest
 
 _PARTIAL_LISTS = 512
@@ -326,8 +327,8 @@ class Retriever:
         if not need_users:
             pass
         elif users is None and cfg.serve.user_source == "feast":
+            from llmfeat.feast.store import open_store
             from llmfeat.online import FeastUserVectors
-            from llmfeat.publish import open_store
 
             users = FeastUserVectors(open_store(cfg), user_kind or cfg.serve.user_vectors)
         elif users is None:
@@ -853,7 +854,7 @@ def item_clicks(data_dir: Path, item_ids: Sequence[str], col: str, as_of) -> np.
 
     from llmfeat.vectors import _PARTITIONING, utc
 
-    root = Path(data_dir) / "features" / "item_stats"
+    root = DataDir(Path(data_dir)).features / ITEM_STATS_TABLE
     if not tables.snapshot_dates(root):
         raise FileNotFoundError(f"no item_stats under {root}: run `llmfeat stats` first")
     at = utc(pd.Timestamp(as_of))

@@ -67,8 +67,8 @@ class Scorer:
     """retrieve -> online features -> CTR model -> ranked list, for one user at a time."""
 
     def __init__(self, cfg: Config, model: str = "deep_lm"):
+        from llmfeat.feast.store import open_store
         from llmfeat.online import OnlineFeatures
-        from llmfeat.publish import open_store
         from llmfeat.retrieval import Retriever
 
         self.cfg = cfg

@@ -16,9 +16,7 @@ label 1 counts as a click. Rows are written only when an entity's values change 
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,6 @@ import pandas as pd
 
 from llmfeat import tables
 from llmfeat.changelog import (
-    Phases,
     covered_until,
     first_snapshot,
     latest_before,
@@ -34,46 +31,15 @@ from llmfeat.changelog import (
     read_table,
     require_canonical,
     snapshot_times,
-    write_manifest,
 )
 from llmfeat.config import Config
 from llmfeat.faults import NO_FAULTS, Faults
-
-WINDOWS_DAYS = (1, 7, 30)
-STATS_TABLES = ("item_stats", "user_stats", "item_meta")
-
-
-@dataclass(frozen=True)
-class StatsPaths:
-    root: Path
-
-    def table(self, name: str) -> Path:
-        return self.root / name
-
-    @property
-    def manifests(self) -> Path:
-        return self.root / "manifests"
-
-
-def stats_paths(data_dir: Path) -> StatsPaths:
-    return StatsPaths(Path(data_dir) / "features")
-
-
-def stat_columns(noun: str, windows: Sequence[int] = WINDOWS_DAYS) -> list[str]:
-    """Value columns of a stats table, in order. ``noun`` is "impressions" (items) or "events" (users)."""
-    cols = []
-    for w in windows:
-        cols += [f"{noun}_{w}d", f"clicks_{w}d", f"ctr_{w}d"]
-    return [*cols, f"{noun}_total", "clicks_total", "ctr_total", "last_event_ts"]
-
-
-def packed_columns(noun: str, windows: Sequence[int] = WINDOWS_DAYS) -> list[str]:
-    """What the ``packed`` column holds, in order: counts, CTRs, then the last event as days since the epoch
-    (NaN when there is none). One array per row is what online rankers fetch: a 100-item lookup reads one
-    value per item instead of one per stat."""
-    counts = [f"{noun}_{w}d" for w in windows] + [f"{noun}_total"]
-    ctrs = [f"ctr_{w}d" for w in windows] + ["ctr_total"]
-    return [*counts, *ctrs, "last_event_days"]
+from llmfeat.feast import names as n
+from llmfeat.feast.names import STATS_TABLES, packed_columns, stat_columns  # noqa: F401 - re-exported
+from llmfeat.feast.names import WINDOWS as WINDOWS_DAYS
+from llmfeat.layout import StatsPaths, stats_paths  # noqa: F401 - re-exported
+from llmfeat.results import StatsResult
+from llmfeat.stage_run import StageRun
 
 
 def pack(frame: pd.DataFrame, noun: str) -> list[np.ndarray]:
@@ -254,96 +220,77 @@ def run_stats(
     every_days: int | None = None,
     log: Callable[[str], None] = print,
     faults: Faults = NO_FAULTS,
-) -> dict:
+) -> StatsResult:
     """Compute item/user stats at each snapshot time from ``snapshot_from`` to ``as_of`` and item metadata."""
-    from pyspark.sql import functions as F
-
-    started = dt.datetime.now(dt.UTC)
-    run_id = tables.run_id(as_of, started)
+    run = StageRun.start("stats", as_of, log)
     every = every_days or cfg.embed.backfill_every_days
     paths = stats_paths(cfg.paths.data_dir)
-    phases = Phases("stats", log)
     canonical = require_canonical(cfg.paths.data_dir, as_of, ("items", "users", "interactions"))
     items, users, interactions = (
         spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
     )
-    if snapshot_from is None:
-        earliest = (
-            users.select("updated_at")
-            .unionByName(items.select("updated_at"))
-            .agg(F.min("updated_at"))
-            .collect()[0][0]
-        )
-        snapshot_from = first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
+    snapshot_from = snapshot_from or _first_snapshot(items, users, as_of, every, paths)
     times = snapshot_times(snapshot_from, as_of, every)
     existing = {name: read_table(spark, paths.table(name)) for name in STATS_TABLES}
-    created = pd.Timestamp(started)
-    staging = paths.root / "work" / f"run-{run_id}"
-    staging.mkdir(parents=True)
-    counts: dict[str, int] = {}
-    firsts = {"item_meta": as_of}
-    try:
+    created = pd.Timestamp(run.started)
+    with run.staging(paths.root) as staging:
+        firsts = {n.ITEM_META_TABLE: as_of}
         if times:
             for name, entities, key, noun in (
-                ("item_stats", items, "item_id", "impressions"),
-                ("user_stats", users, "user_id", "events"),
+                (n.ITEM_STATS_TABLE, items, n.ITEM_KEY, n.IMPRESSIONS),
+                (n.USER_STATS_TABLE, users, n.USER_KEY, n.EVENTS),
             ):
-                rows = _entity_stats(
-                    spark,
-                    entities,
-                    interactions,
-                    key,
-                    noun,
-                    times,
-                    latest_before(existing[name], key, snapshot_from),
-                )
-                rows = rows.select(
-                    "*",
-                    F.col("snapshot_ts").alias("event_timestamp"),
-                    F.lit(created).cast("timestamp").alias("created_timestamp"),
-                    F.to_date("snapshot_ts").alias("snapshot_date"),
-                ).drop("snapshot_ts")
-                # One task per snapshot date: one file per partition instead of one per task and date.
-                rows = rows.repartition("snapshot_date")
-                phases.run(
-                    f"write {name}",
-                    lambda rows=rows, name=name: rows.write.partitionBy("snapshot_date").parquet(
-                        str(staging / name)
-                    ),
+                rows = _entity_stats(spark, entities, interactions, key, noun, times,
+                                     latest_before(existing[name], key, snapshot_from))  # fmt: skip
+                run.phase(
+                    f"write {name}", lambda rows=rows, name=name: _write_stats(rows, created, staging / name)
                 )
                 firsts[name] = snapshot_from
         else:
             log(f"stats: snapshots are up to date (covered until {covered_until(paths.manifests)})")
-        meta = _item_meta(items, latest_before(existing["item_meta"], "item_id", as_of), as_of, created)
-        phases.run(
-            "write item_meta",
-            lambda: meta.write.partitionBy("snapshot_date").parquet(str(staging / "item_meta")),
+        meta = _item_meta(
+            items, latest_before(existing[n.ITEM_META_TABLE], n.ITEM_KEY, as_of), as_of, created
         )
-        for name in firsts:
-            written = read_table(spark, staging / name)
-            counts[name] = written.count() if written is not None else 0
+        run.phase(f"write {n.ITEM_META_TABLE}", lambda: meta.write.partitionBy("snapshot_date").parquet(
+            str(staging / n.ITEM_META_TABLE)))  # fmt: skip
+        counts = {name: _count(read_table(spark, staging / name)) for name in firsts}
         faults.reach("stats.after_write_before_commit")
-        published = phases.run(
-            "publish",
-            lambda: {n: publish_partitions(staging / n, paths.table(n), day, as_of) for n, day in firsts.items()},
-        )
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    manifest = {
-        "run_id": run_id,
-        "as_of": as_of.isoformat(),
-        "snapshots": {
-            "from": snapshot_from.isoformat(),
-            "to": as_of.isoformat(),
-            "every_days": every,
-            "count": len(times),
-        },
+        published = run.phase("publish", lambda: {
+            t: publish_partitions(staging / t, paths.table(t), day, as_of) for t, day in firsts.items()})  # fmt: skip
+    return run.write_manifest(paths.manifests, {
+        "snapshots": {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
+                      "count": len(times)},
         "windows_days": list(WINDOWS_DAYS),
         "counts": {"written": counts},
         "published_partitions": published,
-        "seconds": {**phases.seconds, "total": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 3)},
+        "rows_read": tables.parquet_rows(*canonical.values()),
+        "rows_written": sum(counts.values()),
         "inputs": {k: str(v) for k, v in canonical.items()},
-        "outputs": {n: str(paths.table(n)) for n in STATS_TABLES},
-    }
-    write_manifest(paths.manifests, run_id, manifest)
-    return manifest
+        "outputs": {t: str(paths.table(t)) for t in STATS_TABLES},
+    }, StatsResult)  # fmt: skip
+
+
+def _first_snapshot(items, users, as_of: dt.date, every: int, paths: StatsPaths) -> dt.date:
+    """Catching up: the day after the last covered snapshot, or the first at or after the earliest update."""
+    from pyspark.sql import functions as F
+
+    both = users.select("updated_at").unionByName(items.select("updated_at"))
+    earliest = both.agg(F.min("updated_at")).collect()[0][0]
+    return first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
+
+
+def _write_stats(rows, created: pd.Timestamp, target: Path) -> None:
+    """One stats table's rows as a change log partitioned by snapshot date, one file per partition."""
+    from pyspark.sql import functions as F
+
+    rows = rows.select(
+        "*",
+        F.col("snapshot_ts").alias("event_timestamp"),
+        F.lit(created).cast("timestamp").alias("created_timestamp"),
+        F.to_date("snapshot_ts").alias("snapshot_date"),
+    ).drop("snapshot_ts")
+    rows.repartition("snapshot_date").write.partitionBy("snapshot_date").parquet(str(target))
+
+
+def _count(frame) -> int:
+    return frame.count() if frame is not None else 0

@@ -25,13 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llmfeat.errors import MissingInputError
+from llmfeat.layout import DataDir
 
 PARQUET_FILE = "part-00000.parquet"
 _RENAME_EXCHANGE = 2
 
 
 def canonical_dir(data_dir: Path, table: str) -> Path:
-    return Path(data_dir) / "canonical" / table
+    return DataDir(Path(data_dir)).canonical(table)
 
 
 def snapshot_dir(root: Path, snapshot_date: dt.date) -> Path:
@@ -133,16 +134,35 @@ def read_snapshot(
     return pq.read_table(path, schema=schema)
 
 
-def write_json(path: Path, payload: dict) -> Path:
-    """Write a JSON document atomically: a hidden temporary file beside it, then one rename."""
-    import json
+def parquet_rows(*paths: Path) -> int:
+    """Rows in the Parquet files under ``paths`` (files or directories), from their footers: no data read."""
+    files = [f for p in map(Path, paths) for f in ([p] if p.is_file() else sorted(p.rglob("*.parquet")))]
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically: a hidden temporary file beside it, then one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
     os.replace(tmp, path)
     return path
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    """Write a JSON document atomically (``write_atomic``)."""
+    import json
+
+    return write_atomic(path, json.dumps(payload, indent=2, default=_jsonable))
+
+
+def _jsonable(value):
+    """Typed results (``results.StageResult``) as their ``to_dict()``; anything else as its string."""
+    return value.to_dict() if hasattr(value, "to_dict") else str(value)
 
 
 def run_id(as_of: dt.date, now: dt.datetime | None = None) -> str:

@@ -22,9 +22,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +34,12 @@ from llmfeat.config import Config, reports_dir
 from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
 from llmfeat.errors import ConfigError, MissingInputError, ModelMismatchError, TooLittleDataError  # noqa: F401 - re-exported
-from llmfeat.feature_vector import ITEM_TEXT
+from llmfeat.feast.names import ITEM_MODEL_ID, ITEM_TEXT
+from llmfeat.layout import DataDir
 from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss
+from llmfeat.results import TrainResult
 from llmfeat.splits import Split, leave_last_k, slice_masks, temporal_split
+from llmfeat.stage_run import StageRun
 from llmfeat.texts import render
 
 MODELS = ("popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm", "deep_adapted")
@@ -49,9 +51,7 @@ def models_dir(cfg: Config) -> Path:
     """CTR models of ``cfg``'s embedding set: ``<data_dir>/models/ctr`` for the default set, else
     ``<data_dir>/models/ctr/sets/<set>``; each has its own ``current.json``, so switching
     ``embed.embedding_set`` switches the rankers with the features, and rolling back is switching back."""
-    root = Path(cfg.paths.data_dir) / "models" / "ctr"
-    emb_set = cfg.embed.embedding_set
-    return root if emb_set == "default" else root / "sets" / emb_set
+    return DataDir(Path(cfg.paths.data_dir)).ctr_models(cfg.embed.embedding_set)
 
 
 def run_dir_of(pointer: Path) -> Path:
@@ -82,7 +82,7 @@ def training_rows(cfg: Config, as_of: dt.date) -> pd.DataFrame:
 
 def other_set_summaries(cfg: Config, as_of: dt.date) -> list[dict]:
     """The current run of every other embedding set's CTR models on the same snapshot (for the report)."""
-    root = Path(cfg.paths.data_dir) / "models" / "ctr"
+    root = DataDir(Path(cfg.paths.data_dir)).ctr_models_root
     pointers = [root / "current.json", *sorted((root / "sets").glob("*/current.json"))]
     own = (models_dir(cfg) / "current.json").resolve()
     out = []
@@ -182,8 +182,8 @@ def fetch_training_frame(
     for the event days not stored yet (``training_frames``); ``refresh`` fetches every day again.
     ``stats``, when given, receives what was reused and fetched."""
     from llmfeat import training_frames
-    from llmfeat.embed import embedding_paths
-    from llmfeat.publish import open_store
+    from llmfeat.feast.store import open_store
+    from llmfeat.layout import embedding_paths
 
     rows = training_rows(cfg, as_of)
     if len(rows) < cfg.train.min_interactions:
@@ -205,134 +205,146 @@ def fetch_training_frame(
 def run_train(
     cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print, frame: pd.DataFrame | None = None,
     refresh: bool = False,
-) -> dict:  # fmt: skip
+) -> TrainResult:  # fmt: skip
     """Train and evaluate every configured model; returns the summary (also saved next to the models).
     ``frame``: the output of ``fetch_training_frame`` when the caller already has it (seed sweeps);
     ``refresh``: fetch the whole training frame again instead of only the days not stored yet."""
     from llmfeat.report import write_report
 
-    t = cfg.train
-    started = time.perf_counter()
-    run_id = tables.run_id(as_of)
+    run = StageRun.start("train", as_of, log)
     frame_stats: dict = {}
     if frame is None:
         frame = fetch_training_frame(cfg, as_of, log=log, refresh=refresh, stats=frame_stats)
-    frame = frame.copy()
-    frame["event_ts"] = pd.to_datetime(frame["event_timestamp"], utc=True)
-    dim = _embedding_dim(frame)
-    model_ids = frame["item_text_embedding__model_id"].dropna().unique().tolist()
-    embedding_model_id = model_ids[0] if len(model_ids) == 1 else None
-    if len(model_ids) > 1:
-        raise ModelMismatchError(f"the training frame mixes embedding models {model_ids}")
-    fetched = time.perf_counter()
-
-    items = pd.read_parquet(tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "items"), as_of))
-    texts = [render(cfg.embed.item_template, r) for r in items.to_dict("records")]
-    tfidf = (
-        TfidfSpace.fit(items["item_id"].tolist(), texts, dim=t.tfidf_dim, seed=t.seed)
-        if "deep_tfidf" in t.models
-        else None
-    )
-
-    splits = []
-    for protocol in t.protocols:
-        if protocol == "temporal":
-            t1 = pd.Timestamp(t.t1, tz="UTC") if t.t1 else None
-            t2 = pd.Timestamp(t.t2, tz="UTC") if t.t2 else None
-            splits.append(temporal_split(frame, t1, t2, tuple(t.split_quantiles)))
-        else:  # leave_last_k (config.Protocol)
-            splits.append(leave_last_k(frame, t.leave_last_k))
-
-    out_dir = models_dir(cfg) / run_id
+    frame, dim, embedding_model_id = _checked_frame(frame)
+    fetched = run.mark("features", run.started_clock)
+    splits = _splits(frame, cfg.train)
+    out_dir = models_dir(cfg) / run.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_cfg = TrainConfig(t.epochs, t.batch_size, t.lr, t.weight_decay, t.patience, t.seed, t.device)
-    results: list[dict] = []
-    curves: dict[str, dict[str, list[dict]]] = {}
-    predictions: dict[str, dict[str, np.ndarray]] = {}
-    saved: dict[str, str] = {}
-    skipped: dict[str, str] = {}
+    fits, tfidf = _Fits(), _tfidf_space(cfg, as_of)
     for split in splits:
-        train, val, test = split.train, split.validation, split.test
-        log(f"train: {split.protocol}: {len(train)} train / {len(val)} validation / {len(test)} test rows")
-        users, items_vocab = Vocab.fit(train["user_id"]), Vocab.fit(train["item_id"])
-        # The TF-IDF pooled history may use any click before a row's snapshot, as the LM history does.
-        clicks = frame[frame["label"] == 1][["user_id", "item_id", "event_ts"]]
-        curves[split.protocol] = {}
-        predictions[split.protocol] = {"_labels": test["label"].to_numpy()}
-        for name in t.models:
-            fitted = None
-            if name == "popularity":
-                probs = _popularity(train, test)
-            else:
-                fs = FEATURE_SET[name]
-                adapted: dict = {}
-                if fs == "adapted":
-                    from llmfeat.ctr_eval import split_adapted_features
-
-                    adapted, reason, adapted_info = split_adapted_features(cfg, as_of, split, log)
-                    if reason:
-                        skipped[f"{split.protocol}/{name}"] = reason
-                        log(f"train: {split.protocol}: {name} skipped: {reason}")
-                        continue
-                data = {
-                    part: _inputs(fs, df, dim, users, items_vocab, tfidf, clicks, adapted.get(part))
-                    for part, df in split.parts().items()
-                }
-                width = data["train"].dense.shape[1]
-                if name == "lr_lm":
-                    kwargs = {"dense_dim": width}
-                    model = LogisticRegression(**kwargs)
-                else:
-                    kwargs = {"n_users": len(users), "n_items": len(items_vocab), "dense_dim": width}
-                    if fs in ("lm", "tfidf"):
-                        kwargs.update(
-                            text_blocks=len(TEXT_BLOCKS), text_dim=tfidf.dim if fs == "tfidf" else dim
-                        )
-                    elif fs == "adapted":
-                        kwargs.update(text_blocks=2, text_dim=adapted_info["dim"])
-                    model = DeepCTR(**kwargs)
-                log(f"train: {split.protocol}: fitting {name} ({width} dense features) ...")
-                fitted = fit(model, data["train"], data["validation"], train_cfg,
-                             progress=lambda e, r, n=name: log(f"train:   {n} epoch {e}: val AUC {r['val_auc']:.4f}"))  # fmt: skip
-                curves[split.protocol][name] = fitted.history
-                probs = predict(fitted.model, data["test"], device=t.device)
-            metrics = _evaluate(name, split.protocol, train, test, probs, t.light_user_max)
-            results += metrics
-            predictions[split.protocol][name] = probs
-            if fitted is not None and split.protocol == t.protocols[0]:
-                vec_dim = tfidf.dim if fs == "tfidf" else adapted_info["dim"] if fs == "adapted" else dim
-                dims = {"names": dense_names(fs, vec_dim), "dim": vec_dim}
-                saved[name] = str(_save_model(out_dir, name, fitted.model, fs, dims, users, items_vocab,
-                                              embedding_model_id, metrics, kwargs))  # fmt: skip
-    done = time.perf_counter()
-    report_dir = reports_dir(cfg) / run_id
+        _fit_split(cfg, as_of, split, frame, dim, tfidf, embedding_model_id, out_dir, fits, log)
+    run.mark("training", fetched)
+    report_dir = reports_dir(cfg) / run.run_id
     summary = {
-        "run_id": run_id,
+        "run_id": run.run_id,
         "as_of": as_of.isoformat(),
         "rows": len(frame),
         "frame": frame_stats,
         "embedding_set": cfg.embed.embedding_set,
         "embedding_model_id": embedding_model_id,
         "embedding_dim": dim,
-        "protocols": {
-            s.protocol: {
-                **s.boundaries,
-                "train": len(s.train),
-                "validation": len(s.validation),
-                "test": len(s.test),
-            }
-            for s in splits
-        },  # fmt: skip
-        "results": results,
-        "models": saved,
-        "skipped": skipped,
+        "protocols": {s.protocol: {**s.boundaries, "train": len(s.train), "validation": len(s.validation),
+                                   "test": len(s.test)} for s in splits},  # fmt: skip
+        "results": fits.results,
+        "models": fits.saved,
+        "skipped": fits.skipped,
         "report": str(report_dir / "report.md"),
-        "seconds": {"features": round(fetched - started, 3), "training": round(done - fetched, 3)},
+        "seconds": dict(run.phases.seconds),
     }
-    summary["compared_sets"] = other_set_summaries(cfg, as_of)
-    write_report(report_dir, summary, curves, predictions)
-    summary.pop("compared_sets")
+    write_report(report_dir, {**summary, "compared_sets": other_set_summaries(cfg, as_of)}, fits.curves,
+                 fits.predictions)  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    write_current(models_dir(cfg), run_id, out_dir)
-    summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    return summary
+    write_current(models_dir(cfg), run.run_id, out_dir)
+    summary["seconds"]["total"] = run.elapsed
+    return TrainResult(summary)
+
+
+def _checked_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, str | None]:
+    """(a copy with ``event_ts``, the embedding dimension, the one embedding model id); a frame mixing
+    embedding models is refused."""
+    frame = frame.copy()
+    frame["event_ts"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    model_ids = frame[ITEM_MODEL_ID].dropna().unique().tolist()
+    if len(model_ids) > 1:
+        raise ModelMismatchError(f"the training frame mixes embedding models {model_ids}")
+    return frame, _embedding_dim(frame), model_ids[0] if model_ids else None
+
+
+def _tfidf_space(cfg: Config, as_of: dt.date) -> TfidfSpace | None:
+    """The TF-IDF text space over the catalogue of ``as_of`` (only when ``deep_tfidf`` is trained)."""
+    t = cfg.train
+    if "deep_tfidf" not in t.models:
+        return None
+    items = pd.read_parquet(tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "items"), as_of))
+    texts = [render(cfg.embed.item_template, r) for r in items.to_dict("records")]
+    return TfidfSpace.fit(items["item_id"].tolist(), texts, dim=t.tfidf_dim, seed=t.seed)
+
+
+def _splits(frame: pd.DataFrame, t) -> list[Split]:
+    """One split per configured protocol (config.Protocol: temporal or leave_last_k)."""
+    splits = []
+    for protocol in t.protocols:
+        if protocol == "temporal":
+            t1 = pd.Timestamp(t.t1, tz="UTC") if t.t1 else None
+            t2 = pd.Timestamp(t.t2, tz="UTC") if t.t2 else None
+            splits.append(temporal_split(frame, t1, t2, tuple(t.split_quantiles)))
+        else:
+            splits.append(leave_last_k(frame, t.leave_last_k))
+    return splits
+
+
+@dataclass
+class _Fits:
+    """What fitting every model on every split produced, for the summary and the report."""
+
+    results: list[dict] = field(default_factory=list)
+    curves: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    saved: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    """"<protocol>/<model>" -> why it was not trained (e.g. deep_adapted on leave_last_k)."""
+
+
+def _fit_split(cfg: Config, as_of: dt.date, split: Split, frame: pd.DataFrame, dim: int, tfidf: TfidfSpace | None,
+               embedding_model_id: str | None, out_dir: Path, fits: _Fits, log: Callable[[str], None]) -> None:  # fmt: skip
+    """Fit, evaluate and (on the first protocol) save every configured model on one split."""
+    t = cfg.train
+    train_cfg = TrainConfig(t.epochs, t.batch_size, t.lr, t.weight_decay, t.patience, t.seed, t.device)
+    train, test = split.train, split.test
+    log(f"train: {split.protocol}: {len(train)} train / {len(split.validation)} validation / {len(test)} test rows")
+    users, items_vocab = Vocab.fit(train["user_id"]), Vocab.fit(train["item_id"])
+    # The TF-IDF pooled history may use any click before a row's snapshot, as the LM history does.
+    clicks = frame[frame["label"] == 1][["user_id", "item_id", "event_ts"]]
+    fits.curves[split.protocol] = {}
+    fits.predictions[split.protocol] = {"_labels": test["label"].to_numpy()}
+    for name in t.models:
+        fitted = None
+        if name == "popularity":
+            probs = _popularity(train, test)
+        else:
+            fs = FEATURE_SET[name]
+            adapted: dict = {}
+            if fs == "adapted":
+                from llmfeat.ctr_eval import split_adapted_features
+
+                adapted, reason, adapted_info = split_adapted_features(cfg, as_of, split, log)
+                if reason:
+                    fits.skipped[f"{split.protocol}/{name}"] = reason
+                    log(f"train: {split.protocol}: {name} skipped: {reason}")
+                    continue
+            data = {part: _inputs(fs, df, dim, users, items_vocab, tfidf, clicks, adapted.get(part))
+                    for part, df in split.parts().items()}  # fmt: skip
+            width = data["train"].dense.shape[1]
+            if name == "lr_lm":
+                kwargs = {"dense_dim": width}
+                model = LogisticRegression(**kwargs)
+            else:
+                kwargs = {"n_users": len(users), "n_items": len(items_vocab), "dense_dim": width}
+                if fs in ("lm", "tfidf"):
+                    kwargs.update(text_blocks=len(TEXT_BLOCKS), text_dim=tfidf.dim if fs == "tfidf" else dim)
+                elif fs == "adapted":
+                    kwargs.update(text_blocks=2, text_dim=adapted_info["dim"])
+                model = DeepCTR(**kwargs)
+            log(f"train: {split.protocol}: fitting {name} ({width} dense features) ...")
+            fitted = fit(model, data["train"], data["validation"], train_cfg,
+                         progress=lambda e, r, n=name: log(f"train:   {n} epoch {e}: val AUC {r['val_auc']:.4f}"))  # fmt: skip
+            fits.curves[split.protocol][name] = fitted.history
+            probs = predict(fitted.model, data["test"], device=t.device)
+        metrics = _evaluate(name, split.protocol, train, test, probs, t.light_user_max)
+        fits.results += metrics
+        fits.predictions[split.protocol][name] = probs
+        if fitted is not None and split.protocol == t.protocols[0]:
+            vec_dim = tfidf.dim if fs == "tfidf" else adapted_info["dim"] if fs == "adapted" else dim
+            dims = {"names": dense_names(fs, vec_dim), "dim": vec_dim}
+            fits.saved[name] = str(_save_model(out_dir, name, fitted.model, fs, dims, users, items_vocab,
+                                               embedding_model_id, metrics, kwargs))  # fmt: skip

@@ -33,8 +33,9 @@ from pathlib import Path
 import pandas as pd
 
 from llmfeat import tables
+from llmfeat.feast.names import CTR_TRAINING as SERVICE
+from llmfeat.layout import DataDir
 
-SERVICE = "ctr_training"
 STATE = "state.json"
 ORDER = ["event_timestamp", "user_id", "item_id"]
 
@@ -59,7 +60,7 @@ class FrameStats:
 
 
 def frame_root(data_dir: Path, embedding_set: str) -> Path:
-    return Path(data_dir) / "features" / "training_frame" / embedding_set
+    return DataDir(Path(data_dir)).training_frame(embedding_set)
 
 
 def _day_dir(root: Path, day: dt.date) -> Path:
@@ -91,7 +92,7 @@ def fetch(
 ) -> tuple[pd.DataFrame, FrameStats]:
     """The point-in-time frame of ``rows`` (user_id, item_id, event_timestamp, label, ...), fetching from Feast
     only the event days not stored yet (or changed); sorted by event time, user, item."""
-    from llmfeat.offline import historical_features
+    from llmfeat.feast.offline import historical_features
 
     root = Path(root)
     rows = rows.copy()

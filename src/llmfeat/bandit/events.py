@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from llmfeat.errors import MissingInputError
+from llmfeat.layout import DataDir
 from llmfeat.retrieval import NotFoundError
 
 SCHEMA = """
@@ -99,7 +100,7 @@ def event_log_path(cfg) -> Path:
     return (
         Path(cfg.bandit.event_log)
         if cfg.bandit.event_log
-        else Path(cfg.paths.data_dir) / "bandit" / "events.sqlite"
+        else DataDir(Path(cfg.paths.data_dir)).bandit / "events.sqlite"
     )
 
 

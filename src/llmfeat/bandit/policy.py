@@ -30,6 +30,7 @@ import numpy as np
 
 from llmfeat.bandit.features import ACTION_STATS, FeatureSpace, vw_lines
 from llmfeat.errors import MissingInputError
+from llmfeat.layout import DataDir
 from llmfeat.reloading import PeriodicReload
 
 log = logging.getLogger("llmfeat.bandit")
@@ -162,7 +163,7 @@ class LinUCBPolicy:
 
 
 def policy_root(data_dir: Path) -> Path:
-    return Path(data_dir) / "bandit" / "policies"
+    return DataDir(Path(data_dir)).bandit / "policies"
 
 
 def current_policy_version(root: Path) -> str:

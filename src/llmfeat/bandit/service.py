@@ -123,8 +123,8 @@ class BanditService:
         ``parquet``, from the embedding tables (no Feast; no item stats: every item looks cold)."""
         policies = PolicyHolder(policy_root(cfg.paths.data_dir))
         if cfg.serve.user_source == "feast":
+            from llmfeat.feast.store import open_store
             from llmfeat.online import OnlineFeatures
-            from llmfeat.publish import open_store
 
             features = OnlineFeatures(open_store(cfg), dim=policies.get().space.dim)
         else:
@@ -256,7 +256,7 @@ class ParquetFeatures:
     """``fetch`` over the embedding tables (latest vectors): the service without Feast. No stats."""
 
     def __init__(self, data_dir, embedding_set: str):
-        from llmfeat.embed import embedding_paths
+        from llmfeat.layout import embedding_paths
         from llmfeat.retrieval import ParquetUserVectors
         from llmfeat.vectors import read_latest
 

@@ -50,8 +50,8 @@ from llmfeat.bandit import ope
 from llmfeat.bandit.features import FeatureSpace, a_text, action_rows, shared_row
 from llmfeat.bandit.policy import GreedyCtrPolicy, LinUCBPolicy, PopularityPolicy, RandomPolicy, VWPolicy
 from llmfeat.config import Config
-from llmfeat.embed import embedding_paths
 from llmfeat.errors import MissingInputError
+from llmfeat.layout import embedding_paths
 from llmfeat.vectors import normalise, read_latest
 
 MAX_RATED = 10

@@ -1,0 +1,277 @@
+"""Typed stage results: what each stage run returns, what the nightly records and what the CLI prints.
+
+Each result wraps the stage's manifest (``data``, as written to disk and to the nightly's markers) and gives
+it a type: the rows the stage read and wrote (``rows_read`` / ``rows_written``; None where the stage has no
+row count to give, e.g. Feast does not report how many rows a materialisation wrote), ``to_dict()`` (the
+manifest with those counts it has) and a one-line ``headline()``. A result is also a read-only mapping over
+``to_dict()``, so code that indexed the old manifest dicts keeps working.
+
+``result_for(stage, summary)`` rebuilds the result of a stage from its recorded summary (a skipped stage's
+marker), so ``nightly`` and ``cli`` render every stage the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+
+def _total(counts: Mapping, key: str) -> int:
+    return sum(int(c.get(key, 0) or 0) for c in counts.values() if isinstance(c, Mapping))
+
+
+@dataclass(eq=False)
+class StageResult(Mapping):
+    """The base: ``data`` is the stage's manifest or summary."""
+
+    data: dict = field(default_factory=dict)
+    stage: ClassVar[str] = "stage"
+
+    @property
+    def rows_read(self) -> int | None:
+        return self.data.get("rows_read")
+
+    @property
+    def rows_written(self) -> int | None:
+        return self.data.get("rows_written")
+
+    @property
+    def seconds(self) -> dict:
+        return self.data.get("seconds", {})
+
+    def to_dict(self) -> dict:
+        """``data`` with ``rows_read`` / ``rows_written`` (each left out when the stage has no such count)."""
+        rows = {"rows_read": self.rows_read, "rows_written": self.rows_written}
+        return {**self.data, **{k: v for k, v in rows.items() if v is not None}}
+
+    def __bool__(self) -> bool:
+        """False for the empty result of a stage that did not run."""
+        return bool(self.data)
+
+    def rows(self) -> str:
+        """'rows read R, written W' (a dash for a count the stage does not have)."""
+
+        def fmt(v):
+            return "-" if v is None else str(v)
+
+        return f"rows read {fmt(self.rows_read)}, written {fmt(self.rows_written)}"
+
+    def headline(self) -> str:
+        return self.rows()
+
+    # a read-only mapping over to_dict(): existing callers index results like the manifests they were
+    def __getitem__(self, key: str):
+        return self.to_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
+@dataclass(eq=False)
+class IngestSummary(StageResult):
+    stage: ClassVar[str] = "ingest"
+
+    @classmethod
+    def of(cls, r) -> IngestSummary:
+        """From ``ingest.IngestResult``."""
+        return cls({"counts": r.counts, "notes": r.notes, "quarantined": r.quarantined,
+                    "not_yet_visible": r.not_yet_visible, "outputs": {k: str(v) for k, v in r.outputs.items()}})  # fmt: skip
+
+    @property
+    def counts(self) -> dict:
+        return self.data.get("counts", {})
+
+    @property
+    def quarantined(self) -> int:
+        return int(self.data.get("quarantined", 0))
+
+    @property
+    def not_yet_visible(self) -> int:
+        return int(self.data.get("not_yet_visible", 0))
+
+    @property
+    def rows_read(self) -> int:
+        return _total(self.counts, "read")
+
+    @property
+    def rows_written(self) -> int:
+        return _total(self.counts, "kept")
+
+    def headline(self) -> str:
+        kept = ", ".join(f"{k} {v['kept']}" for k, v in self.counts.items())
+        return f"{kept}; quarantined {self.quarantined}; not yet visible {self.not_yet_visible}"
+
+
+@dataclass(eq=False)
+class EmbedResult(StageResult):
+    stage: ClassVar[str] = "embed"
+
+    @property
+    def counts(self) -> dict:
+        return self.data.get("counts", {})
+
+    @property
+    def model_id(self) -> str | None:
+        return self.data.get("model_id")
+
+    @property
+    def rows_read(self) -> int:
+        return _total(self.counts, "read")
+
+    @property
+    def rows_written(self) -> int:
+        return _total(self.counts, "written")
+
+    def headline(self) -> str:
+        parts = [f"{k}: encoded {v.get('encoded', 0)}, reused {v.get('reused', 0)}, written {v.get('written', 0)}"
+                 for k, v in self.counts.items() if "encoded" in v]  # fmt: skip
+        return f"model {self.model_id}; " + "; ".join(parts)
+
+
+@dataclass(eq=False)
+class StatsResult(StageResult):
+    stage: ClassVar[str] = "stats"
+
+    @property
+    def written(self) -> dict[str, int]:
+        return self.data.get("counts", {}).get("written", {})
+
+    @property
+    def rows_written(self) -> int:
+        return sum(self.written.values())
+
+    def headline(self) -> str:
+        return "rows written " + ", ".join(f"{k} {v}" for k, v in self.written.items())
+
+
+@dataclass(eq=False)
+class PublishResult(StageResult):
+    """Feast does not say how many rows a materialisation read or wrote: both counts are None."""
+
+    stage: ClassVar[str] = "publish"
+
+    def headline(self) -> str:
+        s = self.data
+        kept = f"; {len(s['kept_newer'])} kept newer values" if s.get("kept_newer") else ""
+        views = len(s.get("feature_views", []))
+        return f"{views} views -> {s.get('online_store')} until {s.get('materialized_until')}{kept}"
+
+
+@dataclass(eq=False)
+class IndexResult(StageResult):
+    stage: ClassVar[str] = "index"
+
+    @property
+    def rows_read(self) -> int | None:
+        return self.data.get("count")
+
+    @property
+    def rows_written(self) -> int | None:
+        return None if self.data.get("kept_newer") else self.data.get("count")
+
+    def headline(self) -> str:
+        s = self.data
+        if s.get("kept_newer"):
+            return f"kept version {s.get('version')} (as of {s['kept_newer']}, newer than this date)"
+        return f"version {s.get('version')}: {s.get('count')} items, {s.get('index', {}).get('factory')}"
+
+
+@dataclass(eq=False)
+class TrainResult(StageResult):
+    """``rows_read``: labelled rows of the training frame; ``rows_written``: frame rows fetched from Feast and
+    stored this run (the rest were reused)."""
+
+    stage: ClassVar[str] = "train"
+
+    @property
+    def trained(self) -> bool:
+        return self.data.get("trained", True) is not False
+
+    @property
+    def rows_read(self) -> int | None:
+        return self.data.get("rows")
+
+    @property
+    def rows_written(self) -> int | None:
+        return (self.data.get("frame") or {}).get("fetched_rows")
+
+    @property
+    def headline_rows(self) -> list[dict]:
+        """The temporal protocol's all-rows and cold-item results (the nightly keeps only these)."""
+        if "headline" in self.data:
+            return self.data["headline"]
+        return [r for r in self.data.get("results", [])
+                if r["slice"] in ("all", "cold_item") and r["protocol"] == "temporal"]  # fmt: skip
+
+    def headline(self) -> str:
+        if not self.trained:
+            return f"not trained: {self.data.get('reason')}"
+        from llmfeat.report import is_tiny
+
+        heads = [
+            f"{r['model']} {r['slice']} AUC {r['auc']:.3f} ({r['rows']} rows{', too few to read' if is_tiny(r) else ''})"
+            for r in self.headline_rows
+            if r["model"] in ("deep_lm", "deep_ids_stats")
+        ]
+        f = self.data.get("frame") or {}
+        frame = (
+            f"frame: {f.get('reused_rows', 0)} rows reused, {f.get('fetched_rows', 0)} fetched; " if f else ""
+        )
+        report = self.data.get("report")
+        line = frame + "; ".join(heads) + f"; report {Path(report).resolve() if report else '-'}"
+        if self.data.get("bandit"):
+            b = self.data["bandit"]["mean_test_reward"]
+            line += f"; bandit sim reward VW {b['vw']:.0f} vs random {b['random']:.0f}, greedy CTR {b['greedy_ctr']:.0f}"
+        return line
+
+
+@dataclass(eq=False)
+class FinetuneResult(StageResult):
+    """The model card. ``rows_read``: click pairs used (train + validation); nothing row-wise is written."""
+
+    stage: ClassVar[str] = "finetune"
+
+    @property
+    def rows_read(self) -> int | None:
+        d = self.data.get("data") or {}
+        if "train_pairs" not in d:
+            return None
+        return int(d["train_pairs"]) + int(d.get("validation_pairs", 0))
+
+    def headline(self) -> str:
+        c = self.data
+        return (f"{c.get('model_id')}: validation loss {c.get('val_loss_before')} -> {c.get('val_loss_after')} "
+                f"(best step {c.get('best_step')} of {c.get('steps')})")  # fmt: skip
+
+
+@dataclass(eq=False)
+class AdaptResult(StageResult):
+    """``rows_written``: the vectors written to the adapted set (items + users)."""
+
+    stage: ClassVar[str] = "adapt"
+
+    @property
+    def rows_written(self) -> int | None:
+        counts = self.data.get("counts")
+        return sum(v for v in counts.values() if isinstance(v, int)) if counts else None
+
+    def headline(self) -> str:
+        s = self.data
+        return (f"set {s.get('embedding_set')}: {s.get('model_id')}; validation recall@20 {s.get('val_recall@20')}; "
+                f"index {s.get('index_version')}")  # fmt: skip
+
+
+RESULTS = {r.stage: r for r in (IngestSummary, EmbedResult, StatsResult, PublishResult, IndexResult, TrainResult,
+                                FinetuneResult, AdaptResult)}  # fmt: skip
+
+
+def result_for(stage: str, summary: Mapping) -> StageResult:
+    """The typed result of ``stage`` from its summary (a result already, or a dict read from a marker)."""
+    if isinstance(summary, StageResult):
+        return summary
+    return RESULTS.get(stage, StageResult)(dict(summary))
