@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmfeat import tables
+from llmfeat import costs, tables
 from llmfeat.config import Config, absolute_paths
 from llmfeat.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
 from llmfeat.faults import NO_FAULTS, Faults
@@ -398,6 +398,7 @@ def run_nightly(
                         f"nothing of stage {stage} was published; fix the cause and run the same command "
                         f"again: it resumes at {stage} (markers in {markers})",)) from exc  # fmt: skip
                 seconds = time.perf_counter() - t0
+                summary["rows_io"] = costs.stage_rows(stage, summary)  # rows read / written (costs.py)
                 tables.write_json(marker, {"stage": stage, "as_of": as_of.isoformat(), "seconds": round(seconds, 3),
                                      "finished": dt.datetime.now(dt.UTC).isoformat(), "summary": summary})  # fmt: skip
                 pending_redo.unlink(missing_ok=True)
