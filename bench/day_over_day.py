@@ -33,7 +33,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def night(day: dt.date, data_dir: Path, overrides: list[str], log_path: Path) -> dict:
     """One nightly run in its own process; its summary plus wall time, peak RSS and load average."""
-    cmd = [sys.executable, "-m", "llmfeat.cli", "nightly", "--as-of", day.isoformat(), "--data-dir", str(data_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "llmfeat.cli",
+        "nightly",
+        "--as-of",
+        day.isoformat(),
+        "--data-dir",
+        str(data_dir),
+    ]
     for item in overrides:
         cmd += ["--set", item]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -56,8 +65,12 @@ def night(day: dt.date, data_dir: Path, overrides: list[str], log_path: Path) ->
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "stages": {
-            s["stage"]: {"status": s["status"], "seconds": s["seconds"], "rows_io": s["summary"].get("rows_io"),
-                         "detail": detail(s["stage"], s["summary"])}  # fmt: skip
+            s["stage"]: {
+                "status": s["status"],
+                "seconds": s["seconds"],
+                "rows_io": s["summary"].get("rows_io"),
+                "detail": detail(s["stage"], s["summary"]),
+            }  # fmt: skip
             for s in summary["stages"]
         },
     }
@@ -88,7 +101,9 @@ def main() -> None:
     ap.add_argument("--day", default="1998-04-22", help="D: the full night; D+1 is the incremental one")
     ap.add_argument("--work", type=Path, default=REPO / "var" / "bench" / "day_over_day")
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "day_over_day.json")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override, both nights")
+    ap.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="config override, both nights"
+    )
     args = ap.parse_args()
     day = dt.date.fromisoformat(args.day)
     data_dir = args.work / "data"
