@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat import tables
+from llmfeat import tables, warm_start
 from llmfeat.config import Config, reports_dir
 from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
@@ -246,6 +246,9 @@ def run_train(
     out_dir = models_dir(cfg) / run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     train_cfg = TrainConfig(t.epochs, t.batch_size, t.lr, t.weight_decay, t.patience, t.seed, t.device)
+    previous = warm_start.previous_run(models_dir(cfg)) if t.warm_start else None
+    warmed: dict[str, str] = {}
+    epochs: dict[str, int] = {}
     results: list[dict] = []
     curves: dict[str, dict[str, list[dict]]] = {}
     predictions: dict[str, dict[str, np.ndarray]] = {}
@@ -291,10 +294,20 @@ def run_train(
                     elif fs == "adapted":
                         kwargs.update(text_blocks=2, text_dim=adapted_info["dim"])
                     model = DeepCTR(**kwargs)
+                if t.warm_start:
+                    why = warm_start.eligible(previous and previous[0], split.protocol, split.boundaries)
+                    vec_dim = tfidf.dim if fs == "tfidf" else dim
+                    why = why or warm_start.load_into(
+                        model, previous[1] / f"{name}.pt", kwargs=kwargs, feature_set=fs,
+                        dense_names=dense_names(fs, vec_dim), users=users, items=items_vocab,
+                        embedding_model_id=embedding_model_id,
+                    )  # fmt: skip
+                    warmed[f"{split.protocol}/{name}"] = why or "warm"
                 log(f"train: {split.protocol}: fitting {name} ({width} dense features) ...")
                 fitted = fit(model, data["train"], data["validation"], train_cfg,
                              progress=lambda e, r, n=name: log(f"train:   {n} epoch {e}: val AUC {r['val_auc']:.4f}"))  # fmt: skip
                 curves[split.protocol][name] = fitted.history
+                epochs[f"{split.protocol}/{name}"] = len(fitted.history)
                 probs = predict(fitted.model, data["test"], device=t.device)
             metrics = _evaluate(name, split.protocol, train, test, probs, t.light_user_max)
             results += metrics
@@ -329,6 +342,9 @@ def run_train(
         "report": str(report_dir / "report.md"),
         "seconds": {"features": round(fetched - started, 3), "training": round(done - fetched, 3)},
     }
+    summary["fit_epochs"] = epochs
+    if t.warm_start:
+        summary["warm_start"] = warmed
     summary["compared_sets"] = other_set_summaries(cfg, as_of)
     write_report(report_dir, summary, curves, predictions)
     summary.pop("compared_sets")
