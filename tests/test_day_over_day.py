@@ -83,3 +83,21 @@ def test_every_stage_reports_rows_read_and_written(nights):
     later = [next(r.summary for r in run["summary"].results if r.stage == "publish")["rows_io"]["read"]
              for run in runs[1:]]  # fmt: skip
     assert all(n < full for n in later), (full, later)
+
+
+def test_training_window_reads_only_its_days_and_a_wider_one_reuses_them(nights):
+    from llmfeat.train import fetch_training_frame
+
+    cfg, _ = nights
+    night = NIGHTS[-1]  # events of 2024-01-02 .. 2024-01-05 are visible
+    base = [*pit_overrides(cfg.paths.data_dir), "train.min_interactions=1"]
+    stats: dict = {}
+    frame = fetch_training_frame(load_config(None, [*base, "train.window_days=2"]), night, log=lambda _: None,
+                                 stats=stats)  # fmt: skip
+    days = {d.isoformat() for d in frame["event_timestamp"].dt.date}
+    assert days == {"2024-01-04", "2024-01-05"} and stats["fetched_rows"] == 2 and stats["rows"] == 2
+    stats = {}
+    full = fetch_training_frame(load_config(None, base), night, log=lambda _: None, stats=stats)
+    assert stats["fetched_days"] == 2 and stats["fetched_range"] == ["2024-01-02", "2024-01-03"]
+    assert stats["reused_rows"] == 2  # the window's days, stored by the first fetch
+    assert_same_frame(full, historical_features(open_store(cfg), training_rows(cfg, night)))

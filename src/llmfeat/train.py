@@ -186,6 +186,9 @@ def fetch_training_frame(
     from llmfeat.publish import open_store
 
     rows = training_rows(cfg, as_of)
+    if cfg.train.window_days is not None:  # only the window's rows are read back or fetched
+        start = pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=cfg.train.window_days)
+        rows = rows[pd.to_datetime(rows["event_timestamp"], utc=True) >= start].reset_index(drop=True)
     if len(rows) < cfg.train.min_interactions:
         raise TooLittleDataError(
             f"only {len(rows)} labelled interactions as of {as_of} "
