@@ -8,7 +8,9 @@ On a data directory where the nightly ran for D and D+1 (bench/day_over_day.py l
 
 The training frames come from the stored point-in-time frame (no Feast fetch). Reported per seed and model:
 test AUC / logloss (temporal protocol, all rows), epochs run and fit seconds; then warm - cold per model with
-its mean and range over seeds, next to the seed noise of the cold runs (their standard deviation). The runs
+its mean and range over seeds, next to the seed noise of the cold runs (their standard deviation). Then, with
+``train.window_days`` (``--window-days``), the train stage as of two dates with a short and a long stored
+history (``--history-days``): rows, frame read and fit seconds. The runs
 add model and report directories to the data directory; its ``current.json`` is restored at the end.
 
     .venv/bin/python bench/warm_start.py --data-dir var/bench/day_over_day/data --day 1998-04-22 \
@@ -51,6 +53,31 @@ def one(cfg, day: dt.date, frame, log) -> dict:
     }
 
 
+def history_lengths(base: list[str], window_days: int, dates: list[str], log) -> list[dict]:
+    """Train (cold, seed 1) with ``train.window_days`` as of each date: the stage's cost at two lengths of
+    stored history should not differ beyond noise (the rows trained on are bounded by the window)."""
+    from llmfeat import tables
+    from llmfeat.config import load_config
+    from llmfeat.ingest import run_ingest
+    from llmfeat.train import fetch_training_frame
+
+    cfg = load_config(None, [*base, "train.seed=1", f"train.window_days={window_days}"])
+    out = []
+    for day in map(dt.date.fromisoformat, dates):
+        if not tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), day).is_dir():
+            run_ingest(cfg, day)  # the canonical snapshot of that date (what a night then would have seen)
+        t0, stats = time.perf_counter(), {}
+        frame = fetch_training_frame(cfg, day, log=log, stats=stats)
+        read_s = time.perf_counter() - t0
+        first = dt.date(1997, 9, 20)  # MovieLens-100k's first event day
+        run = one(cfg, day, frame, log)
+        out.append({"as_of": day.isoformat(), "stored_history_days": (day - first).days, "rows": len(frame),
+                    "frame_read_s": round(read_s, 2), "load": [round(x, 2) for x in os.getloadavg()],
+                    **{k: run[k] for k in ("seconds", "fit_seconds", "epochs")}})  # fmt: skip
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def main() -> None:
     from llmfeat.config import load_config
     from llmfeat.train import fetch_training_frame, models_dir
@@ -60,6 +87,13 @@ def main() -> None:
     ap.add_argument("--day", default="1998-04-22")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "warm_start.json")
+    ap.add_argument("--window-days", type=int, default=30, help="0: skip the two-history-lengths runs")
+    ap.add_argument(
+        "--history-days",
+        nargs=2,
+        default=["1997-12-20", "1998-04-23"],
+        help="two as-of dates with a short and a long stored history",
+    )
     args = ap.parse_args()
     day = dt.date.fromisoformat(args.day)
     nxt = day + dt.timedelta(days=1)
@@ -86,6 +120,9 @@ def main() -> None:
             runs.append({"seed": seed, "load_before": [round(x, 2) for x in load], "previous": previous,
                          "cold": cold, "warm": warm})  # fmt: skip
             print(json.dumps(runs[-1]), flush=True)
+        window = (
+            history_lengths(base, args.window_days, args.history_days, quiet) if args.window_days else None
+        )
     finally:
         if saved.is_file():
             os.replace(saved, models / "current.json")
@@ -99,10 +136,15 @@ def main() -> None:
                     "epochs_warm": [r["warm"]["epochs"][f"temporal/{m}"] for r in runs]}  # fmt: skip
     fit = {k: [r[k]["fit_seconds"] for r in runs] for k in ("cold", "warm")}
     out = {"bench": "warm_start", "command": " ".join(["python", *sys.argv]), "runs": runs, "auc": diffs,
-           "fit_seconds": fit, "fit_ratio_warm_over_cold": round(sum(fit["warm"]) / sum(fit["cold"]), 3)}  # fmt: skip
+           "fit_seconds": fit, "fit_ratio_warm_over_cold": round(sum(fit["warm"]) / sum(fit["cold"]), 3),
+           "window": window}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
-    print(json.dumps({k: out[k] for k in ("auc", "fit_seconds", "fit_ratio_warm_over_cold")}, indent=2))
+    print(
+        json.dumps(
+            {k: out[k] for k in ("auc", "fit_seconds", "fit_ratio_warm_over_cold", "window")}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":
