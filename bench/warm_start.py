@@ -53,19 +53,25 @@ def one(cfg, day: dt.date, frame, log) -> dict:
     }
 
 
+def ensure_snapshot(cfg, day: dt.date) -> None:
+    """The canonical snapshot of ``day`` (what that night's ingest would have written), made if missing."""
+    from llmfeat import tables
+    from llmfeat.ingest import run_ingest
+
+    if not tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), day).is_dir():
+        run_ingest(cfg, day)
+
+
 def history_lengths(base: list[str], window_days: int, dates: list[str], log) -> list[dict]:
     """Train (cold, seed 1) with ``train.window_days`` as of each date: the stage's cost at two lengths of
     stored history should not differ beyond noise (the rows trained on are bounded by the window)."""
-    from llmfeat import tables
     from llmfeat.config import load_config
-    from llmfeat.ingest import run_ingest
     from llmfeat.train import fetch_training_frame
 
     cfg = load_config(None, [*base, "train.seed=1", f"train.window_days={window_days}"])
     out = []
     for day in map(dt.date.fromisoformat, dates):
-        if not tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), day).is_dir():
-            run_ingest(cfg, day)  # the canonical snapshot of that date (what a night then would have seen)
+        ensure_snapshot(cfg, day)
         t0, stats = time.perf_counter(), {}
         frame = fetch_training_frame(cfg, day, log=log, stats=stats)
         read_s = time.perf_counter() - t0
@@ -79,6 +85,8 @@ def history_lengths(base: list[str], window_days: int, dates: list[str], log) ->
 
 
 def main() -> None:
+    import torch
+
     from llmfeat.config import load_config
     from llmfeat.train import fetch_training_frame, models_dir
 
@@ -87,6 +95,7 @@ def main() -> None:
     ap.add_argument("--day", default="1998-04-22")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "warm_start.json")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for every training run")
     ap.add_argument("--window-days", type=int, default=30, help="0: skip the two-history-lengths runs")
     ap.add_argument(
         "--history-days",
@@ -105,6 +114,9 @@ def main() -> None:
     saved = models / "current.json.before-bench"
     if (models / "current.json").is_file():
         shutil.copy2(models / "current.json", saved)
+    torch.set_num_threads(args.threads)  # the same for every arm; 1 keeps a shared machine's other runs fair
+    for d in (day, nxt):
+        ensure_snapshot(cfg, d)
     frames = {d: fetch_training_frame(cfg, d, log=quiet) for d in (day, nxt)}
     runs = []
     try:
