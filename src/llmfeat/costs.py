@@ -7,7 +7,8 @@ offline store and wrote to the online store, which Feast does not report. The ni
 each stage's summary under ``"rows_io"``.
 
 "read" counts every row a stage scans, including the whole inputs it reads to find what changed (an embed
-reads every item text to compare content hashes); "written" counts rows it writes to a table, store or index.
+reads every item text to compare content hashes) and its own change-log tables, which embed and stats read to
+carry each key's latest row forward (``change_log_read``); "written" counts rows it writes to a table, store or index.
 Where a stage also processes rows it neither reads from a new source nor writes (training on the whole
 frame), the extra key says so ("trained_on").
 """
@@ -78,6 +79,13 @@ def _sum(counts: dict, key: str) -> int:
     return sum(int(c.get(key, 0)) for c in counts.values() if isinstance(c, dict))
 
 
+def _history(summary: dict, written: int, skip: tuple[str, ...] = ()) -> int:
+    """Rows of a stage's own change-log tables before this run: it reads them (the latest row per key before
+    its first snapshot) to carry state forward; counted now as the tables' rows less what it just wrote."""
+    total = sum(parquet_rows(p) for k, p in summary.get("outputs", {}).items() if k not in skip)
+    return max(total - written, 0)
+
+
 def stage_rows(stage: str, summary: dict) -> dict | None:
     """Rows read and written by one stage, from its summary; None for a stage that did not run its work (a
     backfill that left newer outputs, too little data to train)."""
@@ -88,16 +96,21 @@ def stage_rows(stage: str, summary: dict) -> dict | None:
         counts = summary.get("counts", {})
         parts = [counts.get("items", {}), counts.get("users", {}), counts.get("user_history", {})]
         read = sum(parquet_rows(p) for k, p in summary.get("inputs", {}).items() if k == "interactions")
+        written = sum(int(p.get("written", 0)) for p in parts)
+        history = _history(summary, written, skip=("quarantine",))
         return {
-            "read": sum(int(p.get("read", 0)) for p in parts) + read,
-            "written": sum(int(p.get("written", 0)) for p in parts),
+            "read": sum(int(p.get("read", 0)) for p in parts) + read + history,
+            "written": written,
             "encoded": sum(int(p.get("encoded", 0)) for p in parts),
+            "change_log_read": history,
         }
     if stage == "stats":
-        written = summary.get("counts", {}).get("written", {})
+        written = sum(int(n) for n in summary.get("counts", {}).get("written", {}).values())
+        history = _history(summary, written)
         return {
-            "read": sum(parquet_rows(p) for p in summary.get("inputs", {}).values()),
-            "written": sum(int(n) for n in written.values()),
+            "read": sum(parquet_rows(p) for p in summary.get("inputs", {}).values()) + history,
+            "written": written,
+            "change_log_read": history,
         }
     if stage == "publish":
         done = summary.get("materialized")
