@@ -185,6 +185,13 @@ class TrainingConfig:
     device: str = "auto"
     tfidf_dim: int = 128
     light_user_max: int = 5
+    window_days: int | None = None
+    """Train on the labelled interactions of the last this many days before ``as_of`` only (None: all of
+    them): the training set, and so the train stage's time, stays bounded as history grows. With
+    ``warm_start`` the models still carry what earlier nights learnt."""
+    warm_start: bool = False
+    """Start each CTR model from the previous night's model of the same name (temporal protocol only, where it
+    cannot see tonight's test rows; llmfeat.warm_start says when it starts cold instead)."""
     min_interactions: int = 500
     """Fewer labelled interactions than this: the nightly run records "too little data" instead of training
     (a CTR model fitted on a handful of rows is noise, and a temporal split of them may be empty)."""
@@ -192,6 +199,8 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         _positive("train", self, "epochs", "batch_size", "lr", "patience", "tfidf_dim", "leave_last_k",
                   "light_user_max", "min_interactions")  # fmt: skip
+        _check(self.window_days is None or self.window_days > 0, "train.window_days",
+               f"must be a positive number of days or null, got {self.window_days}")  # fmt: skip
         _device("train.device", self.device)
         _check(len(self.split_quantiles) == 2 and 0 < self.split_quantiles[0] < self.split_quantiles[1] < 1,
                "train.split_quantiles", f"must be two quantiles 0 < q1 < q2 < 1, got {self.split_quantiles}")  # fmt: skip

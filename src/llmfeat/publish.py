@@ -40,6 +40,7 @@ import io
 import re
 import time
 
+from llmfeat import costs
 from llmfeat.config import Config
 from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.feast.store import (  # noqa: F401 - feast_dir ... rebase_registry re-exported (tests, benches)
@@ -97,6 +98,9 @@ def run_publish(
             else:
                 store.materialize_incremental(end_date=end, feature_views=[name])
     done = time.perf_counter()
+    materialized = costs.materialized_rows(
+        store, {v.name: (None if v.name in fresh else _utc(until[v.name]), end) for v in todo}
+    )
     for line in feast_output.getvalue().splitlines():
         if line.startswith("Materializing"):
             log(f"publish: {_ANSI.sub('', line).strip()}")
@@ -107,9 +111,11 @@ def run_publish(
         "full_materialization": sorted(fresh),
         "incremental": sorted(seen),
         "kept_newer": {n: t.isoformat() for n, t in sorted(newer.items())},
+        "materialized": materialized,
         "online_store": cfg.feast.online_store,
         "project": feast_project(cfg),
         "embedding_set": cfg.embed.embedding_set,
         "feature_store_yaml": str(yaml_path),
-        "seconds": {"apply": round(applied - started, 3), "materialize": round(done - applied, 3)},
+        "seconds": {"apply": round(applied - started, 3), "materialize": round(done - applied, 3),
+                    "count_rows": round(time.perf_counter() - done, 3)},
     })  # fmt: skip

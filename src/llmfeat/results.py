@@ -14,12 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
-
-
-def _total(counts: Mapping, key: str) -> int:
-    return sum(int(c.get(key, 0) or 0) for c in counts.values() if isinstance(c, Mapping))
 
 
 @dataclass(eq=False)
@@ -29,13 +26,23 @@ class StageResult(Mapping):
     data: dict = field(default_factory=dict)
     stage: ClassVar[str] = "stage"
 
+    @cached_property
+    def rows_io(self) -> dict | None:
+        """Rows read and written, with per-stage extras (``costs.stage_rows``: the one definition of the
+        counts); recorded in the nightly's markers under ``rows_io``."""
+        if "rows_io" in self.data:
+            return self.data["rows_io"]
+        from llmfeat import costs
+
+        return costs.stage_rows(self.stage, self.data)
+
     @property
     def rows_read(self) -> int | None:
-        return self.data.get("rows_read")
+        return (self.rows_io or {}).get("read")
 
     @property
     def rows_written(self) -> int | None:
-        return self.data.get("rows_written")
+        return (self.rows_io or {}).get("written")
 
     @property
     def seconds(self) -> dict:
@@ -43,7 +50,7 @@ class StageResult(Mapping):
 
     def to_dict(self) -> dict:
         """``data`` with ``rows_read`` / ``rows_written`` (each left out when the stage has no such count)."""
-        rows = {"rows_read": self.rows_read, "rows_written": self.rows_written}
+        rows = {"rows_read": self.rows_read, "rows_written": self.rows_written, "rows_io": self.rows_io}
         return {**self.data, **{k: v for k, v in rows.items() if v is not None}}
 
     def __bool__(self) -> bool:
@@ -94,14 +101,6 @@ class IngestSummary(StageResult):
     def not_yet_visible(self) -> int:
         return int(self.data.get("not_yet_visible", 0))
 
-    @property
-    def rows_read(self) -> int:
-        return _total(self.counts, "read")
-
-    @property
-    def rows_written(self) -> int:
-        return _total(self.counts, "kept")
-
     def headline(self) -> str:
         kept = ", ".join(f"{k} {v['kept']}" for k, v in self.counts.items())
         return f"{kept}; quarantined {self.quarantined}; not yet visible {self.not_yet_visible}"
@@ -119,14 +118,6 @@ class EmbedResult(StageResult):
     def model_id(self) -> str | None:
         return self.data.get("model_id")
 
-    @property
-    def rows_read(self) -> int:
-        return _total(self.counts, "read")
-
-    @property
-    def rows_written(self) -> int:
-        return _total(self.counts, "written")
-
     def headline(self) -> str:
         parts = [f"{k}: encoded {v.get('encoded', 0)}, reused {v.get('reused', 0)}, written {v.get('written', 0)}"
                  for k, v in self.counts.items() if "encoded" in v]  # fmt: skip
@@ -141,17 +132,14 @@ class StatsResult(StageResult):
     def written(self) -> dict[str, int]:
         return self.data.get("counts", {}).get("written", {})
 
-    @property
-    def rows_written(self) -> int:
-        return sum(self.written.values())
-
     def headline(self) -> str:
         return "rows written " + ", ".join(f"{k} {v}" for k, v in self.written.items())
 
 
 @dataclass(eq=False)
 class PublishResult(StageResult):
-    """Feast does not say how many rows a materialisation read or wrote: both counts are None."""
+    """Feast does not say how many rows a materialisation read or wrote: ``costs.materialized_rows`` counts
+    them from the offline tables over the materialised interval."""
 
     stage: ClassVar[str] = "publish"
 
@@ -166,14 +154,6 @@ class PublishResult(StageResult):
 class IndexResult(StageResult):
     stage: ClassVar[str] = "index"
 
-    @property
-    def rows_read(self) -> int | None:
-        return self.data.get("count")
-
-    @property
-    def rows_written(self) -> int | None:
-        return None if self.data.get("kept_newer") else self.data.get("count")
-
     def headline(self) -> str:
         s = self.data
         if s.get("kept_newer"):
@@ -183,22 +163,14 @@ class IndexResult(StageResult):
 
 @dataclass(eq=False)
 class TrainResult(StageResult):
-    """``rows_read``: labelled rows of the training frame; ``rows_written``: frame rows fetched from Feast and
-    stored this run (the rest were reused)."""
+    """``rows_read``: training-frame rows fetched from Feast plus those reused; ``rows_written``: rows fetched
+    and stored this run; ``rows_io["trained_on"]``: the rows the models were fitted on."""
 
     stage: ClassVar[str] = "train"
 
     @property
     def trained(self) -> bool:
         return self.data.get("trained", True) is not False
-
-    @property
-    def rows_read(self) -> int | None:
-        return self.data.get("rows")
-
-    @property
-    def rows_written(self) -> int | None:
-        return (self.data.get("frame") or {}).get("fetched_rows")
 
     @property
     def headline_rows(self) -> list[dict]:

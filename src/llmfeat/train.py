@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat import tables
+from llmfeat import tables, warm_start
 from llmfeat.config import Config, reports_dir
 from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
@@ -186,6 +186,9 @@ def fetch_training_frame(
     from llmfeat.layout import embedding_paths
 
     rows = training_rows(cfg, as_of)
+    if cfg.train.window_days is not None:  # only the window's rows are read back or fetched
+        start = pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=cfg.train.window_days)
+        rows = rows[pd.to_datetime(rows["event_timestamp"], utc=True) >= start].reset_index(drop=True)
     if len(rows) < cfg.train.min_interactions:
         raise TooLittleDataError(
             f"only {len(rows)} labelled interactions as of {as_of} "
@@ -221,6 +224,8 @@ def run_train(
     out_dir = models_dir(cfg) / run.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     fits, tfidf = _Fits(), _tfidf_space(cfg, as_of)
+    if cfg.train.warm_start:
+        fits.previous = warm_start.previous_run(models_dir(cfg))
     for split in splits:
         _fit_split(cfg, as_of, split, frame, dim, tfidf, embedding_model_id, out_dir, fits, log)
     run.mark("training", fetched)
@@ -241,6 +246,9 @@ def run_train(
         "report": str(report_dir / "report.md"),
         "seconds": dict(run.phases.seconds),
     }
+    summary["fit_epochs"] = fits.epochs
+    if cfg.train.warm_start:
+        summary["warm_start"] = fits.warmed
     write_report(report_dir, {**summary, "compared_sets": other_set_summaries(cfg, as_of)}, fits.curves,
                  fits.predictions)  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
@@ -293,6 +301,24 @@ class _Fits:
     saved: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     """"<protocol>/<model>" -> why it was not trained (e.g. deep_adapted on leave_last_k)."""
+    epochs: dict[str, int] = field(default_factory=dict)
+    previous: tuple | None = None
+    """The previous night's run (warm_start.previous_run) when ``train.warm_start`` is on."""
+    warmed: dict[str, str] = field(default_factory=dict)
+    """"<protocol>/<model>" -> "warm", or why it started cold."""
+
+
+def _warm(fits: _Fits, model, name: str, fs: str, split: Split, kwargs: dict, vec_dim: int, users: Vocab,
+          items: Vocab, embedding_model_id: str | None) -> None:  # fmt: skip
+    """Start ``model`` from the previous night's model of the same name when allowed (``warm_start``); record
+    "warm" or why it starts cold."""
+    previous = fits.previous
+    why = warm_start.eligible(previous and previous[0], split.protocol, split.boundaries)
+    why = why or warm_start.load_into(
+        model, previous[1] / f"{name}.pt", kwargs=kwargs, feature_set=fs, dense_names=dense_names(fs, vec_dim),
+        users=users, items=items, embedding_model_id=embedding_model_id,
+    )  # fmt: skip
+    fits.warmed[f"{split.protocol}/{name}"] = why or "warm"
 
 
 def _fit_split(cfg: Config, as_of: dt.date, split: Split, frame: pd.DataFrame, dim: int, tfidf: TfidfSpace | None,
@@ -335,10 +361,14 @@ def _fit_split(cfg: Config, as_of: dt.date, split: Split, frame: pd.DataFrame, d
                 elif fs == "adapted":
                     kwargs.update(text_blocks=2, text_dim=adapted_info["dim"])
                 model = DeepCTR(**kwargs)
+            if t.warm_start:
+                _warm(fits, model, name, fs, split, kwargs, tfidf.dim if fs == "tfidf" else dim, users, items_vocab,
+                      embedding_model_id)  # fmt: skip
             log(f"train: {split.protocol}: fitting {name} ({width} dense features) ...")
             fitted = fit(model, data["train"], data["validation"], train_cfg,
                          progress=lambda e, r, n=name: log(f"train:   {n} epoch {e}: val AUC {r['val_auc']:.4f}"))  # fmt: skip
             fits.curves[split.protocol][name] = fitted.history
+            fits.epochs[f"{split.protocol}/{name}"] = len(fitted.history)
             probs = predict(fitted.model, data["test"], device=t.device)
         metrics = _evaluate(name, split.protocol, train, test, probs, t.light_user_max)
         fits.results += metrics

@@ -131,7 +131,9 @@ def fetch(
                 part.to_parquet(staging / tables.PARQUET_FILE, index=False)
             state["days"][day] = len(part)
         state["signature"] = sig
-        state["days"] = {d: n for d, n in state["days"].items() if d in counts}
+        # Days before the first one asked for stay stored (a training window moved past them: a wider window
+        # reuses them); a day inside the range that no longer has rows is forgotten.
+        state["days"] = {d: n for d, n in state["days"].items() if d in counts or d < min(counts)}
         tables.write_json(root / STATE, state)
         stats.fetched_rows, stats.fetched_days = len(wanted), todo
     stats.reused_rows = len(rows) - stats.fetched_rows
