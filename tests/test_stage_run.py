@@ -39,7 +39,7 @@ def test_staging_is_removed_whatever_happens_and_the_manifest_is_complete(tmp_pa
 SUMMARIES = {
     "ingest": ({"counts": {"items": {"read": 5, "kept": 4, "quarantined": 1}, "users": {"read": 2, "kept": 2,
                                                                                          "quarantined": 0}},
-                "quarantined": 1, "not_yet_visible": 0}, (7, 6), "items 4, users 2; quarantined 1"),  # fmt: skip
+                "quarantined": 1, "not_yet_visible": 0}, (7, 7), "items 4, users 2; quarantined 1"),  # fmt: skip
     "embed": ({"model_id": "m1", "counts": {"items": {"read": 3, "written": 2, "encoded": 1, "reused": 1}}},
               (3, 2), "model m1; items: encoded 1, reused 1, written 2"),
     "stats": ({"counts": {"written": {"item_stats": 4}}, "rows_read": 9}, (9, 4), "rows written item_stats 4"),

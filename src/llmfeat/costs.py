@@ -21,18 +21,21 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
+
+from llmfeat import tables
 
 _PARTITIONING = ds.partitioning(pa.schema([("snapshot_date", pa.string())]), flavor="hive")
 
 
 def parquet_rows(path: str | Path) -> int:
-    """Rows of a Parquet file or directory, from the footers only (no data read)."""
+    """Rows of a Parquet file or directory, from the footers only (no data read); 0 if it does not exist.
+    Hidden and underscore-prefixed entries (staging, Spark markers) are not counted."""
     path = Path(path)
     if not path.exists():
         return 0
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if not _hidden(p, path))
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if path.is_file():
+        return tables.parquet_rows(path)
+    return tables.parquet_rows(*(p for p in path.rglob("*.parquet") if not _hidden(p, path)))
 
 
 def _hidden(p: Path, root: Path) -> bool:

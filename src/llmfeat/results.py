@@ -38,11 +38,12 @@ class StageResult(Mapping):
 
     @property
     def rows_read(self) -> int | None:
-        return (self.rows_io or {}).get("read")
+        """A count the stage recorded itself wins over the derived one."""
+        return self.data.get("rows_read", (self.rows_io or {}).get("read"))
 
     @property
     def rows_written(self) -> int | None:
-        return (self.rows_io or {}).get("written")
+        return self.data.get("rows_written", (self.rows_io or {}).get("written"))
 
     @property
     def seconds(self) -> dict:

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat import tables
 from llmfeat.changelog import (
     covered_until,
     first_snapshot,
@@ -263,8 +262,6 @@ def run_stats(
         "windows_days": list(WINDOWS_DAYS),
         "counts": {"written": counts},
         "published_partitions": published,
-        "rows_read": tables.parquet_rows(*canonical.values()),
-        "rows_written": sum(counts.values()),
         "inputs": {k: str(v) for k, v in canonical.items()},
         "outputs": {t: str(paths.table(t)) for t in STATS_TABLES},
     }, StatsResult)  # fmt: skip
