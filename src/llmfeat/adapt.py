@@ -639,7 +639,7 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     import pandas as pd
 
     from llmfeat import evaluate as E
-    from llmfeat.embed import embedding_paths
+    from llmfeat.layout import embedding_paths
 
     started = time.perf_counter()
     a = cfg.adapt

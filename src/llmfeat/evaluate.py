@@ -38,8 +38,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from llmfeat import tables
-from llmfeat.embed import embedding_paths
 from llmfeat.errors import ConfigError, MissingInputError
+from llmfeat.layout import embedding_paths
 
 SLICES = ("all", "warm_user", "new_user", "cold_item")
 
@@ -784,11 +784,8 @@ def write_report(report: dict, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    path = out_dir / f"evaluate-{stamp}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(public(report), indent=1, default=str))
-    tmp.replace(path)
-    (out_dir / f"evaluate-{stamp}.md").write_text(markdown(report))
+    path = tables.write_json(out_dir / f"evaluate-{stamp}.json", public(report))
+    tables.write_atomic(out_dir / f"evaluate-{stamp}.md", markdown(report))
     return path
 
 
