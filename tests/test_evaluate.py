@@ -3,6 +3,8 @@ never read the test window."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -173,3 +175,20 @@ def test_adapter_runs_inside_the_evaluation_with_validation_selection():
         assert len(o["validation"]["adapted_fresh"]) == 2 and o["chosen"]["adapted_fresh"]["slots"] in (0, 2)
     assert any(d["a"] == "adapted_hybrid" and d["b"] == "recent_popularity" for d in rep["differences"])
     assert any(d["a"] == "adapted_fresh" and d["b"] == "adapted_hybrid" for d in rep["differences"])
+
+
+def test_the_report_goes_to_the_data_dirs_reports_unless_told_otherwise(tmp_path, monkeypatch):
+    from llmfeat.config import load_config
+
+    data = synthetic_data(2)
+    data.info.update(interactions=len(data.inter), clicks=int(data.inter["label"].sum()), users=data.n_users,
+                     items=data.n_items)  # fmt: skip
+    monkeypatch.setattr(E, "load_eval_data", lambda *a: data)
+    monkeypatch.setattr(E, "methods_for", lambda cfg: fast_methods(cfg.evaluate))
+    quick = ["evaluate.origins=2", "evaluate.ks=[5]", "evaluate.select_k=5", "evaluate.bootstrap=50"]
+    cfg = load_config(None, [f"paths.data_dir={tmp_path / 'd'}", *quick])
+    rep = E.run_evaluate(cfg, None, log=lambda m: None)
+    assert Path(rep["path"]).parent == (tmp_path / "d" / "reports").resolve() and Path(rep["path"]).is_file()
+    assert Path(rep["path"]).with_suffix(".md").is_file()
+    other = load_config(None, [f"paths.data_dir={tmp_path / 'd'}", f"paths.reports_dir={tmp_path / 'r'}", *quick])
+    assert Path(E.run_evaluate(other, None, log=lambda m: None)["path"]).parent == (tmp_path / "r").resolve()

@@ -822,5 +822,7 @@ def run_evaluate(cfg, as_of: dt.date | None, log: Callable[[str], None] = print)
     log(f"evaluate: {data.info['interactions']:,} interactions ({data.info['clicks']:,} clicks), "
         f"{data.info['users']} users, {data.info['items']} items, vectors of {data.model_id}")  # fmt: skip
     report = run_evaluation(data, cfg.evaluate, methods_for(cfg), log)
-    report["path"] = str(write_report(report, Path(cfg.paths.reports_dir)))
+    from llmfeat.config import reports_dir
+
+    report["path"] = str(write_report(report, reports_dir(cfg)))
     return report
