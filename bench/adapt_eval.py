@@ -36,7 +36,7 @@ def verdicts(report: dict) -> list[str]:
     out = []
     k = report["protocol"]["select_k"]
     metric = f"recall@{k}"
-    for head in ("adapted_hybrid", "adapted"):
+    for head in ("adapted_fresh", "adapted_hybrid", "adapted"):
         d = _diff(report, head, "recent_popularity", "all", metric)
         if d:
             ok = d["lo"] > 0
@@ -55,15 +55,19 @@ def verdicts(report: dict) -> list[str]:
                     out.append(
                         f"- {base} still wins on {sl}: `{head}` {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]."
                     )
-    cold = {m: _row(report, m, "cold_item", metric) for m in ("adapted", "adapted_hybrid", "lm_text", "lm_history",
-                                                               "textgcn", "popularity", "recent_popularity")}  # fmt: skip
+    cold = {m: _row(report, m, "cold_item", metric) for m in ("adapted", "adapted_hybrid", "adapted_fresh", "lm_text",
+                                                               "lm_history", "textgcn", "popularity",
+                                                               "recent_popularity")}  # fmt: skip
     pc = report["pooled_counts"]
-    if cold["adapted"] and cold["adapted"]["users"]:
-        frozen = max((cold[m]["value"] for m in ("lm_text", "lm_history") if cold[m]), default=0.0)
-        pops = max((cold[m]["value"] for m in ("popularity", "recent_popularity") if cold[m]), default=0.0)
-        a = cold["adapted"]["value"]
+    frozen = max((cold[m]["value"] for m in ("lm_text", "lm_history") if cold[m]), default=0.0)
+    pops = max((cold[m]["value"] for m in ("popularity", "recent_popularity") if cold[m]), default=0.0)
+    for head in ("adapted", "adapted_fresh"):
+        if not (cold[head] and cold[head]["users"]):
+            continue
+        a = cold[head]["value"]
         out.append(f"- Cold items ({pc['cold_item_clicks']} held-out clicks, {pc['cold_item_users']} users; the issue asks "
-                   f">= 1,000, these are all there are): adapted {metric} {a:.4f}, best frozen LM {frozen:.4f} "
+                   f">= 1,000, these are all there are): `{head}` {metric} {a:.4f} [{cold[head]['lo']:.4f}, "
+                   f"{cold[head]['hi']:.4f}], best frozen LM {frozen:.4f} "
                    f"({'%.1fx' % (a / frozen) if frozen > 0 else 'n/a'}; bar 2x: {'met' if frozen > 0 and a >= 2 * frozen else 'NOT met'}), "
                    f"best popularity baseline {pops:.4f} ({'above' if a > pops else 'NOT above'}).")  # fmt: skip
     return out
@@ -76,7 +80,9 @@ def render(report: dict, command: str, machine: str) -> str:
     origins = report["origins"]
     adapted = [o["chosen"].get("adapted", {}) for o in origins]
     hybrid = [o["chosen"].get("adapted_hybrid", {}) for o in origins]
+    fresh = [o["chosen"].get("adapted_fresh", {}) for o in origins]
     train_s = [a.get("train_seconds") for a in adapted if a]
+    cpu_s = [a.get("train_cpu_seconds") for a in adapted if a and a.get("train_cpu_seconds") is not None]
     lines = [
         f"## {TITLE}",
         "",
@@ -95,7 +101,10 @@ def render(report: dict, command: str, machine: str) -> str:
             f"Adapter training per origin (selection fit, every temperature tried, early stopping): "
             f"{', '.join(f'{s} s' for s in train_s)}; chosen temperature / epoch per origin: "
             f"{', '.join(str(a.get('temperature')) + ' / ' + str(a.get('epochs')) for a in adapted)}; hybrid weight: "
-            f"{', '.join(str(h.get('weight')) for h in hybrid)}.",
+            f"{', '.join(str(h.get('weight')) for h in hybrid)}"
+            + (f"; fresh slots: {', '.join(str(f.get('slots')) for f in fresh)}" if any(fresh) else "")
+            + (f"; CPU seconds of the training (all threads): {', '.join(f'{c} s' for c in cpu_s)}" if cpu_s else "")
+            + ".",
             "",
         ]
     lines += [
@@ -105,8 +114,8 @@ def render(report: dict, command: str, machine: str) -> str:
         "",
     ]
     lines += verdicts(report)
-    lines += ["", "Reading, caveats (design defaults compared on two test windows of a development copy before this "
-              "run) and the cold-item probe on validation windows: docs/adapt.md, \"Results\"."]  # fmt: skip
+    lines += ["", "Reading and caveats (design defaults compared on two test windows of a development copy before an "
+              "earlier run): docs/adapt.md, \"Results\"."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -119,6 +128,8 @@ def main() -> int:
     ap.add_argument("--command", help="The command line to record (default: this one).")
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--out", type=Path, help="BENCHMARKS.md to write the section into.")
+    ap.add_argument("--load-note", default="shared with other sessions' jobs",
+                    help="What the machine was doing during the run (e.g. its load average).")  # fmt: skip
     args = ap.parse_args()
     if args.report:
         report = json.loads(args.report.read_text())
@@ -128,9 +139,7 @@ def main() -> int:
 
         cfg = load_config(None, [f"paths.data_dir={args.data_dir}", *args.sets])
         report = public(run_evaluate(cfg, None))
-    machine = (
-        f"{cpu_model()}, {platform.python_version()}, shared with other sessions' jobs (load average 3-7)"
-    )
+    machine = f"{cpu_model()}, {platform.python_version()}, {args.load_note}"
     section = render(report, args.command or "python " + " ".join(sys.argv), machine)
     print(section)
     if args.out:
