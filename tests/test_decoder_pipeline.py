@@ -27,7 +27,9 @@ DIMS = 16
 def test_decoder_model_dir_through_the_nightly_pipeline(spark, tmp_path):
     model = decoder_model_dir(tmp_path / "tiny-qwen2-embedding", "qwen2", hidden=32)
     cfg = load_config(
-        None, [*pit_overrides(tmp_path / "data"), f"embed.model_dir={model}", f"embed.dims={DIMS}"]
+        # fp32 as the reference encode below: "auto" is bf16 on a CPU with AVX-512 BF16 (~2e-3 apart)
+        None, [*pit_overrides(tmp_path / "data"), f"embed.model_dir={model}", f"embed.dims={DIMS}",
+               "embed.precision=fp32"],  # fmt: skip
     )
     summary = run_nightly(cfg, DAY2, log=lambda _: None)
     assert [r.status for r in summary.results] == ["done"] * 5 + ["disabled"]

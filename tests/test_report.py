@@ -73,6 +73,7 @@ def test_nightly_summary_prints_absolute_paths(tmp_path, monkeypatch, capsys):
 
     from llmfeat import cli
     from llmfeat.nightly import NightlySummary, StageResult
+    from llmfeat.results import TrainResult
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "console", Console(width=500, soft_wrap=True))  # no wrapping inside paths
@@ -80,7 +81,7 @@ def test_nightly_summary_prints_absolute_paths(tmp_path, monkeypatch, capsys):
         {"model": "deep_lm", "slice": "all", "auc": 0.71, "rows": 5000, "clicks": 2500},
         {"model": "deep_lm", "slice": "cold_item", "auc": 1.0, "rows": 2, "clicks": 1}]}  # fmt: skip
     summary = NightlySummary(
-        dt.date(2024, 1, 5), Path("var/data"), [StageResult("train", "done", 1.0, train)], 1.0, 0
+        dt.date(2024, 1, 5), Path("var/data"), [StageResult("train", "done", 1.0, TrainResult(train))], 1.0, 0
     )
     cli.print_nightly_summary(summary, Path("var/data/runs/2024-01-05"))
     out = capsys.readouterr().out
