@@ -77,3 +77,40 @@ def test_late_rows_refetch_their_day_and_upstream_changes_refetch_all(pit_store,
         store, more, root, embedding_model_id="m2", refresh=True, log=lambda _: None
     )
     assert stats.invalidated == "an upstream stage was redone" and stats.fetched_rows == len(more)
+
+
+@pytest.mark.slow
+def test_a_forced_re_embed_through_the_nightly_refetches_the_whole_frame(spark, tmp_path, monkeypatch):
+    """The nightly passes a forced upstream redo to the train stage: the stored frame is dropped and every day is
+    fetched again (said in the summary); a normal next night reuses the stored days. (The tiny catalogue cannot
+    be split for CTR training, so the train stage here fetches the frame and fits nothing.)"""
+    from pit_runs import DAY1, DAY2, pit_overrides
+
+    from llmfeat import train as train_mod
+    from llmfeat.config import load_config
+    from llmfeat.nightly import run_nightly
+    from llmfeat.results import TrainResult
+
+    def frame_only(cfg, as_of, *, log, refresh=False, **_):
+        stats: dict = {}
+        frame = train_mod.fetch_training_frame(cfg, as_of, log=log, refresh=refresh, stats=stats)
+        return TrainResult({"run_id": "frame-only", "rows": len(frame), "frame": stats, "embedding_model_id": None,
+                            "protocols": {}, "models": {}, "report": "", "seconds": {}})  # fmt: skip
+
+    monkeypatch.setattr(train_mod, "run_train", frame_only)
+    cfg = load_config(None, [*pit_overrides(tmp_path / "data"), "train.enabled=true", "train.min_interactions=1",
+                             "bandit.enabled=false"])  # fmt: skip
+
+    def frame(summary) -> dict:
+        train = next(r for r in summary.results if r.stage == "train")
+        assert train.status == "done", train
+        return train.summary["frame"]
+
+    first = frame(run_nightly(cfg, DAY1, log=lambda _: None))
+    assert first["fetched_rows"] == first["rows"] > 0 and first["reused_rows"] == 0
+    second = frame(run_nightly(cfg, DAY2, log=lambda _: None))
+    assert second["invalidated"] is None and second["reused_rows"] == first["rows"]
+    assert 0 < second["fetched_rows"] == second["rows"] - first["rows"]
+    forced = frame(run_nightly(cfg, DAY2, force=("embed",), log=lambda _: None))
+    assert forced["invalidated"] == "an upstream stage was redone"
+    assert forced["reused_rows"] == 0 and forced["fetched_rows"] == forced["rows"] == second["rows"]
