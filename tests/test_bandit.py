@@ -202,3 +202,17 @@ def test_explanations_in_retrieval_and_the_cli(tmp_path):
                                    "-s", "serve.user_source=parquet", "-s", "index.tune_queries=100"])  # fmt: skip
     assert out.exit_code == 0, out.output
     assert "because you liked" in out.output and f"Item {because[0][0].item_id}" in out.output
+
+
+def test_bandit_reports_go_to_the_data_dirs_reports_unless_told_otherwise(tmp_path):
+    """``paths.reports_dir`` unset means ``<data_dir>/reports`` (it used to reach ``Path(None)`` and crash)."""
+    from llmfeat.bandit.evaluate import write_ope_report
+
+    est = {"value": 0.5, "lo": 0.4, "hi": 0.6}
+    result = {"decisions": 3, "rewarded": 1, "event_log": "events.sqlite",
+              "rows": [{"policy": "uniform random", "ips": est, "snips": est, "dr": est}]}  # fmt: skip
+    path = write_ope_report(load_config(None, [f"paths.data_dir={tmp_path / 'd'}"]), result)
+    assert path.parent == (tmp_path / "d" / "reports" / "bandit").resolve()
+    assert "| uniform random | 0.5000 [0.4000, 0.6000]" in path.read_text()
+    other = load_config(None, [f"paths.data_dir={tmp_path / 'd'}", f"paths.reports_dir={tmp_path / 'r'}"])
+    assert write_ope_report(other, result).parent == (tmp_path / "r" / "bandit").resolve()

@@ -58,14 +58,15 @@ def simulate_cmd(
         seeds=seeds,
         warmup=warmup,
     )
-    out = Path(cfg.paths.reports_dir) / "bandit" / f"simulate-{day.isoformat()}"
-    out.mkdir(parents=True, exist_ok=True)
-    import json
+    from llmfeat import tables
+    from llmfeat.config import reports_dir
 
-    (out / "bandit.md").write_text(
-        "# Contextual bandits\n" + section(res.summary, plot_curves(out, res.curves))
+    out = reports_dir(cfg) / "bandit" / f"simulate-{day.isoformat()}"
+    out.mkdir(parents=True, exist_ok=True)
+    tables.write_atomic(
+        out / "bandit.md", "# Contextual bandits\n" + section(res.summary, plot_curves(out, res.curves))
     )
-    (out / "bandit_summary.json").write_text(json.dumps(res.summary, indent=2, default=str))
+    tables.write_json(out / "bandit_summary.json", res.summary)
     t = Table(
         title=f"test window reward, mean over {len(res.summary['per_seed'])} seeds", title_justify="left"
     )

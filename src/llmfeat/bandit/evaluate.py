@@ -72,8 +72,8 @@ def ope_section(result: dict) -> str:
 def write_ope_report(cfg: Config, result: dict) -> Path:
     import datetime as dt
 
-    out = Path(cfg.paths.reports_dir) / "bandit"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"ope-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}.md"
-    path.write_text("# Bandit off-policy evaluation\n" + ope_section(result))
-    return path
+    from llmfeat import tables
+    from llmfeat.config import reports_dir
+
+    path = reports_dir(cfg) / "bandit" / f"ope-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}.md"
+    return tables.write_atomic(path, "# Bandit off-policy evaluation\n" + ope_section(result))

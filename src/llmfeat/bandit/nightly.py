@@ -19,7 +19,7 @@ from pathlib import Path
 from llmfeat.bandit.events import EventLog, event_log_path
 from llmfeat.bandit.features import FeatureSpace
 from llmfeat.bandit.policy import PolicyNotFoundError, VWPolicy, load_policy, policy_root, publish_policy
-from llmfeat.config import Config
+from llmfeat.config import Config, reports_dir
 
 
 def _current(cfg: Config):
@@ -90,7 +90,7 @@ def run_bandit(
     from llmfeat.bandit.simulate import simulate
 
     res = simulate(cfg, as_of, log=log)
-    out = Path(report).parent if report else Path(cfg.paths.reports_dir) / "bandit" / as_of.isoformat()
+    out = Path(report).parent if report else reports_dir(cfg) / "bandit" / as_of.isoformat()
     out.mkdir(parents=True, exist_ok=True)
     text = section(res.summary, plot_curves(out, res.curves))
     if report and Path(report).is_file():
