@@ -326,9 +326,14 @@ class ServeConfig:
     """When a token is configured, every route but /health needs it (src/llmfeat/serve_auth.py)."""
     filter_ids_max: int = 100_000
     """Most ids an allow- or deny-list may hold in one POST query (GET: 1,000 each); more is a 422."""
+    response_cache_mb: float = 64.0
+    """Memory for answers already given (encoded JSON, least recently used evicted): within one loaded index
+    version (and, for a user, one version of the held user vectors) a GET without allow/deny lists always
+    gets the same answer, so a repeat is served from memory. 0 turns it off (docs/retrieval.md)."""
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "serve.port", f"must be a TCP port (1..65535), got {self.port}")
+        _check(self.response_cache_mb >= 0, "serve.response_cache_mb", "must be >= 0 (0 turns it off)")
         _positive("serve", self, "k_max", "filter_ids_max")
         _check(self.reload_interval_s >= 0, "serve.reload_interval_s", "must be >= 0 (0 turns reloads off)")
 

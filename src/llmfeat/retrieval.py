@@ -15,6 +15,7 @@ instead: a filter is answered correctly, never with holes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -99,6 +100,10 @@ class ParquetUserVectors:
         """All users' vectors, in ``ids`` order (for batch jobs and benchmarks)."""
         return self._vectors
 
+    def fixed_token(self, user_id: str) -> object | None:
+        """Read once at load, never changed: the same token for every user (see ``Retriever.answer_token``)."""
+        return "fixed"
+
     def get(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
         pos = self._rows.get_indexer(pd.Index(user_ids, dtype=object))
         found = pos >= 0
@@ -116,6 +121,11 @@ class _HeldState:
     model_id: str
     ids: list[str]
     """Every id asked for at load, found or not (a refresh reads them all again)."""
+    serial: int = field(default_factory=lambda: next(_HELD_READS))
+    """A number no other read of this process has (``HeldUserVectors.fixed_token``)."""
+
+
+_HELD_READS = itertools.count()
 
 
 class HeldUserVectors:
@@ -166,6 +176,12 @@ class HeldUserVectors:
             return False
         self._state = self._read(self._state.ids)  # one assignment
         return True
+
+    def fixed_token(self, user_id: str) -> object | None:
+        """The held version when ``user_id`` is held (its vector changes only with a refresh, which makes a new
+        token), else None: a user read through from the source may change at any time."""
+        state = self._state
+        return ("held", state.serial) if user_id in state.rows else None
 
     def get(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
         state = self._state  # once: a refresh during this call does not mix versions
@@ -475,6 +491,12 @@ class Retriever:
         check_model(self.model_id, model)
         exclude = self._seen.get(user_id) if exclude_seen else None
         return self.search(vectors[0], k, exclude_rows=exclude, item_filter=flt)
+
+    def answer_token(self, user_id: str) -> object | None:
+        """A token that stays the same exactly as long as ``for_user(user_id, ...)`` gives the same answer on
+        this retriever (the user's vector is fixed: held or read once at load), else None (read live)."""
+        fixed = getattr(self.users, "fixed_token", None)
+        return fixed(user_id) if fixed is not None else None
 
     def make_filter(
         self,
