@@ -516,6 +516,12 @@ class AdaptConfig:
     what was new and shown at the time."""
     hybrid_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0])
     """Weights of the log recent-popularity prior tried for the hybrid score."""
+    new_item_prior: list[float] = field(default_factory=lambda: [0.0, 1.0, 1.5, 2.0, 2.5, 3.0])
+    """Multipliers tried (with the hybrid weight, on validation) for the prior of items without clicks: their
+    log recent popularity predicted from their frozen LM vector (ridge regression fitted on the items with
+    clicks), since an item without clicks has no popularity of its own. 0: such items get no prior."""
+    new_item_ridge: float = 1.0
+    """L2 penalty of that ridge regression (unit-length LM vectors, an unpenalised intercept)."""
     fresh_slots: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     """Reserved slots for items without clicks (ranked by their tower vector) tried on top of the hybrid score
     in ``llmfeat evaluate`` (method ``adapted_fresh``); the best validation recall wins."""
@@ -535,6 +541,9 @@ class AdaptConfig:
                "negatives, cold_neighbours and tower_loss must be >= 0")  # fmt: skip
         _check(bool(self.fresh_slots) and all(n >= 0 for n in self.fresh_slots), "adapt.fresh_slots",
                f"must be a non-empty list of counts >= 0, got {self.fresh_slots}")  # fmt: skip
+        _check(bool(self.new_item_prior) and all(b >= 0 for b in self.new_item_prior), "adapt.new_item_prior",
+               f"must be a non-empty list of multipliers >= 0, got {self.new_item_prior}")  # fmt: skip
+        _positive("adapt", self, "new_item_ridge")
         _check(0 <= self.item_dropout < 1, "adapt.item_dropout", f"must be within [0, 1), got {self.item_dropout}")
         _device("adapt.device", self.device)
         _check(bool(self.output_set.strip()) and "/" not in self.output_set, "adapt.output_set",

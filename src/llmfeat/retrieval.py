@@ -915,7 +915,33 @@ def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
     prior = popularity_prior(cfg.paths.data_dir, ids, h["window_days"], as_of) if weight \
         else np.zeros(retriever.count, np.float32)  # fmt: skip
     slots = int(h.get("fresh_slots") or 0)
-    new_rows = (
-        np.nonzero(item_clicks(cfg.paths.data_dir, ids, "clicks_total", as_of) == 0)[0] if slots else None
-    )
+    text_pop = h.get("text_popularity") if weight and float(h.get("new_item_prior") or 0) > 0 else None
+    new_rows = None
+    if slots or text_pop:
+        new_rows = np.nonzero(item_clicks(cfg.paths.data_dir, ids, "clicks_total", as_of) == 0)[0]
+    if text_pop and len(new_rows):
+        prior = prior.copy()
+        prior[new_rows] = new_item_priors(cfg, card, [ids[r] for r in new_rows], as_of)
     return retriever.with_prior(prior, weight, new_rows=new_rows, fresh_slots=slots)
+
+
+def new_item_priors(cfg: Config, card: dict, item_ids: Sequence[str], as_of) -> np.ndarray:
+    """The hybrid prior of items without clicks: the card's multiplier x their log recent popularity as
+    predicted from their frozen LM vectors (``adapt.text_popularity``, coefficients in the card), the vectors
+    read from the adapter's base embedding set, whose model id must be the one the adapter was trained on."""
+    from llmfeat.adapt import predicted_popularity
+
+    h = card["hybrid"]
+    base = read_latest(embedding_paths(cfg.paths.data_dir, card["base_set"]).item_text, "item_id", as_of=as_of)
+    if base.model_id != card["base_model_id"]:
+        raise ModelMismatchError(
+            f"the adapter's text-popularity prior was fitted on {card['base_model_id']} vectors, but embedding set "
+            f"{card['base_set']!r} holds {base.model_id}: run the adapt stage again"
+        )
+    rows = pd.Index(base.ids).get_indexer(pd.Index(list(item_ids), dtype=object))
+    out = np.zeros(len(rows), np.float32)
+    found = rows >= 0  # an item without a base vector (none in a consistent data dir) keeps no prior
+    tp = h["text_popularity"]
+    out[found] = float(h["new_item_prior"]) * predicted_popularity(base.vectors[rows[found]], tp["coef"],
+                                                                   tp["intercept"])  # fmt: skip
+    return out
