@@ -271,6 +271,14 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path, mo
     assert zero_clicks[rows].all()
     np.testing.assert_allclose(hyb._prior[rows], want, rtol=1e-5)
     np.testing.assert_allclose(hyb._prior[~zero_clicks], prior[~zero_clicks])  # clicked items: their own
+    # served: the hybrid answer is the best of cos + weight x prior over the catalogue (new items included)
+    user = syn.user_ids[0]
+    got = hyb.for_user(user, 8, hybrid=True)
+    everything = r.for_user(user, r.count)
+    rows_all = r._row_of.get_indexer(everything.ids)
+    brute = np.asarray(everything.scores) + 1.0 * hyb._prior[rows_all]
+    assert got.ids == [everything.ids[j] for j in np.argsort(-brute, kind="stable")[:8]]
+    assert set(got.ids) & set(new_ids)  # with this prior the new items do come up
     # mixing refused: frozen user vectors against the adapted index, a set of another base, the base set
     with pytest.raises(IndexModelMismatchError):
         check_model(mid, "test-model@0001")

@@ -537,9 +537,21 @@ class Retriever:
             raise ValueError(
                 "hybrid scoring needs a popularity prior (Retriever.with_prior / --hybrid on an adapted set)"
             )
-        wide = self.for_user(user_id, min(self.count, max(10 * k, 200)), categories, exclude_seen)
+        width = min(self.count, max(10 * k, 200))
+        wide = self.for_user(user_id, width, categories, exclude_seen)
         rows = self._row_of.get_indexer(pd.Index(wide.ids, dtype=object))
-        scores = np.asarray(wide.scores, np.float32) + self._prior_weight * prior[rows]
+        cos = np.asarray(wide.scores, np.float32)
+        new_rows = getattr(self, "_new_rows", None)
+        if self._prior_weight and new_rows is not None and (prior[new_rows] > 0).any():
+            # items without clicks that have a (text-predicted) prior: their vectors are the bare item tower,
+            # far from every user, so they are rarely among the nearest -- add the user's nearest of them
+            extra = self._nearest_among(user_id, new_rows[prior[new_rows] > 0], width, categories, exclude_seen)
+            if extra is not None and len(extra.ids):
+                more = self._row_of.get_indexer(pd.Index(extra.ids, dtype=object))
+                keep = ~np.isin(more, rows)
+                rows = np.concatenate([rows, more[keep]])
+                cos = np.concatenate([cos, np.asarray(extra.scores, np.float32)[keep]])
+        scores = cos + self._prior_weight * prior[rows]
         order = np.argsort(-scores, kind="stable")
         rows, scores, method = rows[order], scores[order], f"hybrid({wide.method})"
         fresh = self._fresh_for_user(
@@ -557,7 +569,10 @@ class Retriever:
 
     def _fresh_for_user(self, user_id, n: int, categories, exclude_seen) -> Results | None:
         """The user's ``n`` nearest items among those without clicks (within ``categories``), or None."""
-        new_rows = getattr(self, "_new_rows", None)
+        return self._nearest_among(user_id, getattr(self, "_new_rows", None), n, categories, exclude_seen)
+
+    def _nearest_among(self, user_id, new_rows, n: int, categories, exclude_seen) -> Results | None:
+        """The user's ``n`` nearest items among the rows ``new_rows`` (within ``categories``), or None."""
         if n <= 0 or new_rows is None or not len(new_rows):
             return None
         flt = self.make_filter(categories)
