@@ -439,14 +439,14 @@ def text_popularity(item_vecs: np.ndarray, log_pop: np.ndarray, has_clicks: np.n
     """Ridge regression of log recent popularity on the frozen LM item vectors, fitted on the items with
     clicks only (intercept not penalised): (coefficients, intercept). It learns which texts were clicked lately
     (in MovieLens, for one, the titles of the newest releases), which is what an item without clicks has."""
+    from sklearn.linear_model import Ridge
+
     X = np.asarray(item_vecs, np.float64)[has_clicks]
     y = np.asarray(log_pop, np.float64)[has_clicks]
     if len(y) == 0:
         return np.zeros(np.shape(item_vecs)[1]), 0.0
-    mx, my = X.mean(axis=0), y.mean()
-    Xc = X - mx
-    coef = np.linalg.solve(Xc.T @ Xc + lam * np.eye(X.shape[1]), Xc.T @ (y - my))
-    return coef, float(my - mx @ coef)
+    fit = Ridge(alpha=lam, fit_intercept=True, solver="cholesky").fit(X, y)
+    return np.asarray(fit.coef_, np.float64), float(fit.intercept_)
 
 
 def predicted_popularity(item_vecs: np.ndarray, coef: np.ndarray, intercept: float) -> np.ndarray:
