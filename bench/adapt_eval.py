@@ -61,7 +61,7 @@ def verdicts(report: dict) -> list[str]:
     pc = report["pooled_counts"]
     frozen = max((cold[m]["value"] for m in ("lm_text", "lm_history") if cold[m]), default=0.0)
     pops = max((cold[m]["value"] for m in ("popularity", "recent_popularity") if cold[m]), default=0.0)
-    for head in ("adapted", "adapted_fresh"):
+    for head in ("adapted", "adapted_hybrid", "adapted_fresh"):
         if not (cold[head] and cold[head]["users"]):
             continue
         a = cold[head]["value"]
@@ -91,7 +91,8 @@ def render(report: dict, command: str, machine: str) -> str:
         "",
         "Protocol (docs/adapt.md): 4 rolling origins over the last 40% of the interactions, each with a validation "
         "window of the same size just before its test window; every hyperparameter (recent-popularity window or "
-        "half-life, ItemKNN neighbours, EASE lambda, blend weights, adapter temperature and epoch, hybrid weight) "
+        "half-life, ItemKNN neighbours, EASE lambda, blend weights, adapter temperature and epoch, hybrid weight, "
+        "new-item prior multiplier) "
         "chosen on validation recall@20; the test window read once; items seen before the cut excluded; paired "
         "bootstrap over users within origins (1,000 draws).",
         "",
@@ -101,7 +102,8 @@ def render(report: dict, command: str, machine: str) -> str:
             f"Adapter training per origin (selection fit, every temperature tried, early stopping): "
             f"{', '.join(f'{s} s' for s in train_s)}; chosen temperature / epoch per origin: "
             f"{', '.join(str(a.get('temperature')) + ' / ' + str(a.get('epochs')) for a in adapted)}; hybrid weight: "
-            f"{', '.join(str(h.get('weight')) for h in hybrid)}"
+            f"{', '.join(str(h.get('weight')) for h in hybrid)}; new-item prior multiplier: "
+            f"{', '.join(str(h.get('new_item_prior', 0.0)) for h in hybrid)}"
             + (f"; fresh slots: {', '.join(str(f.get('slots')) for f in fresh)}" if any(fresh) else "")
             + (f"; CPU seconds of the training (all threads): {', '.join(f'{c} s' for c in cpu_s)}" if cpu_s else "")
             + ".",
