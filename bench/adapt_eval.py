@@ -103,7 +103,11 @@ def render(report: dict, command: str, machine: str) -> str:
             f"{', '.join(str(a.get('temperature')) + ' / ' + str(a.get('epochs')) for a in adapted)}; hybrid weight: "
             f"{', '.join(str(h.get('weight')) for h in hybrid)}"
             + (f"; fresh slots: {', '.join(str(f.get('slots')) for f in fresh)}" if any(fresh) else "")
-            + (f"; CPU seconds of the training (all threads): {', '.join(f'{c} s' for c in cpu_s)}" if cpu_s else "")
+            + (
+                f"; CPU seconds of the training (all threads): {', '.join(f'{c} s' for c in cpu_s)}"
+                if cpu_s
+                else ""
+            )
             + ".",
             "",
         ]
@@ -134,7 +138,7 @@ def main() -> int:
     if args.report:
         report = json.loads(args.report.read_text())
     else:
-        from llmfeat.config import load_config
+        from llmfeat.core.config import load_config
         from llmfeat.evaluate import public, run_evaluate
 
         cfg = load_config(None, [f"paths.data_dir={args.data_dir}", *args.sets])

@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks_md import cpu_model, write_section  # noqa: E402
 
-from llmfeat.config import load_config  # noqa: E402
+from llmfeat.core.config import load_config  # noqa: E402
 
 
 def pct(xs) -> dict:

@@ -132,7 +132,7 @@ def main() -> int:
 
         from llmfeat import ctr_eval as C
         from llmfeat.adapt import adapter_params
-        from llmfeat.config import load_config
+        from llmfeat.core.config import load_config
         from llmfeat.ctr_models import TrainConfig
         from llmfeat.evaluate import load_eval_data
 

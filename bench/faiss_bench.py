@@ -34,8 +34,8 @@ import faiss
 import numpy as np
 from benchmarks_md import cpu_model, write_section
 
-from llmfeat import tables
-from llmfeat.config import IndexConfig
+from llmfeat.core import tables
+from llmfeat.core.config import IndexConfig
 from llmfeat.index import build_index, choose_factory, read_catalogue, recall_at, set_search_params
 from llmfeat.retrieval import ParquetUserVectors
 from llmfeat.vectors import normalise

@@ -44,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks_md import cpu_model  # noqa: E402
 
-from llmfeat.config import load_config  # noqa: E402
+from llmfeat.core.config import load_config  # noqa: E402
 from llmfeat.publish import EPOCH, load_definitions, open_store  # noqa: E402
 
 
@@ -287,8 +287,8 @@ def main() -> None:
             redis.wait(timeout=10)
 
         if not args.skip_historical:
+            from llmfeat.core.spark import build_spark
             from llmfeat.offline import historical_features
-            from llmfeat.spark import build_spark
             from llmfeat.train import training_rows
 
             cfg = profiles["sqlite"]

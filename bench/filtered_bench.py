@@ -41,7 +41,7 @@ import pyarrow as pa
 from benchmarks_md import write_section
 from faiss_bench import DIM, K, Mixture, machine
 
-from llmfeat.config import IndexConfig
+from llmfeat.core.config import IndexConfig
 from llmfeat.filters import ItemFilter
 from llmfeat.index import BuiltIndex, LoadedIndex, build_index, choose_factory, set_search_params
 from llmfeat.retrieval import Retriever

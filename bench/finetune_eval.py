@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from benchmarks_md import cpu_model, write_section  # noqa: E402
 
-from llmfeat import tables  # noqa: E402
-from llmfeat.config import Config, load_config  # noqa: E402
+from llmfeat.core import tables  # noqa: E402
+from llmfeat.core.config import Config, load_config  # noqa: E402
 
 K = 20
 SLICES = ("all", "cold_item", "cold_user", "warm")
@@ -221,10 +221,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="BENCHMARKS.md to update (section 'Fine-tuning')")
     args = ap.parse_args()
 
+    from llmfeat.core.spark import build_spark
     from llmfeat.demo_data import ensure_movielens_100k
     from llmfeat.finetune import output_dir, run_finetune
     from llmfeat.ingest import run_ingest
-    from llmfeat.spark import build_spark
 
     started = time.perf_counter()
     as_of = dt.date.fromisoformat(args.as_of)

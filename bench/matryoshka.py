@@ -47,8 +47,8 @@ TITLE = "Matryoshka truncation (embed.dims)"
 
 def catalogue_vectors(movielens: Path, work: Path) -> tuple[list[str], np.ndarray, str]:
     """MovieLens item ids and their full-width vectors, rendered and encoded as the embed stage does."""
-    from llmfeat import tables
-    from llmfeat.config import load_config
+    from llmfeat.core import tables
+    from llmfeat.core.config import load_config
     from llmfeat.embed import encoder_spec
     from llmfeat.encoder import TextEncoder, available_cores
     from llmfeat.ingest import run_ingest

@@ -59,7 +59,7 @@ def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None, src:
     if src is not None:  # another checkout's code (e.g. the code before a change), same bench
         sys.path.insert(0, str(src))
     from llmfeat import serve as served
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.serve import Recommendations, RetrieverHolder, create_app
 
     def run_server(app, host, port, cfg):
@@ -245,7 +245,7 @@ def main() -> None:
         serve(args.data_dir, args.port, args.sets, args.profile, args.src)
         return
 
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.index import index_root, publish
 
     started = time.perf_counter()

@@ -31,8 +31,8 @@ def fixtures() -> Path:
 @pytest.fixture(scope="session")
 def spark():
     """One real local Spark session for the whole test run."""
-    from llmfeat.config import SparkConfig
-    from llmfeat.spark import build_spark
+    from llmfeat.core.config import SparkConfig
+    from llmfeat.core.spark import build_spark
 
     session = build_spark(SparkConfig(master="local[2]", shuffle_partitions=8, driver_memory="4g"))
     yield session
@@ -48,7 +48,7 @@ def encoder():
 
 def build_feature_store(spark, data_dir: Path, as_of, overrides: list[str] = ()):
     """Run ingest -> embed -> stats -> publish into ``data_dir``; returns (config, FeatureStore)."""
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.embed import run_embed
     from llmfeat.ingest import run_ingest
     from llmfeat.publish import open_store, run_publish
@@ -88,7 +88,7 @@ def pit_day1(spark, tmp_path_factory) -> Path:
     that tests/test_cluster.py compares a cluster's with."""
     from pit_runs import DAY1, pit_overrides
 
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.nightly import run_nightly
 
     data_dir = tmp_path_factory.mktemp("pit_day1")
@@ -103,12 +103,14 @@ def movielens_embedded(spark, tmp_path_factory, movielens_dir) -> Path:
     write into it, so the ~1 M tokens are encoded a single time."""
     import datetime as dt
 
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.embed import run_embed
     from llmfeat.ingest import run_ingest
 
     data_dir = tmp_path_factory.mktemp("ml_embedded")
-    cfg = load_config(None, [f"paths.data_dir={data_dir}", f"ingest.source_path={movielens_dir}", *ML_OVERRIDES])
+    cfg = load_config(
+        None, [f"paths.data_dir={data_dir}", f"ingest.source_path={movielens_dir}", *ML_OVERRIDES]
+    )
     run_ingest(cfg, dt.date.fromisoformat(ML_AS_OF))
     run_embed(spark, cfg, dt.date.fromisoformat(ML_AS_OF), log=lambda _msg: None)
     return data_dir
@@ -128,5 +130,8 @@ def movielens_store(spark, tmp_path_factory, movielens_dir, movielens_embedded):
 
     data_dir = copy_data_dir(movielens_embedded, tmp_path_factory.mktemp("ml") / "data")
     return build_feature_store(
-        spark, data_dir, dt.date.fromisoformat(ML_AS_OF), [f"ingest.source_path={movielens_dir}", *ML_OVERRIDES]
+        spark,
+        data_dir,
+        dt.date.fromisoformat(ML_AS_OF),
+        [f"ingest.source_path={movielens_dir}", *ML_OVERRIDES],
     )

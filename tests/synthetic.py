@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from llmfeat import schemas, tables
+from llmfeat import schemas
+from llmfeat.core import tables
 
 AS_OF = dt.date(2024, 3, 1)
 EARLIER = dt.date(2024, 2, 1)
@@ -157,7 +158,7 @@ def make_data(
 
 
 def config(data_dir: Path, *sets: str):
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
 
     # user vectors from the Parquet tables: these tests need no Feast (tests/test_feast.py covers that source)
     return load_config(

@@ -157,7 +157,8 @@ def _adapt_data_dir(tmp_path, model_id: str = "test-model@0001"):
     import pyarrow as pa
     from synthetic import AS_OF, make_data
 
-    from llmfeat import schemas, tables
+    from llmfeat import schemas
+    from llmfeat.core import tables
 
     syn = make_data(tmp_path / "data", n_items=60, n_users=30, model_id=model_id)
     rng = np.random.default_rng(0)
@@ -246,7 +247,8 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
 def _write_item_stats(syn, as_of):
     import pyarrow as pa
 
-    from llmfeat import schemas, tables
+    from llmfeat import schemas
+    from llmfeat.core import tables
 
     ids = syn.item_ids
     ts = pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=1)
@@ -260,7 +262,7 @@ def test_nightly_runs_adapt_only_when_enabled_and_redoes_it_after_embed(tmp_path
     import datetime as dt
 
     from llmfeat import nightly
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
 
     calls: list = []
 

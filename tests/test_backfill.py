@@ -132,7 +132,7 @@ def _online(cfg) -> dict:
 def test_backfill_after_a_later_night_keeps_what_is_served(spark, tmp_path, monkeypatch):
     """Two data dirs run from one working directory keep their reports apart; a backfill of an earlier date
     after a later one leaves the online store's newer values, the current index and the current models."""
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.nightly import current_models_as_of, run_nightly, served_index
     from llmfeat.publish import run_publish
 
@@ -191,7 +191,7 @@ def test_backfill_after_a_later_night_keeps_what_is_served(spark, tmp_path, monk
 def test_a_run_supersedes_partitions_up_to_its_date_only(tmp_path):
     """Change-log partitions a run did not produce are removed from its first day to its as-of date; later
     ones (written by later nights, seen by a backfill) stay."""
-    from llmfeat.changelog import publish_partitions
+    from llmfeat.core.changelog import publish_partitions
 
     target, produced = tmp_path / "table", tmp_path / "run"
     for day in ("2024-01-10", "2024-01-15", "2024-01-22"):

@@ -17,7 +17,7 @@ from llmfeat.bandit.events import DuplicateRewardError, EventLog, ExpiredEventEr
 from llmfeat.bandit.features import FeatureSpace, action_rows, shared_row, vw_lines
 from llmfeat.bandit.nightly import train_policy
 from llmfeat.bandit.policy import VWPolicy, load_policy, policy_root, publish_policy
-from llmfeat.config import load_config
+from llmfeat.core.config import load_config
 from llmfeat.retrieval import Retriever
 
 

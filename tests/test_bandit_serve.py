@@ -286,7 +286,7 @@ def test_rank_reads_its_features_from_the_feast_online_store(pit_day1, tmp_path)
     from pit_runs import pit_overrides
 
     from llmfeat.bandit.features import action_rows, shared_row
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.index import index_root, load_version
     from llmfeat.publish import open_store
 

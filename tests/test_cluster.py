@@ -26,7 +26,7 @@ import pytest
 from pit_runs import DAY1, pit_overrides
 from services import free_port
 
-from llmfeat.config import load_config
+from llmfeat.core.config import load_config
 from llmfeat.ingest import run_ingest
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from llmfeat.config import Config, ConfigError, load_config
+from llmfeat.core.config import Config, ConfigError, load_config
 
 
 def test_defaults_are_embedded():

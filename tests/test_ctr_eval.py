@@ -124,7 +124,7 @@ def test_comparison_runs_end_to_end_on_a_tiny_input(tmp_path):
 
 
 def test_unknown_variant_is_a_config_error():
-    from llmfeat.errors import ConfigError
+    from llmfeat.core.errors import ConfigError
 
     data = synthetic_data(3, n_users=30, n_items=20, days=60)
     with pytest.raises(ConfigError):
@@ -140,8 +140,9 @@ def test_train_fits_deep_adapted_on_the_temporal_split_and_skips_it_with_a_reaso
     import torch
     from test_adapt import _adapt_cfg, _adapt_data_dir
 
-    from llmfeat import schemas, tables
-    from llmfeat.errors import ScoringModelError
+    from llmfeat import schemas
+    from llmfeat.core import tables
+    from llmfeat.core.errors import ScoringModelError
     from llmfeat.score import load_model
     from llmfeat.train import run_train
 

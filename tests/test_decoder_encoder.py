@@ -134,7 +134,7 @@ def test_unsupported_sentence_transformers_modules_are_refused(encoder_dir, tmp_
 
 
 def test_config_reaches_the_encoder_and_a_bad_width_is_a_config_error(decoder_dir):
-    from llmfeat.config import ConfigError, load_config
+    from llmfeat.core.config import ConfigError, load_config
     from llmfeat.embed import describe_model, encoder_spec
 
     cfg = load_config(

@@ -13,8 +13,8 @@ import pytest
 from pit_runs import DAY2, pit_overrides
 from tiny_models import QUERY_PROMPT, decoder_model_dir
 
-from llmfeat import tables
-from llmfeat.config import load_config
+from llmfeat.core import tables
+from llmfeat.core.config import load_config
 from llmfeat.embed import ModelMismatchError, embedding_paths, run_embed
 from llmfeat.encoder import EncoderSpec, TextEncoder
 from llmfeat.nightly import run_nightly
@@ -28,8 +28,13 @@ def test_decoder_model_dir_through_the_nightly_pipeline(spark, tmp_path):
     model = decoder_model_dir(tmp_path / "tiny-qwen2-embedding", "qwen2", hidden=32)
     cfg = load_config(
         # fp32 as the reference encode below: "auto" is bf16 on a CPU with AVX-512 BF16 (~2e-3 apart)
-        None, [*pit_overrides(tmp_path / "data"), f"embed.model_dir={model}", f"embed.dims={DIMS}",
-               "embed.precision=fp32"],  # fmt: skip
+        None,
+        [
+            *pit_overrides(tmp_path / "data"),
+            f"embed.model_dir={model}",
+            f"embed.dims={DIMS}",
+            "embed.precision=fp32",
+        ],  # fmt: skip
     )
     summary = run_nightly(cfg, DAY2, log=lambda _: None)
     assert [r.status for r in summary.results] == ["done"] * 5 + ["disabled"]
@@ -54,7 +59,9 @@ def test_decoder_model_dir_through_the_nightly_pipeline(spark, tmp_path):
     first = users.sort_values("event_timestamp").groupby("user_id").first()  # before any click: profile only
     profiles = {"U1": "chef", "U2": "artist"}
     for uid, occupation in profiles.items():
-        fields = dict.fromkeys(template_fields(cfg.embed.user_template))  # age, gender, bio: not in the fixture
+        fields = dict.fromkeys(
+            template_fields(cfg.embed.user_template)
+        )  # age, gender, bio: not in the fixture
         text = render(cfg.embed.user_template, {**fields, "occupation": occupation, "history": ""})
         assert text == occupation
         got = np.asarray(first.loc[uid, "embedding"])

@@ -9,8 +9,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from llmfeat import tables
-from llmfeat.config import load_config
+from llmfeat.core import tables
+from llmfeat.core.config import load_config
 from llmfeat.embed import ModelMismatchError, embedding_paths, run_embed
 from llmfeat.ingest import run_ingest
 from llmfeat.texts import history_text, render
@@ -28,7 +28,9 @@ def state(tmp_path_factory, movielens_dir, movielens_embedded):
     from conftest import ML_OVERRIDES, copy_data_dir
 
     data_dir = copy_data_dir(movielens_embedded, tmp_path_factory.mktemp("embed") / "data")
-    cfg = load_config(None, [f"paths.data_dir={data_dir}", f"ingest.source_path={movielens_dir}", *ML_OVERRIDES])
+    cfg = load_config(
+        None, [f"paths.data_dir={data_dir}", f"ingest.source_path={movielens_dir}", *ML_OVERRIDES]
+    )
     return {
         "cfg": cfg,
         "paths": embedding_paths(data_dir, "default"),

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from llmfeat import evaluate as E
-from llmfeat.config import EvaluateConfig
+from llmfeat.core.config import EvaluateConfig
 
 
 def synthetic_data(seed: int = 0, n_users: int = 80, n_items: int = 50, days: int = 120) -> E.EvalData:
@@ -159,7 +159,7 @@ def test_report_has_baselines_intervals_and_counts():
 def test_adapter_runs_inside_the_evaluation_with_validation_selection():
     pytest.importorskip("torch")
     from llmfeat.adapt import evaluation_methods
-    from llmfeat.config import AdaptConfig
+    from llmfeat.core.config import AdaptConfig
 
     cfg = fast_cfg()
     acfg = AdaptConfig(dim=8, hidden=16, epochs=2, patience=1, batch_size=64, negatives=16, temperatures=[0.1, 0.3],
@@ -178,7 +178,7 @@ def test_adapter_runs_inside_the_evaluation_with_validation_selection():
 
 
 def test_the_report_goes_to_the_data_dirs_reports_unless_told_otherwise(tmp_path, monkeypatch):
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
 
     data = synthetic_data(2)
     data.info.update(interactions=len(data.inter), clicks=int(data.inter["label"].sum()), users=data.n_users,
@@ -190,5 +190,7 @@ def test_the_report_goes_to_the_data_dirs_reports_unless_told_otherwise(tmp_path
     rep = E.run_evaluate(cfg, None, log=lambda m: None)
     assert Path(rep["path"]).parent == (tmp_path / "d" / "reports").resolve() and Path(rep["path"]).is_file()
     assert Path(rep["path"]).with_suffix(".md").is_file()
-    other = load_config(None, [f"paths.data_dir={tmp_path / 'd'}", f"paths.reports_dir={tmp_path / 'r'}", *quick])
+    other = load_config(
+        None, [f"paths.data_dir={tmp_path / 'd'}", f"paths.reports_dir={tmp_path / 'r'}", *quick]
+    )
     assert Path(E.run_evaluate(other, None, log=lambda m: None)["path"]).parent == (tmp_path / "r").resolve()

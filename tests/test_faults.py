@@ -5,7 +5,7 @@ without the fault ends.
 
 Day 1 (2024-01-05) is run once in-process (the `pit_day1` fixture in conftest.py); every scenario starts from a
 copy of it, or of the clean day 2 (2024-01-07). The kill points are deterministic: the hidden
-``llmfeat nightly --inject-fault POINT[:ACTION]`` (llmfeat.faults).
+``llmfeat nightly --inject-fault POINT[:ACTION]`` (llmfeat.core.faults).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from services import free_port, start_redis
 from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
-from llmfeat.config import load_config
+from llmfeat.core.config import load_config
 from llmfeat.index import current_version, index_root, list_versions
 from llmfeat.nightly import data_dir_lock, run_dir, run_nightly
 from llmfeat.publish import open_store

@@ -251,7 +251,7 @@ def redis_server(tmp_path):
 
 def test_redis_profile_matches_sqlite(pit_store, redis_server, tmp_path):
     cfg, sqlite_store = pit_store
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
 
     redis_cfg = load_config(None, [f"paths.data_dir={cfg.paths.data_dir}", "feast.online_store=redis",
                                    f"feast.redis_connection=127.0.0.1:{redis_server},db=0", "feast.project=llmfeat_redis"])  # fmt: skip

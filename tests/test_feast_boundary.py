@@ -57,7 +57,10 @@ def _spelt_names() -> set[str]:
     names.py defines them. (Entity and plain feature names such as "user" or "model_id" are ordinary words
     elsewhere too: not counted.)"""
     values = {k: v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
-    return {v for k, v in values.items() if k.endswith("_VIEW") or "__" in v} | {names.RANKER, names.CTR_TRAINING}
+    return {v for k, v in values.items() if k.endswith("_VIEW") or "__" in v} | {
+        names.RANKER,
+        names.CTR_TRAINING,
+    }
 
 
 def string_constants(path: Path) -> list[tuple[int, str]]:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from llmfeat import index as ix
 from llmfeat import retrieval
 from llmfeat.cli import Exit, app
-from llmfeat.config import IndexConfig
+from llmfeat.core.config import IndexConfig
 from llmfeat.filters import ItemFilter, coverage_target, plan, probe_lists, scan_target
 from llmfeat.index import LoadedIndex, build_index
 from llmfeat.retrieval import Retriever, UnknownCategoryError

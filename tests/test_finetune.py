@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmfeat.config import load_config
+from llmfeat.core.config import load_config
 from llmfeat.encoder import MODEL_CARD, EncoderSpec, TextEncoder, default_model_dir
 from llmfeat.finetune import click_pairs, in_batch_loss, run_finetune, sample_pairs
 from llmfeat.ingest import run_ingest

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from llmfeat import index as ix
 from llmfeat.cli import Exit, app
-from llmfeat.config import IndexConfig
+from llmfeat.core.config import IndexConfig
 
 APPROX = "index.factory=IVF16,PQ8x4fs,RFlat"
 

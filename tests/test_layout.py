@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from llmfeat.config import load_config, reports_dir
-from llmfeat.errors import ConfigError
-from llmfeat.layout import DataDir
+from llmfeat.core.config import load_config, reports_dir
+from llmfeat.core.errors import ConfigError
+from llmfeat.core.layout import DataDir
 
 
 def test_stage_paths_come_from_the_layout(tmp_path):
+    from llmfeat.core.tables import canonical_dir
     from llmfeat.embed import embedding_paths
     from llmfeat.feast.store import feast_dir
     from llmfeat.index import index_root
     from llmfeat.nightly import run_dir
     from llmfeat.stats import stats_paths
-    from llmfeat.tables import canonical_dir
     from llmfeat.train import models_dir
     from llmfeat.training_frames import frame_root
 

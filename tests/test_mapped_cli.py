@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from llmfeat.config import load_config
+from llmfeat.core.config import load_config
 from llmfeat.texts import render
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import pytest
 from pit_runs import DAY1, pit_overrides
 from services import free_port, wait_for_port
 
-from llmfeat.config import load_config
+from llmfeat.core.config import load_config
 
 FEAST = Path(sys.executable).parent / "feast"
 RUN_ID = "2024-01-05T000000-reloc"

@@ -72,8 +72,8 @@ def test_nightly_summary_prints_absolute_paths(tmp_path, monkeypatch, capsys):
     from rich.console import Console
 
     from llmfeat import cli
+    from llmfeat.core.results import TrainResult
     from llmfeat.nightly import NightlySummary, StageResult
-    from llmfeat.results import TrainResult
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "console", Console(width=500, soft_wrap=True))  # no wrapping inside paths

@@ -305,7 +305,10 @@ def test_items_are_served_without_user_vectors(tmp_path):
             "bogus",
         ],
     )
-    assert res.exit_code == Exit.CONFIG_ERROR and "serve.user_vectors: 'bogus' is not one of text, history" in res.output
+    assert (
+        res.exit_code == Exit.CONFIG_ERROR
+        and "serve.user_vectors: 'bogus' is not one of text, history" in res.output
+    )
 
 
 def test_duplicate_titles_are_hinted(syn):

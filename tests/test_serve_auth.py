@@ -15,7 +15,7 @@ from starlette.routing import Route
 from synthetic import config, make_data
 
 from llmfeat import index as ix
-from llmfeat.config import ConfigError, ServeAuthConfig
+from llmfeat.core.config import ConfigError, ServeAuthConfig
 from llmfeat.serve import RetrieverHolder, create_app
 from llmfeat.serve_auth import protect, resolve_token
 

@@ -5,7 +5,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 from llmfeat.sources import load_source, mind, movielens
 from llmfeat.sources.raw import InputError
 

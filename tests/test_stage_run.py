@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from llmfeat import results as R
-from llmfeat import tables
-from llmfeat.stage_run import StageRun
+from llmfeat.core import results as R
+from llmfeat.core import tables
+from llmfeat.core.stage_run import StageRun
 
 DAY = dt.date(2024, 1, 7)
 
@@ -37,18 +37,44 @@ def test_staging_is_removed_whatever_happens_and_the_manifest_is_complete(tmp_pa
 
 
 SUMMARIES = {
-    "ingest": ({"counts": {"items": {"read": 5, "kept": 4, "quarantined": 1}, "users": {"read": 2, "kept": 2,
-                                                                                         "quarantined": 0}},
-                "quarantined": 1, "not_yet_visible": 0}, (7, 7), "items 4, users 2; quarantined 1"),  # fmt: skip
-    "embed": ({"model_id": "m1", "counts": {"items": {"read": 3, "written": 2, "encoded": 1, "reused": 1}}},
-              (3, 2), "model m1; items: encoded 1, reused 1, written 2"),
-    "stats": ({"counts": {"written": {"item_stats": 4}}, "rows_read": 9}, (9, 4), "rows written item_stats 4"),
-    "publish": ({"feature_views": ["a", "b"], "online_store": "sqlite", "materialized_until": "2024-01-07"},
-                (None, None), "2 views -> sqlite until 2024-01-07"),
-    "index": ({"version": "v1", "count": 12, "index": {"factory": "Flat"}}, (12, 12), "version v1: 12 items, Flat"),
+    "ingest": (
+        {
+            "counts": {
+                "items": {"read": 5, "kept": 4, "quarantined": 1},
+                "users": {"read": 2, "kept": 2, "quarantined": 0},
+            },
+            "quarantined": 1,
+            "not_yet_visible": 0,
+        },
+        (7, 7),
+        "items 4, users 2; quarantined 1",
+    ),  # fmt: skip
+    "embed": (
+        {"model_id": "m1", "counts": {"items": {"read": 3, "written": 2, "encoded": 1, "reused": 1}}},
+        (3, 2),
+        "model m1; items: encoded 1, reused 1, written 2",
+    ),
+    "stats": (
+        {"counts": {"written": {"item_stats": 4}}, "rows_read": 9},
+        (9, 4),
+        "rows written item_stats 4",
+    ),
+    "publish": (
+        {"feature_views": ["a", "b"], "online_store": "sqlite", "materialized_until": "2024-01-07"},
+        (None, None),
+        "2 views -> sqlite until 2024-01-07",
+    ),
+    "index": (
+        {"version": "v1", "count": 12, "index": {"factory": "Flat"}},
+        (12, 12),
+        "version v1: 12 items, Flat",
+    ),
     "train": ({"trained": False, "reason": "too few rows"}, (None, None), "not trained: too few rows"),
-    "adapt": ({"embedding_set": "adapted", "model_id": "m+adapter@x", "counts": {"items": 3, "users": 2}},
-              (None, 5), "set adapted: m+adapter@x"),
+    "adapt": (
+        {"embedding_set": "adapted", "model_id": "m+adapter@x", "counts": {"items": 3, "users": 2}},
+        (None, 5),
+        "set adapted: m+adapter@x",
+    ),
 }
 
 

@@ -5,7 +5,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from llmfeat.changelog import snapshot_times
+from llmfeat.core.changelog import snapshot_times
 from llmfeat.stats import changes_only, pack, packed_columns, stat_columns, stats_over_time
 
 

@@ -3,7 +3,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from llmfeat import tables
+from llmfeat.core import tables
 
 
 def test_write_and_replace_snapshot(tmp_path):

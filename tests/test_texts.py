@@ -1,6 +1,6 @@
 import pytest
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 from llmfeat.texts import history_text, render, template_fields
 
 T = "{title}. {category}. {description}"

@@ -7,8 +7,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from llmfeat.core.tables import write_parquet
 from llmfeat.offline import historical_features
-from llmfeat.tables import write_parquet
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -60,16 +60,20 @@ def test_leakage_canary_is_not_available(pit_store, tmp_path):
 
 
 def test_too_little_data_is_refused_before_any_work(pit_store):
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.train import TooLittleDataError, run_train
 
     cfg, _ = pit_store
     with pytest.raises(TooLittleDataError, match=r"only 4 labelled interactions .*min_interactions=500"):
-        run_train(load_config(None, [f"paths.data_dir={cfg.paths.data_dir}"]), dt.date(2024, 1, 7), log=lambda _: None)
+        run_train(
+            load_config(None, [f"paths.data_dir={cfg.paths.data_dir}"]),
+            dt.date(2024, 1, 7),
+            log=lambda _: None,
+        )
 
 
 def test_short_training_run_beats_the_base_rate(movielens_store):
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.train import run_train
 
     base_cfg, _ = movielens_store
@@ -89,7 +93,9 @@ def test_short_training_run_beats_the_base_rate(movielens_store):
     # artefacts: the model with its features and embedding model id; the report with its plots
     from llmfeat.train import run_dir_of
 
-    run_dir = run_dir_of(Path(cfg.paths.data_dir) / "models" / "ctr" / "current.json")  # relative: relocatable
+    run_dir = run_dir_of(
+        Path(cfg.paths.data_dir) / "models" / "ctr" / "current.json"
+    )  # relative: relocatable
     import torch
 
     model = torch.load(run_dir / "deep_lm.pt", weights_only=False)

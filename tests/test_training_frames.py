@@ -87,9 +87,9 @@ def test_a_forced_re_embed_through_the_nightly_refetches_the_whole_frame(spark, 
     from pit_runs import DAY1, DAY2, pit_overrides
 
     from llmfeat import train as train_mod
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
+    from llmfeat.core.results import TrainResult
     from llmfeat.nightly import run_nightly
-    from llmfeat.results import TrainResult
 
     def frame_only(cfg, as_of, *, log, refresh=False, **_):
         stats: dict = {}

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmfeat.changelog import snapshot_times
+from llmfeat.core.changelog import snapshot_times
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
 P = UserStateParams(template="{occupation}. Recently liked: {history}", history_n=2, half_life_days=1.0)

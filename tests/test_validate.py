@@ -159,7 +159,9 @@ def test_backfill_rows_are_not_yet_visible_but_future_ones_are_quarantined():
     assert (c["read"], c["kept"], c["quarantined"], c["not_yet_visible"]) == (5, 1, 1, 3)
 
     # the skew is configurable: with none, the row an hour ahead of the clock is suspicious too
-    strict = validate(_events(stamps), snapshot_time=snapshot, max_text_chars=100, now=now, max_clock_skew_s=0)
+    strict = validate(
+        _events(stamps), snapshot_time=snapshot, max_text_chars=100, now=now, max_clock_skew_s=0
+    )
     assert list(strict.quarantine.to_pandas()["row"]) == [5, 6]
     assert strict.counts["interactions"]["not_yet_visible"] == 2
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Config": "llmfeat.config",
-    "load_config": "llmfeat.config",
+    "Config": "llmfeat.core.config",
+    "load_config": "llmfeat.core.config",
     "EncoderSpec": "llmfeat.encoder",
     "TextEncoder": "llmfeat.encoder",
     "default_model_dir": "llmfeat.encoder",
@@ -28,13 +28,13 @@ _EXPORTS = {
     "OnlineFeatures": "llmfeat.online",
     "Scorer": "llmfeat.score",
     "run_nightly": "llmfeat.nightly",
-    "LlmfeatError": "llmfeat.errors",
-    "ConfigError": "llmfeat.errors",
-    "InputError": "llmfeat.errors",
-    "ModelMismatchError": "llmfeat.errors",
-    "LockedError": "llmfeat.errors",
-    "NotFoundError": "llmfeat.errors",
-    "ExitCode": "llmfeat.errors",
+    "LlmfeatError": "llmfeat.core.errors",
+    "ConfigError": "llmfeat.core.errors",
+    "InputError": "llmfeat.core.errors",
+    "ModelMismatchError": "llmfeat.core.errors",
+    "LockedError": "llmfeat.core.errors",
+    "NotFoundError": "llmfeat.core.errors",
+    "ExitCode": "llmfeat.core.errors",
 }
 
 __all__ = [
@@ -58,9 +58,8 @@ __all__ = [
 assert sorted(__all__) == sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from llmfeat.config import Config, load_config
-    from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir
-    from llmfeat.errors import (
+    from llmfeat.core.config import Config, load_config
+    from llmfeat.core.errors import (
         ConfigError,
         ExitCode,
         InputError,
@@ -69,6 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ModelMismatchError,
         NotFoundError,
     )
+    from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir
     from llmfeat.nightly import run_nightly
     from llmfeat.online import OnlineFeatures
     from llmfeat.retrieval import Retriever

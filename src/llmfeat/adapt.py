@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from llmfeat import tables
-from llmfeat.errors import FailureError, MissingInputError, ModelMismatchError, TooLittleDataError
+from llmfeat.core import tables
+from llmfeat.core.errors import FailureError, MissingInputError, ModelMismatchError, TooLittleDataError
+from llmfeat.core.layout import DataDir
 from llmfeat.feast.names import WINDOWS
-from llmfeat.layout import DataDir
 
 ADAPTER_FILE = "adapter.pt"
 CARD_FILE = "adapter.json"
@@ -639,7 +639,7 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     import pandas as pd
 
     from llmfeat import evaluate as E
-    from llmfeat.layout import embedding_paths
+    from llmfeat.core.layout import embedding_paths
 
     started = time.perf_counter()
     a = cfg.adapt

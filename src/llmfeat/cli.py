@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmfeat.config import Config, load_config
-from llmfeat.errors import ConfigError, ExitCode, InputError, describe
+from llmfeat.core.config import Config, load_config
+from llmfeat.core.errors import ConfigError, ExitCode, InputError, describe
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Text -> language-model features for recommenders."
@@ -22,7 +22,7 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 
 Exit = ExitCode
-"""Process exit codes (``llmfeat.errors.ExitCode``), so a scheduler can tell the cases apart."""
+"""Process exit codes (``llmfeat.core.errors.ExitCode``), so a scheduler can tell the cases apart."""
 
 
 def command(name: str | None = None, *, group: typer.Typer | None = None, **kwargs):
@@ -154,8 +154,8 @@ def embed(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Encode item texts and point-in-time user texts with Spark; only new or changed texts are encoded."""
+    from llmfeat.core.spark import build_spark
     from llmfeat.embed import run_embed
-    from llmfeat.spark import build_spark
 
     extra = []
     if model:
@@ -216,7 +216,7 @@ def stats(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Compute item/user behaviour stats over point-in-time windows (Spark)."""
-    from llmfeat.spark import build_spark
+    from llmfeat.core.spark import build_spark
     from llmfeat.stats import run_stats
 
     cfg = _config(config, set_, data_dir)
@@ -245,8 +245,8 @@ def publish(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Apply the Feast repository and materialise the features into the online store."""
+    from llmfeat.core.spark import build_spark
     from llmfeat.publish import run_publish
-    from llmfeat.spark import build_spark
 
     cfg = _config(config, set_, data_dir)
     spark = build_spark(cfg.spark)
@@ -274,11 +274,13 @@ def nightly(
     data_dir: DataDirOpt = None,
     inject_fault: Annotated[
         list[str] | None,
-        typer.Option("--inject-fault", hidden=True, help="Tests only: POINT[:kill|enospc] (llmfeat.faults)."),
+        typer.Option(
+            "--inject-fault", hidden=True, help="Tests only: POINT[:kill|enospc] (llmfeat.core.faults)."
+        ),
     ] = None,
 ) -> None:
     """The whole pipeline for one date: idempotent, resumable, one run per data directory at a time."""
-    from llmfeat.faults import Faults
+    from llmfeat.core.faults import Faults
     from llmfeat.nightly import run_dir, run_nightly
 
     cfg = _config(config, set_, data_dir)
@@ -467,7 +469,11 @@ def retrieve(
         shared = res.same_title[rank - 1] if res.same_title else []
         hint = f"  [dim](same title as item {', '.join(shared)})[/dim]" if shared else ""
         table.add_row(
-            str(rank), iid, f"{score:.4f}", (title or "") + hint, *([_because(why)] if user is not None else [])
+            str(rank),
+            iid,
+            f"{score:.4f}",
+            (title or "") + hint,
+            *([_because(why)] if user is not None else []),
         )
     console.print(table)
 
@@ -553,7 +559,7 @@ def train(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train and compare the CTR models on point-in-time Feast features; write the report."""
-    from llmfeat.spark import build_spark
+    from llmfeat.core.spark import build_spark
     from llmfeat.train import run_train
 
     cfg = _config(config, set_, data_dir)
@@ -589,7 +595,9 @@ def evaluate(
     from llmfeat.evaluate import markdown, run_evaluate
 
     cfg = _config(config, set_, data_dir)
-    report = run_evaluate(cfg, _date(as_of) if as_of else None, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    report = run_evaluate(
+        cfg, _date(as_of) if as_of else None, log=lambda m: console.print(f"[dim]{m}[/dim]")
+    )
     console.print(markdown(report))
     console.print(f"  report: {report['path']} ({report['seconds']} s)")
 
@@ -614,7 +622,7 @@ def adapt(
     spark = None
     try:
         if publish:
-            from llmfeat.spark import build_spark
+            from llmfeat.core.spark import build_spark
 
             spark = build_spark(cfg.spark)
         summary = run_adapt_stage(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 from llmfeat.feature_vector import (
     HISTORY_CLICKS,
     ITEM_STATS,

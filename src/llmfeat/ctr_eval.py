@@ -40,8 +40,8 @@ import numpy as np
 import pandas as pd
 
 from llmfeat import evaluate as E
+from llmfeat.core.errors import ConfigError, MissingInputError
 from llmfeat.ctr_data import ADAPTED_SCALARS, TEXT_BLOCKS, Vocab, build_dense
-from llmfeat.errors import ConfigError, MissingInputError
 from llmfeat.feature_vector import ITEM_TEXT
 
 VARIANTS = ("ids_stats", "frozen_lm", "adapted", "adapted_dot")

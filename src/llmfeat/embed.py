@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat import tables
-from llmfeat.changelog import (
+from llmfeat.core import tables
+from llmfeat.core.changelog import (
     covered_until,
     first_snapshot,
     latest_before,
@@ -37,7 +37,12 @@ from llmfeat.changelog import (
     require_canonical,
     snapshot_times,
 )
-from llmfeat.config import Config
+from llmfeat.core.config import Config
+from llmfeat.core.errors import ConfigError, ModelMismatchError  # noqa: F401 - re-exported
+from llmfeat.core.faults import NO_FAULTS, Faults
+from llmfeat.core.layout import DataDir, EmbeddingPaths, embedding_paths  # noqa: F401 - re-exported
+from llmfeat.core.results import EmbedResult
+from llmfeat.core.stage_run import Phases, StageRun
 from llmfeat.encoder import (
     EncoderSpec,
     TextEncoder,
@@ -46,13 +51,8 @@ from llmfeat.encoder import (
     model_token_limit,
     resolve_spec,
 )
-from llmfeat.errors import ConfigError, ModelMismatchError  # noqa: F401 - re-exported
-from llmfeat.faults import NO_FAULTS, Faults
 from llmfeat.feast.names import EMBEDDING_TABLES
-from llmfeat.layout import DataDir, EmbeddingPaths, embedding_paths  # noqa: F401 - re-exported
-from llmfeat.results import EmbedResult
 from llmfeat.sources.raw import InputError
-from llmfeat.stage_run import Phases, StageRun
 from llmfeat.texts import render_all, template_fields
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
@@ -77,8 +77,6 @@ def require_items(data_dir: Path, as_of: dt.date) -> Path:
             f"see the ingest quarantine ({quarantine}). Nothing was written."
         )
     return path
-
-
 
 
 def set_for_model(model_dir: Path | str) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llmfeat.errors import ConfigError, MissingInputError
+from llmfeat.core.errors import ConfigError, MissingInputError
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls", "last")

@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from llmfeat import tables
-from llmfeat.errors import ConfigError, MissingInputError
-from llmfeat.layout import embedding_paths
+from llmfeat.core import tables
+from llmfeat.core.errors import ConfigError, MissingInputError
+from llmfeat.core.layout import embedding_paths
 
 SLICES = ("all", "warm_user", "new_user", "cold_item")
 
@@ -802,7 +802,7 @@ def methods_for(cfg) -> list[Method]:
         known = {m.name for m in methods}
         unknown = sorted(set(wanted) - known)
         if unknown:
-            from llmfeat.config import ConfigError
+            from llmfeat.core.config import ConfigError
 
             raise ConfigError(f"evaluate.methods: unknown method(s) {unknown}; known: {sorted(known)}")
         needed = set(wanted)
@@ -822,7 +822,7 @@ def run_evaluate(cfg, as_of: dt.date | None, log: Callable[[str], None] = print)
     log(f"evaluate: {data.info['interactions']:,} interactions ({data.info['clicks']:,} clicks), "
         f"{data.info['users']} users, {data.info['items']} items, vectors of {data.model_id}")  # fmt: skip
     report = run_evaluation(data, cfg.evaluate, methods_for(cfg), log)
-    from llmfeat.config import reports_dir
+    from llmfeat.core.config import reports_dir
 
     report["path"] = str(write_report(report, reports_dir(cfg)))
     return report

@@ -130,7 +130,9 @@ def exact_knn(
     """Exact inner-product top-k of one query over the rows of ``vectors`` that ``sel`` accepts (all when
     None), read in place (a memory map works; nothing is copied): (scores, ids), -1 padded."""
     if not (vectors.flags.c_contiguous and vectors.dtype == np.float32):
-        raise ValueError("exact_knn needs C-contiguous float32 vectors")  # a programming error, not a user one
+        raise ValueError(
+            "exact_knn needs C-contiguous float32 vectors"
+        )  # a programming error, not a user one
     q = np.ascontiguousarray(q, dtype=np.float32).reshape(1, -1)
     scores = np.empty((1, k), dtype=np.float32)
     ids = np.empty((1, k), dtype=np.int64)

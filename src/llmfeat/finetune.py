@@ -36,8 +36,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat import tables
-from llmfeat.config import Config, ConfigError
+from llmfeat.core import tables
+from llmfeat.core.config import Config, ConfigError
+from llmfeat.core.errors import TooLittleDataError
+from llmfeat.core.layout import DataDir
+from llmfeat.core.results import FinetuneResult
+from llmfeat.core.stage_run import StageRun
 from llmfeat.encoder import (
     MODEL_CARD,
     EncoderSpec,
@@ -49,11 +53,7 @@ from llmfeat.encoder import (
     pool_and_normalise,
     resolve_device,
 )
-from llmfeat.errors import TooLittleDataError
-from llmfeat.layout import DataDir
-from llmfeat.results import FinetuneResult
 from llmfeat.splits import Split, temporal_split
-from llmfeat.stage_run import StageRun
 from llmfeat.texts import render
 from llmfeat.user_state import UserStateParams, user_snapshots
 

@@ -42,17 +42,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llmfeat import tables
-from llmfeat.config import Config, IndexConfig
-from llmfeat.errors import (  # noqa: F401 - re-exported
+from llmfeat.core import tables
+from llmfeat.core.config import Config, IndexConfig
+from llmfeat.core.errors import (  # noqa: F401 - re-exported
     ConfigError,
     CorruptIndexError,
     IndexModelMismatchError,
     IndexNotFoundError,
     MissingInputError,
 )
-from llmfeat.faults import NO_FAULTS, Faults
-from llmfeat.layout import DataDir, embedding_paths
+from llmfeat.core.faults import NO_FAULTS, Faults
+from llmfeat.core.layout import DataDir, embedding_paths
 from llmfeat.vectors import normalise, read_latest
 
 FORMAT_VERSION = 1

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmfeat import tables
-from llmfeat.config import Config
+from llmfeat.core import tables
+from llmfeat.core.config import Config
+from llmfeat.core.errors import ConfigError, MissingInputError
 from llmfeat.demo_data import ensure_movielens_100k
-from llmfeat.errors import ConfigError, MissingInputError
 from llmfeat.sources import load_source
 from llmfeat.validate import validate
 

@@ -33,12 +33,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmfeat import results as R
-from llmfeat import tables
-from llmfeat.config import Config, absolute_paths
-from llmfeat.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
-from llmfeat.faults import NO_FAULTS, Faults
-from llmfeat.layout import DataDir
+from llmfeat.core import results as R
+from llmfeat.core import tables
+from llmfeat.core.config import Config, absolute_paths
+from llmfeat.core.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
+from llmfeat.core.faults import NO_FAULTS, Faults
+from llmfeat.core.layout import DataDir
 
 STAGES = ("ingest", "embed", "stats", "publish", "index", "train")
 DEPENDS_ON = {
@@ -118,7 +118,7 @@ class StageResult:
     """done (ran now), skipped (marker found), disabled (not configured)."""
     seconds: float = 0.0
     summary: R.StageResult = field(default_factory=R.StageResult)
-    """The stage's typed result (``llmfeat.results``; rebuilt from the marker for a skipped stage)."""
+    """The stage's typed result (``llmfeat.core.results``; rebuilt from the marker for a skipped stage)."""
 
 
 @dataclass
@@ -143,9 +143,14 @@ class NightlySummary:
             "quarantined": self.quarantined,
             "not_yet_visible": self.not_yet_visible,
             "stages": [
-                {"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3),
-                 "rows_read": r.summary.rows_read, "rows_written": r.summary.rows_written,
-                 "summary": r.summary.to_dict()}  # fmt: skip
+                {
+                    "stage": r.stage,
+                    "status": r.status,
+                    "seconds": round(r.seconds, 3),
+                    "rows_read": r.summary.rows_read,
+                    "rows_written": r.summary.rows_written,
+                    "summary": r.summary.to_dict(),
+                }  # fmt: skip
                 for r in self.results
             ],
         }
@@ -164,7 +169,7 @@ class _SparkHolder:
         if self.session is None:
             from pyspark.sql import SparkSession
 
-            from llmfeat.spark import build_spark
+            from llmfeat.core.spark import build_spark
 
             self.session = SparkSession.getActiveSession()
             if self.session is None:
@@ -258,7 +263,9 @@ def _stage_functions(
 
         served = served_index(cfg)
         if served is not None and served[1] > as_of:
-            log(f"index: the current index {served[0]} is as of {served[1]}, after {as_of}: a backfill leaves it")
+            log(
+                f"index: the current index {served[0]} is as of {served[1]}, after {as_of}: a backfill leaves it"
+            )
             return R.IndexResult({"version": served[0], "kept_newer": served[1].isoformat()})
         manifest = run_index(cfg, as_of, log=log, faults=faults)
         keep = ("version", "model_id", "count", "dim", "index", "path", "pruned", "seconds")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 from llmfeat.feast.names import EMBEDDING, MODEL_ID, RANKER, USER_VECTOR_VIEWS, full_name, ref
 from llmfeat.feast.online import OnlineReader, python_value  # noqa: F401 - python_value re-exported
 from llmfeat.feast.online import ViewRead as _ViewRead

@@ -40,9 +40,10 @@ import io
 import re
 import time
 
-from llmfeat import costs
-from llmfeat.config import Config
-from llmfeat.faults import NO_FAULTS, Faults
+from llmfeat.core import costs
+from llmfeat.core.config import Config
+from llmfeat.core.faults import NO_FAULTS, Faults
+from llmfeat.core.results import PublishResult
 from llmfeat.feast.store import (  # noqa: F401 - feast_dir ... rebase_registry re-exported (tests, benches)
     feast_dir,
     feast_project,
@@ -53,7 +54,6 @@ from llmfeat.feast.store import (  # noqa: F401 - feast_dir ... rebase_registry 
     rebase_registry,
     write_repo_files,
 )
-from llmfeat.results import PublishResult
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -84,7 +84,9 @@ def run_publish(
     # A backfill never moves the online store back in time: views published past `end` keep their values.
     newer = {n: _utc(t) for n, t in until.items() if t is not None and _utc(t) > end}
     for name, t in sorted(newer.items()):
-        log(f"publish: {name} already holds values until {t.isoformat()}, after {end.isoformat()}: left as is")
+        log(
+            f"publish: {name} already holds values until {t.isoformat()}, after {end.isoformat()}: left as is"
+        )
     todo = [v for v in views if v.name not in newer]
     fresh = [v.name for v in todo if full or until[v.name] is None]
     seen = [v.name for v in todo if v.name not in fresh]

@@ -28,9 +28,9 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from llmfeat import faiss_tools as ft
-from llmfeat import tables
-from llmfeat.config import Config
-from llmfeat.errors import (  # noqa: F401 - re-exported
+from llmfeat.core import tables
+from llmfeat.core.config import Config
+from llmfeat.core.errors import (  # noqa: F401 - re-exported
     ConfigError,
     MissingInputError,
     ModelMismatchError,
@@ -39,10 +39,10 @@ from llmfeat.errors import (  # noqa: F401 - re-exported
     UnknownItemError,
     UnknownUserError,
 )
+from llmfeat.core.layout import DataDir, embedding_paths
 from llmfeat.feast.names import ITEM_STATS_TABLE
 from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, probe_lists, scan_target
 from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
-from llmfeat.layout import DataDir, embedding_paths
 from llmfeat.vectors import normalise, read_latest
 
 _PARTIAL_LISTS = 512

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat.config import Config
+from llmfeat.core.config import Config
+from llmfeat.core.errors import ScoringModelError  # noqa: F401 - re-exported
 from llmfeat.ctr_data import Vocab, build_dense
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, predict
-from llmfeat.errors import ScoringModelError  # noqa: F401 - re-exported
 from llmfeat.feature_vector import USER_MODEL_ID
 
 

@@ -36,10 +36,10 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, StringConstraints
 from pydantic_core import to_json
 
-from llmfeat.config import Config
-from llmfeat.errors import ReloadError  # noqa: F401 - re-exported
+from llmfeat.core.config import Config
+from llmfeat.core.errors import ReloadError  # noqa: F401 - re-exported
+from llmfeat.core.reloading import PeriodicReload
 from llmfeat.index import IndexModelMismatchError, current_version, index_root
-from llmfeat.reloading import PeriodicReload
 from llmfeat.retrieval import NotFoundError, Results, Retriever, UserVectorSource
 
 log = logging.getLogger("llmfeat.serve")

@@ -23,7 +23,7 @@ import hmac
 import json
 from pathlib import Path
 
-from llmfeat.config import ConfigError, ServeAuthConfig
+from llmfeat.core.config import ConfigError, ServeAuthConfig
 
 OPEN_PATHS = frozenset({"/health"})
 """Reachable without the token: liveness only (status, index version, item count)."""

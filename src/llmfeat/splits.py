@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat.changelog import (
+from llmfeat.core.changelog import (
     covered_until,
     first_snapshot,
     latest_before,
@@ -31,14 +31,14 @@ from llmfeat.changelog import (
     require_canonical,
     snapshot_times,
 )
-from llmfeat.config import Config
-from llmfeat.faults import NO_FAULTS, Faults
+from llmfeat.core.config import Config
+from llmfeat.core.faults import NO_FAULTS, Faults
+from llmfeat.core.layout import StatsPaths, stats_paths  # noqa: F401 - re-exported
+from llmfeat.core.results import StatsResult
+from llmfeat.core.stage_run import StageRun
 from llmfeat.feast import names as n
 from llmfeat.feast.names import STATS_TABLES, packed_columns, stat_columns  # noqa: F401 - re-exported
 from llmfeat.feast.names import WINDOWS as WINDOWS_DAYS
-from llmfeat.layout import StatsPaths, stats_paths  # noqa: F401 - re-exported
-from llmfeat.results import StatsResult
-from llmfeat.stage_run import StageRun
 
 
 def pack(frame: pd.DataFrame, noun: str) -> list[np.ndarray]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 
 SEPARATORS = " .,;:|-"
 HISTORY_JOINER = "; "

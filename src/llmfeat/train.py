@@ -29,17 +29,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat import tables, warm_start
-from llmfeat.config import Config, reports_dir
+from llmfeat import warm_start
+from llmfeat.core import tables
+from llmfeat.core.config import Config, reports_dir
+from llmfeat.core.errors import ConfigError, MissingInputError, ModelMismatchError, TooLittleDataError  # noqa: F401 - re-exported
+from llmfeat.core.layout import DataDir
+from llmfeat.core.results import TrainResult
+from llmfeat.core.stage_run import StageRun
 from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
-from llmfeat.errors import ConfigError, MissingInputError, ModelMismatchError, TooLittleDataError  # noqa: F401 - re-exported
 from llmfeat.feast.names import ITEM_MODEL_ID, ITEM_TEXT
-from llmfeat.layout import DataDir
 from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss
-from llmfeat.results import TrainResult
 from llmfeat.splits import Split, leave_last_k, slice_masks, temporal_split
-from llmfeat.stage_run import StageRun
 from llmfeat.texts import render
 
 MODELS = ("popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm", "deep_adapted")
@@ -182,8 +183,8 @@ def fetch_training_frame(
     for the event days not stored yet (``training_frames``); ``refresh`` fetches every day again.
     ``stats``, when given, receives what was reused and fetched."""
     from llmfeat import training_frames
+    from llmfeat.core.layout import embedding_paths
     from llmfeat.feast.store import open_store
-    from llmfeat.layout import embedding_paths
 
     rows = training_rows(cfg, as_of)
     if cfg.train.window_days is not None:  # only the window's rows are read back or fetched
@@ -238,8 +239,15 @@ def run_train(
         "embedding_set": cfg.embed.embedding_set,
         "embedding_model_id": embedding_model_id,
         "embedding_dim": dim,
-        "protocols": {s.protocol: {**s.boundaries, "train": len(s.train), "validation": len(s.validation),
-                                   "test": len(s.test)} for s in splits},  # fmt: skip
+        "protocols": {
+            s.protocol: {
+                **s.boundaries,
+                "train": len(s.train),
+                "validation": len(s.validation),
+                "test": len(s.test),
+            }
+            for s in splits
+        },  # fmt: skip
         "results": fits.results,
         "models": fits.saved,
         "skipped": fits.skipped,
@@ -327,7 +335,9 @@ def _fit_split(cfg: Config, as_of: dt.date, split: Split, frame: pd.DataFrame, d
     t = cfg.train
     train_cfg = TrainConfig(t.epochs, t.batch_size, t.lr, t.weight_decay, t.patience, t.seed, t.device)
     train, test = split.train, split.test
-    log(f"train: {split.protocol}: {len(train)} train / {len(split.validation)} validation / {len(test)} test rows")
+    log(
+        f"train: {split.protocol}: {len(train)} train / {len(split.validation)} validation / {len(test)} test rows"
+    )
     users, items_vocab = Vocab.fit(train["user_id"]), Vocab.fit(train["item_id"])
     # The TF-IDF pooled history may use any click before a row's snapshot, as the LM history does.
     clicks = frame[frame["label"] == 1][["user_id", "item_id", "event_ts"]]

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmfeat import tables
+from llmfeat.core import tables
+from llmfeat.core.layout import DataDir
 from llmfeat.feast.names import CTR_TRAINING as SERVICE
-from llmfeat.layout import DataDir
 
 STATE = "state.json"
 ORDER = ["event_timestamp", "user_id", "item_id"]

@@ -212,7 +212,11 @@ def _entities(
 
 
 def _interactions(
-    df: pd.DataFrame, item_ids: set[str], user_ids: set[str], snapshot_time: pd.Timestamp, latest: pd.Timestamp
+    df: pd.DataFrame,
+    item_ids: set[str],
+    user_ids: set[str],
+    snapshot_time: pd.Timestamp,
+    latest: pd.Timestamp,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     df = df.reset_index(drop=True).copy()
     later = _set_aside(df, "event_ts", snapshot_time, latest)
@@ -279,10 +283,18 @@ def validate(
     ``max_clock_skew_s`` is ``FUTURE_TIMESTAMP``, one at or after ``snapshot_time`` but not that late is
     counted as ``not_yet_visible`` in ``counts``."""
     snapshot_time = _utc(snapshot_time)
-    latest = _utc(now if now is not None else pd.Timestamp.now(tz="UTC")) + pd.Timedelta(seconds=max_clock_skew_s)
+    latest = _utc(now if now is not None else pd.Timestamp.now(tz="UTC")) + pd.Timedelta(
+        seconds=max_clock_skew_s
+    )
     items, q_items, later_items = _entities(
-        raw.items, "items", "item_id", schemas.ITEM_TEXT_COLUMNS, (*schemas.ITEM_TEXT_COLUMNS, "tags"), max_text_chars,
-        snapshot_time, latest
+        raw.items,
+        "items",
+        "item_id",
+        schemas.ITEM_TEXT_COLUMNS,
+        (*schemas.ITEM_TEXT_COLUMNS, "tags"),
+        max_text_chars,
+        snapshot_time,
+        latest,
     )
     users, q_users, later_users = _entities(
         raw.users, "users", "user_id", schemas.USER_TEXT_COLUMNS, (), max_text_chars, snapshot_time, latest

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from llmfeat import tables
-from llmfeat.errors import MissingInputError, MixedModelsError, VectorTableError  # noqa: F401 - re-exported
+from llmfeat.core import tables
+from llmfeat.core.errors import MissingInputError, MixedModelsError, VectorTableError  # noqa: F401 - re-exported
 
 _PARTITIONING = ds.partitioning(pa.schema([("snapshot_date", pa.string())]), flavor="hive")
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmfeat.errors import MissingInputError
-from llmfeat.layout import DataDir
+from llmfeat.core.errors import MissingInputError
+from llmfeat.core.layout import DataDir
 from llmfeat.retrieval import NotFoundError
 
 SCHEMA = """

@@ -19,7 +19,7 @@ from pathlib import Path
 from llmfeat.bandit.events import EventLog, event_log_path
 from llmfeat.bandit.features import FeatureSpace
 from llmfeat.bandit.policy import PolicyNotFoundError, VWPolicy, load_policy, policy_root, publish_policy
-from llmfeat.config import Config, reports_dir
+from llmfeat.core.config import Config, reports_dir
 
 
 def _current(cfg: Config):

@@ -256,7 +256,7 @@ class ParquetFeatures:
     """``fetch`` over the embedding tables (latest vectors): the service without Feast. No stats."""
 
     def __init__(self, data_dir, embedding_set: str):
-        from llmfeat.layout import embedding_paths
+        from llmfeat.core.layout import embedding_paths
         from llmfeat.retrieval import ParquetUserVectors
         from llmfeat.vectors import read_latest
 

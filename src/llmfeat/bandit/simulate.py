@@ -45,13 +45,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from llmfeat import tables
 from llmfeat.bandit import ope
 from llmfeat.bandit.features import FeatureSpace, a_text, action_rows, shared_row
 from llmfeat.bandit.policy import GreedyCtrPolicy, LinUCBPolicy, PopularityPolicy, RandomPolicy, VWPolicy
-from llmfeat.config import Config
-from llmfeat.errors import MissingInputError
-from llmfeat.layout import embedding_paths
+from llmfeat.core import tables
+from llmfeat.core.config import Config
+from llmfeat.core.errors import MissingInputError
+from llmfeat.core.layout import embedding_paths
 from llmfeat.vectors import normalise, read_latest
 
 MAX_RATED = 10

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 from llmfeat.sources import mapped, mind, movielens
 from llmfeat.sources.raw import InputError, RawTables
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmfeat.errors import InputError  # noqa: F401 - re-exported
+from llmfeat.core.errors import InputError  # noqa: F401 - re-exported
 
 PROVENANCE = ("_file", "_row", "_raw", "_reject", "_detail")
 

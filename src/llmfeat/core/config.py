@@ -22,8 +22,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
-from llmfeat.errors import ConfigError
-from llmfeat.layout import DataDir
+from llmfeat.core.errors import ConfigError
+from llmfeat.core.layout import DataDir
 
 Source = Literal["movielens", "mind", "mapped"]
 Pooling = Literal["auto", "mean", "cls", "last"]
@@ -530,7 +530,11 @@ class AdaptConfig:
                "negatives, cold_neighbours and tower_loss must be >= 0")  # fmt: skip
         _check(bool(self.fresh_slots) and all(n >= 0 for n in self.fresh_slots), "adapt.fresh_slots",
                f"must be a non-empty list of counts >= 0, got {self.fresh_slots}")  # fmt: skip
-        _check(0 <= self.item_dropout < 1, "adapt.item_dropout", f"must be within [0, 1), got {self.item_dropout}")
+        _check(
+            0 <= self.item_dropout < 1,
+            "adapt.item_dropout",
+            f"must be within [0, 1), got {self.item_dropout}",
+        )
         _device("adapt.device", self.device)
         _check(bool(self.output_set.strip()) and "/" not in self.output_set, "adapt.output_set",
                f"must be a non-empty folder name, got {self.output_set!r}")  # fmt: skip

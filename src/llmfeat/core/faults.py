@@ -19,7 +19,7 @@ import signal
 import sys
 from collections.abc import Iterable
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 
 POINTS = {
     "embed.after_write_before_commit": "every embedding table is written to the run's work area; nothing is "

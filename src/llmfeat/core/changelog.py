@@ -18,8 +18,8 @@ from typing import TypeVar
 
 import pandas as pd
 
-from llmfeat import tables
-from llmfeat.errors import ConfigError, MissingInputError
+from llmfeat.core import tables
+from llmfeat.core.errors import ConfigError, MissingInputError
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from llmfeat.config import ConfigError, SparkConfig
+from llmfeat.core.config import ConfigError, SparkConfig
 
 _LOOPBACK = re.compile(r"^(local(\[.*\])?|spark://(127\.0\.0\.1|localhost)(:\d+)?)$")
 

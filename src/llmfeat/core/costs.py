@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from llmfeat import tables
+from llmfeat.core import tables
 
 _PARTITIONING = ds.partitioning(pa.schema([("snapshot_date", pa.string())]), flavor="hive")
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from llmfeat import tables
-from llmfeat.layout import DataDir
-from llmfeat.results import StageResult
+from llmfeat.core import tables
+from llmfeat.core.layout import DataDir
+from llmfeat.core.results import StageResult
 
 T = TypeVar("T")
 R = TypeVar("R", bound="StageResult")

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 from llmfeat.feast.names import ITEM_TEXT_TABLE, USER_HISTORY_TABLE, USER_TEXT_TABLE
 
 DEFAULT_SET = "default"

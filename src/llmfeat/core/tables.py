@@ -24,8 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llmfeat.errors import MissingInputError
-from llmfeat.layout import DataDir
+from llmfeat.core.errors import MissingInputError
+from llmfeat.core.layout import DataDir
 
 PARQUET_FILE = "part-00000.parquet"
 _RENAME_EXCHANGE = 2

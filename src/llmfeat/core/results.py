@@ -32,7 +32,7 @@ class StageResult(Mapping):
         counts); recorded in the nightly's markers under ``rows_io``."""
         if "rows_io" in self.data:
             return self.data["rows_io"]
-        from llmfeat import costs
+        from llmfeat.core import costs
 
         return costs.stage_rows(self.stage, self.data)
 
