@@ -302,7 +302,7 @@ def main() -> None:
     threads = len(os.sched_getaffinity(0))
     model_dir = str(default_model_dir())
 
-    from llmfeat.demo_data import ensure_movielens_100k
+    from llmfeat.data.demo_data import ensure_movielens_100k
 
     ml = ensure_movielens_100k(args.movielens.parent)
     items = pd.read_csv(ml / "ml-100k.item", sep="\t")

@@ -222,9 +222,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from llmfeat.core.spark import build_spark
-    from llmfeat.demo_data import ensure_movielens_100k
+    from llmfeat.data.demo_data import ensure_movielens_100k
+    from llmfeat.data.ingest import run_ingest
     from llmfeat.finetune import output_dir, run_finetune
-    from llmfeat.ingest import run_ingest
 
     started = time.perf_counter()
     as_of = dt.date.fromisoformat(args.as_of)

@@ -56,7 +56,7 @@ def one(cfg, day: dt.date, frame, log) -> dict:
 def ensure_snapshot(cfg, day: dt.date) -> None:
     """The canonical snapshot of ``day`` (what that night's ingest would have written), made if missing."""
     from llmfeat.core import tables
-    from llmfeat.ingest import run_ingest
+    from llmfeat.data.ingest import run_ingest
 
     if not tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), day).is_dir():
         run_ingest(cfg, day)

@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 @pytest.fixture(scope="session")
 def movielens_dir() -> Path:
     """The real MovieLens-100k (RecBole layout), downloaded once into the repo's ignored var/cache."""
-    from llmfeat.demo_data import ensure_movielens_100k
+    from llmfeat.data.demo_data import ensure_movielens_100k
 
     return ensure_movielens_100k(REPO / "var" / "cache")
 
@@ -49,8 +49,8 @@ def encoder():
 def build_feature_store(spark, data_dir: Path, as_of, overrides: list[str] = ()):
     """Run ingest -> embed -> stats -> publish into ``data_dir``; returns (config, FeatureStore)."""
     from llmfeat.core.config import load_config
+    from llmfeat.data.ingest import run_ingest
     from llmfeat.embed import run_embed
-    from llmfeat.ingest import run_ingest
     from llmfeat.publish import open_store, run_publish
     from llmfeat.stats import run_stats
 
@@ -104,8 +104,8 @@ def movielens_embedded(spark, tmp_path_factory, movielens_dir) -> Path:
     import datetime as dt
 
     from llmfeat.core.config import load_config
+    from llmfeat.data.ingest import run_ingest
     from llmfeat.embed import run_embed
-    from llmfeat.ingest import run_ingest
 
     data_dir = tmp_path_factory.mktemp("ml_embedded")
     cfg = load_config(

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from llmfeat import schemas
 from llmfeat.core import tables
+from llmfeat.data import schemas
 
 AS_OF = dt.date(2024, 3, 1)
 EARLIER = dt.date(2024, 2, 1)

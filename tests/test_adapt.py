@@ -157,8 +157,8 @@ def _adapt_data_dir(tmp_path, model_id: str = "test-model@0001"):
     import pyarrow as pa
     from synthetic import AS_OF, make_data
 
-    from llmfeat import schemas
     from llmfeat.core import tables
+    from llmfeat.data import schemas
 
     syn = make_data(tmp_path / "data", n_items=60, n_users=30, model_id=model_id)
     rng = np.random.default_rng(0)
@@ -247,8 +247,8 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
 def _write_item_stats(syn, as_of):
     import pyarrow as pa
 
-    from llmfeat import schemas
     from llmfeat.core import tables
+    from llmfeat.data import schemas
 
     ids = syn.item_ids
     ts = pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=1)

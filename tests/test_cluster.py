@@ -27,7 +27,7 @@ from pit_runs import DAY1, pit_overrides
 from services import free_port
 
 from llmfeat.core.config import load_config
-from llmfeat.ingest import run_ingest
+from llmfeat.data.ingest import run_ingest
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]

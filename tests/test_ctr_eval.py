@@ -140,9 +140,9 @@ def test_train_fits_deep_adapted_on_the_temporal_split_and_skips_it_with_a_reaso
     import torch
     from test_adapt import _adapt_cfg, _adapt_data_dir
 
-    from llmfeat import schemas
     from llmfeat.core import tables
     from llmfeat.core.errors import ScoringModelError
+    from llmfeat.data import schemas
     from llmfeat.score import load_model
     from llmfeat.train import run_train
 

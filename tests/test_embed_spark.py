@@ -11,9 +11,9 @@ import pytest
 
 from llmfeat.core import tables
 from llmfeat.core.config import load_config
+from llmfeat.data.ingest import run_ingest
+from llmfeat.data.texts import history_text, render
 from llmfeat.embed import ModelMismatchError, embedding_paths, run_embed
-from llmfeat.ingest import run_ingest
-from llmfeat.texts import history_text, render
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 AS_OF = dt.date(1998, 4, 23)

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from llmfeat.core.config import load_config
+from llmfeat.data.ingest import run_ingest
 from llmfeat.encoder import MODEL_CARD, EncoderSpec, TextEncoder, default_model_dir
 from llmfeat.finetune import click_pairs, in_batch_loss, run_finetune, sample_pairs
-from llmfeat.ingest import run_ingest
 
 pytestmark = [pytest.mark.slow]
 AS_OF = dt.date(1998, 4, 23)

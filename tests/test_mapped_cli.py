@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from llmfeat.core.config import load_config
-from llmfeat.texts import render
+from llmfeat.data.texts import render
 
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = "2024-03-01"

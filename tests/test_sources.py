@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from llmfeat.core.errors import ConfigError
-from llmfeat.sources import load_source, mind, movielens
-from llmfeat.sources.raw import InputError
+from llmfeat.data.sources import load_source, mind, movielens
+from llmfeat.data.sources.raw import InputError
 
 
 def test_grouplens_layout(fixtures):

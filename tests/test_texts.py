@@ -1,7 +1,7 @@
 import pytest
 
 from llmfeat.core.errors import ConfigError
-from llmfeat.texts import history_text, render, template_fields
+from llmfeat.data.texts import history_text, render, template_fields
 
 T = "{title}. {category}. {description}"
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llmfeat.sources import load_source, mind
-from llmfeat.sources.raw import RawTables
-from llmfeat.validate import REASONS, validate
+from llmfeat.data.sources import load_source, mind
+from llmfeat.data.sources.raw import RawTables
+from llmfeat.data.validate import REASONS, validate
 
 SNAPSHOT = pd.Timestamp("2024-02-01", tz="UTC")
 

@@ -581,7 +581,7 @@ def _existing_model_ids(root: Path) -> set[str]:
 def _emb_table(key: str, ids, vectors: np.ndarray, model: str, ts, created, extra: dict) -> object:
     import pyarrow as pa
 
-    from llmfeat import schemas
+    from llmfeat.data import schemas
 
     n = len(ids)
     hashes = [hashlib.sha256(v.tobytes()).hexdigest()[:32] for v in vectors]

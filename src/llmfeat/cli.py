@@ -80,7 +80,7 @@ def _date(value: str | None) -> dt.date:
 @command("fetch-demo")
 def fetch_demo(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Download and verify MovieLens-100k (from the recbole wheel on the package registry)."""
-    from llmfeat.demo_data import ensure_movielens_100k
+    from llmfeat.data.demo_data import ensure_movielens_100k
 
     cfg = _config(config, set_)
     path = ensure_movielens_100k(cfg.paths.cache_dir)
@@ -103,7 +103,7 @@ def ingest(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Load a source, validate it, and write the canonical tables and the quarantine for one snapshot date."""
-    from llmfeat.ingest import run_ingest
+    from llmfeat.data.ingest import run_ingest
 
     extra = ([f"ingest.source={source}"] if source else []) + ([f"ingest.source_path={path}"] if path else [])
     cfg = _config(config, set_, data_dir, extra)

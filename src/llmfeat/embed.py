@@ -43,6 +43,8 @@ from llmfeat.core.faults import NO_FAULTS, Faults
 from llmfeat.core.layout import DataDir, EmbeddingPaths, embedding_paths  # noqa: F401 - re-exported
 from llmfeat.core.results import EmbedResult
 from llmfeat.core.stage_run import Phases, StageRun
+from llmfeat.data.sources.raw import InputError
+from llmfeat.data.texts import render_all, template_fields
 from llmfeat.encoder import (
     EncoderSpec,
     TextEncoder,
@@ -52,8 +54,6 @@ from llmfeat.encoder import (
     resolve_spec,
 )
 from llmfeat.feast.names import EMBEDDING_TABLES
-from llmfeat.sources.raw import InputError
-from llmfeat.texts import render_all, template_fields
 from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
 EMBED_TABLES = EMBEDDING_TABLES

@@ -42,6 +42,8 @@ from llmfeat.core.errors import TooLittleDataError
 from llmfeat.core.layout import DataDir
 from llmfeat.core.results import FinetuneResult
 from llmfeat.core.stage_run import StageRun
+from llmfeat.data.splits import Split, temporal_split
+from llmfeat.data.texts import render
 from llmfeat.encoder import (
     MODEL_CARD,
     EncoderSpec,
@@ -53,8 +55,6 @@ from llmfeat.encoder import (
     pool_and_normalise,
     resolve_device,
 )
-from llmfeat.splits import Split, temporal_split
-from llmfeat.texts import render
 from llmfeat.user_state import UserStateParams, user_snapshots
 
 METHODS = ("lora", "full", "top_layers")

@@ -229,7 +229,7 @@ def _stage_functions(
         return {}
 
     def ingest(forced: bool) -> R.IngestSummary:
-        from llmfeat.ingest import run_ingest
+        from llmfeat.data.ingest import run_ingest
 
         return R.IngestSummary.of(run_ingest(cfg, as_of))
 

@@ -38,10 +38,10 @@ from llmfeat.core.results import TrainResult
 from llmfeat.core.stage_run import StageRun
 from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
+from llmfeat.data.splits import Split, leave_last_k, slice_masks, temporal_split
+from llmfeat.data.texts import render
 from llmfeat.feast.names import ITEM_MODEL_ID, ITEM_TEXT
 from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss
-from llmfeat.splits import Split, leave_last_k, slice_masks, temporal_split
-from llmfeat.texts import render
 
 MODELS = ("popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm", "deep_adapted")
 FEATURE_SET = {"lr_lm": "lm_vector", "deep_ids_stats": "ids_stats", "deep_tfidf": "tfidf", "deep_lm": "lm",

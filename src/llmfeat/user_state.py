@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from llmfeat.texts import history_text, render
+from llmfeat.data.texts import history_text, render
 
 
 def content_hash(text: str) -> str:

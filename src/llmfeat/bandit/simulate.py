@@ -120,7 +120,7 @@ class World:
 
 def load_world(cfg: Config, as_of: dt.date) -> World:
     """Items, labelled interactions and user text vectors of ``cfg``'s data directory as of ``as_of``."""
-    from llmfeat.splits import temporal_split
+    from llmfeat.data.splits import temporal_split
 
     data_dir, emb_set = Path(cfg.paths.data_dir), cfg.embed.embedding_set
     paths = embedding_paths(data_dir, emb_set)

@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from llmfeat.sources.raw import (
+from llmfeat.data.sources.raw import (
     PROVENANCE,
     InputError,
     RawTables,

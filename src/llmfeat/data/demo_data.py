@@ -13,7 +13,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from llmfeat.sources.raw import InputError
+from llmfeat.data.sources.raw import InputError
 
 RECBOLE_WHEEL = "recbole==1.2.1"
 MEMBER_DIR = "recbole/dataset_example/ml-100k/"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from llmfeat.sources.raw import (
+from llmfeat.data.sources.raw import (
     InputError,
     RawTables,
     base,

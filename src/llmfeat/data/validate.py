@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyarrow as pa
 
-from llmfeat import schemas
-from llmfeat.sources.raw import RawTables
+from llmfeat.data import schemas
+from llmfeat.data.sources.raw import RawTables
 
 REASONS: dict[str, str] = {
     "MALFORMED_ROW": "the line does not have the fields its format requires",

@@ -11,9 +11,9 @@ import pandas as pd
 from llmfeat.core import tables
 from llmfeat.core.config import Config
 from llmfeat.core.errors import ConfigError, MissingInputError
-from llmfeat.demo_data import ensure_movielens_100k
-from llmfeat.sources import load_source
-from llmfeat.validate import validate
+from llmfeat.data.demo_data import ensure_movielens_100k
+from llmfeat.data.sources import load_source
+from llmfeat.data.validate import validate
 
 TABLES = ("items", "users", "interactions", "quarantine")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmfeat.core.errors import ConfigError
-from llmfeat.sources import mapped, mind, movielens
-from llmfeat.sources.raw import InputError, RawTables
+from llmfeat.data.sources import mapped, mind, movielens
+from llmfeat.data.sources.raw import InputError, RawTables
 
 SOURCES = ("movielens", "mind", "mapped")
 
