@@ -131,9 +131,9 @@ def main() -> int:
         import torch
 
         from llmfeat import ctr_eval as C
-        from llmfeat.adapt import adapter_params
         from llmfeat.core.config import load_config
         from llmfeat.ctr_models import TrainConfig
+        from llmfeat.embedding.adapt import adapter_params
         from llmfeat.evaluate import load_eval_data
 
         torch.set_num_threads(args.threads)

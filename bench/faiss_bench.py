@@ -36,9 +36,9 @@ from benchmarks_md import cpu_model, write_section
 
 from llmfeat.core import tables
 from llmfeat.core.config import IndexConfig
+from llmfeat.embedding.vectors import normalise
 from llmfeat.index import build_index, choose_factory, read_catalogue, recall_at, set_search_params
 from llmfeat.retrieval import ParquetUserVectors
-from llmfeat.vectors import normalise
 
 DIM = 384
 K = 10

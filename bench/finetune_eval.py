@@ -55,7 +55,7 @@ def with_set(cfg: Config, model_dir: Path | None, name: str) -> Config:
 
 
 def ensure_features(spark, cfg: Config, as_of: dt.date, *, stats: bool, publish: bool = True) -> dict:
-    from llmfeat.embed import embedding_paths, run_embed
+    from llmfeat.embedding.embed import embedding_paths, run_embed
     from llmfeat.publish import feast_dir, run_publish
     from llmfeat.stats import run_stats
 
@@ -104,7 +104,7 @@ def retrieval_eval(cfg: Config, as_of: dt.date) -> dict:
     """recall@K / nDCG@K on the temporal test split (the CTR job's T1 / T2), for text and history queries."""
     import pyarrow as pa
 
-    from llmfeat.finetune import split_interactions
+    from llmfeat.embedding.finetune import split_interactions
     from llmfeat.index import LoadedIndex, build_index, choose_factory, read_catalogue
     from llmfeat.retrieval import ParquetUserVectors, Retriever
 
@@ -224,7 +224,7 @@ def main() -> None:
     from llmfeat.core.spark import build_spark
     from llmfeat.data.demo_data import ensure_movielens_100k
     from llmfeat.data.ingest import run_ingest
-    from llmfeat.finetune import output_dir, run_finetune
+    from llmfeat.embedding.finetune import output_dir, run_finetune
 
     started = time.perf_counter()
     as_of = dt.date.fromisoformat(args.as_of)

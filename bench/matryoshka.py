@@ -51,8 +51,8 @@ def catalogue_vectors(movielens: Path, work: Path) -> tuple[list[str], np.ndarra
     from llmfeat.core.config import load_config
     from llmfeat.data.ingest import run_ingest
     from llmfeat.data.texts import render_all
-    from llmfeat.embed import encoder_spec
-    from llmfeat.encoder import TextEncoder, available_cores
+    from llmfeat.embedding.embed import encoder_spec
+    from llmfeat.embedding.encoder import TextEncoder, available_cores
 
     cfg = load_config(
         None, [f"paths.data_dir={work}", f"ingest.source_path={movielens}", "embed.precision=fp32"]

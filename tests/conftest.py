@@ -41,7 +41,7 @@ def spark():
 
 @pytest.fixture(scope="session")
 def encoder():
-    from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir
+    from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir
 
     return TextEncoder(EncoderSpec(str(default_model_dir()), precision="fp32", threads=2))
 
@@ -50,7 +50,7 @@ def build_feature_store(spark, data_dir: Path, as_of, overrides: list[str] = ())
     """Run ingest -> embed -> stats -> publish into ``data_dir``; returns (config, FeatureStore)."""
     from llmfeat.core.config import load_config
     from llmfeat.data.ingest import run_ingest
-    from llmfeat.embed import run_embed
+    from llmfeat.embedding.embed import run_embed
     from llmfeat.publish import open_store, run_publish
     from llmfeat.stats import run_stats
 
@@ -105,7 +105,7 @@ def movielens_embedded(spark, tmp_path_factory, movielens_dir) -> Path:
 
     from llmfeat.core.config import load_config
     from llmfeat.data.ingest import run_ingest
-    from llmfeat.embed import run_embed
+    from llmfeat.embedding.embed import run_embed
 
     data_dir = tmp_path_factory.mktemp("ml_embedded")
     cfg = load_config(

@@ -9,8 +9,8 @@ import scipy.sparse as sp
 
 torch = pytest.importorskip("torch")
 
-from llmfeat import adapt as A  # noqa: E402
 from llmfeat import evaluate as E  # noqa: E402
+from llmfeat.embedding import adapt as A  # noqa: E402
 
 SMALL = {"dim": 8, "hidden": 16, "layers": 2, "epochs": 3, "patience": 2, "batch_size": 16, "negatives": 8,
          "lr": 1e-2, "weight_decay": 0.0, "half_life_days": None, "seed": 3, "device": "cpu", "threads": 1,
@@ -185,9 +185,9 @@ def _adapt_cfg(data_dir, *extra):
 
 
 def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
+    from llmfeat.embedding.vectors import read_latest
     from llmfeat.index import IndexModelMismatchError, check_model, run_index
     from llmfeat.retrieval import Retriever
-    from llmfeat.vectors import read_latest
 
     syn, as_of = _adapt_data_dir(tmp_path)
     cfg = _adapt_cfg(syn.data_dir)

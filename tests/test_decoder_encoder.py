@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_models import QUERY_PROMPT, decoder_model_dir, encoder_model_dir
 
-from llmfeat.encoder import EncoderSpec, TextEncoder, model_id, pool_and_normalise, read_st_config
+from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, model_id, pool_and_normalise, read_st_config
 
 TEXTS = [
     "Alpha kettle. kitchen",
@@ -135,7 +135,7 @@ def test_unsupported_sentence_transformers_modules_are_refused(encoder_dir, tmp_
 
 def test_config_reaches_the_encoder_and_a_bad_width_is_a_config_error(decoder_dir):
     from llmfeat.core.config import ConfigError, load_config
-    from llmfeat.embed import describe_model, encoder_spec
+    from llmfeat.embedding.embed import describe_model, encoder_spec
 
     cfg = load_config(
         None, [f"embed.model_dir={decoder_dir}", "embed.dims=16", "embed.item_prompt=passage: "]

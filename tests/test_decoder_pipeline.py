@@ -16,8 +16,8 @@ from tiny_models import QUERY_PROMPT, decoder_model_dir
 from llmfeat.core import tables
 from llmfeat.core.config import load_config
 from llmfeat.data.texts import render, render_all, template_fields
-from llmfeat.embed import ModelMismatchError, embedding_paths, run_embed
-from llmfeat.encoder import EncoderSpec, TextEncoder
+from llmfeat.embedding.embed import ModelMismatchError, embedding_paths, run_embed
+from llmfeat.embedding.encoder import EncoderSpec, TextEncoder
 from llmfeat.nightly import run_nightly
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

@@ -13,7 +13,7 @@ from llmfeat.core import tables
 from llmfeat.core.config import load_config
 from llmfeat.data.ingest import run_ingest
 from llmfeat.data.texts import history_text, render
-from llmfeat.embed import ModelMismatchError, embedding_paths, run_embed
+from llmfeat.embedding.embed import ModelMismatchError, embedding_paths, run_embed
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 AS_OF = dt.date(1998, 4, 23)

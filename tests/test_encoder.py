@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir, pool_and_normalise
+from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir, pool_and_normalise
 
 TEXTS = ["Toy Story (1995). Animation, Children's, Comedy", "GoldenEye (1995). Action", "a", "Heat " * 40]
 

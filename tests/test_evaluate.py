@@ -158,8 +158,8 @@ def test_report_has_baselines_intervals_and_counts():
 
 def test_adapter_runs_inside_the_evaluation_with_validation_selection():
     pytest.importorskip("torch")
-    from llmfeat.adapt import evaluation_methods
     from llmfeat.core.config import AdaptConfig
+    from llmfeat.embedding.adapt import evaluation_methods
 
     cfg = fast_cfg()
     acfg = AdaptConfig(dim=8, hidden=16, epochs=2, patience=1, batch_size=64, negatives=16, temperatures=[0.1, 0.3],

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from services import free_port, start_redis
 
-from llmfeat.embed import embedding_paths
+from llmfeat.embedding.embed import embedding_paths
 from llmfeat.feature_vector import build_feature_matrix
 from llmfeat.offline import historical_features
 from llmfeat.online import OnlineFeatures

@@ -13,8 +13,8 @@ import pytest
 
 from llmfeat.core.config import load_config
 from llmfeat.data.ingest import run_ingest
-from llmfeat.encoder import MODEL_CARD, EncoderSpec, TextEncoder, default_model_dir
-from llmfeat.finetune import click_pairs, in_batch_loss, run_finetune, sample_pairs
+from llmfeat.embedding.encoder import MODEL_CARD, EncoderSpec, TextEncoder, default_model_dir
+from llmfeat.embedding.finetune import click_pairs, in_batch_loss, run_finetune, sample_pairs
 
 pytestmark = [pytest.mark.slow]
 AS_OF = dt.date(1998, 4, 23)
@@ -106,7 +106,7 @@ def test_pairs_use_the_user_text_as_of_the_click(tuned):
 
 
 def test_sets_coexist_and_mixing_is_refused(tuned, spark, tmp_path, fixtures):
-    from llmfeat.embed import ModelMismatchError, embedding_paths, run_embed, set_for_model
+    from llmfeat.embedding.embed import ModelMismatchError, embedding_paths, run_embed, set_for_model
     from llmfeat.publish import feast_dir, feast_project, feature_store_yaml, run_publish
 
     _, card = tuned

@@ -15,7 +15,7 @@ from llmfeat.core.layout import DataDir
 
 def test_stage_paths_come_from_the_layout(tmp_path):
     from llmfeat.core.tables import canonical_dir
-    from llmfeat.embed import embedding_paths
+    from llmfeat.embedding.embed import embedding_paths
     from llmfeat.feast.store import feast_dir
     from llmfeat.index import index_root
     from llmfeat.nightly import run_dir

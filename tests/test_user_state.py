@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from llmfeat.core.changelog import snapshot_times
-from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
+from llmfeat.embedding.user_state import UserStateParams, content_hash, user_snapshots
 
 P = UserStateParams(template="{occupation}. Recently liked: {history}", history_n=2, half_life_days=1.0)
 

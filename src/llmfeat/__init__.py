@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Config": "llmfeat.core.config",
     "load_config": "llmfeat.core.config",
-    "EncoderSpec": "llmfeat.encoder",
-    "TextEncoder": "llmfeat.encoder",
-    "default_model_dir": "llmfeat.encoder",
+    "EncoderSpec": "llmfeat.embedding.encoder",
+    "TextEncoder": "llmfeat.embedding.encoder",
+    "default_model_dir": "llmfeat.embedding.encoder",
     "Retriever": "llmfeat.retrieval",
     "OnlineFeatures": "llmfeat.online",
     "Scorer": "llmfeat.score",
@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ModelMismatchError,
         NotFoundError,
     )
-    from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir
+    from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir
     from llmfeat.nightly import run_nightly
     from llmfeat.online import OnlineFeatures
     from llmfeat.retrieval import Retriever

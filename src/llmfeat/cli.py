@@ -155,20 +155,20 @@ def embed(
 ) -> None:
     """Encode item texts and point-in-time user texts with Spark; only new or changed texts are encoded."""
     from llmfeat.core.spark import build_spark
-    from llmfeat.embed import run_embed
+    from llmfeat.embedding.embed import run_embed
 
     extra = []
     if model:
         extra.append(f"embed.model_dir={model}")
         if not any(s.strip().startswith("embed.embedding_set=") for s in set_ or []):
             # A model gets its own set, named after its directory, unless one is given (or it is the default).
-            from llmfeat.embed import set_for_model
+            from llmfeat.embedding.embed import set_for_model
 
             extra.append(f"embed.embedding_set={set_for_model(model)}")
     cfg = _config(config, set_, data_dir, extra)
     day = _date(as_of)
     try:  # an empty catalogue is refused before Spark starts
-        from llmfeat.embed import require_items
+        from llmfeat.embedding.embed import require_items
 
         require_items(cfg.paths.data_dir, day)
     except (InputError, FileNotFoundError) as exc:
@@ -616,7 +616,7 @@ def adapt(
 ) -> None:
     """Train the collaborative adapter over the frozen LM vectors and write the adapted embedding set
     (adapt.output_set), its Feast project and its FAISS index."""
-    from llmfeat.adapt import run_adapt_stage
+    from llmfeat.embedding.adapt import run_adapt_stage
 
     cfg = _config(config, set_, data_dir)
     spark = None
@@ -660,7 +660,7 @@ def finetune(
 
     Then: `llmfeat embed --model <dir>` re-embeds into a new embedding set, `publish` / `index` / `train` with
     --set embed.embedding_set=<set> build the new version beside the old one."""
-    from llmfeat.finetune import run_finetune
+    from llmfeat.embedding.finetune import run_finetune
 
     extra = [f"finetune.method={method}"] if method else []
     extra += [f"finetune.max_steps={max_steps}"] if max_steps is not None else []

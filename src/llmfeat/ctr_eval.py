@@ -74,7 +74,7 @@ def origin_adapter(data: E.EvalData, cut: pd.Timestamp, params: dict, validation
     """An adapter trained as ``llmfeat adapt --as-of cut`` trains it: on the clicks before
     ``cut - validation_days``, early-stopped on validation recall@select_k over the last ``validation_days``.
     Reads only ``data.before(cut)``. Returns the ``adapt.TrainResult``."""
-    from llmfeat import adapt as A
+    from llmfeat.embedding import adapt as A
 
     v = A.validation_split(data, cut, validation_days, select_k)
     ctx = v.ctx
@@ -101,7 +101,7 @@ def adapted_features(data: E.EvalData, model, frame: pd.DataFrame) -> AdaptedFea
     """Per row of day D: the adapter's vectors over the click graph strictly before D, their cosine, a user-
     vector flag and log(1 + the item's clicks in the windows before D). Rows whose user or item the data
     does not know get zeros."""
-    from llmfeat import adapt as A
+    from llmfeat.embedding import adapt as A
 
     u = pd.Index(data.user_ids).get_indexer(frame["user_id"].astype(str))
     i = pd.Index(data.item_ids).get_indexer(frame["item_id"].astype(str))
@@ -136,7 +136,7 @@ def split_adapted_features(cfg, as_of, split, log: Callable[[str], None] = print
     on the clicks before the split's T1 (early-stopped on the last ``adapt.validation_days`` before it), so it
     never saw the CTR validation or test rows, re-propagated per event day as in the bench. Returns
     ``(features per part, None, info)`` or ``(None, reason, {})`` when the model cannot be trained here."""
-    from llmfeat.adapt import adapter_params
+    from llmfeat.embedding.adapt import adapter_params
 
     if split.protocol != "temporal":
         return None, (f"needs the temporal protocol: {split.protocol} rows share no cut before which the "

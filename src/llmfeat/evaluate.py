@@ -120,7 +120,7 @@ def _naive(ts) -> pd.Timestamp:
 
 def load_eval_data(data_dir: Path, embedding_set: str | None, as_of: dt.date | None = None) -> EvalData:
     """The latest canonical interactions snapshot (<= as_of) and the set's item / user text vectors."""
-    from llmfeat.vectors import normalise, read_latest
+    from llmfeat.embedding.vectors import normalise, read_latest
 
     data_dir = Path(data_dir)
     root = tables.canonical_dir(data_dir, "interactions")
@@ -162,7 +162,7 @@ def read_user_text_log(root: Path, user_ids: np.ndarray, as_of: dt.date) -> User
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    from llmfeat.vectors import _PARTITIONING, _as_matrix, normalise
+    from llmfeat.embedding.vectors import _PARTITIONING, _as_matrix, normalise
 
     dataset = ds.dataset(root, format="parquet", partitioning=_PARTITIONING)
     t = dataset.to_table(
@@ -794,7 +794,7 @@ def methods_for(cfg) -> list[Method]:
     keeps a subset (dependencies such as recent_popularity and ease are kept for the blends)."""
     methods = baseline_methods(cfg.evaluate)
     if cfg.evaluate.adapter:
-        from llmfeat.adapt import evaluation_methods
+        from llmfeat.embedding.adapt import evaluation_methods
 
         methods += evaluation_methods(cfg.adapt)
     wanted = cfg.evaluate.methods

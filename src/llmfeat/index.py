@@ -53,7 +53,7 @@ from llmfeat.core.errors import (  # noqa: F401 - re-exported
 )
 from llmfeat.core.faults import NO_FAULTS, Faults
 from llmfeat.core.layout import DataDir, embedding_paths
-from llmfeat.vectors import normalise, read_latest
+from llmfeat.embedding.vectors import normalise, read_latest
 
 FORMAT_VERSION = 1
 INDEX_FILE, IDS_FILE, VECTORS_FILE, MANIFEST_FILE = (

@@ -234,7 +234,7 @@ def _stage_functions(
         return R.IngestSummary.of(run_ingest(cfg, as_of))
 
     def embed(forced: bool) -> R.EmbedResult:
-        from llmfeat.embed import run_embed
+        from llmfeat.embedding.embed import run_embed
 
         # A forced redo covers the same snapshot range as the run it replaces.
         start = previous("embed").get("snapshots", {}).get("from") if forced else None
@@ -294,7 +294,7 @@ def _stage_functions(
         return R.TrainResult(out)
 
     def adapt(forced: bool) -> R.AdaptResult:
-        from llmfeat.adapt import run_adapt_stage
+        from llmfeat.embedding.adapt import run_adapt_stage
 
         spark.get()  # publishing the adapted set as its own Feast project uses the Spark offline store
         s = run_adapt_stage(cfg, as_of, log=log)

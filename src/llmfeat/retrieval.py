@@ -40,10 +40,10 @@ from llmfeat.core.errors import (  # noqa: F401 - re-exported
     UnknownUserError,
 )
 from llmfeat.core.layout import DataDir, embedding_paths
+from llmfeat.embedding.vectors import normalise, read_latest
 from llmfeat.feast.names import ITEM_STATS_TABLE
 from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, probe_lists, scan_target
 from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
-from llmfeat.vectors import normalise, read_latest
 
 _PARTIAL_LISTS = 512
 """Filtered IVF searches order the best this many lists first (a partial sort), all of them if too few."""
@@ -852,7 +852,7 @@ def item_clicks(data_dir: Path, item_ids: Sequence[str], col: str, as_of) -> np.
     log (latest row per item with event_timestamp <= as_of; 0 for items without one)."""
     import pyarrow.dataset as ds
 
-    from llmfeat.vectors import _PARTITIONING, utc
+    from llmfeat.embedding.vectors import _PARTITIONING, utc
 
     root = DataDir(Path(data_dir)).features / ITEM_STATS_TABLE
     if not tables.snapshot_dates(root):
@@ -884,7 +884,7 @@ def popularity_prior(data_dir: Path, item_ids: Sequence[str], window_days: int, 
 def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
     """Attach the adapter's hybrid prior (window and weight chosen on validation, from its card) to a retriever
     of the adapted set."""
-    from llmfeat.adapt import load_card
+    from llmfeat.embedding.adapt import load_card
 
     card = load_card(cfg)
     h = card.get("hybrid") or {}

@@ -257,8 +257,8 @@ class ParquetFeatures:
 
     def __init__(self, data_dir, embedding_set: str):
         from llmfeat.core.layout import embedding_paths
+        from llmfeat.embedding.vectors import read_latest
         from llmfeat.retrieval import ParquetUserVectors
-        from llmfeat.vectors import read_latest
 
         self.text = ParquetUserVectors(data_dir, embedding_set, "text")
         try:

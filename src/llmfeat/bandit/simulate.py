@@ -52,7 +52,7 @@ from llmfeat.core import tables
 from llmfeat.core.config import Config
 from llmfeat.core.errors import MissingInputError
 from llmfeat.core.layout import embedding_paths
-from llmfeat.vectors import normalise, read_latest
+from llmfeat.embedding.vectors import normalise, read_latest
 
 MAX_RATED = 10
 POLICIES = ("random", "popularity", "greedy_ctr", "linucb", "epsilon_greedy", "vw")

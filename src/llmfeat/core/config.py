@@ -335,7 +335,7 @@ class ServeConfig:
 
 @dataclass
 class FinetuneConfig:
-    """``llmfeat finetune``: the encoder fine-tuned on the click signal (src/llmfeat/finetune.py)."""
+    """``llmfeat finetune``: the encoder fine-tuned on the click signal (src/llmfeat/embedding/finetune.py)."""
 
     method: FinetuneMethod = "lora"
     """lora (adapters on the attention query/value layers, merged into the weights on save), full (every
@@ -475,7 +475,7 @@ class EvaluateConfig:
 
 @dataclass
 class AdaptConfig:
-    """The collaborative adapter over frozen LM vectors (src/llmfeat/adapt.py, docs/adapt.md)."""
+    """The collaborative adapter over frozen LM vectors (src/llmfeat/embedding/adapt.py, docs/adapt.md)."""
 
     enabled: bool = False
     """Whether the nightly run trains the adapter and publishes the ``output_set`` embedding set."""

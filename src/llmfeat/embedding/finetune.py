@@ -44,7 +44,7 @@ from llmfeat.core.results import FinetuneResult
 from llmfeat.core.stage_run import StageRun
 from llmfeat.data.splits import Split, temporal_split
 from llmfeat.data.texts import render
-from llmfeat.encoder import (
+from llmfeat.embedding.encoder import (
     MODEL_CARD,
     EncoderSpec,
     available_cores,
@@ -55,7 +55,7 @@ from llmfeat.encoder import (
     pool_and_normalise,
     resolve_device,
 )
-from llmfeat.user_state import UserStateParams, user_snapshots
+from llmfeat.embedding.user_state import UserStateParams, user_snapshots
 
 METHODS = ("lora", "full", "top_layers")
 DEFAULT_LR = {"lora": 1e-3, "full": 3e-5, "top_layers": 1e-4}

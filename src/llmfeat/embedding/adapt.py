@@ -567,7 +567,7 @@ def check_output_set(
 def _existing_model_ids(root: Path) -> set[str]:
     import pyarrow.dataset as ds
 
-    from llmfeat.vectors import _PARTITIONING
+    from llmfeat.embedding.vectors import _PARTITIONING
 
     out: set[str] = set()
     for name in ("item_text", "user_text", "user_history"):

@@ -45,7 +45,7 @@ from llmfeat.core.results import EmbedResult
 from llmfeat.core.stage_run import Phases, StageRun
 from llmfeat.data.sources.raw import InputError
 from llmfeat.data.texts import render_all, template_fields
-from llmfeat.encoder import (
+from llmfeat.embedding.encoder import (
     EncoderSpec,
     TextEncoder,
     default_model_dir,
@@ -53,8 +53,8 @@ from llmfeat.encoder import (
     model_token_limit,
     resolve_spec,
 )
+from llmfeat.embedding.user_state import UserStateParams, content_hash, user_snapshots
 from llmfeat.feast.names import EMBEDDING_TABLES
-from llmfeat.user_state import UserStateParams, content_hash, user_snapshots
 
 EMBED_TABLES = EMBEDDING_TABLES
 
