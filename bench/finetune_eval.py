@@ -56,8 +56,8 @@ def with_set(cfg: Config, model_dir: Path | None, name: str) -> Config:
 
 def ensure_features(spark, cfg: Config, as_of: dt.date, *, stats: bool, publish: bool = True) -> dict:
     from llmfeat.embedding.embed import embedding_paths, run_embed
-    from llmfeat.publish import feast_dir, run_publish
-    from llmfeat.stats import run_stats
+    from llmfeat.features.publish import feast_dir, run_publish
+    from llmfeat.features.stats import run_stats
 
     quiet = lambda _m: None  # noqa: E731
     seconds = {}

@@ -51,8 +51,8 @@ def build_feature_store(spark, data_dir: Path, as_of, overrides: list[str] = ())
     from llmfeat.core.config import load_config
     from llmfeat.data.ingest import run_ingest
     from llmfeat.embedding.embed import run_embed
-    from llmfeat.publish import open_store, run_publish
-    from llmfeat.stats import run_stats
+    from llmfeat.features.publish import open_store, run_publish
+    from llmfeat.features.stats import run_stats
 
     cfg = load_config(None, [f"paths.data_dir={data_dir}", *overrides])
     quiet = lambda _msg: None  # noqa: E731

@@ -287,8 +287,8 @@ def test_rank_reads_its_features_from_the_feast_online_store(pit_day1, tmp_path)
 
     from llmfeat.bandit.features import action_rows, shared_row
     from llmfeat.core.config import load_config
+    from llmfeat.features.publish import open_store
     from llmfeat.index import index_root, load_version
-    from llmfeat.publish import open_store
 
     data_dir = tmp_path / "data"
     shutil.copytree(pit_day1, data_dir, symlinks=True)  # the index's `current` is a relative symlink

@@ -17,11 +17,11 @@ import pytest
 from pit_runs import pit_overrides
 from test_training_frames import assert_same_frame
 
-from llmfeat import training_frames
 from llmfeat.core.config import load_config
+from llmfeat.feast.offline import historical_features
+from llmfeat.features import training_frames
+from llmfeat.features.publish import open_store
 from llmfeat.nightly import run_nightly
-from llmfeat.offline import historical_features
-from llmfeat.publish import open_store
 from llmfeat.train import training_rows
 
 pytestmark = pytest.mark.spark

@@ -71,7 +71,7 @@ def test_decoder_model_dir_through_the_nightly_pipeline(spark, tmp_path):
     # the FAISS index, Feast online and point-in-time, and the CTR inputs follow the stored width
     index = next(r.summary for r in summary.results if r.stage == "index")
     assert index["dim"] == DIMS and index["model_id"] == mid
-    from llmfeat.publish import open_store
+    from llmfeat.features.publish import open_store
 
     online = (
         open_store(cfg)
@@ -83,7 +83,7 @@ def test_decoder_model_dir_through_the_nightly_pipeline(spark, tmp_path):
     )
     assert len(online["embedding"][0]) == DIMS and online["model_id"] == [mid]
     from llmfeat.ctr_data import build_dense, dense_names
-    from llmfeat.offline import historical_features
+    from llmfeat.feast.offline import historical_features
     from llmfeat.train import _embedding_dim, training_rows
 
     frame = historical_features(open_store(cfg), training_rows(cfg, DAY2))

@@ -31,9 +31,9 @@ from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
 from llmfeat.core.config import load_config
+from llmfeat.features.publish import open_store
 from llmfeat.index import current_version, index_root, list_versions
 from llmfeat.nightly import data_dir_lock, run_dir, run_nightly
-from llmfeat.publish import open_store
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

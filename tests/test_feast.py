@@ -17,11 +17,11 @@ import pytest
 from services import free_port, start_redis
 
 from llmfeat.embedding.embed import embedding_paths
-from llmfeat.feature_vector import build_feature_matrix
-from llmfeat.offline import historical_features
-from llmfeat.online import OnlineFeatures
-from llmfeat.publish import feast_dir, open_store, run_publish
-from llmfeat.stats import packed_columns, stats_paths
+from llmfeat.feast.offline import historical_features
+from llmfeat.features.feature_vector import build_feature_matrix
+from llmfeat.features.online import OnlineFeatures
+from llmfeat.features.publish import feast_dir, open_store, run_publish
+from llmfeat.features.stats import packed_columns, stats_paths
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import datetime as dt
 
 import numpy as np
 
-from llmfeat.feature_vector import (
+from llmfeat.features.feature_vector import (
     ITEM_STATS,
     ITEM_TEXT,
     USER_TEXT,
@@ -12,7 +12,7 @@ from llmfeat.feature_vector import (
     ranker_layout,
     stat_names,
 )
-from llmfeat.stats import packed_columns
+from llmfeat.features.stats import packed_columns
 
 NOW = dt.datetime(2024, 1, 10, tzinfo=dt.UTC)
 EPOCH_DAYS_NOW = NOW.timestamp() / 86400
@@ -52,7 +52,7 @@ def test_no_stats_means_no_activity_and_no_recency():
 def test_one_user_many_items_equals_the_repeated_rows():
     """build_user_items_matrix (the ranker's path: user blocks computed once) == build_feature_matrix on the
     user's values repeated on every row, bit for bit, with missing values on either side."""
-    from llmfeat.feature_vector import (
+    from llmfeat.features.feature_vector import (
         HISTORY_CLICKS,
         ITEM_STATS,
         ITEM_TEXT,
@@ -94,7 +94,7 @@ def test_one_user_many_items_equals_the_repeated_rows():
 
 def test_click_counts_read_the_same_small_and_large():
     """The ranker's small-input path of the click counts == the pandas path training takes."""
-    from llmfeat.feature_vector import _clicks_block
+    from llmfeat.features.feature_vector import _clicks_block
 
     odd = [3, None, float("nan"), "7", "x", 2.5, np.int32(4), -2, True]
     small = _clicks_block(odd)

@@ -107,7 +107,7 @@ def test_pairs_use_the_user_text_as_of_the_click(tuned):
 
 def test_sets_coexist_and_mixing_is_refused(tuned, spark, tmp_path, fixtures):
     from llmfeat.embedding.embed import ModelMismatchError, embedding_paths, run_embed, set_for_model
-    from llmfeat.publish import feast_dir, feast_project, feature_store_yaml, run_publish
+    from llmfeat.features.publish import feast_dir, feast_project, feature_store_yaml, run_publish
 
     _, card = tuned
     model_dir = card["model_dir"]
@@ -147,8 +147,8 @@ def test_sets_coexist_and_mixing_is_refused(tuned, spark, tmp_path, fixtures):
     assert (
         feature_store_yaml(frozen)["online_store"]["path"] != feature_store_yaml(fine)["online_store"]["path"]
     )
-    from llmfeat.publish import open_store
-    from llmfeat.stats import run_stats
+    from llmfeat.features.publish import open_store
+    from llmfeat.features.stats import run_stats
 
     run_stats(spark, frozen, PIT_AS_OF, log=quiet)
     for cfg in (frozen, fine):

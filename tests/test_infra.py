@@ -67,7 +67,7 @@ def test_feast_production_profile_loads_with_feast(monkeypatch):
     from feast.repo_config import load_repo_config
 
     from llmfeat.core.config import load_config
-    from llmfeat.publish import feature_store_yaml
+    from llmfeat.features.publish import feature_store_yaml
 
     monkeypatch.setenv("LLMFEAT_DATA_DIR", "/srv/llmfeat")
     monkeypatch.setenv("REDIS_URL", "redis.internal:6379")

@@ -13,9 +13,9 @@ from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
 from feast.repo_config import RegistryConfig, RepoConfig
 from feast.types import Array, Float32, Int32, String
 
-from llmfeat.feature_vector import build_feature_matrix
-from llmfeat.online import OnlineFeatures
-from llmfeat.stats import packed_columns
+from llmfeat.features.feature_vector import build_feature_matrix
+from llmfeat.features.online import OnlineFeatures
+from llmfeat.features.stats import packed_columns
 
 DIM = 4
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -157,7 +157,7 @@ def test_cache_bound_reads_through(store):
 
 
 def test_user_vectors_direct_read_equals_get_online_features(store):
-    from llmfeat.online import FeastUserVectors
+    from llmfeat.features.online import FeastUserVectors
 
     ids = ["U1", "ghost", "U1"]
     direct = FeastUserVectors(store, "text")
@@ -171,7 +171,7 @@ def test_user_vectors_direct_read_equals_get_online_features(store):
 def test_held_user_vectors_equal_the_plain_path_and_refresh_on_publish(store):
     """The retrieval service's held user vectors: the same values as the plain SDK path; a write to the online
     store shows only once the registry records a publish of the user view, on the next refresh."""
-    from llmfeat.online import FeastUserVectors
+    from llmfeat.features.online import FeastUserVectors
     from llmfeat.retrieval import HeldUserVectors
 
     plain = FeastUserVectors(store, "text", direct=False)

@@ -3,7 +3,7 @@
 import numpy as np
 from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, Null, Value
 
-from llmfeat.online import python_value
+from llmfeat.features.online import python_value
 
 
 def test_python_value_decodes_each_kind():

@@ -151,8 +151,8 @@ def test_commands_on_a_copy_and_the_original_untouched(dirs):
 def test_moved_directory_resumes_its_nightly(dirs, spark):
     """The original moved away: a nightly resumed at publish (Feast apply + materialise, index) on the copy
     reads and writes only the copy, and scoring works there afterwards."""
+    from llmfeat.features.publish import open_store
     from llmfeat.nightly import run_nightly
-    from llmfeat.publish import open_store
 
     away = dirs["orig"].with_name("orig-moved-away")
     dirs["orig"].rename(away)
@@ -178,7 +178,7 @@ def test_rebase_registry_moves_only_the_paths(tmp_path):
     pointing into the copy and the materialised interval kept; a second open changes nothing."""
     import datetime as dt
 
-    from llmfeat.publish import load_definitions, open_store, rebase_registry
+    from llmfeat.features.publish import load_definitions, open_store, rebase_registry
 
     old = tmp_path / "old"
     for rel in ("embeddings/default/item_text", "embeddings/default/user_text", "embeddings/default/user_history",

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from llmfeat.core.changelog import snapshot_times
-from llmfeat.stats import changes_only, pack, packed_columns, stat_columns, stats_over_time
+from llmfeat.features.stats import changes_only, pack, packed_columns, stat_columns, stats_over_time
 
 
 def t(s):
@@ -78,7 +78,7 @@ def test_an_unchanged_entity_yields_no_rows_that_arrow_still_takes():
     convert to Spark's array<float> (an empty float 'packed' column made Arrow fail the whole job)."""
     import pyarrow as pa
 
-    from llmfeat.stats import _stats_fn
+    from llmfeat.features.stats import _stats_fn
 
     cols = stat_columns("impressions")
     events = pd.DataFrame({"event_ts": pd.to_datetime(["2024-01-02T10:00Z"]), "label": [1]})

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from llmfeat.core.tables import write_parquet
-from llmfeat.offline import historical_features
+from llmfeat.feast.offline import historical_features
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

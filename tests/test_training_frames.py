@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmfeat import training_frames
-from llmfeat.offline import historical_features
+from llmfeat.feast.offline import historical_features
+from llmfeat.features import training_frames
 from llmfeat.train import training_rows
 
 pytestmark = pytest.mark.spark

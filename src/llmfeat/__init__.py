@@ -25,7 +25,7 @@ _EXPORTS = {
     "TextEncoder": "llmfeat.embedding.encoder",
     "default_model_dir": "llmfeat.embedding.encoder",
     "Retriever": "llmfeat.retrieval",
-    "OnlineFeatures": "llmfeat.online",
+    "OnlineFeatures": "llmfeat.features.online",
     "Scorer": "llmfeat.score",
     "run_nightly": "llmfeat.nightly",
     "LlmfeatError": "llmfeat.core.errors",
@@ -69,8 +69,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         NotFoundError,
     )
     from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir
+    from llmfeat.features.online import OnlineFeatures
     from llmfeat.nightly import run_nightly
-    from llmfeat.online import OnlineFeatures
     from llmfeat.retrieval import Retriever
     from llmfeat.score import Scorer
 

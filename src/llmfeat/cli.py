@@ -217,7 +217,7 @@ def stats(
 ) -> None:
     """Compute item/user behaviour stats over point-in-time windows (Spark)."""
     from llmfeat.core.spark import build_spark
-    from llmfeat.stats import run_stats
+    from llmfeat.features.stats import run_stats
 
     cfg = _config(config, set_, data_dir)
     spark = build_spark(cfg.spark)
@@ -246,7 +246,7 @@ def publish(
 ) -> None:
     """Apply the Feast repository and materialise the features into the online store."""
     from llmfeat.core.spark import build_spark
-    from llmfeat.publish import run_publish
+    from llmfeat.features.publish import run_publish
 
     cfg = _config(config, set_, data_dir)
     spark = build_spark(cfg.spark)

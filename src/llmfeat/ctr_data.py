@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from llmfeat.core.errors import ConfigError
-from llmfeat.feature_vector import (
+from llmfeat.features.feature_vector import (
     HISTORY_CLICKS,
     ITEM_STATS,
     ITEM_TEXT,
@@ -95,7 +95,7 @@ def ids_stats_dense(columns: Mapping[str, Sequence], at, n: int) -> np.ndarray:
 
 
 def dense_names(feature_set: str, dim: int) -> list[str]:
-    from llmfeat.feature_vector import ranker_layout
+    from llmfeat.features.feature_vector import ranker_layout
 
     if feature_set == "lm_vector":
         return ranker_layout(dim)

@@ -42,7 +42,7 @@ import pandas as pd
 from llmfeat import evaluate as E
 from llmfeat.core.errors import ConfigError, MissingInputError
 from llmfeat.ctr_data import ADAPTED_SCALARS, TEXT_BLOCKS, Vocab, build_dense
-from llmfeat.feature_vector import ITEM_TEXT
+from llmfeat.features.feature_vector import ITEM_TEXT
 
 VARIANTS = ("ids_stats", "frozen_lm", "adapted", "adapted_dot")
 BASELINE = "ids_stats"
@@ -53,7 +53,7 @@ POP_WINDOWS = (7, 30)
 
 def load_training_frame(data_dir: Path, embedding_set: str = "default") -> pd.DataFrame:
     """The point-in-time frame ``llmfeat train`` stored (Feast features of every labelled interaction)."""
-    from llmfeat import training_frames
+    from llmfeat.features import training_frames
 
     root = training_frames.frame_root(data_dir, embedding_set)
     parts = sorted(root.glob("event_day=*/*.parquet"))

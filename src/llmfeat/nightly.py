@@ -244,7 +244,7 @@ def _stage_functions(
         )  # fmt: skip
 
     def stats(forced: bool) -> R.StatsResult:
-        from llmfeat.stats import run_stats
+        from llmfeat.features.stats import run_stats
 
         start = previous("stats").get("snapshots", {}).get("from") if forced else None
         return run_stats(
@@ -253,7 +253,7 @@ def _stage_functions(
         )  # fmt: skip
 
     def publish(forced: bool) -> R.PublishResult:
-        from llmfeat.publish import run_publish
+        from llmfeat.features.publish import run_publish
 
         spark.get()  # Feast's Spark offline store joins the session already running
         return run_publish(cfg, as_of, full=forced, log=log, faults=faults)

@@ -328,7 +328,7 @@ class Retriever:
             pass
         elif users is None and cfg.serve.user_source == "feast":
             from llmfeat.feast.store import open_store
-            from llmfeat.online import FeastUserVectors
+            from llmfeat.features.online import FeastUserVectors
 
             users = FeastUserVectors(open_store(cfg), user_kind or cfg.serve.user_vectors)
         elif users is None:

@@ -18,7 +18,7 @@ from llmfeat.core.config import Config
 from llmfeat.core.errors import ScoringModelError  # noqa: F401 - re-exported
 from llmfeat.ctr_data import Vocab, build_dense
 from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, predict
-from llmfeat.feature_vector import USER_MODEL_ID
+from llmfeat.features.feature_vector import USER_MODEL_ID
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Scorer:
 
     def __init__(self, cfg: Config, model: str = "deep_lm"):
         from llmfeat.feast.store import open_store
-        from llmfeat.online import OnlineFeatures
+        from llmfeat.features.online import OnlineFeatures
         from llmfeat.retrieval import Retriever
 
         self.cfg = cfg

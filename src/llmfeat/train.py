@@ -182,9 +182,9 @@ def fetch_training_frame(
     """The labelled interactions as of ``as_of`` with their point-in-time features from Feast, fetched only
     for the event days not stored yet (``training_frames``); ``refresh`` fetches every day again.
     ``stats``, when given, receives what was reused and fetched."""
-    from llmfeat import training_frames
     from llmfeat.core.layout import embedding_paths
     from llmfeat.feast.store import open_store
+    from llmfeat.features import training_frames
 
     rows = training_rows(cfg, as_of)
     if cfg.train.window_days is not None:  # only the window's rows are read back or fetched

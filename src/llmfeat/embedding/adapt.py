@@ -803,7 +803,7 @@ def run_adapt_stage(cfg, as_of: dt.date, *, spark=None, publish: bool = True, lo
     summary = run_adapt(cfg, as_of, log=log)
     out_cfg = output_config(cfg)
     if publish:
-        from llmfeat.publish import run_publish
+        from llmfeat.features.publish import run_publish
 
         t0 = time.perf_counter()
         run_publish(out_cfg, as_of, full=True, log=log)

@@ -2,7 +2,7 @@
 
 ``OnlineStore.online_read`` is the call ``get_online_features`` makes underneath; reading a view with it and
 decoding the ``Value`` protos here skips the registry lookups and response building that dominate a small
-lookup (BENCHMARKS.md, "Feast"). ``llmfeat.online`` builds the ranker's and retrieval's reads on this.
+lookup (BENCHMARKS.md, "Feast"). ``llmfeat.features.online`` builds the ranker's and retrieval's reads on this.
 """
 
 from __future__ import annotations

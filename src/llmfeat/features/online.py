@@ -30,7 +30,7 @@ from llmfeat.core.errors import ConfigError
 from llmfeat.feast.names import EMBEDDING, MODEL_ID, RANKER, USER_VECTOR_VIEWS, full_name, ref
 from llmfeat.feast.online import OnlineReader, python_value  # noqa: F401 - python_value re-exported
 from llmfeat.feast.online import ViewRead as _ViewRead
-from llmfeat.feature_vector import (
+from llmfeat.features.feature_vector import (
     USER_MODEL_ID,
     FeatureMatrix,
     build_user_items_matrix,
