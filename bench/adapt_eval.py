@@ -74,7 +74,7 @@ def verdicts(report: dict) -> list[str]:
 
 
 def render(report: dict, command: str, machine: str) -> str:
-    from llmfeat.evaluate import markdown
+    from llmfeat.retrieval.evaluate import markdown
 
     d = report["data"]
     origins = report["origins"]
@@ -139,7 +139,7 @@ def main() -> int:
         report = json.loads(args.report.read_text())
     else:
         from llmfeat.core.config import load_config
-        from llmfeat.evaluate import public, run_evaluate
+        from llmfeat.retrieval.evaluate import public, run_evaluate
 
         cfg = load_config(None, [f"paths.data_dir={args.data_dir}", *args.sets])
         report = public(run_evaluate(cfg, None))

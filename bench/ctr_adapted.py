@@ -134,7 +134,7 @@ def main() -> int:
         from llmfeat.core.config import load_config
         from llmfeat.ctr_models import TrainConfig
         from llmfeat.embedding.adapt import adapter_params
-        from llmfeat.evaluate import load_eval_data
+        from llmfeat.retrieval.evaluate import load_eval_data
 
         torch.set_num_threads(args.threads)
         started = time.perf_counter()

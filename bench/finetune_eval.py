@@ -105,8 +105,8 @@ def retrieval_eval(cfg: Config, as_of: dt.date) -> dict:
     import pyarrow as pa
 
     from llmfeat.embedding.finetune import split_interactions
-    from llmfeat.index import LoadedIndex, build_index, choose_factory, read_catalogue
-    from llmfeat.retrieval import ParquetUserVectors, Retriever
+    from llmfeat.retrieval.index import LoadedIndex, build_index, choose_factory, read_catalogue
+    from llmfeat.retrieval.retriever import ParquetUserVectors, Retriever
 
     data_dir, emb_set = cfg.paths.data_dir, cfg.embed.embedding_set
     inter = pd.read_parquet(tables.snapshot_dir(tables.canonical_dir(data_dir, "interactions"), as_of))

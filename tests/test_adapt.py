@@ -9,8 +9,8 @@ import scipy.sparse as sp
 
 torch = pytest.importorskip("torch")
 
-from llmfeat import evaluate as E  # noqa: E402
 from llmfeat.embedding import adapt as A  # noqa: E402
+from llmfeat.retrieval import evaluate as E  # noqa: E402
 
 SMALL = {"dim": 8, "hidden": 16, "layers": 2, "epochs": 3, "patience": 2, "batch_size": 16, "negatives": 8,
          "lr": 1e-2, "weight_decay": 0.0, "half_life_days": None, "seed": 3, "device": "cpu", "threads": 1,
@@ -186,8 +186,8 @@ def _adapt_cfg(data_dir, *extra):
 
 def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
     from llmfeat.embedding.vectors import read_latest
-    from llmfeat.index import IndexModelMismatchError, check_model, run_index
-    from llmfeat.retrieval import Retriever
+    from llmfeat.retrieval.index import IndexModelMismatchError, check_model, run_index
+    from llmfeat.retrieval.retriever import Retriever
 
     syn, as_of = _adapt_data_dir(tmp_path)
     cfg = _adapt_cfg(syn.data_dir)
@@ -210,7 +210,7 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
     assert len(res.ids) == 5
     # hybrid: the nearest candidates re-ranked by cosine + weight x log(1 + clicks_7d) from item_stats
     _write_item_stats(syn, as_of)
-    from llmfeat.retrieval import popularity_prior
+    from llmfeat.retrieval.retriever import popularity_prior
 
     prior = popularity_prior(syn.data_dir, r._item_ids.tolist(), 7, as_of)
     assert prior.max() > 0 and prior[list(r._item_ids).index("i0003")] == pytest.approx(np.log1p(3))

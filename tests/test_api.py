@@ -9,7 +9,7 @@ from pathlib import Path
 
 from synthetic import config, make_data
 
-from llmfeat import index as ix
+from llmfeat.retrieval import index as ix
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

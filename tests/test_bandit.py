@@ -11,14 +11,14 @@ from bandit_world import synthetic_world
 from synthetic import config, make_data
 from typer.testing import CliRunner
 
-from llmfeat import index as ix
 from llmfeat.bandit import ope
 from llmfeat.bandit.events import DuplicateRewardError, EventLog, ExpiredEventError, UnknownEventError
 from llmfeat.bandit.features import FeatureSpace, action_rows, shared_row, vw_lines
 from llmfeat.bandit.nightly import train_policy
 from llmfeat.bandit.policy import VWPolicy, load_policy, policy_root, publish_policy
 from llmfeat.core.config import load_config
-from llmfeat.retrieval import Retriever
+from llmfeat.retrieval import index as ix
+from llmfeat.retrieval.retriever import Retriever
 
 
 def _logged_problem(n: int, seed: int = 0):

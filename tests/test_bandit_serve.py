@@ -17,12 +17,12 @@ import pytest
 from services import running
 from synthetic import config, make_data
 
-from llmfeat import index as ix
 from llmfeat.bandit.events import EventLog
 from llmfeat.bandit.features import FeatureSpace
 from llmfeat.bandit.policy import PolicyHolder, VWPolicy, policy_root, publish_policy
 from llmfeat.bandit.service import BanditService, ParquetFeatures
-from llmfeat.serve import RetrieverHolder, create_app
+from llmfeat.retrieval import index as ix
+from llmfeat.retrieval.serve import RetrieverHolder, create_app
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -288,7 +288,7 @@ def test_rank_reads_its_features_from_the_feast_online_store(pit_day1, tmp_path)
     from llmfeat.bandit.features import action_rows, shared_row
     from llmfeat.core.config import load_config
     from llmfeat.features.publish import open_store
-    from llmfeat.index import index_root, load_version
+    from llmfeat.retrieval.index import index_root, load_version
 
     data_dir = tmp_path / "data"
     shutil.copytree(pit_day1, data_dir, symlinks=True)  # the index's `current` is a relative symlink

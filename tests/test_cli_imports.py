@@ -10,7 +10,7 @@ import sys
 import pytest
 from synthetic import make_data
 
-from llmfeat import index as ix
+from llmfeat.retrieval import index as ix
 
 HEAVY = ("feast", "torch", "pyspark", "transformers")
 

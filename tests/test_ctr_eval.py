@@ -12,9 +12,9 @@ pytest.importorskip("torch")
 from test_evaluate import synthetic_data  # noqa: E402
 
 from llmfeat import ctr_eval as C  # noqa: E402
-from llmfeat import evaluate as E  # noqa: E402
 from llmfeat.ctr_models import TrainConfig  # noqa: E402
 from llmfeat.features.feature_vector import ITEM_TEXT  # noqa: E402
+from llmfeat.retrieval import evaluate as E  # noqa: E402
 
 SMALL = {"dim": 8, "hidden": 16, "layers": 2, "epochs": 3, "patience": 2, "batch_size": 32, "negatives": 16,
          "lr": 1e-2, "weight_decay": 0.0, "half_life_days": None, "seed": 3, "device": "cpu", "threads": 1,

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmfeat import evaluate as E
 from llmfeat.core.config import EvaluateConfig
+from llmfeat.retrieval import evaluate as E
 
 
 def synthetic_data(seed: int = 0, n_users: int = 80, n_items: int = 50, days: int = 120) -> E.EvalData:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from synthetic import config, make_data
 
-from llmfeat import index as ix
 from llmfeat.core.errors import ExitCode
+from llmfeat.retrieval import index as ix
 
 REPO = Path(__file__).resolve().parents[1]
 PIT = Path(__file__).resolve().parent / "fixtures" / "pit"

@@ -32,8 +32,8 @@ from typer.testing import CliRunner
 from llmfeat.cli import Exit, app
 from llmfeat.core.config import load_config
 from llmfeat.features.publish import open_store
-from llmfeat.index import current_version, index_root, list_versions
 from llmfeat.nightly import data_dir_lock, run_dir, run_nightly
+from llmfeat.retrieval.index import current_version, index_root, list_versions
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

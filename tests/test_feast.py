@@ -316,8 +316,8 @@ def test_movielens_training_rows_are_point_in_time(movielens_store):
 
 def test_retrieval_queries_the_feast_online_store(pit_store):
     """user -> items with the user's vector from the online store, seen items excluded."""
-    from llmfeat.index import run_index
-    from llmfeat.retrieval import Retriever
+    from llmfeat.retrieval.index import run_index
+    from llmfeat.retrieval.retriever import Retriever
 
     cfg, store = pit_store
     run_index(cfg, dt.date(2024, 1, 7), log=lambda _: None)

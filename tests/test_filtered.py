@@ -13,14 +13,14 @@ from services import running
 from synthetic import config, make_data
 from typer.testing import CliRunner
 
-from llmfeat import index as ix
-from llmfeat import retrieval
 from llmfeat.cli import Exit, app
 from llmfeat.core.config import IndexConfig
-from llmfeat.filters import ItemFilter, coverage_target, plan, probe_lists, scan_target
-from llmfeat.index import LoadedIndex, build_index
-from llmfeat.retrieval import Retriever, UnknownCategoryError
-from llmfeat.serve import RetrieverHolder, create_app
+from llmfeat.retrieval import index as ix
+from llmfeat.retrieval import retriever as retrieval
+from llmfeat.retrieval.filters import ItemFilter, coverage_target, plan, probe_lists, scan_target
+from llmfeat.retrieval.index import LoadedIndex, build_index
+from llmfeat.retrieval.retriever import Retriever, UnknownCategoryError
+from llmfeat.retrieval.serve import RetrieverHolder, create_app
 
 N_SMALL, DIM = 3000, 16
 

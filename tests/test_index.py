@@ -11,9 +11,9 @@ import pytest
 from synthetic import AS_OF, MODEL, config, make_data, unit, write_items
 from typer.testing import CliRunner
 
-from llmfeat import index as ix
 from llmfeat.cli import Exit, app
 from llmfeat.core.config import IndexConfig
+from llmfeat.retrieval import index as ix
 
 APPROX = "index.factory=IVF16,PQ8x4fs,RFlat"
 

@@ -172,7 +172,7 @@ def test_production_config_loads_and_requires_a_token(tmp_path):
     """infra/llmfeat/production.yaml is a valid llmfeat config; its service binds beyond loopback, so it turns
     serve.auth on (with a token file, not a token in the config)."""
     from llmfeat.core.config import load_config
-    from llmfeat.serve_auth import resolve_token
+    from llmfeat.retrieval.serve_auth import resolve_token
 
     cfg = load_config(INFRA / "llmfeat" / "production.yaml")
     assert cfg.feast.online_store == "redis" and cfg.feast.batch_engine == "spark.engine"

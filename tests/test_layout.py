@@ -19,8 +19,8 @@ def test_stage_paths_come_from_the_layout(tmp_path):
     from llmfeat.feast.store import feast_dir
     from llmfeat.features.stats import stats_paths
     from llmfeat.features.training_frames import frame_root
-    from llmfeat.index import index_root
     from llmfeat.nightly import run_dir
+    from llmfeat.retrieval.index import index_root
     from llmfeat.train import models_dir
 
     cfg = load_config(None, [f"paths.data_dir={tmp_path}", "embed.embedding_set=fine"])

@@ -172,7 +172,7 @@ def test_held_user_vectors_equal_the_plain_path_and_refresh_on_publish(store):
     """The retrieval service's held user vectors: the same values as the plain SDK path; a write to the online
     store shows only once the registry records a publish of the user view, on the next refresh."""
     from llmfeat.features.online import FeastUserVectors
-    from llmfeat.retrieval import HeldUserVectors
+    from llmfeat.retrieval.retriever import HeldUserVectors
 
     plain = FeastUserVectors(store, "text", direct=False)
     held = HeldUserVectors(FeastUserVectors(store, "text"), ["U1", "ghost"])

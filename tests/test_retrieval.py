@@ -8,9 +8,9 @@ import pytest
 from synthetic import MODEL, config, make_data
 from typer.testing import CliRunner
 
-from llmfeat import index as ix
 from llmfeat.cli import Exit, app
-from llmfeat.retrieval import (
+from llmfeat.retrieval import index as ix
+from llmfeat.retrieval.retriever import (
     ParquetUserVectors,
     Retriever,
     UnknownCategoryError,
@@ -312,7 +312,7 @@ def test_items_are_served_without_user_vectors(tmp_path):
 
 
 def test_duplicate_titles_are_hinted(syn):
-    from llmfeat.retrieval import _shared_titles
+    from llmfeat.retrieval.retriever import _shared_titles
 
     assert _shared_titles(["Heat (1995)", "Up", "Heat (1995)", None, "", "Up", "Solo"]) == {
         0: [2],

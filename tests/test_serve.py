@@ -15,9 +15,9 @@ import pytest
 from services import running
 from synthetic import AS_OF, MODEL, config, make_data, unit, write_items, write_users
 
-from llmfeat import index as ix
-from llmfeat.retrieval import HeldUserVectors, ParquetUserVectors, Retriever
-from llmfeat.serve import Recommendations, RetrieverHolder, create_app
+from llmfeat.retrieval import index as ix
+from llmfeat.retrieval.retriever import HeldUserVectors, ParquetUserVectors, Retriever
+from llmfeat.retrieval.serve import Recommendations, RetrieverHolder, create_app
 
 K_MAX = 50
 
@@ -254,8 +254,8 @@ def test_llmfeat_serve_command(syn, tmp_path):
 
 def test_rollback_clears_the_reload_error(syn):
     """A broken version is refused; once `current` points back at the served version, /health is clean."""
-    from llmfeat.retrieval import Retriever
-    from llmfeat.serve import ReloadError
+    from llmfeat.retrieval.retriever import Retriever
+    from llmfeat.retrieval.serve import ReloadError
 
     cfg = config(syn.data_dir)
     served = ix.current_version(ix.index_root(syn.data_dir, "default"))

@@ -14,10 +14,10 @@ from services import running
 from starlette.routing import Route
 from synthetic import config, make_data
 
-from llmfeat import index as ix
 from llmfeat.core.config import ConfigError, ServeAuthConfig
-from llmfeat.serve import RetrieverHolder, create_app
-from llmfeat.serve_auth import protect, resolve_token
+from llmfeat.retrieval import index as ix
+from llmfeat.retrieval.serve import RetrieverHolder, create_app
+from llmfeat.retrieval.serve_auth import protect, resolve_token
 
 TOKEN = "s3cret-token-42"
 

@@ -112,8 +112,8 @@ def test_short_training_run_beats_the_base_rate(movielens_store):
     )
 
     # the multi-stage path on top: FAISS candidates -> online features -> this model -> ranked list
-    from llmfeat.index import run_index
-    from llmfeat.retrieval import Retriever
+    from llmfeat.retrieval.index import run_index
+    from llmfeat.retrieval.retriever import Retriever
     from llmfeat.score import Scorer
 
     run_index(cfg, dt.date(1998, 4, 23), log=lambda _: None)

@@ -24,7 +24,7 @@ _EXPORTS = {
     "EncoderSpec": "llmfeat.embedding.encoder",
     "TextEncoder": "llmfeat.embedding.encoder",
     "default_model_dir": "llmfeat.embedding.encoder",
-    "Retriever": "llmfeat.retrieval",
+    "Retriever": "llmfeat.retrieval.retriever",
     "OnlineFeatures": "llmfeat.features.online",
     "Scorer": "llmfeat.score",
     "run_nightly": "llmfeat.nightly",
@@ -71,7 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir
     from llmfeat.features.online import OnlineFeatures
     from llmfeat.nightly import run_nightly
-    from llmfeat.retrieval import Retriever
+    from llmfeat.retrieval.retriever import Retriever
     from llmfeat.score import Scorer
 
 

@@ -340,7 +340,7 @@ def index_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Build a FAISS index of the current item vectors, publish it as a new version, prune old versions."""
-    from llmfeat.index import run_index
+    from llmfeat.retrieval.index import run_index
 
     cfg = _config(config, set_, data_dir, [f"index.factory={factory}"] if factory else [])
     m = run_index(cfg, _date(as_of) if as_of else None, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
@@ -430,7 +430,7 @@ def retrieve(
     ] = False,
 ) -> None:
     """Nearest neighbours from the published index: items for --user, or items similar to --item."""
-    from llmfeat.retrieval import Retriever
+    from llmfeat.retrieval.retriever import Retriever
 
     cfg = _config(config, set_, data_dir, [f"serve.user_vectors={user_vectors}"] if user_vectors else [])
     if (user is None) == (item is None):
@@ -441,7 +441,7 @@ def retrieve(
     deny_ids = _id_list(deny, deny_file, "--deny-file")
     r = Retriever.load(cfg, version=version, need_users=user is not None)  # --item: no Feast import
     if hybrid:
-        from llmfeat.retrieval import load_hybrid
+        from llmfeat.retrieval.retriever import load_hybrid
 
         r = load_hybrid(cfg, r)
     if user is not None:
@@ -487,7 +487,7 @@ def serve(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Serve retrieval over HTTP (FastAPI); picks up newly published index versions without a restart."""
-    from llmfeat.serve import RetrieverHolder, create_app, run_server
+    from llmfeat.retrieval.serve import RetrieverHolder, create_app, run_server
 
     extra = ([f"serve.host={host}"] if host else []) + ([f"serve.port={port}"] if port is not None else [])
     cfg = _config(config, set_, data_dir, extra)
@@ -506,7 +506,7 @@ def serve(
 
 def _require_token(app_, cfg: Config) -> None:
     """serve.auth: every route but /health needs the bearer token, when one is configured."""
-    from llmfeat.serve_auth import protect, resolve_token
+    from llmfeat.retrieval.serve_auth import protect, resolve_token
 
     token = resolve_token(cfg.serve.auth)
     protect(app_, token)
@@ -592,7 +592,7 @@ def evaluate(
 ) -> None:
     """Retrieval evaluation with rolling origins: baselines, frozen LM vectors and the collaborative adapter,
     hyperparameters chosen on validation, paired bootstrap intervals (docs/adapt.md)."""
-    from llmfeat.evaluate import markdown, run_evaluate
+    from llmfeat.retrieval.evaluate import markdown, run_evaluate
 
     cfg = _config(config, set_, data_dir)
     report = run_evaluate(

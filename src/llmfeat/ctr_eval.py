@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat import evaluate as E
 from llmfeat.core.errors import ConfigError, MissingInputError
 from llmfeat.ctr_data import ADAPTED_SCALARS, TEXT_BLOCKS, Vocab, build_dense
 from llmfeat.features.feature_vector import ITEM_TEXT
+from llmfeat.retrieval import evaluate as E
 
 VARIANTS = ("ids_stats", "frozen_lm", "adapted", "adapted_dot")
 BASELINE = "ids_stats"

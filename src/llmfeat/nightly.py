@@ -189,7 +189,7 @@ class _SparkHolder:
 
 def served_index(cfg: Config) -> tuple[str, dt.date] | None:
     """The current index version of the embedding set and the date it was built for; None if none."""
-    from llmfeat.index import MANIFEST_FILE, current_version, index_root
+    from llmfeat.retrieval.index import MANIFEST_FILE, current_version, index_root
 
     root = index_root(cfg.paths.data_dir, cfg.embed.embedding_set)
     if not (root / "current").is_symlink():
@@ -259,7 +259,7 @@ def _stage_functions(
         return run_publish(cfg, as_of, full=forced, log=log, faults=faults)
 
     def index(forced: bool) -> R.IndexResult:
-        from llmfeat.index import run_index
+        from llmfeat.retrieval.index import run_index
 
         served = served_index(cfg)
         if served is not None and served[1] > as_of:

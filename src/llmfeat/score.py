@@ -69,7 +69,7 @@ class Scorer:
     def __init__(self, cfg: Config, model: str = "deep_lm"):
         from llmfeat.feast.store import open_store
         from llmfeat.features.online import OnlineFeatures
-        from llmfeat.retrieval import Retriever
+        from llmfeat.retrieval.retriever import Retriever
 
         self.cfg = cfg
         self.model = load_model(cfg, model)

@@ -30,7 +30,7 @@ import numpy as np
 
 from llmfeat.core.errors import MissingInputError
 from llmfeat.core.layout import DataDir
-from llmfeat.retrieval import NotFoundError
+from llmfeat.retrieval.retriever import NotFoundError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (

@@ -43,7 +43,7 @@ from llmfeat.features.feature_vector import (
     vectors,
 )
 from llmfeat.features.stats import packed_columns
-from llmfeat.retrieval import UnknownItemError, UnknownUserError
+from llmfeat.retrieval.retriever import UnknownItemError, UnknownUserError
 
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
@@ -265,7 +265,7 @@ class ParquetFeatures:
     def __init__(self, data_dir, embedding_set: str):
         from llmfeat.core.layout import embedding_paths
         from llmfeat.embedding.vectors import read_latest
-        from llmfeat.retrieval import ParquetUserVectors
+        from llmfeat.retrieval.retriever import ParquetUserVectors
 
         self.text = ParquetUserVectors(data_dir, embedding_set, "text")
         try:

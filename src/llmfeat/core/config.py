@@ -323,7 +323,7 @@ class ServeConfig:
     answers from memory (users x dim x 4 bytes), re-read when the user view is published again; false reads
     the online store on every request."""
     auth: ServeAuthConfig = field(default_factory=ServeAuthConfig)
-    """When a token is configured, every route but /health needs it (src/llmfeat/serve_auth.py)."""
+    """When a token is configured, every route but /health needs it (src/llmfeat/retrieval/serve_auth.py)."""
     filter_ids_max: int = 100_000
     """Most ids an allow- or deny-list may hold in one POST query (GET: 1,000 each); more is a 422."""
 
@@ -445,7 +445,7 @@ class BanditConfig:
 
 @dataclass
 class EvaluateConfig:
-    """``llmfeat evaluate``: rolling-origin retrieval evaluation (src/llmfeat/evaluate.py, docs/adapt.md)."""
+    """``llmfeat evaluate``: rolling-origin retrieval evaluation (src/llmfeat/retrieval/evaluate.py, docs/adapt.md)."""
 
     origins: int = 4
     """Cut dates; their test windows split the last ``span`` of the interactions into equal counts."""

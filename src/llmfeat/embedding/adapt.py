@@ -464,7 +464,7 @@ def adapter_params(cfg_adapt) -> dict:
 
 def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -> list:
     """``adapted`` (cosine of adapted vectors) and ``adapted_hybrid`` (+ w log recent popularity)."""
-    from llmfeat import evaluate as E
+    from llmfeat.retrieval import evaluate as E
 
     base = adapter_params(cfg_adapt)
 
@@ -616,7 +616,7 @@ def validation_split(data, cut, validation_days: int, k: int) -> ValidationSplit
     """How the nightly stage trains at ``cut`` (and ``ctr_eval`` per origin): reads ``data`` before ``cut`` only."""
     import pandas as pd
 
-    from llmfeat import evaluate as E
+    from llmfeat.retrieval import evaluate as E
 
     sel = data.before(cut)
     start = pd.Timestamp(cut) - pd.Timedelta(days=validation_days)
@@ -638,8 +638,8 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
     replacing the previous one whole. Returns the manifest."""
     import pandas as pd
 
-    from llmfeat import evaluate as E
     from llmfeat.core.layout import embedding_paths
+    from llmfeat.retrieval import evaluate as E
 
     started = time.perf_counter()
     a = cfg.adapt
@@ -808,7 +808,7 @@ def run_adapt_stage(cfg, as_of: dt.date, *, spark=None, publish: bool = True, lo
         t0 = time.perf_counter()
         run_publish(out_cfg, as_of, full=True, log=log)
         summary["seconds"]["publish"] = round(time.perf_counter() - t0, 1)
-    from llmfeat.index import run_index
+    from llmfeat.retrieval.index import run_index
 
     t0 = time.perf_counter()
     idx = run_index(out_cfg, as_of, log=log)

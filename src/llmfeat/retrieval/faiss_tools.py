@@ -1,5 +1,5 @@
 """Low-level FAISS access for filtered search, kept in one place (modelled on faiss.contrib.inspect_tools):
-short functions over swig objects and raw pointers, so the planner in ``llmfeat.filters`` and the
+short functions over swig objects and raw pointers, so the planner in ``llmfeat.retrieval.filters`` and the
 ``Retriever`` stay in numpy terms.
 
 Everything here is FAISS's own machinery: ``IndexIVF.search_preassigned`` (an IVF search over lists the

@@ -39,8 +39,8 @@ from pydantic_core import to_json
 from llmfeat.core.config import Config
 from llmfeat.core.errors import ReloadError  # noqa: F401 - re-exported
 from llmfeat.core.reloading import PeriodicReload
-from llmfeat.index import IndexModelMismatchError, current_version, index_root
-from llmfeat.retrieval import NotFoundError, Results, Retriever, UserVectorSource
+from llmfeat.retrieval.index import IndexModelMismatchError, current_version, index_root
+from llmfeat.retrieval.retriever import NotFoundError, Results, Retriever, UserVectorSource
 
 log = logging.getLogger("llmfeat.serve")
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"

@@ -5,11 +5,11 @@ seen items (every interaction in the canonical snapshot as of the index) and a `
 queries. It never changes after construction: the service swaps whole retrievers to reload.
 
 Filters (categories, an allow-list and a deny-list of item ids, seen items, the query item itself) are
-resolved to an ``ItemFilter`` of rows whose size is known exactly, and ``llmfeat.filters.plan`` picks the
+resolved to an ``ItemFilter`` of rows whose size is known exactly, and ``llmfeat.retrieval.filters.plan`` picks the
 search by it: nothing (an empty filter, with the reason), a plain index search, exact scoring of the allowed
 items (at most ``index.exact_filter_max``), or an index search inside the filter (an ``IDSelector``) whose
 effort scales with 1 / selectivity; IVF indexes probe the lists nearest the query that hold allowed items
-(``llmfeat.faiss_tools.search_lists``). If the index returns fewer than k, the allowed items are scored exactly
+(``llmfeat.retrieval.faiss_tools.search_lists``). If the index returns fewer than k, the allowed items are scored exactly
 instead: a filter is answered correctly, never with holes.
 """
 
@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from llmfeat import faiss_tools as ft
 from llmfeat.core import tables
 from llmfeat.core.config import Config
 from llmfeat.core.errors import (  # noqa: F401 - re-exported
@@ -42,8 +41,16 @@ from llmfeat.core.errors import (  # noqa: F401 - re-exported
 from llmfeat.core.layout import DataDir, embedding_paths
 from llmfeat.embedding.vectors import normalise, read_latest
 from llmfeat.feast.names import ITEM_STATS_TABLE
-from llmfeat.filters import ItemFilter, coverage_target, effort_scale, plan, probe_lists, scan_target
-from llmfeat.index import LoadedIndex, check_model, index_root, is_exact, load_version
+from llmfeat.retrieval import faiss_tools as ft
+from llmfeat.retrieval.filters import (
+    ItemFilter,
+    coverage_target,
+    effort_scale,
+    plan,
+    probe_lists,
+    scan_target,
+)
+from llmfeat.retrieval.index import LoadedIndex, check_model, index_root, is_exact, load_version
 
 _PARTIAL_LISTS = 512
 """Filtered IVF searches order the best this many lists first (a partial sort), all of them if too few."""
@@ -223,7 +230,7 @@ class Results:
     passes the filter (see ``reason``)."""
     titles: list[str | None]
     plan: str = ""
-    """The planner's path (llmfeat.filters.plan): none, index, exact or index-filtered."""
+    """The planner's path (llmfeat.retrieval.filters.plan): none, index, exact or index-filtered."""
     selectivity: float = 1.0
     """The fraction of the index's items the filter lets through."""
     reason: str | None = None
