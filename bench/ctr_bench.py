@@ -47,7 +47,7 @@ def main() -> None:
     started = time.perf_counter()
 
     from llmfeat.core.spark import build_spark
-    from llmfeat.train import fetch_training_frame, run_train
+    from llmfeat.ctr.train import fetch_training_frame, run_train
 
     with tempfile.TemporaryDirectory(prefix="ctr-bench-") as tmp:
         data = Path(tmp) / "data"

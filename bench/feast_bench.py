@@ -288,8 +288,8 @@ def main() -> None:
 
         if not args.skip_historical:
             from llmfeat.core.spark import build_spark
+            from llmfeat.ctr.train import training_rows
             from llmfeat.feast.offline import historical_features
-            from llmfeat.train import training_rows
 
             cfg = profiles["sqlite"]
             spark = build_spark(cfg.spark)

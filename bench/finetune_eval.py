@@ -79,7 +79,7 @@ def ensure_features(spark, cfg: Config, as_of: dt.date, *, stats: bool, publish:
 
 
 def ensure_ctr(cfg: Config, as_of: dt.date) -> dict:
-    from llmfeat.train import models_dir, run_dir_of, run_train
+    from llmfeat.ctr.train import models_dir, run_dir_of, run_train
 
     pointer = models_dir(cfg) / "current.json"
     if pointer.is_file():

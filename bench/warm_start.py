@@ -38,7 +38,7 @@ MODELS = ["lr_lm", "deep_ids_stats", "deep_lm"]
 
 
 def one(cfg, day: dt.date, frame, log) -> dict:
-    from llmfeat.train import run_train
+    from llmfeat.ctr.train import run_train
 
     t0 = time.perf_counter()
     s = run_train(cfg, day, frame=frame, log=log)
@@ -66,7 +66,7 @@ def history_lengths(base: list[str], window_days: int, dates: list[str], log) ->
     """Train (cold, seed 1) with ``train.window_days`` as of each date: the stage's cost at two lengths of
     stored history should not differ beyond noise (the rows trained on are bounded by the window)."""
     from llmfeat.core.config import load_config
-    from llmfeat.train import fetch_training_frame
+    from llmfeat.ctr.train import fetch_training_frame
 
     cfg = load_config(None, [*base, "train.seed=1", f"train.window_days={window_days}"])
     out = []
@@ -88,7 +88,7 @@ def main() -> None:
     import torch
 
     from llmfeat.core.config import load_config
-    from llmfeat.train import fetch_training_frame, models_dir
+    from llmfeat.ctr.train import fetch_training_frame, models_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=REPO / "var" / "bench" / "day_over_day" / "data")

@@ -1,4 +1,4 @@
-"""CTR with adapted vectors (src/llmfeat/ctr_eval.py): the leakage canary of the per-origin features, and the
+"""CTR with adapted vectors (src/llmfeat/ctr/evaluate.py): the leakage canary of the per-origin features, and the
 comparison end to end on a tiny input."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ pytest.importorskip("torch")
 
 from test_evaluate import synthetic_data  # noqa: E402
 
-from llmfeat import ctr_eval as C  # noqa: E402
-from llmfeat.ctr_models import TrainConfig  # noqa: E402
+from llmfeat.ctr import evaluate as C  # noqa: E402
+from llmfeat.ctr.models import TrainConfig  # noqa: E402
 from llmfeat.features.feature_vector import ITEM_TEXT  # noqa: E402
 from llmfeat.retrieval import evaluate as E  # noqa: E402
 
@@ -142,9 +142,9 @@ def test_train_fits_deep_adapted_on_the_temporal_split_and_skips_it_with_a_reaso
 
     from llmfeat.core import tables
     from llmfeat.core.errors import ScoringModelError
+    from llmfeat.ctr.score import load_model
+    from llmfeat.ctr.train import run_train
     from llmfeat.data import schemas
-    from llmfeat.score import load_model
-    from llmfeat.train import run_train
 
     syn, as_of = _adapt_data_dir(tmp_path)
     root = syn.data_dir / "canonical" / "interactions"
@@ -171,3 +171,24 @@ def test_train_fits_deep_adapted_on_the_temporal_split_and_skips_it_with_a_reaso
     assert blob["feature_set"] == "adapted" and len(blob["dense_names"]) == blob["kwargs"]["dense_dim"]
     with pytest.raises(ScoringModelError, match="not served online"):
         load_model(cfg, "deep_adapted")
+
+
+def test_an_origin_saved_under_the_old_flat_module_paths_still_loads(tmp_path):
+    """``--save-dir`` files of a long run written before the package split name ``llmfeat.ctr_eval`` and
+    ``llmfeat.evaluate``; they load into today's classes."""
+    import pickle
+
+    ts = pd.Timestamp("2024-01-01", tz="UTC")
+    run = C.OriginRun(
+        E.Origin(0, ts, ts, ts), np.array([0, 1]), np.array([True, False]), {("a", 1): [0.5]}, {}
+    )
+    old = pickle.dumps(run, protocol=0)  # text GLOBAL opcodes: module paths can be rewritten in place
+    old = old.replace(b"llmfeat.ctr.evaluate\n", b"llmfeat.ctr_eval\n")
+    old = old.replace(b"llmfeat.retrieval.evaluate\n", b"llmfeat.evaluate\n")
+    assert b"llmfeat.ctr_eval\n" in old and b"llmfeat.evaluate\n" in old
+    (tmp_path / "origin-0.pkl").write_bytes(old)
+    loaded = C.load_saved_origin(tmp_path / "origin-0.pkl")
+    assert isinstance(loaded, C.OriginRun) and isinstance(loaded.origin, E.Origin)
+    assert (
+        loaded.origin.t_end == ts and loaded.labels.tolist() == [0, 1] and loaded.probs == {("a", 1): [0.5]}
+    )

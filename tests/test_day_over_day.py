@@ -18,11 +18,11 @@ from pit_runs import pit_overrides
 from test_training_frames import assert_same_frame
 
 from llmfeat.core.config import load_config
+from llmfeat.ctr.train import training_rows
 from llmfeat.feast.offline import historical_features
 from llmfeat.features import training_frames
 from llmfeat.features.publish import open_store
 from llmfeat.nightly import run_nightly
-from llmfeat.train import training_rows
 
 pytestmark = pytest.mark.spark
 
@@ -86,7 +86,7 @@ def test_every_stage_reports_rows_read_and_written(nights):
 
 
 def test_training_window_reads_only_its_days_and_a_wider_one_reuses_them(nights):
-    from llmfeat.train import fetch_training_frame
+    from llmfeat.ctr.train import fetch_training_frame
 
     cfg, _ = nights
     night = NIGHTS[-1]  # events of 2024-01-02 .. 2024-01-05 are visible

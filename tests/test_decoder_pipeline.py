@@ -82,9 +82,9 @@ def test_decoder_model_dir_through_the_nightly_pipeline(spark, tmp_path):
         .to_dict()
     )
     assert len(online["embedding"][0]) == DIMS and online["model_id"] == [mid]
-    from llmfeat.ctr_data import build_dense, dense_names
+    from llmfeat.ctr.data import build_dense, dense_names
+    from llmfeat.ctr.train import _embedding_dim, training_rows
     from llmfeat.feast.offline import historical_features
-    from llmfeat.train import _embedding_dim, training_rows
 
     frame = historical_features(open_store(cfg), training_rows(cfg, DAY2))
     dim = _embedding_dim(frame)

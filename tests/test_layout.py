@@ -15,13 +15,13 @@ from llmfeat.core.layout import DataDir
 
 def test_stage_paths_come_from_the_layout(tmp_path):
     from llmfeat.core.tables import canonical_dir
+    from llmfeat.ctr.train import models_dir
     from llmfeat.embedding.embed import embedding_paths
     from llmfeat.feast.store import feast_dir
     from llmfeat.features.stats import stats_paths
     from llmfeat.features.training_frames import frame_root
     from llmfeat.nightly import run_dir
     from llmfeat.retrieval.index import index_root
-    from llmfeat.train import models_dir
 
     cfg = load_config(None, [f"paths.data_dir={tmp_path}", "embed.embedding_set=fine"])
     d = DataDir.of(cfg)

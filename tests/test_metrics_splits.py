@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llmfeat.ctr.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss, ndcg_at
 from llmfeat.data.splits import leave_last_k, slice_masks, temporal_split
-from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss, ndcg_at
 
 
 def test_auc_by_hand():

@@ -45,9 +45,9 @@ def save_ctr_model(data_dir: Path) -> None:
     """A deep_lm model for the pit catalogue, saved and pointed at as `llmfeat train` does."""
     import torch
 
-    from llmfeat.ctr_data import TEXT_BLOCKS, Vocab, dense_names
-    from llmfeat.ctr_models import DeepCTR
-    from llmfeat.train import _save_model, models_dir, write_current
+    from llmfeat.ctr.data import TEXT_BLOCKS, Vocab, dense_names
+    from llmfeat.ctr.models import DeepCTR
+    from llmfeat.ctr.train import _save_model, models_dir, write_current
 
     cfg = load_config(None, pit_overrides(data_dir))
     manifest = json.loads((data_dir / "index" / "default" / "current" / "manifest.json").read_text())

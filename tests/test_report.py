@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmfeat import report
+from llmfeat.ctr import report
 
 
 def _summary(rows_all: int = 2000) -> dict:

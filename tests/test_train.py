@@ -61,7 +61,7 @@ def test_leakage_canary_is_not_available(pit_store, tmp_path):
 
 def test_too_little_data_is_refused_before_any_work(pit_store):
     from llmfeat.core.config import load_config
-    from llmfeat.train import TooLittleDataError, run_train
+    from llmfeat.ctr.train import TooLittleDataError, run_train
 
     cfg, _ = pit_store
     with pytest.raises(TooLittleDataError, match=r"only 4 labelled interactions .*min_interactions=500"):
@@ -74,7 +74,7 @@ def test_too_little_data_is_refused_before_any_work(pit_store):
 
 def test_short_training_run_beats_the_base_rate(movielens_store):
     from llmfeat.core.config import load_config
-    from llmfeat.train import run_train
+    from llmfeat.ctr.train import run_train
 
     base_cfg, _ = movielens_store
     cfg = load_config(
@@ -91,7 +91,7 @@ def test_short_training_run_beats_the_base_rate(movielens_store):
     assert (overall["auc"] > 0.6).all()
     assert set(results["slice"]) >= {"all", "cold_user", "warm"}
     # artefacts: the model with its features and embedding model id; the report with its plots
-    from llmfeat.train import run_dir_of
+    from llmfeat.ctr.train import run_dir_of
 
     run_dir = run_dir_of(
         Path(cfg.paths.data_dir) / "models" / "ctr" / "current.json"
@@ -112,9 +112,9 @@ def test_short_training_run_beats_the_base_rate(movielens_store):
     )
 
     # the multi-stage path on top: FAISS candidates -> online features -> this model -> ranked list
+    from llmfeat.ctr.score import Scorer
     from llmfeat.retrieval.index import run_index
     from llmfeat.retrieval.retriever import Retriever
-    from llmfeat.score import Scorer
 
     run_index(cfg, dt.date(1998, 4, 23), log=lambda _: None)
     ranked = Scorer(cfg).recommend("1", k=5, candidates=50)

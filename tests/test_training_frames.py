@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llmfeat.ctr.train import training_rows
 from llmfeat.feast.offline import historical_features
 from llmfeat.features import training_frames
-from llmfeat.train import training_rows
 
 pytestmark = pytest.mark.spark
 
@@ -86,9 +86,9 @@ def test_a_forced_re_embed_through_the_nightly_refetches_the_whole_frame(spark, 
     be split for CTR training, so the train stage here fetches the frame and fits nothing.)"""
     from pit_runs import DAY1, DAY2, pit_overrides
 
-    from llmfeat import train as train_mod
     from llmfeat.core.config import load_config
     from llmfeat.core.results import TrainResult
+    from llmfeat.ctr import train as train_mod
     from llmfeat.nightly import run_nightly
 
     def frame_only(cfg, as_of, *, log, refresh=False, **_):

@@ -1,4 +1,4 @@
-"""Warm start of the CTR models (llmfeat.warm_start): weights carried over from the previous night's model,
+"""Warm start of the CTR models (llmfeat.ctr.warm_start): weights carried over from the previous night's model,
 ids mapped by id, and a cold start (with the reason) wherever a warm one could leak or mislead."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from llmfeat import warm_start
-from llmfeat.ctr_data import Vocab
-from llmfeat.ctr_models import CtrInputs, DeepCTR, TrainConfig, fit
-from llmfeat.train import _save_model
+from llmfeat.ctr import warm_start
+from llmfeat.ctr.data import Vocab
+from llmfeat.ctr.models import CtrInputs, DeepCTR, TrainConfig, fit
+from llmfeat.ctr.train import _save_model
 
 KW = {"n_users": 3, "n_items": 2, "dense_dim": 6}
 NAMES = [f"d{i}" for i in range(6)]

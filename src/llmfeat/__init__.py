@@ -26,7 +26,7 @@ _EXPORTS = {
     "default_model_dir": "llmfeat.embedding.encoder",
     "Retriever": "llmfeat.retrieval.retriever",
     "OnlineFeatures": "llmfeat.features.online",
-    "Scorer": "llmfeat.score",
+    "Scorer": "llmfeat.ctr.score",
     "run_nightly": "llmfeat.nightly",
     "LlmfeatError": "llmfeat.core.errors",
     "ConfigError": "llmfeat.core.errors",
@@ -68,11 +68,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ModelMismatchError,
         NotFoundError,
     )
+    from llmfeat.ctr.score import Scorer
     from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir
     from llmfeat.features.online import OnlineFeatures
     from llmfeat.nightly import run_nightly
     from llmfeat.retrieval.retriever import Retriever
-    from llmfeat.score import Scorer
 
 
 def __getattr__(name: str):

@@ -560,7 +560,7 @@ def train(
 ) -> None:
     """Train and compare the CTR models on point-in-time Feast features; write the report."""
     from llmfeat.core.spark import build_spark
-    from llmfeat.train import run_train
+    from llmfeat.ctr.train import run_train
 
     cfg = _config(config, set_, data_dir)
     spark = build_spark(cfg.spark)
@@ -693,7 +693,7 @@ def score(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Recommend: retrieve candidates from FAISS, fetch online features from Feast, score with the CTR model."""
-    from llmfeat.score import Scorer
+    from llmfeat.ctr.score import Scorer
 
     cfg = _config(config, set_, data_dir)
     ranked = Scorer(cfg, model).recommend(user, k=k, candidates=candidates, categories=category)

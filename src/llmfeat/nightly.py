@@ -204,7 +204,7 @@ def served_index(cfg: Config) -> tuple[str, dt.date] | None:
 
 def current_models_as_of(cfg: Config) -> dt.date | None:
     """The date the current CTR models were trained for; None if none."""
-    from llmfeat.train import models_dir, run_dir_of
+    from llmfeat.ctr.train import models_dir, run_dir_of
 
     try:
         summary = json.loads((run_dir_of(models_dir(cfg) / "current.json") / "summary.json").read_text())
@@ -272,7 +272,7 @@ def _stage_functions(
         return R.IndexResult({k: manifest[k] for k in keep if k in manifest})
 
     def train(forced: bool) -> R.TrainResult:
-        from llmfeat.train import TooLittleDataError, run_train
+        from llmfeat.ctr.train import TooLittleDataError, run_train
 
         current = current_models_as_of(cfg)
         if current is not None and current > as_of:

@@ -191,7 +191,7 @@ class TrainingConfig:
     ``warm_start`` the models still carry what earlier nights learnt."""
     warm_start: bool = False
     """Start each CTR model from the previous night's model of the same name (temporal protocol only, where it
-    cannot see tonight's test rows; llmfeat.warm_start says when it starts cold instead)."""
+    cannot see tonight's test rows; llmfeat.ctr.warm_start says when it starts cold instead)."""
     min_interactions: int = 500
     """Fewer labelled interactions than this: the nightly run records "too little data" instead of training
     (a CTR model fitted on a handful of rows is noise, and a temporal split of them may be empty)."""

@@ -184,7 +184,7 @@ class TrainResult(StageResult):
     def headline(self) -> str:
         if not self.trained:
             return f"not trained: {self.data.get('reason')}"
-        from llmfeat.report import is_tiny
+        from llmfeat.ctr.report import is_tiny
 
         heads = [
             f"{r['model']} {r['slice']} AUC {r['auc']:.3f} ({r['rows']} rows{', too few to read' if is_tiny(r) else ''})"

@@ -16,8 +16,8 @@ import pandas as pd
 
 from llmfeat.core.config import Config
 from llmfeat.core.errors import ScoringModelError  # noqa: F401 - re-exported
-from llmfeat.ctr_data import Vocab, build_dense
-from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, predict
+from llmfeat.ctr.data import Vocab, build_dense
+from llmfeat.ctr.models import CtrInputs, DeepCTR, LogisticRegression, predict
 from llmfeat.features.feature_vector import USER_MODEL_ID
 
 
@@ -36,7 +36,7 @@ class LoadedModel:
 def load_model(cfg: Config, name: str = "deep_lm") -> LoadedModel:
     import torch
 
-    from llmfeat.train import models_dir, run_dir_of
+    from llmfeat.ctr.train import models_dir, run_dir_of
 
     pointer = models_dir(cfg) / "current.json"
     if not pointer.is_file():

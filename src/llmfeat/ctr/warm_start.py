@@ -25,14 +25,14 @@ from pathlib import Path
 
 import torch
 
-from llmfeat.ctr_data import Vocab
+from llmfeat.ctr.data import Vocab
 
 ID_TABLES = {"user_emb.weight": "user_vocab", "item_emb.weight": "item_vocab"}
 
 
 def previous_run(models_dir: Path) -> tuple[dict, Path] | None:
     """The summary and directory of the run ``current.json`` points at; None when there is none."""
-    from llmfeat.train import run_dir_of
+    from llmfeat.ctr.train import run_dir_of
 
     pointer = Path(models_dir) / "current.json"
     if not pointer.is_file():

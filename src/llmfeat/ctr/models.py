@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from llmfeat.metrics import auc
+from llmfeat.ctr.metrics import auc
 
 
 @dataclass

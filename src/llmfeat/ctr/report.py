@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat.metrics import calibration_curve, roc_curve
+from llmfeat.ctr.metrics import calibration_curve, roc_curve
 
 METRIC_COLUMNS = (
     "rows",

@@ -29,19 +29,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat import warm_start
 from llmfeat.core import tables
 from llmfeat.core.config import Config, reports_dir
 from llmfeat.core.errors import ConfigError, MissingInputError, ModelMismatchError, TooLittleDataError  # noqa: F401 - re-exported
 from llmfeat.core.layout import DataDir
 from llmfeat.core.results import TrainResult
 from llmfeat.core.stage_run import StageRun
-from llmfeat.ctr_data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
-from llmfeat.ctr_models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
+from llmfeat.ctr import warm_start
+from llmfeat.ctr.data import TEXT_BLOCKS, TfidfSpace, Vocab, build_dense, dense_names
+from llmfeat.ctr.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss
+from llmfeat.ctr.models import CtrInputs, DeepCTR, LogisticRegression, TrainConfig, fit, predict
 from llmfeat.data.splits import Split, leave_last_k, slice_masks, temporal_split
 from llmfeat.data.texts import render
 from llmfeat.feast.names import ITEM_MODEL_ID, ITEM_TEXT
-from llmfeat.metrics import auc, base_rate_logloss, gauc, impression_metrics, logloss
 
 MODELS = ("popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm", "deep_adapted")
 FEATURE_SET = {"lr_lm": "lm_vector", "deep_ids_stats": "ids_stats", "deep_tfidf": "tfidf", "deep_lm": "lm",
@@ -116,7 +116,7 @@ def _inputs(feature_set: str, frame: pd.DataFrame, dim: int, users: Vocab, items
             clicks: pd.DataFrame, adapted=None) -> CtrInputs:  # fmt: skip
     at = pd.to_datetime(frame["event_timestamp"], utc=True)
     if feature_set == "adapted":
-        from llmfeat.ctr_eval import dense_inputs
+        from llmfeat.ctr.evaluate import dense_inputs
 
         dense = dense_inputs("adapted", frame, dim, adapted)
     elif feature_set == "tfidf":
@@ -213,7 +213,7 @@ def run_train(
     """Train and evaluate every configured model; returns the summary (also saved next to the models).
     ``frame``: the output of ``fetch_training_frame`` when the caller already has it (seed sweeps);
     ``refresh``: fetch the whole training frame again instead of only the days not stored yet."""
-    from llmfeat.report import write_report
+    from llmfeat.ctr.report import write_report
 
     run = StageRun.start("train", as_of, log)
     frame_stats: dict = {}
@@ -351,7 +351,7 @@ def _fit_split(cfg: Config, as_of: dt.date, split: Split, frame: pd.DataFrame, d
             fs = FEATURE_SET[name]
             adapted: dict = {}
             if fs == "adapted":
-                from llmfeat.ctr_eval import split_adapted_features
+                from llmfeat.ctr.evaluate import split_adapted_features
 
                 adapted, reason, adapted_info = split_adapted_features(cfg, as_of, split, log)
                 if reason:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from llmfeat.core.errors import ConfigError, MissingInputError
-from llmfeat.ctr_data import ADAPTED_SCALARS, TEXT_BLOCKS, Vocab, build_dense
+from llmfeat.ctr.data import ADAPTED_SCALARS, TEXT_BLOCKS, Vocab, build_dense
 from llmfeat.features.feature_vector import ITEM_TEXT
 from llmfeat.retrieval import evaluate as E
 
@@ -213,7 +213,7 @@ class OriginRun:
 def run_origin(data: E.EvalData, frame: pd.DataFrame, origin: E.Origin, variants: list[str], seeds: list[int],
                adapter_params: dict, validation_days: int, select_k: int, train_cfg,
                log: Callable[[str], None] = print) -> OriginRun:  # fmt: skip
-    from llmfeat.ctr_models import CtrInputs, DeepCTR, fit, predict
+    from llmfeat.ctr.models import CtrInputs, DeepCTR, fit, predict
 
     ts = pd.to_datetime(frame["event_timestamp"], utc=True)
     utc = {
@@ -276,7 +276,7 @@ def _with_seed(train_cfg, seed: int):
 
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from llmfeat.metrics import auc
+    from llmfeat.ctr.metrics import auc
 
     return auc(y, p)
 
@@ -360,7 +360,7 @@ def run_ctr_eval(data: E.EvalData, frame: pd.DataFrame, *, origins: int, span: f
     for o in cuts:
         saved = Path(save_dir) / f"origin-{o.index}.pkl" if save_dir is not None else None
         if saved is not None and saved.is_file():
-            runs.append(pickle.loads(saved.read_bytes()))
+            runs.append(load_saved_origin(saved))
             continue
         log(f"ctr_eval: origin {o.index}: train < {o.t_val.date()} <= validation < {o.t_test.date()} <= test < "
             f"{o.t_end.date()}")  # fmt: skip
@@ -373,6 +373,25 @@ def run_ctr_eval(data: E.EvalData, frame: pd.DataFrame, *, origins: int, span: f
                 "adapter": dict(adapter_params), "validation_days": validation_days,
                 "train": {k: getattr(train_cfg, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience")}}  # fmt: skip
     return {**report_of(runs, protocol, bootstrap_seed), "seconds": round(time.perf_counter() - started, 1)}
+
+
+# Origins saved before the package was split by concern name their classes by the old flat module paths.
+_MOVED_MODULES = {
+    "llmfeat.ctr_eval": "llmfeat.ctr.evaluate",
+    "llmfeat.evaluate": "llmfeat.retrieval.evaluate",
+}
+
+
+def load_saved_origin(path: Path) -> OriginRun:
+    """One origin saved by ``run_ctr_eval(save_dir=...)``, also from a file written under the old module paths."""
+    import io
+    import pickle
+
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            return super().find_class(_MOVED_MODULES.get(module, module), name)
+
+    return _Unpickler(io.BytesIO(Path(path).read_bytes())).load()
 
 
 def report_of(runs: list[OriginRun], protocol: dict, bootstrap_seed: int = 7) -> dict:
