@@ -86,10 +86,9 @@ def pit_day1(spark, tmp_path_factory) -> Path:
     """A data directory where the nightly run of day 1 (tests/pit_runs.py) finished, training off. Tests copy
     it, never change it: the previous complete state in tests/test_faults.py, the local-mode embeddings
     that tests/test_cluster.py compares a cluster's with."""
-    from pit_runs import DAY1, pit_overrides
-
     from llmfeat.core.config import load_config
     from llmfeat.nightly import run_nightly
+    from tests.pit_runs import DAY1, pit_overrides
 
     data_dir = tmp_path_factory.mktemp("pit_day1")
     summary = run_nightly(load_config(None, pit_overrides(data_dir)), DAY1, log=lambda _: None)

@@ -160,7 +160,7 @@ def make_data(
 def config(data_dir: Path, *sets: str):
     from llmfeat.core.config import load_config
 
-    # user vectors from the Parquet tables: these tests need no Feast (tests/test_feast.py covers that source)
+    # user vectors from the Parquet tables: these tests need no Feast (tests/features/test_feast.py covers that source)
     return load_config(
         None, [f"paths.data_dir={data_dir}", "index.tune_queries=100", "serve.user_source=parquet", *sets]
     )

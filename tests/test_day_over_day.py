@@ -14,8 +14,6 @@ import datetime as dt
 
 import pandas as pd
 import pytest
-from pit_runs import pit_overrides
-from test_training_frames import assert_same_frame
 
 from llmfeat.core.config import load_config
 from llmfeat.ctr.train import training_rows
@@ -23,6 +21,8 @@ from llmfeat.feast.offline import historical_features
 from llmfeat.features import training_frames
 from llmfeat.features.publish import open_store
 from llmfeat.nightly import run_nightly
+from tests.features.test_training_frames import assert_same_frame
+from tests.pit_runs import pit_overrides
 
 pytestmark = pytest.mark.spark
 

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from synthetic import config, make_data
 
 from llmfeat.core.errors import ExitCode
 from llmfeat.retrieval import index as ix
+from tests.synthetic import config, make_data
 
 REPO = Path(__file__).resolve().parents[1]
 PIT = Path(__file__).resolve().parent / "fixtures" / "pit"

@@ -25,8 +25,6 @@ import pandas as pd
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from pit_runs import DAY2, PIT, pit_overrides
-from services import free_port, start_redis
 from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
@@ -34,6 +32,8 @@ from llmfeat.core.config import load_config
 from llmfeat.features.publish import open_store
 from llmfeat.nightly import data_dir_lock, run_dir, run_nightly
 from llmfeat.retrieval.index import current_version, index_root, list_versions
+from tests.pit_runs import DAY2, PIT, pit_overrides
+from tests.services import free_port, start_redis
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pit_runs import DAY1, pit_overrides
-from services import free_port, wait_for_port
 
 from llmfeat.core.config import load_config
+from tests.pit_runs import DAY1, pit_overrides
+from tests.services import free_port, wait_for_port
 
 FEAST = Path(sys.executable).parent / "feast"
 RUN_ID = "2024-01-05T000000-reloc"

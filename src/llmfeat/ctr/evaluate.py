@@ -17,7 +17,7 @@ Protocol (docs/adapt.md, "CTR"):
   the vectors a nightly run at D would publish with those weights. A row of day D gets its user and item
   vectors, their cosine, a "has a user vector" flag and log(1 + clicks of the item in the 7 / 30 days before
   D) (the recent-popularity prior). Nothing at or after D reaches a row of day D, and nothing at or after
-  ``t_val`` reaches the adapter's weights (``tests/test_ctr_eval.py`` is the canary).
+  ``t_val`` reaches the adapter's weights (``tests/ctr/test_ctr_eval.py`` is the canary).
 - **Variants** (every one the same ``DeepCTR`` with user / item id embeddings): ``ids_stats`` (the nightly's
   ``deep_ids_stats``), ``frozen_lm`` (the nightly's ``deep_lm``), ``adapted`` (ids + stats + adapted user and
   item vectors, each projected to 8 dims, + cosine + log recent popularity), ``adapted_dot`` (ids + stats +

@@ -353,7 +353,7 @@ def create_app(
 def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Response:
     """The ``Recommendations`` JSON, built as plain dicts and encoded by pydantic-core in one call: the
     routes return it as is, so FastAPI neither builds nor re-validates ~40 models per request
-    (tests/test_serve.py checks it against the model; the model stays the OpenAPI schema)."""
+    (tests/retrieval/test_serve.py checks it against the model; the model stays the OpenAPI schema)."""
     shared = res.same_title or [[]] * len(res.ids)
     explain = getattr(r, "explain", None)
     because = explain(id_, res.ids) if kind == "user" and explain else [[] for _ in res.ids]

@@ -12,7 +12,7 @@ import pytest
 from llmfeat.core.config import load_config
 from llmfeat.data.texts import render
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 AS_OF = "2024-03-01"
 ITEMS = "sku,name,blurb,modified\nA,Alpha kettle,A kettle.,2024-01-01T00:00:00Z\nB,Beta mug,A mug.,2024-01-01T00:00:00Z\n"
 EVENTS = "uid,sku,ts,clicked\nU1,A,2024-01-02T10:00:00Z,1\nU2,B,2024-01-03T09:00:00Z,0\nU1,B,2024-01-04T09:00:00Z,1\n"

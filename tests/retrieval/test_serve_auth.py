@@ -10,14 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.routing import APIRoute
-from services import running
 from starlette.routing import Route
-from synthetic import config, make_data
 
 from llmfeat.core.config import ConfigError, ServeAuthConfig
 from llmfeat.retrieval import index as ix
 from llmfeat.retrieval.serve import RetrieverHolder, create_app
 from llmfeat.retrieval.serve_auth import protect, resolve_token
+from tests.services import running
+from tests.synthetic import config, make_data
 
 TOKEN = "s3cret-token-42"
 
@@ -119,7 +119,7 @@ def test_llmfeat_serve_with_a_token_file(syn, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (tmp_path / "token").write_text(TOKEN + "\n")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     base = [sys.executable, "-m", "llmfeat.cli", "serve", "-s", "serve.user_source=parquet", "--data-dir",
             str(syn.data_dir), "--port", str(port)]  # fmt: skip
     bad = subprocess.run([*base, "-s", f"serve.auth.token_file={tmp_path / 'missing'}"], env=env,

@@ -84,12 +84,11 @@ def test_a_forced_re_embed_through_the_nightly_refetches_the_whole_frame(spark, 
     """The nightly passes a forced upstream redo to the train stage: the stored frame is dropped and every day is
     fetched again (said in the summary); a normal next night reuses the stored days. (The tiny catalogue cannot
     be split for CTR training, so the train stage here fetches the frame and fits nothing.)"""
-    from pit_runs import DAY1, DAY2, pit_overrides
-
     from llmfeat.core.config import load_config
     from llmfeat.core.results import TrainResult
     from llmfeat.ctr import train as train_mod
     from llmfeat.nightly import run_nightly
+    from tests.pit_runs import DAY1, DAY2, pit_overrides
 
     def frame_only(cfg, as_of, *, log, refresh=False, **_):
         stats: dict = {}

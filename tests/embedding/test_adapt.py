@@ -47,7 +47,7 @@ def test_propagation_matches_a_hand_computed_graph():
 
 
 def _data(seed: int = 0):
-    from test_evaluate import synthetic_data
+    from tests.retrieval.test_evaluate import synthetic_data
 
     return synthetic_data(seed, n_users=40, n_items=30, days=60)
 
@@ -155,10 +155,10 @@ def test_fresh_slots_lift_the_best_items_without_clicks_and_nothing_else():
 def _adapt_data_dir(tmp_path, model_id: str = "test-model@0001"):
     """tests/synthetic.py's data dir with clicks spread over the two months before the snapshot."""
     import pyarrow as pa
-    from synthetic import AS_OF, make_data
 
     from llmfeat.core import tables
     from llmfeat.data import schemas
+    from tests.synthetic import AS_OF, make_data
 
     syn = make_data(tmp_path / "data", n_items=60, n_users=30, model_id=model_id)
     rng = np.random.default_rng(0)
@@ -177,7 +177,7 @@ def _adapt_data_dir(tmp_path, model_id: str = "test-model@0001"):
 
 
 def _adapt_cfg(data_dir, *extra):
-    from synthetic import config
+    from tests.synthetic import config
 
     return config(data_dir, "adapt.dim=8", "adapt.hidden=16", "adapt.epochs=2", "adapt.batch_size=32",
                   "adapt.negatives=16", "adapt.temperatures=[0.2]", "adapt.threads=1", "adapt.device=cpu",

@@ -10,8 +10,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from pit_runs import DAY2, pit_overrides
-from tiny_models import QUERY_PROMPT, decoder_model_dir
 
 from llmfeat.core import tables
 from llmfeat.core.config import load_config
@@ -19,6 +17,8 @@ from llmfeat.data.texts import render, render_all, template_fields
 from llmfeat.embedding.embed import ModelMismatchError, embedding_paths, run_embed
 from llmfeat.embedding.encoder import EncoderSpec, TextEncoder
 from llmfeat.nightly import run_nightly
+from tests.pit_runs import DAY2, pit_overrides
+from tests.tiny_models import QUERY_PROMPT, decoder_model_dir
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 DIMS = 16

@@ -11,7 +11,7 @@ import pytest
 
 from llmfeat.feast import names
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "llmfeat"
 ADAPTER = SRC / "feast"
 FORBIDDEN = ("feast", "google.protobuf")

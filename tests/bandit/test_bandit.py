@@ -7,8 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-from bandit_world import synthetic_world
-from synthetic import config, make_data
 from typer.testing import CliRunner
 
 from llmfeat.bandit import ope
@@ -19,6 +17,8 @@ from llmfeat.bandit.policy import VWPolicy, load_policy, policy_root, publish_po
 from llmfeat.core.config import load_config
 from llmfeat.retrieval import index as ix
 from llmfeat.retrieval.retriever import Retriever
+from tests.bandit_world import synthetic_world
+from tests.synthetic import config, make_data
 
 
 def _logged_problem(n: int, seed: int = 0):

@@ -8,12 +8,12 @@ import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from synthetic import AS_OF, MODEL, config, make_data, unit, write_items
 from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
 from llmfeat.core.config import IndexConfig
 from llmfeat.retrieval import index as ix
+from tests.synthetic import AS_OF, MODEL, config, make_data, unit, write_items
 
 APPROX = "index.factory=IVF16,PQ8x4fs,RFlat"
 

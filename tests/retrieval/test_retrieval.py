@@ -5,7 +5,6 @@ import shutil
 import faiss
 import numpy as np
 import pytest
-from synthetic import MODEL, config, make_data
 from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
@@ -18,6 +17,7 @@ from llmfeat.retrieval.retriever import (
     UnknownUserError,
     UserVectorSource,
 )
+from tests.synthetic import MODEL, config, make_data
 
 APPROX = "index.factory=IVF16,PQ8x4fs,RFlat"
 

@@ -9,8 +9,6 @@ import httpx
 import numpy as np
 import pyarrow as pa
 import pytest
-from services import running
-from synthetic import config, make_data
 from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
@@ -21,6 +19,8 @@ from llmfeat.retrieval.filters import ItemFilter, coverage_target, plan, probe_l
 from llmfeat.retrieval.index import LoadedIndex, build_index
 from llmfeat.retrieval.retriever import Retriever, UnknownCategoryError
 from llmfeat.retrieval.serve import RetrieverHolder, create_app
+from tests.services import running
+from tests.synthetic import config, make_data
 
 N_SMALL, DIM = 3000, 16
 

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from services import free_port, start_redis
 
 from llmfeat.embedding.embed import embedding_paths
 from llmfeat.feast.offline import historical_features
@@ -22,9 +21,10 @@ from llmfeat.features.feature_vector import build_feature_matrix
 from llmfeat.features.online import OnlineFeatures
 from llmfeat.features.publish import feast_dir, open_store, run_publish
 from llmfeat.features.stats import packed_columns, stats_paths
+from tests.services import free_port, start_redis
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def utc(s: str) -> pd.Timestamp:

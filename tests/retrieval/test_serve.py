@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from services import running
-from synthetic import AS_OF, MODEL, config, make_data, unit, write_items, write_users
 
 from llmfeat.retrieval import index as ix
 from llmfeat.retrieval.retriever import HeldUserVectors, ParquetUserVectors, Retriever
 from llmfeat.retrieval.serve import Recommendations, RetrieverHolder, create_app
+from tests.services import running
+from tests.synthetic import AS_OF, MODEL, config, make_data, unit, write_items, write_users
 
 K_MAX = 50
 
@@ -209,7 +209,7 @@ def test_llmfeat_serve_command(syn, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     cmd = [
         sys.executable,
         "-m",

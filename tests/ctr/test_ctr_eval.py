@@ -9,12 +9,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from test_evaluate import synthetic_data  # noqa: E402
-
 from llmfeat.ctr import evaluate as C  # noqa: E402
 from llmfeat.ctr.models import TrainConfig  # noqa: E402
 from llmfeat.features.feature_vector import ITEM_TEXT  # noqa: E402
 from llmfeat.retrieval import evaluate as E  # noqa: E402
+from tests.retrieval.test_evaluate import synthetic_data  # noqa: E402
 
 SMALL = {"dim": 8, "hidden": 16, "layers": 2, "epochs": 3, "patience": 2, "batch_size": 32, "negatives": 16,
          "lr": 1e-2, "weight_decay": 0.0, "half_life_days": None, "seed": 3, "device": "cpu", "threads": 1,
@@ -138,13 +137,13 @@ def test_train_fits_deep_adapted_on_the_temporal_split_and_skips_it_with_a_reaso
     it (not served online yet)."""
     import pyarrow as pa
     import torch
-    from test_adapt import _adapt_cfg, _adapt_data_dir
 
     from llmfeat.core import tables
     from llmfeat.core.errors import ScoringModelError
     from llmfeat.ctr.score import load_model
     from llmfeat.ctr.train import run_train
     from llmfeat.data import schemas
+    from tests.embedding.test_adapt import _adapt_cfg, _adapt_data_dir
 
     syn, as_of = _adapt_data_dir(tmp_path)
     root = syn.data_dir / "canonical" / "interactions"

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import QUERY_PROMPT, decoder_model_dir, encoder_model_dir
 
 from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, model_id, pool_and_normalise, read_st_config
+from tests.tiny_models import QUERY_PROMPT, decoder_model_dir, encoder_model_dir
 
 TEXTS = [
     "Alpha kettle. kitchen",

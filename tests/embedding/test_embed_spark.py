@@ -25,7 +25,7 @@ def read(path) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory, movielens_dir, movielens_embedded):
-    from conftest import ML_OVERRIDES, copy_data_dir
+    from tests.conftest import ML_OVERRIDES, copy_data_dir
 
     data_dir = copy_data_dir(movielens_embedded, tmp_path_factory.mktemp("embed") / "data")
     cfg = load_config(

@@ -14,8 +14,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from services import running
-from synthetic import config, make_data
 
 from llmfeat.bandit.events import EventLog
 from llmfeat.bandit.features import FeatureSpace
@@ -23,8 +21,10 @@ from llmfeat.bandit.policy import PolicyHolder, VWPolicy, policy_root, publish_p
 from llmfeat.bandit.service import BanditService, ParquetFeatures
 from llmfeat.retrieval import index as ix
 from llmfeat.retrieval.serve import RetrieverHolder, create_app
+from tests.services import running
+from tests.synthetic import config, make_data
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _publish(data_dir: Path, vectors: np.ndarray, exploration: str = "--epsilon 0.2") -> str:
@@ -283,12 +283,11 @@ def test_rank_reads_its_features_from_the_feast_online_store(pit_day1, tmp_path)
     """The default feature source: the ranker's Feast lookup. The logged rows are the online store's values."""
     import shutil
 
-    from pit_runs import pit_overrides
-
     from llmfeat.bandit.features import action_rows, shared_row
     from llmfeat.core.config import load_config
     from llmfeat.features.publish import open_store
     from llmfeat.retrieval.index import index_root, load_version
+    from tests.pit_runs import pit_overrides
 
     data_dir = tmp_path / "data"
     shutil.copytree(pit_day1, data_dir, symlinks=True)  # the index's `current` is a relative symlink
