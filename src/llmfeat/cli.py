@@ -343,34 +343,25 @@ def index_cmd(
     from llmfeat.retrieval.index import run_index
 
     cfg = _config(config, set_, data_dir, [f"index.factory={factory}"] if factory else [])
-    m = run_index(cfg, _date(as_of) if as_of else None, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
-    table = Table(title=f"index {m['version']} (published)", title_justify="left", show_header=False)
-    params = ", ".join(f"{k}={v}" for k, v in m["params"].items()) or "-"
+    r = run_index(cfg, _date(as_of) if as_of else None, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    table = Table(title=f"index {r.version} (published)", title_justify="left", show_header=False)
+    recall = ", ".join(f"{name} {v} ({r.tuning_queries[name]} queries)" for name, v in r.recall.items())
+    phases = ", ".join(f"{k} {v}" for k, v in r.seconds.items() if k != "total")
     rows = [
-        ("type", f"{m['index']['factory']} ({'exact' if m['index']['exact'] else 'approximate'})"),
-        ("items", f"{m['count']} x {m['dim']}  model {m['model_id']}  as of {m['as_of']}"),
-        ("params", params),
-        (
-            "recall@10",
-            ", ".join(
-                f"{name} {v} ({m['tuning']['queries'][name]} queries)"
-                for name, v in m["tuning"]["recall"].items()
-            )
-            + " vs exact search",
-        ),
+        ("type", f"{r.factory} ({'exact' if r.exact else 'approximate'})"),
+        ("items", f"{r.count} x {r.dim}  model {r.model_id}  as of {r.as_of}"),
+        ("params", ", ".join(f"{k}={v}" for k, v in r.params.items()) or "-"),
+        ("recall@10", f"{recall} vs exact search"),
         (
             "training",
-            f"{m['training']['sample_size']} vectors, seed {m['training']['seed']}"
-            if m["training"]["sample_size"]
+            f"{r.training_sample} vectors, seed {r.training_seed}"
+            if r.training_sample
             else "none (nothing to train)",
         ),
-        (
-            "seconds",
-            f"{m['seconds']['total']}  ({', '.join(f'{k} {v}' for k, v in m['seconds'].items() if k != 'total')})",
-        ),
-        ("size", f"{sum(f['bytes'] for f in m['files'].values()) / 2**20:.1f} MiB"),
-        ("path", m["path"]),
-        ("pruned", ", ".join(m["pruned"]) or "-"),
+        ("seconds", f"{r.seconds['total']}  ({phases})"),
+        ("size", f"{r.size_bytes / 2**20:.1f} MiB"),
+        ("path", r.path),
+        ("pruned", ", ".join(r.pruned) or "-"),
     ]
     for key, value in rows:
         table.add_row(key, str(value))
@@ -625,17 +616,17 @@ def adapt(
             from llmfeat.core.spark import build_spark
 
             spark = build_spark(cfg.spark)
-        summary = run_adapt_stage(
+        result = run_adapt_stage(
             cfg, _date(as_of), publish=publish, log=lambda m: console.print(f"[dim]{m}[/dim]")
         )
     finally:
         if spark is not None:
             spark.stop()
-    console.print(f"adapted set {summary['embedding_set']}: {summary['model_id']}")
+    console.print(f"adapted set {result.embedding_set}: {result.model_id}")
     console.print(
-        f"  {summary['counts']}; validation recall@20 {summary.get('val_recall@20')}; hybrid {summary['hybrid']}"
+        f"  {result.counts}; validation recall@20 {result.validation_recall}; hybrid {result.hybrid}"
     )
-    console.print(f"  index {summary.get('index_version')}; seconds {summary['seconds']}")
+    console.print(f"  index {result.index_version}; seconds {result.seconds}")
 
 
 @command()

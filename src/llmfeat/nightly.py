@@ -267,9 +267,7 @@ def _stage_functions(
                 f"index: the current index {served[0]} is as of {served[1]}, after {as_of}: a backfill leaves it"
             )
             return R.IndexResult({"version": served[0], "kept_newer": served[1].isoformat()})
-        manifest = run_index(cfg, as_of, log=log, faults=faults)
-        keep = ("version", "model_id", "count", "dim", "index", "path", "pruned", "seconds")
-        return R.IndexResult({k: manifest[k] for k in keep if k in manifest})
+        return run_index(cfg, as_of, log=log, faults=faults).for_marker()
 
     def train(forced: bool) -> R.TrainResult:
         from llmfeat.ctr.train import TooLittleDataError, run_train
@@ -297,10 +295,7 @@ def _stage_functions(
         from llmfeat.embedding.adapt import run_adapt_stage
 
         spark.get()  # publishing the adapted set as its own Feast project uses the Spark offline store
-        s = run_adapt_stage(cfg, as_of, log=log)
-        keep = ("embedding_set", "model_id", "counts", "val_recall@20", "hybrid", "best_epoch", "train_seconds",
-                "index_version", "seconds")  # fmt: skip
-        return R.AdaptResult({k: s[k] for k in keep if k in s})
+        return run_adapt_stage(cfg, as_of, log=log).for_marker()
 
     functions = {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish, "index": index}
     if cfg.train.enabled:

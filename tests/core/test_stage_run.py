@@ -91,3 +91,25 @@ def test_results_rebuilt_from_markers_render_and_count(stage, tmp_path):
     assert back.to_dict() == result.to_dict() and back.headline() == result.headline()
     assert result.get("rows_written") == rows[1]  # a mapping over to_dict(), as the manifests were
     assert bool(result) and not R.result_for(stage, {})
+
+
+def test_index_and_adapt_results_record_what_the_nightly_recorded_before():
+    """``for_marker`` keeps the keys the nightly used to pick by hand, so the markers on disk do not change."""
+    index = {"version": "v2", "model_id": "m", "count": 3, "dim": 4, "index": {"factory": "IDMap2,Flat", "exact": True},
+             "path": "/x/v2", "pruned": ["v0"], "seconds": {"total": 1.5}, "as_of": "2024-01-07", "files": {},
+             "params": {}, "tuning": {"recall": {}, "queries": {}}, "training": {"sample_size": 0}}  # fmt: skip
+    keep = ("version", "model_id", "count", "dim", "index", "path", "pruned", "seconds")
+    marker = R.IndexResult(index).for_marker()
+    assert type(marker) is R.IndexResult
+    assert marker.to_dict() == R.IndexResult({k: index[k] for k in keep}).to_dict()
+    assert (marker.version, marker.count, marker.factory, marker.exact, marker.pruned) == ("v2", 3, "IDMap2,Flat",
+                                                                                          True, ["v0"])  # fmt: skip
+    adapt = {"embedding_set": "adapted", "model_id": "m+a", "counts": {"items": 3, "users": 2}, "val_recall@20": 0.5,
+             "hybrid": {"weight": 0.1}, "best_epoch": 2, "train_seconds": 1.0, "index_version": "v1",
+             "seconds": {"total": 2.0}, "params": {"dim": 8}, "tried": [], "weights_sha256": "ab"}  # fmt: skip
+    keep = ("embedding_set", "model_id", "counts", "val_recall@20", "hybrid", "best_epoch", "train_seconds",
+            "index_version", "seconds")  # fmt: skip
+    marker = R.AdaptResult(adapt).for_marker()
+    assert marker.to_dict() == R.AdaptResult({k: adapt[k] for k in keep}).to_dict()
+    assert (marker.validation_recall, marker.index_version, marker.rows_written) == (0.5, "v1", 5)
+    assert R.TrainResult({"trained": True}).for_marker().data == {"trained": True}  # no key list: all kept

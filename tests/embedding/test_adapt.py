@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 torch = pytest.importorskip("torch")
 
+from llmfeat.core.results import AdaptResult  # noqa: E402
 from llmfeat.embedding import adapt as A  # noqa: E402
 from llmfeat.retrieval import evaluate as E  # noqa: E402
 
@@ -194,6 +195,7 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
     quiet = lambda m: None  # noqa: E731
     s = A.run_adapt(cfg, as_of, log=quiet)
     mid = s["model_id"]
+    assert isinstance(s, AdaptResult) and s.model_id == mid and s.rows_written == sum(s.counts.values())
     assert mid.startswith("test-model@0001+adapter@") and mid.endswith(f"@graph={as_of.isoformat()}")
     root = syn.data_dir / "embeddings" / "adapted"
     items = read_latest(root / "item_text", "item_id")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
 from llmfeat.core.config import IndexConfig
+from llmfeat.core.results import IndexResult
 from llmfeat.retrieval import index as ix
 from tests.synthetic import AS_OF, MODEL, config, make_data, unit, write_items
 
@@ -203,6 +204,8 @@ def test_corrupted_file_is_refused(syn):
 
 def test_manifest_records_the_build(syn):
     m = ix.run_index(config(syn.data_dir), log=lambda _: None)
+    assert isinstance(m, IndexResult) and m.version == m["version"] and m.count == len(syn.item_ids)
+    assert m.headline() == f"version {m.version}: {m.count} items, IDMap2,Flat"
     on_disk = json.loads((ix.index_root(syn.data_dir, "default") / "current" / ix.MANIFEST_FILE).read_text())
     assert on_disk["version"] == m["version"]
     for key in (

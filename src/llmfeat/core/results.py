@@ -25,6 +25,8 @@ class StageResult(Mapping):
 
     data: dict = field(default_factory=dict)
     stage: ClassVar[str] = "stage"
+    marker_keys: ClassVar[tuple[str, ...] | None] = None
+    """The keys of ``data`` the nightly records in its marker (None: all)."""
 
     @cached_property
     def rows_io(self) -> dict | None:
@@ -68,6 +70,12 @@ class StageResult(Mapping):
 
     def headline(self) -> str:
         return self.rows()
+
+    def for_marker(self) -> StageResult:
+        """The result the nightly records: ``data`` cut to ``marker_keys``."""
+        if self.marker_keys is None:
+            return self
+        return type(self)({k: self.data[k] for k in self.marker_keys if k in self.data})
 
     # a read-only mapping over to_dict(): existing callers index results like the manifests they were
     def __getitem__(self, key: str):
@@ -153,13 +161,85 @@ class PublishResult(StageResult):
 
 @dataclass(eq=False)
 class IndexResult(StageResult):
+    """What ``run_index`` returns: the new version's manifest (``manifest.json``) plus ``path`` and ``pruned``.
+    A backfill that leaves a newer index in place records only ``version`` and ``kept_newer``."""
+
     stage: ClassVar[str] = "index"
+    marker_keys: ClassVar[tuple[str, ...]] = ("version", "model_id", "count", "dim", "index", "path", "pruned",
+                                              "seconds")  # fmt: skip
+
+    @property
+    def version(self) -> str | None:
+        return self.data.get("version")
+
+    @property
+    def kept_newer(self) -> str | None:
+        """The as-of date of the newer index a backfill left in place."""
+        return self.data.get("kept_newer")
+
+    @property
+    def model_id(self) -> str | None:
+        return self.data.get("model_id")
+
+    @property
+    def count(self) -> int | None:
+        return self.data.get("count")
+
+    @property
+    def dim(self) -> int | None:
+        return self.data.get("dim")
+
+    @property
+    def as_of(self) -> str | None:
+        return self.data.get("as_of")
+
+    @property
+    def factory(self) -> str | None:
+        return self.data.get("index", {}).get("factory")
+
+    @property
+    def exact(self) -> bool:
+        return bool(self.data.get("index", {}).get("exact"))
+
+    @property
+    def params(self) -> dict:
+        """The search parameters the build chose (``nprobe``, ...)."""
+        return self.data.get("params", {})
+
+    @property
+    def recall(self) -> dict[str, float]:
+        """recall@10 against exact search, per query kind (items, users)."""
+        return self.data.get("tuning", {}).get("recall", {})
+
+    @property
+    def tuning_queries(self) -> dict[str, int]:
+        return self.data.get("tuning", {}).get("queries", {})
+
+    @property
+    def training_sample(self) -> int:
+        """Vectors the index was trained on (0: nothing to train)."""
+        return int(self.data.get("training", {}).get("sample_size") or 0)
+
+    @property
+    def training_seed(self) -> int | None:
+        return self.data.get("training", {}).get("seed")
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f["bytes"] for f in self.data.get("files", {}).values())
+
+    @property
+    def path(self) -> str | None:
+        return self.data.get("path")
+
+    @property
+    def pruned(self) -> list[str]:
+        return self.data.get("pruned", [])
 
     def headline(self) -> str:
-        s = self.data
-        if s.get("kept_newer"):
-            return f"kept version {s.get('version')} (as of {s['kept_newer']}, newer than this date)"
-        return f"version {s.get('version')}: {s.get('count')} items, {s.get('index', {}).get('factory')}"
+        if self.kept_newer:
+            return f"kept version {self.version} (as of {self.kept_newer}, newer than this date)"
+        return f"version {self.version}: {self.count} items, {self.factory}"
 
 
 @dataclass(eq=False)
@@ -224,9 +304,39 @@ class FinetuneResult(StageResult):
 
 @dataclass(eq=False)
 class AdaptResult(StageResult):
-    """``rows_written``: the vectors written to the adapted set (items + users)."""
+    """What ``run_adapt`` returns: the adapter's card and the set's manifest (without the training history);
+    ``run_adapt_stage`` adds ``index_version`` and the publish / index seconds. ``rows_written``: the vectors
+    written to the adapted set (items + users)."""
 
     stage: ClassVar[str] = "adapt"
+    marker_keys: ClassVar[tuple[str, ...]] = ("embedding_set", "model_id", "counts", "val_recall@20", "hybrid",
+                                              "best_epoch", "train_seconds", "index_version", "seconds")  # fmt: skip
+
+    @property
+    def embedding_set(self) -> str | None:
+        return self.data.get("embedding_set")
+
+    @property
+    def model_id(self) -> str | None:
+        return self.data.get("model_id")
+
+    @property
+    def counts(self) -> dict:
+        return self.data.get("counts", {})
+
+    @property
+    def validation_recall(self) -> float | None:
+        """Recall@20 on the validation window (``val_recall@20``)."""
+        return self.data.get("val_recall@20")
+
+    @property
+    def hybrid(self) -> dict:
+        """The hybrid score's popularity window and weight, chosen on validation."""
+        return self.data.get("hybrid", {})
+
+    @property
+    def index_version(self) -> str | None:
+        return self.data.get("index_version")
 
     @property
     def rows_written(self) -> int | None:
@@ -234,9 +344,8 @@ class AdaptResult(StageResult):
         return sum(v for v in counts.values() if isinstance(v, int)) if counts else None
 
     def headline(self) -> str:
-        s = self.data
-        return (f"set {s.get('embedding_set')}: {s.get('model_id')}; validation recall@20 {s.get('val_recall@20')}; "
-                f"index {s.get('index_version')}")  # fmt: skip
+        return (f"set {self.embedding_set}: {self.model_id}; validation recall@20 {self.validation_recall}; "
+                f"index {self.index_version}")  # fmt: skip
 
 
 RESULTS = {r.stage: r for r in (IngestSummary, EmbedResult, StatsResult, PublishResult, IndexResult, TrainResult,

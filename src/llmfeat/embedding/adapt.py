@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from llmfeat.core import tables
 from llmfeat.core.errors import FailureError, MissingInputError, ModelMismatchError, TooLittleDataError
 from llmfeat.core.layout import DataDir
+from llmfeat.core.results import AdaptResult
 from llmfeat.feast.names import WINDOWS
 
 ADAPTER_FILE = "adapter.pt"
@@ -631,7 +632,7 @@ def validation_split(data, cut, validation_days: int, k: int) -> ValidationSplit
     return ValidationSplit(start, ctx, tg, inputs, validate)
 
 
-def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dict:
+def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> AdaptResult:
     """Train the adapter on the clicks before ``as_of`` (00:00 UTC) of the canonical snapshot, with the last
     ``adapt.validation_days`` as validation window (temperature, early stopping, hybrid weight), and write the
     ``adapt.output_set`` embedding set (item_text, user_text, user_history tables; all rows one model id),
@@ -751,7 +752,7 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> dic
         (staging / "manifests" / f"{run_id}.json").write_text(json.dumps(manifest, indent=2, default=str))
     log(f"adapt: {mid}: {len(items)} items, {int(has_vec.sum())} users; validation recall@{k} {res.best_val:.4f}, "
         f"hybrid {hybrid}")  # fmt: skip
-    return {k2: v for k2, v in manifest.items() if k2 not in ("history",)}
+    return AdaptResult({k2: v for k2, v in manifest.items() if k2 not in ("history",)})
 
 
 def load_card(cfg) -> dict:
@@ -797,7 +798,7 @@ def output_config(cfg):
 
 
 def run_adapt_stage(cfg, as_of: dt.date, *, spark=None, publish: bool = True, log: Callable[[str], None] = print
-                    ) -> dict:  # fmt: skip
+                    ) -> AdaptResult:  # fmt: skip
     """The nightly stage: train + write the set, then publish it as its own Feast project (full
     materialisation: the set was replaced) and build its own FAISS index."""
     summary = run_adapt(cfg, as_of, log=log)
@@ -807,11 +808,11 @@ def run_adapt_stage(cfg, as_of: dt.date, *, spark=None, publish: bool = True, lo
 
         t0 = time.perf_counter()
         run_publish(out_cfg, as_of, full=True, log=log)
-        summary["seconds"]["publish"] = round(time.perf_counter() - t0, 1)
+        summary.data["seconds"]["publish"] = round(time.perf_counter() - t0, 1)
     from llmfeat.retrieval.index import run_index
 
     t0 = time.perf_counter()
     idx = run_index(out_cfg, as_of, log=log)
-    summary["seconds"]["index"] = round(time.perf_counter() - t0, 1)
-    summary["index_version"] = idx["version"]
+    summary.data["seconds"]["index"] = round(time.perf_counter() - t0, 1)
+    summary.data["index_version"] = idx.version
     return summary

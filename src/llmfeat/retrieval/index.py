@@ -53,6 +53,7 @@ from llmfeat.core.errors import (  # noqa: F401 - re-exported
 )
 from llmfeat.core.faults import NO_FAULTS, Faults
 from llmfeat.core.layout import DataDir, embedding_paths
+from llmfeat.core.results import IndexResult
 from llmfeat.embedding.vectors import normalise, read_latest
 
 FORMAT_VERSION = 1
@@ -591,9 +592,9 @@ def run_index(
     *,
     log: Callable[[str], None] = print,
     faults: Faults = NO_FAULTS,
-) -> dict[str, Any]:
+) -> IndexResult:
     """Build an index from the current item embeddings, write it as a new version, publish it, prune old
-    versions; returns the manifest (plus ``path`` and ``pruned``)."""
+    versions; returns the manifest (plus ``path`` and ``pruned``) as an ``IndexResult``."""
     started = time.perf_counter()
     root = index_root(cfg.paths.data_dir, cfg.embed.embedding_set)
     log("index: read item vectors ...")
@@ -613,4 +614,4 @@ def run_index(
     pruned = prune(root, cfg.index.keep_versions)
     manifest = json.loads((path / MANIFEST_FILE).read_text())
     manifest["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    return {**manifest, "path": str(path), "pruned": pruned}
+    return IndexResult({**manifest, "path": str(path), "pruned": pruned})
