@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import ClassVar
 
 
+def _key(name: str, doc: str | None = None, empty: type | None = None) -> property:
+    """A read-only property: ``data[name]``; None, or a new ``empty()``, when the summary has no such key."""
+    return property(
+        lambda self: self.data[name] if name in self.data else (empty() if empty else None), doc=doc
+    )
+
+
 @dataclass(eq=False)
 class StageResult(Mapping):
     """The base: ``data`` is the stage's manifest or summary."""
@@ -168,30 +175,12 @@ class IndexResult(StageResult):
     marker_keys: ClassVar[tuple[str, ...]] = ("version", "model_id", "count", "dim", "index", "path", "pruned",
                                               "seconds")  # fmt: skip
 
-    @property
-    def version(self) -> str | None:
-        return self.data.get("version")
-
-    @property
-    def kept_newer(self) -> str | None:
-        """The as-of date of the newer index a backfill left in place."""
-        return self.data.get("kept_newer")
-
-    @property
-    def model_id(self) -> str | None:
-        return self.data.get("model_id")
-
-    @property
-    def count(self) -> int | None:
-        return self.data.get("count")
-
-    @property
-    def dim(self) -> int | None:
-        return self.data.get("dim")
-
-    @property
-    def as_of(self) -> str | None:
-        return self.data.get("as_of")
+    version = _key("version")
+    kept_newer = _key("kept_newer", "The as-of date of the newer index a backfill left in place.")
+    model_id = _key("model_id")
+    count = _key("count")
+    dim = _key("dim")
+    as_of = _key("as_of")
 
     @property
     def factory(self) -> str | None:
@@ -201,10 +190,7 @@ class IndexResult(StageResult):
     def exact(self) -> bool:
         return bool(self.data.get("index", {}).get("exact"))
 
-    @property
-    def params(self) -> dict:
-        """The search parameters the build chose (``nprobe``, ...)."""
-        return self.data.get("params", {})
+    params = _key("params", "The search parameters the build chose (``nprobe``, ...).", empty=dict)
 
     @property
     def recall(self) -> dict[str, float]:
@@ -228,13 +214,8 @@ class IndexResult(StageResult):
     def size_bytes(self) -> int:
         return sum(f["bytes"] for f in self.data.get("files", {}).values())
 
-    @property
-    def path(self) -> str | None:
-        return self.data.get("path")
-
-    @property
-    def pruned(self) -> list[str]:
-        return self.data.get("pruned", [])
+    path = _key("path")
+    pruned = _key("pruned", empty=list)
 
     def headline(self) -> str:
         if self.kept_newer:
@@ -312,31 +293,14 @@ class AdaptResult(StageResult):
     marker_keys: ClassVar[tuple[str, ...]] = ("embedding_set", "model_id", "counts", "val_recall@20", "hybrid",
                                               "best_epoch", "train_seconds", "index_version", "seconds")  # fmt: skip
 
-    @property
-    def embedding_set(self) -> str | None:
-        return self.data.get("embedding_set")
-
-    @property
-    def model_id(self) -> str | None:
-        return self.data.get("model_id")
-
-    @property
-    def counts(self) -> dict:
-        return self.data.get("counts", {})
-
-    @property
-    def validation_recall(self) -> float | None:
-        """Recall@20 on the validation window (``val_recall@20``)."""
-        return self.data.get("val_recall@20")
-
-    @property
-    def hybrid(self) -> dict:
-        """The hybrid score's popularity window and weight, chosen on validation."""
-        return self.data.get("hybrid", {})
-
-    @property
-    def index_version(self) -> str | None:
-        return self.data.get("index_version")
+    embedding_set = _key("embedding_set")
+    model_id = _key("model_id")
+    counts = _key("counts", empty=dict)
+    validation_recall = _key("val_recall@20", "Recall@20 on the validation window (``val_recall@20``).")
+    hybrid = _key(
+        "hybrid", "The hybrid score's popularity window and weight, chosen on validation.", empty=dict
+    )
+    index_version = _key("index_version")
 
     @property
     def rows_written(self) -> int | None:
