@@ -71,7 +71,11 @@ def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None, src:
 
     cfg = load_config(None, [f"paths.data_dir={data_dir}", *sets])
     holder = RetrieverHolder.from_config(cfg)
-    app = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=0)  # reloads are driven by the bench
+    extra = (
+        {"response_cache_mb": cfg.serve.response_cache_mb} if hasattr(cfg.serve, "response_cache_mb") else {}
+    )
+    # reloads are driven by the bench; the rest as `llmfeat serve` configures it
+    app = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=0, **extra)
     r = holder.get()
     item = str(r._item_ids[0])
     constant = r.similar_items(item, 10)

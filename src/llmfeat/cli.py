@@ -489,7 +489,8 @@ def serve(
     )
     bandit = _bandit_service(cfg)
     app_ = create_app(holder, k_max=cfg.serve.k_max, reload_interval_s=cfg.serve.reload_interval_s,
-                      filter_ids_max=cfg.serve.filter_ids_max, bandit=bandit)  # fmt: skip
+                      filter_ids_max=cfg.serve.filter_ids_max, response_cache_mb=cfg.serve.response_cache_mb,
+                      bandit=bandit)  # fmt: skip
     _require_token(app_, cfg)
     _log_service_events()
     run_server(app_, cfg.serve.host, cfg.serve.port, cfg)

@@ -153,6 +153,29 @@ def test_fresh_slots_lift_the_best_items_without_clicks_and_nothing_else():
     assert order[1][2:].tolist() == [o for o in np.argsort(-base[1]) if o not in order[1][:2]]
 
 
+def test_text_popularity_prior_is_fitted_on_clicked_items_and_given_to_the_others():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 8))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    true = rng.normal(size=8)
+    log_pop = np.maximum(X @ true + 2.0, 0.0)
+    clicked = np.ones(400, bool)
+    clicked[::5] = False  # every fifth item has no clicks
+    log_pop[~clicked] = 0.0  # what a popularity count says about them
+    coef, b0 = A.text_popularity(X, log_pop, clicked, lam=1e-3)
+    pred = A.predicted_popularity(X, coef, b0)
+    assert np.corrcoef(pred[~clicked], np.maximum(X @ true + 2.0, 0)[~clicked])[0, 1] > 0.95
+    # the items without clicks never enter the fit: changing their targets changes nothing
+    other = log_pop.copy()
+    other[~clicked] = 50.0
+    np.testing.assert_allclose(A.text_popularity(X, other, clicked, lam=1e-3)[0], coef)
+    prior = A.new_item_prior(log_pop, X, clicked, 2.0, 1e-3)
+    np.testing.assert_array_equal(prior[clicked], log_pop[clicked])
+    np.testing.assert_allclose(prior[~clicked], 2.0 * pred[~clicked])
+    np.testing.assert_array_equal(A.new_item_prior(log_pop, X, clicked, 0.0, 1e-3), log_pop)  # off: as before
+    assert (A.predicted_popularity(X, coef, -1000.0) == 0).all()  # never below 0
+
+
 def _adapt_data_dir(tmp_path, model_id: str = "test-model@0001"):
     """tests/synthetic.py's data dir with clicks spread over the two months before the snapshot."""
     import pyarrow as pa
@@ -185,7 +208,7 @@ def _adapt_cfg(data_dir, *extra):
                   "adapt.validation_days=10", "index.tune_queries=20", *extra)  # fmt: skip
 
 
-def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
+def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path, monkeypatch):
     from llmfeat.embedding.vectors import read_latest
     from llmfeat.retrieval.index import IndexModelMismatchError, check_model, run_index
     from llmfeat.retrieval.retriever import Retriever
@@ -231,6 +254,34 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path):
     want_new = [i for i in plain.ids if i in set(r._item_ids[new_rows])][:2]
     assert fresh.ids[:2] == want_new and not seen & set(fresh.ids) and fresh.method.endswith("+fresh(2)")
     assert fresh.ids[2:] == [i for i in heavy.ids if i not in want_new][:3]
+    # the text-popularity prior of items without clicks (adapt.new_item_prior), as the retriever applies it:
+    # the card's multiplier x the ridge prediction from the base set's frozen vectors
+    from llmfeat.retrieval import retriever as R
+
+    assert {"window_days", "weight", "new_item_prior"} <= set(card["hybrid"])
+    coef = np.linspace(-1, 1, base.vectors.shape[1])
+    crafted = {**card, "hybrid": {"window_days": 7, "weight": 1.0, "new_item_prior": 2.0, "fresh_slots": 0,
+                                  "text_popularity": {"coef": coef.tolist(), "intercept": 3.0, "ridge": 1.0}}}  # fmt: skip
+    new_ids = [i for i, p in zip(r._item_ids, prior, strict=True) if p == 0][:5]
+    want = 2.0 * np.maximum(base.vectors[pd.Index(base.ids).get_indexer(new_ids)] @ coef + 3.0, 0)
+    np.testing.assert_allclose(R.new_item_priors(cfg, crafted, new_ids, as_of), want, rtol=1e-5)
+    with pytest.raises(R.ModelMismatchError, match="text-popularity prior"):
+        R.new_item_priors(cfg, {**crafted, "base_model_id": "other-model@9999"}, new_ids, as_of)
+    monkeypatch.setattr(A, "load_card", lambda _cfg: crafted)
+    hyb = R.load_hybrid(out_cfg, r)
+    zero_clicks = R.item_clicks(syn.data_dir, r._item_ids.tolist(), "clicks_total", as_of) == 0
+    rows = r._row_of.get_indexer(new_ids)
+    assert zero_clicks[rows].all()
+    np.testing.assert_allclose(hyb._prior[rows], want, rtol=1e-5)
+    np.testing.assert_allclose(hyb._prior[~zero_clicks], prior[~zero_clicks])  # clicked items: their own
+    # served: the hybrid answer is the best of cos + weight x prior over the catalogue (new items included)
+    user = syn.user_ids[0]
+    got = hyb.for_user(user, 8, hybrid=True)
+    everything = r.for_user(user, r.count)
+    rows_all = r._row_of.get_indexer(everything.ids)
+    brute = np.asarray(everything.scores) + 1.0 * hyb._prior[rows_all]
+    assert got.ids == [everything.ids[j] for j in np.argsort(-brute, kind="stable")[:8]]
+    assert set(got.ids) & set(new_ids)  # with this prior the new items do come up
     # mixing refused: frozen user vectors against the adapted index, a set of another base, the base set
     with pytest.raises(IndexModelMismatchError):
         check_model(mid, "test-model@0001")
@@ -254,7 +305,8 @@ def _write_item_stats(syn, as_of):
 
     ids = syn.item_ids
     ts = pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=1)
-    t = pa.table({"item_id": pa.array(ids), "clicks_7d": pa.array([j % 5 for j in range(len(ids))], pa.int32()),
+    clicks = pa.array([j % 5 for j in range(len(ids))], pa.int32())
+    t = pa.table({"item_id": pa.array(ids), "clicks_7d": clicks, "clicks_total": clicks,
                   "event_timestamp": pa.array([ts] * len(ids), schemas.UTC_TS),
                   "created_timestamp": pa.array([ts] * len(ids), schemas.UTC_TS)})  # fmt: skip
     tables.write_snapshot(syn.data_dir / "features" / "item_stats", ts.date(), t)

@@ -163,11 +163,13 @@ def test_adapter_runs_inside_the_evaluation_with_validation_selection():
 
     cfg = fast_cfg()
     acfg = AdaptConfig(dim=8, hidden=16, epochs=2, patience=1, batch_size=64, negatives=16, temperatures=[0.1, 0.3],
-                       hybrid_weights=[0.0, 1.0], fresh_slots=[0, 2], threads=1, device="cpu")  # fmt: skip
+                       hybrid_weights=[0.0, 1.0], new_item_prior=[0.0, 2.0], fresh_slots=[0, 2], threads=1,
+                       device="cpu")  # fmt: skip
     methods = [m for m in E.baseline_methods(cfg) if m.name == "recent_popularity"] + evaluation_methods(acfg)
     rep = E.run_evaluation(synthetic_data(3), cfg, methods, lambda m: None)
     for o in rep["origins"]:
-        assert len(o["validation"]["adapted"]) == 2 and len(o["validation"]["adapted_hybrid"]) == 2
+        assert len(o["validation"]["adapted"]) == 2 and len(o["validation"]["adapted_hybrid"]) == 2 * 2
+        assert o["chosen"]["adapted_hybrid"]["new_item_prior"] in (0.0, 2.0)
         assert (
             o["chosen"]["adapted"]["temperature"] in (0.1, 0.3) and 1 <= o["chosen"]["adapted"]["epochs"] <= 2
         )

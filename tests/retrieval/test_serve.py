@@ -273,3 +273,104 @@ def test_rollback_clears_the_reload_error(syn):
     assert "CorruptIndexError" in holder.last_error
     published["now"] = served
     assert holder.reload().reloaded is False and holder.last_error is None
+
+
+# --- the response cache --------------------------------------------------------------------------------------
+
+
+def test_repeated_answers_come_from_the_cache_and_equal_computed_ones(syn, service):
+    """A repeated GET is served from the cache (``x-cache: hit``) with the same body; a GET with allow/deny
+    lists is never cached; categories in another order are the same request; with the cache off no answer
+    says ``x-cache``."""
+    client, holder = service
+    user = syn.user_ids[0]
+    first = client.get(f"/users/{user}/recommendations", params={"k": 5})
+    again = client.get(f"/users/{user}/recommendations", params={"k": 5})
+    assert first.status_code == again.status_code == 200
+    assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+    assert again.content == first.content
+    assert [h["item_id"] for h in again.json()["results"]] == holder.get().for_user(user, 5).ids
+    other_k = client.get(f"/users/{user}/recommendations", params={"k": 6})
+    assert other_k.headers["x-cache"] == "miss" and len(other_k.json()["results"]) == 6
+    with_seen = client.get(f"/users/{user}/recommendations", params={"k": 5, "exclude_seen": "false"})
+    assert with_seen.headers["x-cache"] == "miss" and with_seen.content != first.content
+    for _ in range(2):
+        listed = client.get(f"/users/{user}/recommendations", params={"k": 5, "deny": "i0001"})
+        assert listed.status_code == 200 and "x-cache" not in listed.headers
+    a = client.get("/items/i0003/similar", params=[("k", 3), ("category", "Tiny"), ("category", "Action")])
+    b = client.get("/items/i0003/similar", params=[("k", 3), ("category", "Action"), ("category", "Tiny")])
+    assert (a.headers["x-cache"], b.headers["x-cache"]) == ("miss", "hit") and a.content == b.content
+    assert client.get("/items/nope/similar").status_code == 404  # errors are not cached
+    assert client.get("/items/nope/similar").status_code == 404
+
+    with running(create_app(holder, k_max=K_MAX, response_cache_mb=0)) as url:
+        for _ in range(2):
+            r = httpx.get(f"{url}/users/{user}/recommendations", params={"k": 5}, timeout=20)
+            assert r.status_code == 200 and "x-cache" not in r.headers and r.content == first.content
+
+
+class _PublishingSource:
+    """A user-vector source whose vectors change with each publish (as Feast's online store after a night)."""
+
+    model_id = MODEL
+
+    def __init__(self, ids, vectors):
+        self.ids, self.vectors, self.version = list(ids), vectors, 0
+
+    def publish(self, vectors) -> None:
+        self.vectors, self.version = vectors, self.version + 1
+
+    def publish_version(self) -> int:
+        return self.version
+
+    def get(self, user_ids):
+        pos = {u: i for i, u in enumerate(self.ids)}
+        rows = np.array([pos.get(u, -1) for u in user_ids])
+        found = rows >= 0
+        out = np.zeros((len(user_ids), self.vectors.shape[1]), np.float32)
+        out[found] = self.vectors[rows[found]]
+        return out, found, MODEL
+
+
+def test_cached_answers_follow_a_user_vector_refresh_within_one_index_version(syn):
+    """Held user vectors re-read after a publish (same index version): the next answer is computed from the
+    new vectors, not taken from the cache; users read through (not held) are never cached."""
+    cfg = config(syn.data_dir)
+    rng = np.random.default_rng(3)
+    source = _PublishingSource(syn.user_ids, unit(rng, len(syn.user_ids), syn.vectors.shape[1]))
+    held_ids = syn.user_ids[:-1]  # the last user is not held: read through on each request
+    holder = RetrieverHolder(
+        lambda v: Retriever.load(cfg, version=v, users=HeldUserVectors(source, held_ids)),
+        lambda: ix.current_version(ix.index_root(syn.data_dir, "default")),
+    )
+    user, live = syn.user_ids[0], syn.user_ids[-1]
+    with running(create_app(holder, k_max=K_MAX)) as url, httpx.Client(base_url=url, timeout=20) as client:
+        before = [client.get(f"/users/{user}/recommendations", params={"k": 8}) for _ in range(2)]
+        assert [r.headers["x-cache"] for r in before] == ["miss", "hit"]
+        source.publish(unit(rng, len(syn.user_ids), syn.vectors.shape[1]))
+        assert client.post("/reload").json()["reloaded"] is False  # same index; the held users are re-read
+        after = client.get(f"/users/{user}/recommendations", params={"k": 8})
+        assert after.headers["x-cache"] == "miss"
+        ids = [h["item_id"] for h in after.json()["results"]]
+        assert ids == holder.get().for_user(user, 8).ids
+        assert ids != [h["item_id"] for h in before[0].json()["results"]]
+        for _ in range(2):
+            r = client.get(f"/users/{live}/recommendations", params={"k": 8})
+            assert r.status_code == 200 and "x-cache" not in r.headers
+
+
+def test_response_cache_keeps_to_its_bytes_and_to_one_retriever():
+    from llmfeat.retrieval.serve import ResponseCache
+
+    cache = ResponseCache(max_bytes=10)
+    a, b = object(), object()
+    cache.put(a, "x", b"1234")
+    cache.put(a, "y", b"5678")
+    assert cache.get(a, "x") == b"1234"  # x is now the most recently used
+    cache.put(a, "z", b"90ab")  # 12 bytes > 10: the least recently used (y) goes
+    assert cache.get(a, "y") is None and cache.get(a, "x") == b"1234" and cache.get(a, "z") == b"90ab"
+    assert cache.get(b, "x") is None  # another retriever never reads a's answers
+    cache.put(b, "x", b"new")
+    assert len(cache) == 1 and cache.get(a, "x") is None and cache.get(b, "x") == b"new"
+    cache.put(b, "big", b"x" * 11)  # larger than the whole cache: not kept
+    assert cache.get(b, "big") is None and cache.get(b, "x") == b"new"

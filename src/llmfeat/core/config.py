@@ -326,9 +326,14 @@ class ServeConfig:
     """When a token is configured, every route but /health needs it (src/llmfeat/retrieval/serve_auth.py)."""
     filter_ids_max: int = 100_000
     """Most ids an allow- or deny-list may hold in one POST query (GET: 1,000 each); more is a 422."""
+    response_cache_mb: float = 64.0
+    """Memory for answers already given (encoded JSON, least recently used evicted): within one loaded index
+    version (and, for a user, one version of the held user vectors) a GET without allow/deny lists always
+    gets the same answer, so a repeat is served from memory. 0 turns it off (docs/retrieval.md)."""
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, "serve.port", f"must be a TCP port (1..65535), got {self.port}")
+        _check(self.response_cache_mb >= 0, "serve.response_cache_mb", "must be >= 0 (0 turns it off)")
         _positive("serve", self, "k_max", "filter_ids_max")
         _check(self.reload_interval_s >= 0, "serve.reload_interval_s", "must be >= 0 (0 turns reloads off)")
 
@@ -511,6 +516,12 @@ class AdaptConfig:
     what was new and shown at the time."""
     hybrid_weights: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 1.0, 3.0])
     """Weights of the log recent-popularity prior tried for the hybrid score."""
+    new_item_prior: list[float] = field(default_factory=lambda: [0.0, 1.0, 1.5, 2.0, 2.5, 3.0])
+    """Multipliers tried (with the hybrid weight, on validation) for the prior of items without clicks: their
+    log recent popularity predicted from their frozen LM vector (ridge regression fitted on the items with
+    clicks), since an item without clicks has no popularity of its own. 0: such items get no prior."""
+    new_item_ridge: float = 1.0
+    """L2 penalty of that ridge regression (unit-length LM vectors, an unpenalised intercept)."""
     fresh_slots: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     """Reserved slots for items without clicks (ranked by their tower vector) tried on top of the hybrid score
     in ``llmfeat evaluate`` (method ``adapted_fresh``); the best validation recall wins."""
@@ -530,6 +541,9 @@ class AdaptConfig:
                "negatives, cold_neighbours and tower_loss must be >= 0")  # fmt: skip
         _check(bool(self.fresh_slots) and all(n >= 0 for n in self.fresh_slots), "adapt.fresh_slots",
                f"must be a non-empty list of counts >= 0, got {self.fresh_slots}")  # fmt: skip
+        _check(bool(self.new_item_prior) and all(b >= 0 for b in self.new_item_prior), "adapt.new_item_prior",
+               f"must be a non-empty list of multipliers >= 0, got {self.new_item_prior}")  # fmt: skip
+        _positive("adapt", self, "new_item_ridge")
         _check(
             0 <= self.item_dropout < 1,
             "adapt.item_dropout",

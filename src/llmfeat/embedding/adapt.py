@@ -435,6 +435,37 @@ def hybrid_scores(
     return user_vecs @ item_vecs.T + weight * log_pop[None, :]
 
 
+def text_popularity(item_vecs: np.ndarray, log_pop: np.ndarray, has_clicks: np.ndarray, lam: float
+                    ) -> tuple[np.ndarray, float]:  # fmt: skip
+    """Ridge regression of log recent popularity on the frozen LM item vectors, fitted on the items with
+    clicks only (intercept not penalised): (coefficients, intercept). It learns which texts were clicked lately
+    (in MovieLens, for one, the titles of the newest releases), which is what an item without clicks has."""
+    from sklearn.linear_model import Ridge
+
+    X = np.asarray(item_vecs, np.float64)[has_clicks]
+    y = np.asarray(log_pop, np.float64)[has_clicks]
+    if len(y) == 0:
+        return np.zeros(np.shape(item_vecs)[1]), 0.0
+    fit = Ridge(alpha=lam, fit_intercept=True, solver="cholesky").fit(X, y)
+    return np.asarray(fit.coef_, np.float64), float(fit.intercept_)
+
+
+def predicted_popularity(item_vecs: np.ndarray, coef: np.ndarray, intercept: float) -> np.ndarray:
+    """The ``text_popularity`` prediction for items (never below 0, as log(1 + clicks) is not)."""
+    return np.maximum(np.asarray(item_vecs, np.float64) @ np.asarray(coef, np.float64) + intercept, 0.0)
+
+
+def new_item_prior(log_pop: np.ndarray, item_vecs: np.ndarray, has_clicks: np.ndarray, beta: float,
+                   lam: float) -> np.ndarray:  # fmt: skip
+    """The hybrid prior with items without clicks given ``beta`` x their text-predicted log popularity
+    (``beta`` 0: the plain prior, 0 for them)."""
+    prior = np.asarray(log_pop, np.float64).copy()
+    if beta > 0 and (~has_clicks).any():
+        coef, b0 = text_popularity(item_vecs, log_pop, has_clicks, lam)
+        prior[~has_clicks] = beta * predicted_popularity(np.asarray(item_vecs)[~has_clicks], coef, b0)
+    return prior
+
+
 def fresh_slot_scores(base: np.ndarray, fresh: np.ndarray, is_new: np.ndarray, slots: int) -> np.ndarray:
     """``base`` scores (users x items) with each user's ``slots`` best items without clicks, by ``fresh``
     (their adapted cosine: the item tower), lifted above every other item -- the "new items get a few
@@ -501,7 +532,8 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
     def fit_hybrid(ctx, params, val=None):
         inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
         U, IV = params["adapted"]["_model"].vectors(ctx.X, inputs)
-        log_pop = np.log1p(E.recent_counts(ctx, params["recent"]))
+        log_pop = new_item_prior(np.log1p(E.recent_counts(ctx, params["recent"])), ctx.item_vecs,
+                                 ctx.item_clicks > 0, params["new_item_prior"], cfg_adapt.new_item_ridge)  # fmt: skip
         w = params["weight"]
         return E.Fit(lambda users: hybrid_scores(U[users], IV, log_pop, w))
 
@@ -509,8 +541,9 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
         inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
         hyb = params["hybrid"]
         U, IV = hyb["adapted"]["_model"].vectors(ctx.X, inputs)
-        log_pop = np.log1p(E.recent_counts(ctx, hyb["recent"]))
         is_new = ctx.item_clicks == 0
+        log_pop = new_item_prior(np.log1p(E.recent_counts(ctx, hyb["recent"])), ctx.item_vecs, ~is_new,
+                                 hyb["new_item_prior"], cfg_adapt.new_item_ridge)  # fmt: skip
         return E.Fit(lambda users: fresh_slot_scores(hybrid_scores(U[users], IV, log_pop, hyb["weight"]),
                                                      U[users] @ IV.T, is_new, params["slots"]))  # fmt: skip
 
@@ -518,7 +551,9 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
         E.Method("adapted", lambda ch: [{**base, "temperature": float(t)} for t in cfg_adapt.temperatures],
                  fit_adapted, needs_vectors=True),
         E.Method("adapted_hybrid", lambda ch: [{"adapted": ch["adapted"], "recent": ch["recent_popularity"],
-                                                "weight": float(w)} for w in cfg_adapt.hybrid_weights],
+                                                "weight": float(w), "new_item_prior": float(b)}
+                                               for w in cfg_adapt.hybrid_weights
+                                               for b in cfg_adapt.new_item_prior],
                  fit_hybrid, needs_vectors=True),
         E.Method("adapted_fresh", lambda ch: [{"hybrid": ch["adapted_hybrid"], "slots": int(n)}
                                               for n in cfg_adapt.fresh_slots],
@@ -676,16 +711,22 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> Ada
     model = res.model
     # the hybrid prior: trailing-window clicks as published in item_stats (clicks_<w>d), weight on validation
     U, IV = model.vectors(ctx_v.X, inputs_v)
-    hybrid = {"window_days": None, "weight": 0.0, "val_recall": round(res.best_val, 5)}
+    # (and the multiplier of the text-predicted prior of items without clicks, new_item_prior)
+    hybrid = {"window_days": None, "weight": 0.0, "new_item_prior": 0.0, "val_recall": round(res.best_val, 5)}
+    clicked_v = ctx_v.item_clicks > 0
     for w_days in WINDOWS:
-        log_pop = np.log1p(E.recent_counts(ctx_v, {"window_days": w_days}))
-        for w in a.hybrid_weights:
-            s = E.selection_score(lambda users: hybrid_scores(U[users], IV, log_pop, w), ctx_v, tg, k)  # noqa: B023
-            if s > hybrid["val_recall"] + 1e-12:
-                hybrid = {"window_days": w_days, "weight": float(w), "val_recall": round(s, 5)}
+        for beta in a.new_item_prior:
+            log_pop = new_item_prior(np.log1p(E.recent_counts(ctx_v, {"window_days": w_days})), ctx_v.item_vecs,
+                                     clicked_v, beta, a.new_item_ridge)  # fmt: skip
+            for w in a.hybrid_weights:
+                s = E.selection_score(lambda users: hybrid_scores(U[users], IV, log_pop, w), ctx_v, tg, k)  # noqa: B023
+                if s > hybrid["val_recall"] + 1e-12:
+                    hybrid = {"window_days": w_days, "weight": float(w), "new_item_prior": float(beta),
+                              "val_recall": round(s, 5)}  # fmt: skip
     # reserved slots for items without clicks on top of the hybrid score, also chosen on validation
-    is_new = ctx_v.item_clicks == 0
-    log_pop = np.log1p(E.recent_counts(ctx_v, {"window_days": hybrid["window_days"] or 1}))
+    is_new = ~clicked_v
+    log_pop = new_item_prior(np.log1p(E.recent_counts(ctx_v, {"window_days": hybrid["window_days"] or 1})),
+                             ctx_v.item_vecs, clicked_v, hybrid["new_item_prior"], a.new_item_ridge)  # fmt: skip
     hybrid["fresh_slots"] = 0
 
     def with_slots(n: int):
@@ -701,6 +742,12 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> Ada
             hybrid.update(fresh_slots=int(n), val_recall=round(s, 5))
     # vectors over the graph at the snapshot (clicks before it), with the weights trained above
     ctx = E.context(data, snapshot)
+    if hybrid["new_item_prior"] > 0 and hybrid["window_days"]:
+        # refitted on the clicks before the snapshot; the retriever applies it to items without clicks
+        coef, b0 = text_popularity(ctx.item_vecs, np.log1p(E.recent_counts(ctx, {"window_days": hybrid["window_days"]})),
+                                   ctx.item_clicks > 0, a.new_item_ridge)  # fmt: skip
+        hybrid["text_popularity"] = {"coef": [round(float(c), 7) for c in coef], "intercept": float(b0),
+                                     "ridge": a.new_item_ridge}  # fmt: skip
     inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
     users, items = model.vectors(ctx.X, inputs)
     checksum = model.checksum()

@@ -15,6 +15,7 @@ instead: a filter is answered correctly, never with holes.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -106,6 +107,10 @@ class ParquetUserVectors:
         """All users' vectors, in ``ids`` order (for batch jobs and benchmarks)."""
         return self._vectors
 
+    def fixed_token(self, user_id: str) -> object | None:
+        """Read once at load, never changed: the same token for every user (see ``Retriever.answer_token``)."""
+        return "fixed"
+
     def get(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
         pos = self._rows.get_indexer(pd.Index(user_ids, dtype=object))
         found = pos >= 0
@@ -123,6 +128,11 @@ class _HeldState:
     model_id: str
     ids: list[str]
     """Every id asked for at load, found or not (a refresh reads them all again)."""
+    serial: int = field(default_factory=lambda: next(_HELD_READS))
+    """A number no other read of this process has (``HeldUserVectors.fixed_token``)."""
+
+
+_HELD_READS = itertools.count()
 
 
 class HeldUserVectors:
@@ -173,6 +183,12 @@ class HeldUserVectors:
             return False
         self._state = self._read(self._state.ids)  # one assignment
         return True
+
+    def fixed_token(self, user_id: str) -> object | None:
+        """The held version when ``user_id`` is held (its vector changes only with a refresh, which makes a new
+        token), else None: a user read through from the source may change at any time."""
+        state = self._state
+        return ("held", state.serial) if user_id in state.rows else None
 
     def get(self, user_ids: list[str]) -> tuple[np.ndarray, np.ndarray, str]:
         state = self._state  # once: a refresh during this call does not mix versions
@@ -483,6 +499,12 @@ class Retriever:
         exclude = self._seen.get(user_id) if exclude_seen else None
         return self.search(vectors[0], k, exclude_rows=exclude, item_filter=flt)
 
+    def answer_token(self, user_id: str) -> object | None:
+        """A token that stays the same exactly as long as ``for_user(user_id, ...)`` gives the same answer on
+        this retriever (the user's vector is fixed: held or read once at load), else None (read live)."""
+        fixed = getattr(self.users, "fixed_token", None)
+        return fixed(user_id) if fixed is not None else None
+
     def make_filter(
         self,
         categories: Sequence[str] | None = None,
@@ -522,9 +544,23 @@ class Retriever:
             raise ValueError(
                 "hybrid scoring needs a popularity prior (Retriever.with_prior / --hybrid on an adapted set)"
             )
-        wide = self.for_user(user_id, min(self.count, max(10 * k, 200)), categories, exclude_seen)
+        width = min(self.count, max(10 * k, 200))
+        wide = self.for_user(user_id, width, categories, exclude_seen)
         rows = self._row_of.get_indexer(pd.Index(wide.ids, dtype=object))
-        scores = np.asarray(wide.scores, np.float32) + self._prior_weight * prior[rows]
+        cos = np.asarray(wide.scores, np.float32)
+        new_rows = getattr(self, "_new_rows", None)
+        if self._prior_weight and new_rows is not None and (prior[new_rows] > 0).any():
+            # items without clicks that have a (text-predicted) prior: their vectors are the bare item tower,
+            # far from every user, so they are rarely among the nearest -- add the user's nearest of them
+            extra = self._nearest_among(
+                user_id, new_rows[prior[new_rows] > 0], width, categories, exclude_seen
+            )
+            if extra is not None and len(extra.ids):
+                more = self._row_of.get_indexer(pd.Index(extra.ids, dtype=object))
+                keep = ~np.isin(more, rows)
+                rows = np.concatenate([rows, more[keep]])
+                cos = np.concatenate([cos, np.asarray(extra.scores, np.float32)[keep]])
+        scores = cos + self._prior_weight * prior[rows]
         order = np.argsort(-scores, kind="stable")
         rows, scores, method = rows[order], scores[order], f"hybrid({wide.method})"
         fresh = self._fresh_for_user(
@@ -542,7 +578,10 @@ class Retriever:
 
     def _fresh_for_user(self, user_id, n: int, categories, exclude_seen) -> Results | None:
         """The user's ``n`` nearest items among those without clicks (within ``categories``), or None."""
-        new_rows = getattr(self, "_new_rows", None)
+        return self._nearest_among(user_id, getattr(self, "_new_rows", None), n, categories, exclude_seen)
+
+    def _nearest_among(self, user_id, new_rows, n: int, categories, exclude_seen) -> Results | None:
+        """The user's ``n`` nearest items among the rows ``new_rows`` (within ``categories``), or None."""
         if n <= 0 or new_rows is None or not len(new_rows):
             return None
         flt = self.make_filter(categories)
@@ -900,7 +939,35 @@ def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
     prior = popularity_prior(cfg.paths.data_dir, ids, h["window_days"], as_of) if weight \
         else np.zeros(retriever.count, np.float32)  # fmt: skip
     slots = int(h.get("fresh_slots") or 0)
-    new_rows = (
-        np.nonzero(item_clicks(cfg.paths.data_dir, ids, "clicks_total", as_of) == 0)[0] if slots else None
-    )
+    text_pop = h.get("text_popularity") if weight and float(h.get("new_item_prior") or 0) > 0 else None
+    new_rows = None
+    if slots or text_pop:
+        new_rows = np.nonzero(item_clicks(cfg.paths.data_dir, ids, "clicks_total", as_of) == 0)[0]
+    if text_pop and len(new_rows):
+        prior = prior.copy()
+        prior[new_rows] = new_item_priors(cfg, card, [ids[r] for r in new_rows], as_of)
     return retriever.with_prior(prior, weight, new_rows=new_rows, fresh_slots=slots)
+
+
+def new_item_priors(cfg: Config, card: dict, item_ids: Sequence[str], as_of) -> np.ndarray:
+    """The hybrid prior of items without clicks: the card's multiplier x their log recent popularity as
+    predicted from their frozen LM vectors (``adapt.text_popularity``, coefficients in the card), the vectors
+    read from the adapter's base embedding set, whose model id must be the one the adapter was trained on."""
+    from llmfeat.embedding.adapt import predicted_popularity
+
+    h = card["hybrid"]
+    base = read_latest(
+        embedding_paths(cfg.paths.data_dir, card["base_set"]).item_text, "item_id", as_of=as_of
+    )
+    if base.model_id != card["base_model_id"]:
+        raise ModelMismatchError(
+            f"the adapter's text-popularity prior was fitted on {card['base_model_id']} vectors, but embedding set "
+            f"{card['base_set']!r} holds {base.model_id}: run the adapt stage again"
+        )
+    rows = pd.Index(base.ids).get_indexer(pd.Index(list(item_ids), dtype=object))
+    out = np.zeros(len(rows), np.float32)
+    found = rows >= 0  # an item without a base vector (none in a consistent data dir) keeps no prior
+    tp = h["text_popularity"]
+    out[found] = float(h["new_item_prior"]) * predicted_popularity(base.vectors[rows[found]], tp["coef"],
+                                                                   tp["intercept"])  # fmt: skip
+    return out

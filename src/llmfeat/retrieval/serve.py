@@ -25,7 +25,8 @@ refused and the service keeps the one it has.
 import datetime as dt
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
@@ -36,7 +37,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field, StringConstraints
 from pydantic_core import to_json
 
-from llmfeat.core.config import Config
+from llmfeat.core.config import Config, ServeConfig
 from llmfeat.core.errors import ReloadError  # noqa: F401 - re-exported
 from llmfeat.core.reloading import PeriodicReload
 from llmfeat.retrieval.index import IndexModelMismatchError, current_version, index_root
@@ -120,6 +121,49 @@ class RetrieverHolder:
 
     def stop(self) -> None:
         self._periodic.stop()
+
+
+class ResponseCache:
+    """Encoded answers of one retriever, least recently used evicted beyond ``max_bytes``.
+
+    An answer depends only on the request and on the retriever's data (index version, seen items, and for a
+    user the user's vector): within one retriever and one user-vector token it never changes. The cache
+    belongs to one retriever at a time; the first ``put`` for another one (after a reload) empties it, and a
+    lookup with another one misses, so a request never gets an answer from a version it did not start with."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._owner: Retriever | None = None
+        self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()  # the POST routes run in worker threads
+        self.hits = self.misses = 0
+
+    def get(self, owner: Retriever, key: Hashable) -> bytes | None:
+        with self._lock:
+            body = self._entries.get(key) if owner is self._owner else None
+            if body is None:
+                self.misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return body
+
+    def put(self, owner: Retriever, key: Hashable, body: bytes) -> None:
+        if len(body) > self.max_bytes:
+            return
+        with self._lock:
+            if owner is not self._owner:
+                self._owner, self._entries, self._bytes = owner, OrderedDict(), 0
+            old = self._entries.pop(key, None)
+            self._bytes += len(body) - (len(old) if old is not None else 0)
+            self._entries[key] = body
+            while self._bytes > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._bytes -= len(dropped)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # --- response models ----------------------------------------------------------------------------------
@@ -214,10 +258,13 @@ def create_app(
     k_max: int = 1000,
     reload_interval_s: float = 0.0,
     filter_ids_max: int = 100_000,
+    response_cache_mb: float = ServeConfig.response_cache_mb,
     bandit: Any = None,
 ) -> FastAPI:
     """The FastAPI app over ``provider``; a ``RetrieverHolder`` also gets its background reload check.
+    ``response_cache_mb``: memory for repeated GET answers (``ResponseCache``; 0: off).
     ``bandit``: a ``llmfeat.bandit.service.BanditService`` adds ``POST /rank`` and ``POST /reward``."""
+    cache = ResponseCache(int(response_cache_mb * 2**20)) if response_cache_mb > 0 else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -286,9 +333,9 @@ def create_app(
     ) -> Response:
         """Items whose vectors are closest to this item's (content-based filtering)."""
         r = provider.get()
-        return _response(
-            "item", item_id, k, r, r.similar_items(item_id, k, categories, allow=allow, deny=deny)
-        )
+        key = ("item", item_id, k, _key(categories)) if allow is None and deny is None else None
+        return _cached(cache, r, key, lambda: _response(
+            "item", item_id, k, r, r.similar_items(item_id, k, categories, allow=allow, deny=deny)))  # fmt: skip
 
     @app.post("/items/{item_id}/similar", response_model=Recommendations, responses=not_found)
     def similar_post(item_id: ItemId, body: Query_) -> Response:
@@ -309,8 +356,12 @@ def create_app(
     ) -> Response:
         """Items closest to the user's vector, without the items the user already interacted with."""
         r = provider.get()
-        res = r.for_user(user_id, k, categories, exclude_seen, allow=allow, deny=deny)
-        return _response("user", user_id, k, r, res)
+        key = None
+        if allow is None and deny is None and cache is not None:
+            token = r.answer_token(user_id)  # None: the user's vector is read live, the answer may change
+            key = ("user", user_id, k, _key(categories), exclude_seen, token) if token is not None else None
+        return _cached(cache, r, key, lambda: _response(
+            "user", user_id, k, r, r.for_user(user_id, k, categories, exclude_seen, allow=allow, deny=deny)))  # fmt: skip
 
     @app.post("/users/{user_id}/recommendations", response_model=Recommendations, responses=not_found)
     def for_user_post(user_id: UserId, body: Query_) -> Response:
@@ -348,6 +399,26 @@ def create_app(
     if bandit is not None:
         bandit.register(app, provider)
     return app
+
+
+def _key(categories: list[str] | None) -> tuple[str, ...]:
+    return tuple(sorted(set(categories))) if categories else ()
+
+
+def _cached(
+    cache: ResponseCache | None, r: Retriever, key: Hashable | None, answer: Callable[[], Response]
+) -> Response:
+    """The answer from ``cache`` when it holds ``key`` for ``r``, else computed (and kept when ``key``).
+    A hit says ``x-cache: hit`` (a computed answer ``miss``; none when the request is not cacheable)."""
+    if cache is None or key is None:
+        return answer()
+    body = cache.get(r, key)
+    if body is not None:
+        return Response(body, media_type="application/json", headers={"x-cache": "hit"})
+    out = answer()
+    cache.put(r, key, out.body)
+    out.headers["x-cache"] = "miss"
+    return out
 
 
 def _response(kind: str, id_: str, k: int, r: Retriever, res: Results) -> Response:
