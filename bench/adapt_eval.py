@@ -74,7 +74,7 @@ def verdicts(report: dict) -> list[str]:
 
 
 def render(report: dict, command: str, machine: str) -> str:
-    from llmfeat.evaluate import markdown
+    from llmfeat.retrieval.evaluate import markdown
 
     d = report["data"]
     origins = report["origins"]
@@ -105,7 +105,11 @@ def render(report: dict, command: str, machine: str) -> str:
             f"{', '.join(str(h.get('weight')) for h in hybrid)}; new-item prior multiplier: "
             f"{', '.join(str(h.get('new_item_prior', 0.0)) for h in hybrid)}"
             + (f"; fresh slots: {', '.join(str(f.get('slots')) for f in fresh)}" if any(fresh) else "")
-            + (f"; CPU seconds of the training (all threads): {', '.join(f'{c} s' for c in cpu_s)}" if cpu_s else "")
+            + (
+                f"; CPU seconds of the training (all threads): {', '.join(f'{c} s' for c in cpu_s)}"
+                if cpu_s
+                else ""
+            )
             + ".",
             "",
         ]
@@ -136,8 +140,8 @@ def main() -> int:
     if args.report:
         report = json.loads(args.report.read_text())
     else:
-        from llmfeat.config import load_config
-        from llmfeat.evaluate import public, run_evaluate
+        from llmfeat.core.config import load_config
+        from llmfeat.retrieval.evaluate import public, run_evaluate
 
         cfg = load_config(None, [f"paths.data_dir={args.data_dir}", *args.sets])
         report = public(run_evaluate(cfg, None))

@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks_md import cpu_model, write_section  # noqa: E402
 
-from llmfeat.config import load_config  # noqa: E402
+from llmfeat.core.config import load_config  # noqa: E402
 
 
 def pct(xs) -> dict:
@@ -78,8 +78,8 @@ def main() -> None:
     from llmfeat.bandit.policy import VWPolicy, policy_root, publish_policy
     from llmfeat.bandit.service import BanditService, RankRequest
     from llmfeat.bandit.simulate import build_sessions, load_world, run_policy, world_a_text
-    from llmfeat.index import index_root, load_version
-    from llmfeat.retrieval import Retriever
+    from llmfeat.retrieval.index import index_root, load_version
+    from llmfeat.retrieval.retriever import Retriever
 
     cfg = load_config(None, [f"paths.data_dir={data}"])
     b = cfg.bandit

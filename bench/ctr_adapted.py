@@ -1,5 +1,5 @@
 """CTR with adapted vectors, on rolling origins: the deep CTR model on ids + stats, + frozen LM vectors, +
-adapted vectors (+ cosine + log recent popularity), several seeds (src/llmfeat/ctr_eval.py, docs/adapt.md "CTR").
+adapted vectors (+ cosine + log recent popularity), several seeds (src/llmfeat/ctr/evaluate.py, docs/adapt.md "CTR").
 Writes the "## CTR with adapted vectors (rolling origins)" section of BENCHMARKS.md.
 
     PYTHONPATH=src python bench/ctr_adapted.py --data-dir var/data --seeds 7 8 9 \
@@ -61,7 +61,7 @@ def verdict(report: dict) -> list[str]:
 
 
 def render(report: dict) -> str:
-    from llmfeat.ctr_eval import markdown
+    from llmfeat.ctr.evaluate import markdown
 
     p = report["protocol"]
     a = p["adapter"]
@@ -130,11 +130,11 @@ def main() -> int:
     else:
         import torch
 
-        from llmfeat import ctr_eval as C
-        from llmfeat.adapt import adapter_params
-        from llmfeat.config import load_config
-        from llmfeat.ctr_models import TrainConfig
-        from llmfeat.evaluate import load_eval_data
+        from llmfeat.core.config import load_config
+        from llmfeat.ctr import evaluate as C
+        from llmfeat.ctr.models import TrainConfig
+        from llmfeat.embedding.adapt import adapter_params
+        from llmfeat.retrieval.evaluate import load_eval_data
 
         torch.set_num_threads(args.threads)
         started = time.perf_counter()

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks_md import cpu_model  # noqa: E402
 
-from llmfeat.config import load_config  # noqa: E402
+from llmfeat.core.config import load_config  # noqa: E402
 
 
 def main() -> None:
@@ -46,12 +46,14 @@ def main() -> None:
     as_of = dt.date.fromisoformat(args.as_of)
     started = time.perf_counter()
 
-    from llmfeat.spark import build_spark
-    from llmfeat.train import fetch_training_frame, run_train
+    from llmfeat.core.spark import build_spark
+    from llmfeat.ctr.train import fetch_training_frame, run_train
 
     with tempfile.TemporaryDirectory(prefix="ctr-bench-") as tmp:
         data = Path(tmp) / "data"
-        shutil.copytree(args.data_dir, data, ignore=shutil.ignore_patterns("models", "reports", "index", "runs"))
+        shutil.copytree(
+            args.data_dir, data, ignore=shutil.ignore_patterns("models", "reports", "index", "runs")
+        )
         base = [f"paths.data_dir={data}", f"paths.reports_dir={Path(tmp) / 'reports'}",
                 f"train.protocols=[{', '.join(args.protocols)}]", *args.overrides]  # fmt: skip
         cfg = load_config(None, base)
@@ -75,8 +77,11 @@ def main() -> None:
     metrics = ["auc", "logloss", "gauc"]
     table = (
         results.groupby(["protocol", "model", "slice"])
-        .agg(rows=("rows", "first"), base_logloss=("base_logloss", "first"),
-             **{f"{m}_{s}": (m, s) for m in metrics for s in ("mean", "std")})  # fmt: skip
+        .agg(
+            rows=("rows", "first"),
+            base_logloss=("base_logloss", "first"),
+            **{f"{m}_{s}": (m, s) for m in metrics for s in ("mean", "std")},
+        )  # fmt: skip
         .reset_index()
     )
     gaps = (
@@ -99,7 +104,11 @@ def main() -> None:
     args.out.write_text(json.dumps(out, indent=2, default=float))
     shown = table[table["slice"].isin(["all", "cold_item", "cold_user"])]
     print(shown.to_markdown(index=False, floatfmt=".4f"))
-    print(gaps.groupby(["protocol", "slice"])["gap"].agg(["mean", "std", "min", "max"]).to_markdown(floatfmt=".4f"))
+    print(
+        gaps.groupby(["protocol", "slice"])["gap"]
+        .agg(["mean", "std", "min", "max"])
+        .to_markdown(floatfmt=".4f")
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ On a fresh data directory, ``llmfeat nightly --as-of D`` (the full night: everyt
 then ``llmfeat nightly --as-of D+1`` on the same directory (the incremental night: ingest now sees the events
 of day D, and the items and users that appeared by then). Each night runs as its own CLI process, as cron
 would run it. Recorded per stage: seconds, rows read and rows written (the ``rows_io`` each stage's summary
-carries, src/llmfeat/costs.py), and for the night: wall seconds, the process tree's peak RSS, load average
+carries, src/llmfeat/core/costs.py), and for the night: wall seconds, the process tree's peak RSS, load average
 before and after; then the ratio D+1 / D per stage and for the night (the bar: <= 0.20).
 
     .venv/bin/python bench/day_over_day.py --day 1998-04-22 --out var/bench/day_over_day.json

@@ -42,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks_md import cpu_model, write_section  # noqa: E402
 
-from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir  # noqa: E402
+from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir  # noqa: E402
 
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
@@ -302,7 +302,7 @@ def main() -> None:
     threads = len(os.sched_getaffinity(0))
     model_dir = str(default_model_dir())
 
-    from llmfeat.demo_data import ensure_movielens_100k
+    from llmfeat.data.demo_data import ensure_movielens_100k
 
     ml = ensure_movielens_100k(args.movielens.parent)
     items = pd.read_csv(ml / "ml-100k.item", sep="\t")
@@ -312,7 +312,7 @@ def main() -> None:
 
     import torch
 
-    from llmfeat.encoder import cpu_has_native_bf16
+    from llmfeat.embedding.encoder import cpu_has_native_bf16
 
     machine = {"cpu": cpu_model(), "cores": threads, "python": platform.python_version(), "torch": torch.__version__,
                "native_bf16": "yes (AVX-512 BF16 / AMX)" if cpu_has_native_bf16() else "no"}  # fmt: skip

@@ -28,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from benchmarks_md import cpu_model, write_section  # noqa: E402
 from encode import synthetic_corpus  # noqa: E402
 
-from llmfeat.encoder import EncoderSpec, TextEncoder, cpu_has_native_bf16, default_model_dir  # noqa: E402
+from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, cpu_has_native_bf16, default_model_dir  # noqa: E402
 
 BUDGETS = (1024, 2048, 4096, 8192, 16384)
 MODES = ("fp32", "bf16 weights", "bf16 autocast")

@@ -35,7 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from benchmarks_md import cpu_model, write_section  # noqa: E402
 from encode import spark_job, synthetic_corpus  # noqa: E402
 
-from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir  # noqa: E402
+from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir  # noqa: E402
 
 TITLE = "Encoder on GPU"
 BUDGETS = (4096, 8192, 16384, 32768, 65536)

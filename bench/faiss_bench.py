@@ -5,7 +5,7 @@ BENCHMARKS.md.
 
     nice -n 10 python bench/faiss_bench.py --data-dir var/data [--n 1000000] [--compare IDMap2,HNSW32,Flat]
 
-The indexes are built with the project's own code (``llmfeat.index.build_index``, default ``index`` config),
+The indexes are built with the project's own code (``llmfeat.retrieval.index.build_index``, default ``index`` config),
 so the numbers are those of what ``llmfeat index`` would publish.
 
 Synthetic catalogue: real sentence embeddings are neither uniform nor isotropic (MiniLM item vectors of
@@ -34,11 +34,11 @@ import faiss
 import numpy as np
 from benchmarks_md import cpu_model, write_section
 
-from llmfeat import tables
-from llmfeat.config import IndexConfig
-from llmfeat.index import build_index, choose_factory, read_catalogue, recall_at, set_search_params
-from llmfeat.retrieval import ParquetUserVectors
-from llmfeat.vectors import normalise
+from llmfeat.core import tables
+from llmfeat.core.config import IndexConfig
+from llmfeat.embedding.vectors import normalise
+from llmfeat.retrieval.index import build_index, choose_factory, read_catalogue, recall_at, set_search_params
+from llmfeat.retrieval.retriever import ParquetUserVectors
 
 DIM = 384
 K = 10
@@ -216,8 +216,8 @@ def api_rows(built, xb: np.ndarray, comps: np.ndarray, xq: np.ndarray, n_single:
     search); the 100-item one is random. Recall@10 is against exact search under the same filter."""
     import pyarrow as pa
 
-    from llmfeat.index import LoadedIndex
-    from llmfeat.retrieval import Retriever
+    from llmfeat.retrieval.index import LoadedIndex
+    from llmfeat.retrieval.retriever import Retriever
 
     n = len(xb)
     labels = [f"c{c % 10}" for c in comps]
@@ -282,8 +282,8 @@ def holdout(data_dir: Path, emb_set: str, cfg: IndexConfig, k: int = 20, quantil
     """Cut T = the 90% time quantile of interactions, floored to midnight (user vectors are snapshotted at
     midnights). Users with clicks at or after T are evaluated on those clicks: query = their vector as of T
     (latest row with event_timestamp <= T), candidates = every item not interacted with before T."""
-    from llmfeat.index import LoadedIndex
-    from llmfeat.retrieval import Retriever
+    from llmfeat.retrieval.index import LoadedIndex
+    from llmfeat.retrieval.retriever import Retriever
 
     cat = read_catalogue(data_dir, emb_set)
     inter_root = tables.canonical_dir(data_dir, "interactions")
@@ -474,7 +474,7 @@ def main() -> None:
         *([args.note, ""] if args.note else []),
         f"Machine: {machine()}. The 2 cores were shared with another engineer's Spark jobs (1-min load average "
         f"{' / '.join(f'{x:.1f}' for x in loads)} at start / after the synthetic part / at the end), so q/s are "
-        "conservative and noisy. Indexes are built by `llmfeat.index.build_index` with the default `index` "
+        "conservative and noisy. Indexes are built by `llmfeat.retrieval.index.build_index` with the default `index` "
         "config. recall@10 is against exact inner-product search (IndexFlatIP) on the same queries; batched = "
         f"all queries in one call (FAISS's 2 OpenMP threads; median of 3 runs, exact baselines 1); single = {args.single} queries, one call each "
         "(exact baselines: a tenth of that), with 2 OpenMP threads and with 1 (what the service uses).",

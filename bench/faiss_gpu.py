@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO / "src"))
 from benchmarks_md import cpu_model, write_section  # noqa: E402
 from faiss_bench import Mixture  # noqa: E402
 
-from llmfeat.config import IndexConfig  # noqa: E402
-from llmfeat.index import choose_factory, recall_at  # noqa: E402
+from llmfeat.core.config import IndexConfig  # noqa: E402
+from llmfeat.retrieval.index import choose_factory, recall_at  # noqa: E402
 
 TITLE = "FAISS on GPU"
 K = 10

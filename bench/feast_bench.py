@@ -44,8 +44,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks_md import cpu_model  # noqa: E402
 
-from llmfeat.config import load_config  # noqa: E402
-from llmfeat.publish import EPOCH, load_definitions, open_store  # noqa: E402
+from llmfeat.core.config import load_config  # noqa: E402
+from llmfeat.features.publish import EPOCH, load_definitions, open_store  # noqa: E402
 
 
 def free_port() -> int:
@@ -137,8 +137,8 @@ def lookups(cfg, users: list[str], items: list[str], n: int, seed: int, freeze: 
     """1 user + 100 items, ``n`` times after a warm-up, three ways interleaved (so all see the same machine):
     llmfeat's direct store reads; the same matrix from two ``get_online_features`` calls (the Feast API path);
     the textbook single call with the user repeated on every row."""
-    from llmfeat.feature_vector import build_feature_matrix
-    from llmfeat.online import OnlineFeatures
+    from llmfeat.features.feature_vector import build_feature_matrix
+    from llmfeat.features.online import OnlineFeatures
 
     store = open_store(cfg)
     online = OnlineFeatures(store, dim=384)
@@ -287,9 +287,9 @@ def main() -> None:
             redis.wait(timeout=10)
 
         if not args.skip_historical:
-            from llmfeat.offline import historical_features
-            from llmfeat.spark import build_spark
-            from llmfeat.train import training_rows
+            from llmfeat.core.spark import build_spark
+            from llmfeat.ctr.train import training_rows
+            from llmfeat.feast.offline import historical_features
 
             cfg = profiles["sqlite"]
             spark = build_spark(cfg.spark)

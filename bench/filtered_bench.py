@@ -7,7 +7,7 @@ BENCHMARKS.md.
 
 Catalogue and queries: the calibrated Gaussian-mixture catalogue of ``bench/faiss_bench.py`` (1,000
 components); queries are fresh draws from the mixture (test seed 11 unless --test-seed; the validation sweep of
-``index.filter_coverage`` uses seed 2). The index is built by ``llmfeat.index.build_index`` with the default
+``index.filter_coverage`` uses seed 2). The index is built by ``llmfeat.retrieval.index.build_index`` with the default
 ``index`` config (what ``llmfeat index`` publishes: IVF4096,PQ192x4fs,RFlat at 1M).
 
 Filters: *clustered* = every item of a random set of mixture components, given as categories (each item's
@@ -41,10 +41,10 @@ import pyarrow as pa
 from benchmarks_md import write_section
 from faiss_bench import DIM, K, Mixture, machine
 
-from llmfeat.config import IndexConfig
-from llmfeat.filters import ItemFilter
-from llmfeat.index import BuiltIndex, LoadedIndex, build_index, choose_factory, set_search_params
-from llmfeat.retrieval import Retriever
+from llmfeat.core.config import IndexConfig
+from llmfeat.retrieval.filters import ItemFilter
+from llmfeat.retrieval.index import BuiltIndex, LoadedIndex, build_index, choose_factory, set_search_params
+from llmfeat.retrieval.retriever import Retriever
 
 SELECTIVITIES = (0.001, 0.01, 0.05, 0.1, 0.3, 1.0)
 TARGET_RECALL, TARGET_SPEEDUP, SPEEDUP_ABOVE = 0.95, 10.0, 20_000
@@ -261,7 +261,7 @@ def main() -> None:
         "both columns of a row were measured minutes apart at most, and their ratio is what the target is about.",
         "",
         f"Catalogue: {args.n:,} x {DIM} synthetic (the mixture of `bench/faiss_bench.py`); index "
-        f"`{factory}` built by `llmfeat.index.build_index` (default config) in {build_s:.0f} s"
+        f"`{factory}` built by `llmfeat.retrieval.index.build_index` (default config) in {build_s:.0f} s"
         + (" (by an earlier run of this command, read back from --index-cache)" if cached else "")
         + ": "
         + ", ".join(f"{k}={v}" for k, v in built.params.items())

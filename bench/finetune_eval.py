@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from benchmarks_md import cpu_model, write_section  # noqa: E402
 
-from llmfeat import tables  # noqa: E402
-from llmfeat.config import Config, load_config  # noqa: E402
+from llmfeat.core import tables  # noqa: E402
+from llmfeat.core.config import Config, load_config  # noqa: E402
 
 K = 20
 SLICES = ("all", "cold_item", "cold_user", "warm")
@@ -55,9 +55,9 @@ def with_set(cfg: Config, model_dir: Path | None, name: str) -> Config:
 
 
 def ensure_features(spark, cfg: Config, as_of: dt.date, *, stats: bool, publish: bool = True) -> dict:
-    from llmfeat.embed import embedding_paths, run_embed
-    from llmfeat.publish import feast_dir, run_publish
-    from llmfeat.stats import run_stats
+    from llmfeat.embedding.embed import embedding_paths, run_embed
+    from llmfeat.features.publish import feast_dir, run_publish
+    from llmfeat.features.stats import run_stats
 
     quiet = lambda _m: None  # noqa: E731
     seconds = {}
@@ -79,7 +79,7 @@ def ensure_features(spark, cfg: Config, as_of: dt.date, *, stats: bool, publish:
 
 
 def ensure_ctr(cfg: Config, as_of: dt.date) -> dict:
-    from llmfeat.train import models_dir, run_dir_of, run_train
+    from llmfeat.ctr.train import models_dir, run_dir_of, run_train
 
     pointer = models_dir(cfg) / "current.json"
     if pointer.is_file():
@@ -104,9 +104,9 @@ def retrieval_eval(cfg: Config, as_of: dt.date) -> dict:
     """recall@K / nDCG@K on the temporal test split (the CTR job's T1 / T2), for text and history queries."""
     import pyarrow as pa
 
-    from llmfeat.finetune import split_interactions
-    from llmfeat.index import LoadedIndex, build_index, choose_factory, read_catalogue
-    from llmfeat.retrieval import ParquetUserVectors, Retriever
+    from llmfeat.embedding.finetune import split_interactions
+    from llmfeat.retrieval.index import LoadedIndex, build_index, choose_factory, read_catalogue
+    from llmfeat.retrieval.retriever import ParquetUserVectors, Retriever
 
     data_dir, emb_set = cfg.paths.data_dir, cfg.embed.embedding_set
     inter = pd.read_parquet(tables.snapshot_dir(tables.canonical_dir(data_dir, "interactions"), as_of))
@@ -221,10 +221,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="BENCHMARKS.md to update (section 'Fine-tuning')")
     args = ap.parse_args()
 
-    from llmfeat.demo_data import ensure_movielens_100k
-    from llmfeat.finetune import output_dir, run_finetune
-    from llmfeat.ingest import run_ingest
-    from llmfeat.spark import build_spark
+    from llmfeat.core.spark import build_spark
+    from llmfeat.data.demo_data import ensure_movielens_100k
+    from llmfeat.data.ingest import run_ingest
+    from llmfeat.embedding.finetune import output_dir, run_finetune
 
     started = time.perf_counter()
     as_of = dt.date.fromisoformat(args.as_of)

@@ -47,12 +47,12 @@ TITLE = "Matryoshka truncation (embed.dims)"
 
 def catalogue_vectors(movielens: Path, work: Path) -> tuple[list[str], np.ndarray, str]:
     """MovieLens item ids and their full-width vectors, rendered and encoded as the embed stage does."""
-    from llmfeat import tables
-    from llmfeat.config import load_config
-    from llmfeat.embed import encoder_spec
-    from llmfeat.encoder import TextEncoder, available_cores
-    from llmfeat.ingest import run_ingest
-    from llmfeat.texts import render_all
+    from llmfeat.core import tables
+    from llmfeat.core.config import load_config
+    from llmfeat.data.ingest import run_ingest
+    from llmfeat.data.texts import render_all
+    from llmfeat.embedding.embed import encoder_spec
+    from llmfeat.embedding.encoder import TextEncoder, available_cores
 
     cfg = load_config(
         None, [f"paths.data_dir={work}", f"ingest.source_path={movielens}", "embed.precision=fp32"]
@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--redis", default="127.0.0.1:6379", help="Feast connection string; '' skips Redis")
     ap.add_argument("--benchmarks-md", type=Path, default=REPO / "BENCHMARKS.md")
     args = ap.parse_args()
-    from llmfeat.demo_data import ensure_movielens_100k
+    from llmfeat.data.demo_data import ensure_movielens_100k
 
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Retrieval service load bench (bounded, loopback): the real app (``llmfeat.serve.create_app`` served the way
+"""Retrieval service load bench (bounded, loopback): the real app (``llmfeat.retrieval.serve.create_app`` served the way
 ``llmfeat serve`` serves it) on a copy of a finished data directory, with one extra route, a constant response
 of the same shape (``/bench/constant``: the ceiling of the web stack itself, no retrieval work).
 
@@ -58,9 +58,9 @@ def serve(data_dir: Path, port: int, sets: list[str], profile: Path | None, src:
     """Run the service (plus the constant route) in this process until terminated."""
     if src is not None:  # another checkout's code (e.g. the code before a change), same bench
         sys.path.insert(0, str(src))
-    from llmfeat import serve as served
-    from llmfeat.config import load_config
-    from llmfeat.serve import Recommendations, RetrieverHolder, create_app
+    from llmfeat.core.config import load_config
+    from llmfeat.retrieval import serve as served
+    from llmfeat.retrieval.serve import Recommendations, RetrieverHolder, create_app
 
     def run_server(app, host, port, cfg):
         if hasattr(served, "run_server"):
@@ -216,7 +216,7 @@ def get_json(port: int, path: str, method: str = "GET") -> tuple[int, dict]:
 
 def second_version(index_root: Path) -> tuple[str, str]:
     """A second published version (a copy of the current one under a new name), for reloads under load."""
-    from llmfeat.index import current_version, new_version
+    from llmfeat.retrieval.index import current_version, new_version
 
     cur = current_version(index_root)
     other = new_version(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
@@ -249,8 +249,8 @@ def main() -> None:
         serve(args.data_dir, args.port, args.sets, args.profile, args.src)
         return
 
-    from llmfeat.config import load_config
-    from llmfeat.index import index_root, publish
+    from llmfeat.core.config import load_config
+    from llmfeat.retrieval.index import index_root, publish
 
     started = time.perf_counter()
     result: dict = {"command": " ".join(sys.argv), "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -38,7 +38,7 @@ MODELS = ["lr_lm", "deep_ids_stats", "deep_lm"]
 
 
 def one(cfg, day: dt.date, frame, log) -> dict:
-    from llmfeat.train import run_train
+    from llmfeat.ctr.train import run_train
 
     t0 = time.perf_counter()
     s = run_train(cfg, day, frame=frame, log=log)
@@ -55,8 +55,8 @@ def one(cfg, day: dt.date, frame, log) -> dict:
 
 def ensure_snapshot(cfg, day: dt.date) -> None:
     """The canonical snapshot of ``day`` (what that night's ingest would have written), made if missing."""
-    from llmfeat import tables
-    from llmfeat.ingest import run_ingest
+    from llmfeat.core import tables
+    from llmfeat.data.ingest import run_ingest
 
     if not tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), day).is_dir():
         run_ingest(cfg, day)
@@ -65,8 +65,8 @@ def ensure_snapshot(cfg, day: dt.date) -> None:
 def history_lengths(base: list[str], window_days: int, dates: list[str], log) -> list[dict]:
     """Train (cold, seed 1) with ``train.window_days`` as of each date: the stage's cost at two lengths of
     stored history should not differ beyond noise (the rows trained on are bounded by the window)."""
-    from llmfeat.config import load_config
-    from llmfeat.train import fetch_training_frame
+    from llmfeat.core.config import load_config
+    from llmfeat.ctr.train import fetch_training_frame
 
     cfg = load_config(None, [*base, "train.seed=1", f"train.window_days={window_days}"])
     out = []
@@ -87,8 +87,8 @@ def history_lengths(base: list[str], window_days: int, dates: list[str], log) ->
 def main() -> None:
     import torch
 
-    from llmfeat.config import load_config
-    from llmfeat.train import fetch_training_frame, models_dir
+    from llmfeat.core.config import load_config
+    from llmfeat.ctr.train import fetch_training_frame, models_dir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=REPO / "var" / "bench" / "day_over_day" / "data")

@@ -139,7 +139,7 @@ user_stats = FeatureView(
 )
 
 # The same numbers packed into one array per row (counts, CTRs, last event in days since the epoch; see
-# llmfeat.stats.packed_columns): what rankers and the CTR model read. A view of its own, because an online
+# llmfeat.features.stats.packed_columns): what rankers and the CTR model read. A view of its own, because an online
 # read fetches every feature of a view: 100 items cost 100 stored values here instead of 1,700.
 item_stats_packed = FeatureView(
     name=n.ITEM_STATS_PACKED_VIEW,
@@ -177,7 +177,7 @@ ranker = FeatureService(
         item_text_embedding[[n.EMBEDDING]],
         item_stats_packed,
     ],
-    description="What one ranking call fetches for 1 user x N candidate items (see llmfeat.feature_vector).",
+    description="What one ranking call fetches for 1 user x N candidate items (see llmfeat.features.feature_vector).",
 )
 
 ctr_training = FeatureService(

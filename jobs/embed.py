@@ -5,7 +5,7 @@ spark-submit --properties-file infra/spark/cpu.conf jobs/embed.py --as-of 2024-0
 
 import datetime as dt
 
-from llmfeat.embed import run_embed
+from llmfeat.embedding.embed import run_embed
 from llmfeat.jobs import log, run_job
 
 if __name__ == "__main__":

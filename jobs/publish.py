@@ -3,8 +3,8 @@
 spark-submit --properties-file infra/spark/cpu.conf jobs/publish.py --as-of 2024-01-31 [--full]
 """
 
+from llmfeat.features.publish import run_publish
 from llmfeat.jobs import log, run_job
-from llmfeat.publish import run_publish
 
 if __name__ == "__main__":
     run_job(

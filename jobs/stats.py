@@ -5,8 +5,8 @@ spark-submit --properties-file infra/spark/cpu.conf jobs/stats.py --as-of 2024-0
 
 import datetime as dt
 
+from llmfeat.features.stats import run_stats
 from llmfeat.jobs import log, run_job
-from llmfeat.stats import run_stats
 
 if __name__ == "__main__":
     run_job(

@@ -18,7 +18,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 @pytest.fixture(scope="session")
 def movielens_dir() -> Path:
     """The real MovieLens-100k (RecBole layout), downloaded once into the repo's ignored var/cache."""
-    from llmfeat.demo_data import ensure_movielens_100k
+    from llmfeat.data.demo_data import ensure_movielens_100k
 
     return ensure_movielens_100k(REPO / "var" / "cache")
 
@@ -31,8 +31,8 @@ def fixtures() -> Path:
 @pytest.fixture(scope="session")
 def spark():
     """One real local Spark session for the whole test run."""
-    from llmfeat.config import SparkConfig
-    from llmfeat.spark import build_spark
+    from llmfeat.core.config import SparkConfig
+    from llmfeat.core.spark import build_spark
 
     session = build_spark(SparkConfig(master="local[2]", shuffle_partitions=8, driver_memory="4g"))
     yield session
@@ -41,18 +41,18 @@ def spark():
 
 @pytest.fixture(scope="session")
 def encoder():
-    from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir
+    from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir
 
     return TextEncoder(EncoderSpec(str(default_model_dir()), precision="fp32", threads=2))
 
 
 def build_feature_store(spark, data_dir: Path, as_of, overrides: list[str] = ()):
     """Run ingest -> embed -> stats -> publish into ``data_dir``; returns (config, FeatureStore)."""
-    from llmfeat.config import load_config
-    from llmfeat.embed import run_embed
-    from llmfeat.ingest import run_ingest
-    from llmfeat.publish import open_store, run_publish
-    from llmfeat.stats import run_stats
+    from llmfeat.core.config import load_config
+    from llmfeat.data.ingest import run_ingest
+    from llmfeat.embedding.embed import run_embed
+    from llmfeat.features.publish import open_store, run_publish
+    from llmfeat.features.stats import run_stats
 
     cfg = load_config(None, [f"paths.data_dir={data_dir}", *overrides])
     quiet = lambda _msg: None  # noqa: E731
@@ -86,10 +86,9 @@ def pit_day1(spark, tmp_path_factory) -> Path:
     """A data directory where the nightly run of day 1 (tests/pit_runs.py) finished, training off. Tests copy
     it, never change it: the previous complete state in tests/test_faults.py, the local-mode embeddings
     that tests/test_cluster.py compares a cluster's with."""
-    from pit_runs import DAY1, pit_overrides
-
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
     from llmfeat.nightly import run_nightly
+    from tests.pit_runs import DAY1, pit_overrides
 
     data_dir = tmp_path_factory.mktemp("pit_day1")
     summary = run_nightly(load_config(None, pit_overrides(data_dir)), DAY1, log=lambda _: None)
@@ -103,12 +102,14 @@ def movielens_embedded(spark, tmp_path_factory, movielens_dir) -> Path:
     write into it, so the ~1 M tokens are encoded a single time."""
     import datetime as dt
 
-    from llmfeat.config import load_config
-    from llmfeat.embed import run_embed
-    from llmfeat.ingest import run_ingest
+    from llmfeat.core.config import load_config
+    from llmfeat.data.ingest import run_ingest
+    from llmfeat.embedding.embed import run_embed
 
     data_dir = tmp_path_factory.mktemp("ml_embedded")
-    cfg = load_config(None, [f"paths.data_dir={data_dir}", f"ingest.source_path={movielens_dir}", *ML_OVERRIDES])
+    cfg = load_config(
+        None, [f"paths.data_dir={data_dir}", f"ingest.source_path={movielens_dir}", *ML_OVERRIDES]
+    )
     run_ingest(cfg, dt.date.fromisoformat(ML_AS_OF))
     run_embed(spark, cfg, dt.date.fromisoformat(ML_AS_OF), log=lambda _msg: None)
     return data_dir
@@ -128,5 +129,8 @@ def movielens_store(spark, tmp_path_factory, movielens_dir, movielens_embedded):
 
     data_dir = copy_data_dir(movielens_embedded, tmp_path_factory.mktemp("ml") / "data")
     return build_feature_store(
-        spark, data_dir, dt.date.fromisoformat(ML_AS_OF), [f"ingest.source_path={movielens_dir}", *ML_OVERRIDES]
+        spark,
+        data_dir,
+        dt.date.fromisoformat(ML_AS_OF),
+        [f"ingest.source_path={movielens_dir}", *ML_OVERRIDES],
     )

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from llmfeat import schemas, tables
+from llmfeat.core import tables
+from llmfeat.data import schemas
 
 AS_OF = dt.date(2024, 3, 1)
 EARLIER = dt.date(2024, 2, 1)
@@ -157,9 +158,9 @@ def make_data(
 
 
 def config(data_dir: Path, *sets: str):
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
 
-    # user vectors from the Parquet tables: these tests need no Feast (tests/test_feast.py covers that source)
+    # user vectors from the Parquet tables: these tests need no Feast (tests/features/test_feast.py covers that source)
     return load_config(
         None, [f"paths.data_dir={data_dir}", "index.tune_queries=100", "serve.user_source=parquet", *sets]
     )

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from synthetic import config, make_data
-
-from llmfeat import index as ix
+from llmfeat.retrieval import index as ix
+from tests.synthetic import config, make_data
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

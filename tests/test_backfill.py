@@ -110,7 +110,7 @@ def _overrides(data_dir: str, mapping: Path) -> list[str]:
 
 def _online(cfg) -> dict:
     """Every user's and item's online values, as a ranker reads them (Feast get_online_features)."""
-    from llmfeat.publish import open_store
+    from llmfeat.features.publish import open_store
 
     store = open_store(cfg)
     users = [f"U{u:02d}" for u in range(20)]
@@ -132,9 +132,9 @@ def _online(cfg) -> dict:
 def test_backfill_after_a_later_night_keeps_what_is_served(spark, tmp_path, monkeypatch):
     """Two data dirs run from one working directory keep their reports apart; a backfill of an earlier date
     after a later one leaves the online store's newer values, the current index and the current models."""
-    from llmfeat.config import load_config
+    from llmfeat.core.config import load_config
+    from llmfeat.features.publish import run_publish
     from llmfeat.nightly import current_models_as_of, run_nightly, served_index
-    from llmfeat.publish import run_publish
 
     mapping = _catalogue(tmp_path / "source")
     cwd = tmp_path / "cwd"
@@ -167,7 +167,7 @@ def test_backfill_after_a_later_night_keeps_what_is_served(spark, tmp_path, monk
     # (Feast's SQLite store upserts whatever it is given); a forced publish of the backfill date does not
     forced = run_publish(cfg_a, DAY1, full=True, log=quiet)
     assert forced["full_materialization"] == [] and _online(cfg_a) == before
-    from llmfeat.publish import EPOCH, open_store
+    from llmfeat.features.publish import EPOCH, open_store
 
     store = open_store(cfg_a)
     end = dt.datetime.combine(DAY1, dt.time(0), tzinfo=dt.UTC)
@@ -191,7 +191,7 @@ def test_backfill_after_a_later_night_keeps_what_is_served(spark, tmp_path, monk
 def test_a_run_supersedes_partitions_up_to_its_date_only(tmp_path):
     """Change-log partitions a run did not produce are removed from its first day to its as-of date; later
     ones (written by later nights, seen by a backfill) stay."""
-    from llmfeat.changelog import publish_partitions
+    from llmfeat.core.changelog import publish_partitions
 
     target, produced = tmp_path / "table", tmp_path / "run"
     for day in ("2024-01-10", "2024-01-15", "2024-01-22"):

@@ -8,16 +8,16 @@ import subprocess
 import sys
 
 import pytest
-from synthetic import make_data
 
-from llmfeat import index as ix
+from llmfeat.retrieval import index as ix
+from tests.synthetic import make_data
 
 HEAVY = ("feast", "torch", "pyspark", "transformers")
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    from synthetic import config
+    from tests.synthetic import config
 
     data = make_data(tmp_path_factory.mktemp("imports") / "data")
     ix.run_index(config(data.data_dir), log=lambda _: None)

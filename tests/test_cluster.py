@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from pit_runs import DAY1, pit_overrides
-from services import free_port
 
-from llmfeat.config import load_config
-from llmfeat.ingest import run_ingest
+from llmfeat.core.config import load_config
+from llmfeat.data.ingest import run_ingest
+from tests.pit_runs import DAY1, pit_overrides
+from tests.services import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]

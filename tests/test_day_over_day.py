@@ -1,7 +1,7 @@
 """Night after night on the tiny point-in-time catalogue (tests/fixtures/pit): one full night and three
 incremental ones, each a real ``run_nightly`` on the same data directory.
 
-- Every stage's summary carries the rows it read and wrote (``rows_io``, llmfeat.costs); publish counts exactly
+- Every stage's summary carries the rows it read and wrote (``rows_io``, llmfeat.core.costs); publish counts exactly
   the offline rows of its materialisation interval, so the incremental nights read only what is new.
 - The training frame, extended night by night with the feature store *as it was that night*, equals a full
   point-in-time fetch from the store after the last night, value for value (the claim that a closed day's
@@ -14,15 +14,15 @@ import datetime as dt
 
 import pandas as pd
 import pytest
-from pit_runs import pit_overrides
-from test_training_frames import assert_same_frame
 
-from llmfeat import training_frames
-from llmfeat.config import load_config
+from llmfeat.core.config import load_config
+from llmfeat.ctr.train import training_rows
+from llmfeat.feast.offline import historical_features
+from llmfeat.features import training_frames
+from llmfeat.features.publish import open_store
 from llmfeat.nightly import run_nightly
-from llmfeat.offline import historical_features
-from llmfeat.publish import open_store
-from llmfeat.train import training_rows
+from tests.features.test_training_frames import assert_same_frame
+from tests.pit_runs import pit_overrides
 
 pytestmark = pytest.mark.spark
 
@@ -54,7 +54,7 @@ def test_training_frame_after_three_incremental_nights_equals_a_full_fetch(night
 
 
 def _offline_rows(cfg, view: str, start, end) -> int:
-    """Rows of a view's offline table stamped in [start, end), read whole with pandas (not llmfeat.costs)."""
+    """Rows of a view's offline table stamped in [start, end), read whole with pandas (not llmfeat.core.costs)."""
     path = open_store(cfg).get_feature_view(view).batch_source.path
     ts = pd.to_datetime(pd.read_parquet(path, columns=["event_timestamp"])["event_timestamp"], utc=True)
     return int(((ts >= start) & (ts < end)).sum()) if start is not None else int((ts < end).sum())
@@ -86,7 +86,7 @@ def test_every_stage_reports_rows_read_and_written(nights):
 
 
 def test_training_window_reads_only_its_days_and_a_wider_one_reuses_them(nights):
-    from llmfeat.train import fetch_training_frame
+    from llmfeat.ctr.train import fetch_training_frame
 
     cfg, _ = nights
     night = NIGHTS[-1]  # events of 2024-01-02 .. 2024-01-05 are visible

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from synthetic import config, make_data
 
-from llmfeat import index as ix
-from llmfeat.errors import ExitCode
+from llmfeat.core.errors import ExitCode
+from llmfeat.retrieval import index as ix
+from tests.synthetic import config, make_data
 
 REPO = Path(__file__).resolve().parents[1]
 PIT = Path(__file__).resolve().parent / "fixtures" / "pit"
@@ -78,7 +78,10 @@ def test_bad_config_value_is_refused_by_every_command_before_any_work(command, t
     started = time.perf_counter()
     code, out = cli(command, *COMMANDS[command], "--set", BAD_VALUE, "--set", f"paths.data_dir={tmp_path}")
     assert code == ExitCode.CONFIG_ERROR, out
-    assert first_error_line(out) == "configuration error: embed.pooling: 'meen' is not one of auto, mean, cls, last"
+    assert (
+        first_error_line(out)
+        == "configuration error: embed.pooling: 'meen' is not one of auto, mean, cls, last"
+    )
     assert not any(tmp_path.iterdir())  # nothing written
     assert time.perf_counter() - started < 60  # refused at load, not after a Spark start
 

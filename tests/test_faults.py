@@ -5,7 +5,7 @@ without the fault ends.
 
 Day 1 (2024-01-05) is run once in-process (the `pit_day1` fixture in conftest.py); every scenario starts from a
 copy of it, or of the clean day 2 (2024-01-07). The kill points are deterministic: the hidden
-``llmfeat nightly --inject-fault POINT[:ACTION]`` (llmfeat.faults).
+``llmfeat nightly --inject-fault POINT[:ACTION]`` (llmfeat.core.faults).
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ import pandas as pd
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from pit_runs import DAY2, PIT, pit_overrides
-from services import free_port, start_redis
 from typer.testing import CliRunner
 
 from llmfeat.cli import Exit, app
-from llmfeat.config import load_config
-from llmfeat.index import current_version, index_root, list_versions
+from llmfeat.core.config import load_config
+from llmfeat.features.publish import open_store
 from llmfeat.nightly import data_dir_lock, run_dir, run_nightly
-from llmfeat.publish import open_store
+from llmfeat.retrieval.index import current_version, index_root, list_versions
+from tests.pit_runs import DAY2, PIT, pit_overrides
+from tests.services import free_port, start_redis
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 

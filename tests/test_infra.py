@@ -66,8 +66,8 @@ def test_spark_properties_hold_consistent_resources(name):
 def test_feast_production_profile_loads_with_feast(monkeypatch):
     from feast.repo_config import load_repo_config
 
-    from llmfeat.config import load_config
-    from llmfeat.publish import feature_store_yaml
+    from llmfeat.core.config import load_config
+    from llmfeat.features.publish import feature_store_yaml
 
     monkeypatch.setenv("LLMFEAT_DATA_DIR", "/srv/llmfeat")
     monkeypatch.setenv("REDIS_URL", "redis.internal:6379")
@@ -171,8 +171,8 @@ def test_airflow_dag_imports():
 def test_production_config_loads_and_requires_a_token(tmp_path):
     """infra/llmfeat/production.yaml is a valid llmfeat config; its service binds beyond loopback, so it turns
     serve.auth on (with a token file, not a token in the config)."""
-    from llmfeat.config import load_config
-    from llmfeat.serve_auth import resolve_token
+    from llmfeat.core.config import load_config
+    from llmfeat.retrieval.serve_auth import resolve_token
 
     cfg = load_config(INFRA / "llmfeat" / "production.yaml")
     assert cfg.feast.online_store == "redis" and cfg.feast.batch_engine == "spark.engine"
@@ -180,5 +180,7 @@ def test_production_config_loads_and_requires_a_token(tmp_path):
     assert cfg.serve.host not in ("127.0.0.1", "localhost") and cfg.serve.auth.token is None
     assert cfg.serve.auth.token_file is not None and cfg.serve.auth.token_file.is_absolute()
     (tmp_path / "serve.token").write_text("t0ken\n")
-    moved = load_config(INFRA / "llmfeat" / "production.yaml", [f"serve.auth.token_file={tmp_path / 'serve.token'}"])
+    moved = load_config(
+        INFRA / "llmfeat" / "production.yaml", [f"serve.auth.token_file={tmp_path / 'serve.token'}"]
+    )
     assert resolve_token(moved.serve.auth) == "t0ken"

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from llmfeat import nightly
-from llmfeat.config import load_config
+from llmfeat.core.config import load_config
 from llmfeat.nightly import (
     STAGES,
     LockedError,

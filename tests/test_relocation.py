@@ -19,10 +19,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pit_runs import DAY1, pit_overrides
-from services import free_port, wait_for_port
 
-from llmfeat.config import load_config
+from llmfeat.core.config import load_config
+from tests.pit_runs import DAY1, pit_overrides
+from tests.services import free_port, wait_for_port
 
 FEAST = Path(sys.executable).parent / "feast"
 RUN_ID = "2024-01-05T000000-reloc"
@@ -45,9 +45,9 @@ def save_ctr_model(data_dir: Path) -> None:
     """A deep_lm model for the pit catalogue, saved and pointed at as `llmfeat train` does."""
     import torch
 
-    from llmfeat.ctr_data import TEXT_BLOCKS, Vocab, dense_names
-    from llmfeat.ctr_models import DeepCTR
-    from llmfeat.train import _save_model, models_dir, write_current
+    from llmfeat.ctr.data import TEXT_BLOCKS, Vocab, dense_names
+    from llmfeat.ctr.models import DeepCTR
+    from llmfeat.ctr.train import _save_model, models_dir, write_current
 
     cfg = load_config(None, pit_overrides(data_dir))
     manifest = json.loads((data_dir / "index" / "default" / "current" / "manifest.json").read_text())
@@ -151,8 +151,8 @@ def test_commands_on_a_copy_and_the_original_untouched(dirs):
 def test_moved_directory_resumes_its_nightly(dirs, spark):
     """The original moved away: a nightly resumed at publish (Feast apply + materialise, index) on the copy
     reads and writes only the copy, and scoring works there afterwards."""
+    from llmfeat.features.publish import open_store
     from llmfeat.nightly import run_nightly
-    from llmfeat.publish import open_store
 
     away = dirs["orig"].with_name("orig-moved-away")
     dirs["orig"].rename(away)
@@ -178,7 +178,7 @@ def test_rebase_registry_moves_only_the_paths(tmp_path):
     pointing into the copy and the materialised interval kept; a second open changes nothing."""
     import datetime as dt
 
-    from llmfeat.publish import load_definitions, open_store, rebase_registry
+    from llmfeat.features.publish import load_definitions, open_store, rebase_registry
 
     old = tmp_path / "old"
     for rel in ("embeddings/default/item_text", "embeddings/default/user_text", "embeddings/default/user_history",

@@ -19,22 +19,22 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Config": "llmfeat.config",
-    "load_config": "llmfeat.config",
-    "EncoderSpec": "llmfeat.encoder",
-    "TextEncoder": "llmfeat.encoder",
-    "default_model_dir": "llmfeat.encoder",
-    "Retriever": "llmfeat.retrieval",
-    "OnlineFeatures": "llmfeat.online",
-    "Scorer": "llmfeat.score",
+    "Config": "llmfeat.core.config",
+    "load_config": "llmfeat.core.config",
+    "EncoderSpec": "llmfeat.embedding.encoder",
+    "TextEncoder": "llmfeat.embedding.encoder",
+    "default_model_dir": "llmfeat.embedding.encoder",
+    "Retriever": "llmfeat.retrieval.retriever",
+    "OnlineFeatures": "llmfeat.features.online",
+    "Scorer": "llmfeat.ctr.score",
     "run_nightly": "llmfeat.nightly",
-    "LlmfeatError": "llmfeat.errors",
-    "ConfigError": "llmfeat.errors",
-    "InputError": "llmfeat.errors",
-    "ModelMismatchError": "llmfeat.errors",
-    "LockedError": "llmfeat.errors",
-    "NotFoundError": "llmfeat.errors",
-    "ExitCode": "llmfeat.errors",
+    "LlmfeatError": "llmfeat.core.errors",
+    "ConfigError": "llmfeat.core.errors",
+    "InputError": "llmfeat.core.errors",
+    "ModelMismatchError": "llmfeat.core.errors",
+    "LockedError": "llmfeat.core.errors",
+    "NotFoundError": "llmfeat.core.errors",
+    "ExitCode": "llmfeat.core.errors",
 }
 
 __all__ = [
@@ -58,9 +58,8 @@ __all__ = [
 assert sorted(__all__) == sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from llmfeat.config import Config, load_config
-    from llmfeat.encoder import EncoderSpec, TextEncoder, default_model_dir
-    from llmfeat.errors import (
+    from llmfeat.core.config import Config, load_config
+    from llmfeat.core.errors import (
         ConfigError,
         ExitCode,
         InputError,
@@ -69,10 +68,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         ModelMismatchError,
         NotFoundError,
     )
+    from llmfeat.ctr.score import Scorer
+    from llmfeat.embedding.encoder import EncoderSpec, TextEncoder, default_model_dir
+    from llmfeat.features.online import OnlineFeatures
     from llmfeat.nightly import run_nightly
-    from llmfeat.online import OnlineFeatures
-    from llmfeat.retrieval import Retriever
-    from llmfeat.score import Scorer
+    from llmfeat.retrieval.retriever import Retriever
 
 
 def __getattr__(name: str):

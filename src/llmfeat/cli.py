@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from llmfeat.config import Config, load_config
-from llmfeat.errors import ConfigError, ExitCode, InputError, describe
+from llmfeat.core.config import Config, load_config
+from llmfeat.core.errors import ConfigError, ExitCode, InputError, describe
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Text -> language-model features for recommenders."
@@ -22,7 +22,7 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 
 Exit = ExitCode
-"""Process exit codes (``llmfeat.errors.ExitCode``), so a scheduler can tell the cases apart."""
+"""Process exit codes (``llmfeat.core.errors.ExitCode``), so a scheduler can tell the cases apart."""
 
 
 def command(name: str | None = None, *, group: typer.Typer | None = None, **kwargs):
@@ -80,7 +80,7 @@ def _date(value: str | None) -> dt.date:
 @command("fetch-demo")
 def fetch_demo(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Download and verify MovieLens-100k (from the recbole wheel on the package registry)."""
-    from llmfeat.demo_data import ensure_movielens_100k
+    from llmfeat.data.demo_data import ensure_movielens_100k
 
     cfg = _config(config, set_)
     path = ensure_movielens_100k(cfg.paths.cache_dir)
@@ -103,7 +103,7 @@ def ingest(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Load a source, validate it, and write the canonical tables and the quarantine for one snapshot date."""
-    from llmfeat.ingest import run_ingest
+    from llmfeat.data.ingest import run_ingest
 
     extra = ([f"ingest.source={source}"] if source else []) + ([f"ingest.source_path={path}"] if path else [])
     cfg = _config(config, set_, data_dir, extra)
@@ -154,21 +154,21 @@ def embed(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Encode item texts and point-in-time user texts with Spark; only new or changed texts are encoded."""
-    from llmfeat.embed import run_embed
-    from llmfeat.spark import build_spark
+    from llmfeat.core.spark import build_spark
+    from llmfeat.embedding.embed import run_embed
 
     extra = []
     if model:
         extra.append(f"embed.model_dir={model}")
         if not any(s.strip().startswith("embed.embedding_set=") for s in set_ or []):
             # A model gets its own set, named after its directory, unless one is given (or it is the default).
-            from llmfeat.embed import set_for_model
+            from llmfeat.embedding.embed import set_for_model
 
             extra.append(f"embed.embedding_set={set_for_model(model)}")
     cfg = _config(config, set_, data_dir, extra)
     day = _date(as_of)
     try:  # an empty catalogue is refused before Spark starts
-        from llmfeat.embed import require_items
+        from llmfeat.embedding.embed import require_items
 
         require_items(cfg.paths.data_dir, day)
     except (InputError, FileNotFoundError) as exc:
@@ -216,8 +216,8 @@ def stats(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Compute item/user behaviour stats over point-in-time windows (Spark)."""
-    from llmfeat.spark import build_spark
-    from llmfeat.stats import run_stats
+    from llmfeat.core.spark import build_spark
+    from llmfeat.features.stats import run_stats
 
     cfg = _config(config, set_, data_dir)
     spark = build_spark(cfg.spark)
@@ -245,8 +245,8 @@ def publish(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Apply the Feast repository and materialise the features into the online store."""
-    from llmfeat.publish import run_publish
-    from llmfeat.spark import build_spark
+    from llmfeat.core.spark import build_spark
+    from llmfeat.features.publish import run_publish
 
     cfg = _config(config, set_, data_dir)
     spark = build_spark(cfg.spark)
@@ -274,11 +274,13 @@ def nightly(
     data_dir: DataDirOpt = None,
     inject_fault: Annotated[
         list[str] | None,
-        typer.Option("--inject-fault", hidden=True, help="Tests only: POINT[:kill|enospc] (llmfeat.faults)."),
+        typer.Option(
+            "--inject-fault", hidden=True, help="Tests only: POINT[:kill|enospc] (llmfeat.core.faults)."
+        ),
     ] = None,
 ) -> None:
     """The whole pipeline for one date: idempotent, resumable, one run per data directory at a time."""
-    from llmfeat.faults import Faults
+    from llmfeat.core.faults import Faults
     from llmfeat.nightly import run_dir, run_nightly
 
     cfg = _config(config, set_, data_dir)
@@ -338,37 +340,28 @@ def index_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Build a FAISS index of the current item vectors, publish it as a new version, prune old versions."""
-    from llmfeat.index import run_index
+    from llmfeat.retrieval.index import run_index
 
     cfg = _config(config, set_, data_dir, [f"index.factory={factory}"] if factory else [])
-    m = run_index(cfg, _date(as_of) if as_of else None, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
-    table = Table(title=f"index {m['version']} (published)", title_justify="left", show_header=False)
-    params = ", ".join(f"{k}={v}" for k, v in m["params"].items()) or "-"
+    r = run_index(cfg, _date(as_of) if as_of else None, log=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    table = Table(title=f"index {r.version} (published)", title_justify="left", show_header=False)
+    recall = ", ".join(f"{name} {v} ({r.tuning_queries[name]} queries)" for name, v in r.recall.items())
+    phases = ", ".join(f"{k} {v}" for k, v in r.seconds.items() if k != "total")
     rows = [
-        ("type", f"{m['index']['factory']} ({'exact' if m['index']['exact'] else 'approximate'})"),
-        ("items", f"{m['count']} x {m['dim']}  model {m['model_id']}  as of {m['as_of']}"),
-        ("params", params),
-        (
-            "recall@10",
-            ", ".join(
-                f"{name} {v} ({m['tuning']['queries'][name]} queries)"
-                for name, v in m["tuning"]["recall"].items()
-            )
-            + " vs exact search",
-        ),
+        ("type", f"{r.factory} ({'exact' if r.exact else 'approximate'})"),
+        ("items", f"{r.count} x {r.dim}  model {r.model_id}  as of {r.as_of}"),
+        ("params", ", ".join(f"{k}={v}" for k, v in r.params.items()) or "-"),
+        ("recall@10", f"{recall} vs exact search"),
         (
             "training",
-            f"{m['training']['sample_size']} vectors, seed {m['training']['seed']}"
-            if m["training"]["sample_size"]
+            f"{r.training_sample} vectors, seed {r.training_seed}"
+            if r.training_sample
             else "none (nothing to train)",
         ),
-        (
-            "seconds",
-            f"{m['seconds']['total']}  ({', '.join(f'{k} {v}' for k, v in m['seconds'].items() if k != 'total')})",
-        ),
-        ("size", f"{sum(f['bytes'] for f in m['files'].values()) / 2**20:.1f} MiB"),
-        ("path", m["path"]),
-        ("pruned", ", ".join(m["pruned"]) or "-"),
+        ("seconds", f"{r.seconds['total']}  ({phases})"),
+        ("size", f"{r.size_bytes / 2**20:.1f} MiB"),
+        ("path", r.path),
+        ("pruned", ", ".join(r.pruned) or "-"),
     ]
     for key, value in rows:
         table.add_row(key, str(value))
@@ -428,7 +421,7 @@ def retrieve(
     ] = False,
 ) -> None:
     """Nearest neighbours from the published index: items for --user, or items similar to --item."""
-    from llmfeat.retrieval import Retriever
+    from llmfeat.retrieval.retriever import Retriever
 
     cfg = _config(config, set_, data_dir, [f"serve.user_vectors={user_vectors}"] if user_vectors else [])
     if (user is None) == (item is None):
@@ -439,7 +432,7 @@ def retrieve(
     deny_ids = _id_list(deny, deny_file, "--deny-file")
     r = Retriever.load(cfg, version=version, need_users=user is not None)  # --item: no Feast import
     if hybrid:
-        from llmfeat.retrieval import load_hybrid
+        from llmfeat.retrieval.retriever import load_hybrid
 
         r = load_hybrid(cfg, r)
     if user is not None:
@@ -467,7 +460,11 @@ def retrieve(
         shared = res.same_title[rank - 1] if res.same_title else []
         hint = f"  [dim](same title as item {', '.join(shared)})[/dim]" if shared else ""
         table.add_row(
-            str(rank), iid, f"{score:.4f}", (title or "") + hint, *([_because(why)] if user is not None else [])
+            str(rank),
+            iid,
+            f"{score:.4f}",
+            (title or "") + hint,
+            *([_because(why)] if user is not None else []),
         )
     console.print(table)
 
@@ -481,7 +478,7 @@ def serve(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Serve retrieval over HTTP (FastAPI); picks up newly published index versions without a restart."""
-    from llmfeat.serve import RetrieverHolder, create_app, run_server
+    from llmfeat.retrieval.serve import RetrieverHolder, create_app, run_server
 
     extra = ([f"serve.host={host}"] if host else []) + ([f"serve.port={port}"] if port is not None else [])
     cfg = _config(config, set_, data_dir, extra)
@@ -501,7 +498,7 @@ def serve(
 
 def _require_token(app_, cfg: Config) -> None:
     """serve.auth: every route but /health needs the bearer token, when one is configured."""
-    from llmfeat.serve_auth import protect, resolve_token
+    from llmfeat.retrieval.serve_auth import protect, resolve_token
 
     token = resolve_token(cfg.serve.auth)
     protect(app_, token)
@@ -554,8 +551,8 @@ def train(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Train and compare the CTR models on point-in-time Feast features; write the report."""
-    from llmfeat.spark import build_spark
-    from llmfeat.train import run_train
+    from llmfeat.core.spark import build_spark
+    from llmfeat.ctr.train import run_train
 
     cfg = _config(config, set_, data_dir)
     spark = build_spark(cfg.spark)
@@ -587,10 +584,12 @@ def evaluate(
 ) -> None:
     """Retrieval evaluation with rolling origins: baselines, frozen LM vectors and the collaborative adapter,
     hyperparameters chosen on validation, paired bootstrap intervals (docs/adapt.md)."""
-    from llmfeat.evaluate import markdown, run_evaluate
+    from llmfeat.retrieval.evaluate import markdown, run_evaluate
 
     cfg = _config(config, set_, data_dir)
-    report = run_evaluate(cfg, _date(as_of) if as_of else None, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    report = run_evaluate(
+        cfg, _date(as_of) if as_of else None, log=lambda m: console.print(f"[dim]{m}[/dim]")
+    )
     console.print(markdown(report))
     console.print(f"  report: {report['path']} ({report['seconds']} s)")
 
@@ -609,26 +608,26 @@ def adapt(
 ) -> None:
     """Train the collaborative adapter over the frozen LM vectors and write the adapted embedding set
     (adapt.output_set), its Feast project and its FAISS index."""
-    from llmfeat.adapt import run_adapt_stage
+    from llmfeat.embedding.adapt import run_adapt_stage
 
     cfg = _config(config, set_, data_dir)
     spark = None
     try:
         if publish:
-            from llmfeat.spark import build_spark
+            from llmfeat.core.spark import build_spark
 
             spark = build_spark(cfg.spark)
-        summary = run_adapt_stage(
+        result = run_adapt_stage(
             cfg, _date(as_of), publish=publish, log=lambda m: console.print(f"[dim]{m}[/dim]")
         )
     finally:
         if spark is not None:
             spark.stop()
-    console.print(f"adapted set {summary['embedding_set']}: {summary['model_id']}")
+    console.print(f"adapted set {result.embedding_set}: {result.model_id}")
     console.print(
-        f"  {summary['counts']}; validation recall@20 {summary.get('val_recall@20')}; hybrid {summary['hybrid']}"
+        f"  {result.counts}; validation recall@20 {result.validation_recall}; hybrid {result.hybrid}"
     )
-    console.print(f"  index {summary.get('index_version')}; seconds {summary['seconds']}")
+    console.print(f"  index {result.index_version}; seconds {result.seconds}")
 
 
 @command()
@@ -653,7 +652,7 @@ def finetune(
 
     Then: `llmfeat embed --model <dir>` re-embeds into a new embedding set, `publish` / `index` / `train` with
     --set embed.embedding_set=<set> build the new version beside the old one."""
-    from llmfeat.finetune import run_finetune
+    from llmfeat.embedding.finetune import run_finetune
 
     extra = [f"finetune.method={method}"] if method else []
     extra += [f"finetune.max_steps={max_steps}"] if max_steps is not None else []
@@ -686,7 +685,7 @@ def score(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Recommend: retrieve candidates from FAISS, fetch online features from Feast, score with the CTR model."""
-    from llmfeat.score import Scorer
+    from llmfeat.ctr.score import Scorer
 
     cfg = _config(config, set_, data_dir)
     ranked = Scorer(cfg, model).recommend(user, k=k, candidates=candidates, categories=category)

@@ -1,5 +1,5 @@
 """What the thin ``jobs/*.py`` entry points share: argument parsing, the Spark session, progress on stderr,
-the JSON summary on stdout, and llmfeat's exit codes (``llmfeat.errors``) for every failure."""
+the JSON summary on stdout, and llmfeat's exit codes (``llmfeat.core.errors``) for every failure."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from llmfeat.config import Config, load_config
-from llmfeat.errors import ExitCode, describe
+from llmfeat.core.config import Config, load_config
+from llmfeat.core.errors import ExitCode, describe
 
 
 def parse(description: str, extra: Callable | None = None) -> tuple[Config, dt.date, argparse.Namespace]:
@@ -47,7 +47,7 @@ def run_job(
 ) -> None:
     """Parse the arguments, start Spark, run ``body(spark, cfg, as_of, args)`` and print its summary; exit with
     llmfeat's code for whatever it raises (an unexpected exception: 1, traceback on stderr)."""
-    from llmfeat.spark import build_spark
+    from llmfeat.core.spark import build_spark
 
     spark = None
     try:

@@ -33,12 +33,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmfeat import results as R
-from llmfeat import tables
-from llmfeat.config import Config, absolute_paths
-from llmfeat.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
-from llmfeat.faults import NO_FAULTS, Faults
-from llmfeat.layout import DataDir
+from llmfeat.core import results as R
+from llmfeat.core import tables
+from llmfeat.core.config import Config, absolute_paths
+from llmfeat.core.errors import ConfigError, LlmfeatError, LockedError, StageFailedError  # noqa: F401 - re-exported
+from llmfeat.core.faults import NO_FAULTS, Faults
+from llmfeat.core.layout import DataDir
 
 STAGES = ("ingest", "embed", "stats", "publish", "index", "train")
 DEPENDS_ON = {
@@ -118,7 +118,7 @@ class StageResult:
     """done (ran now), skipped (marker found), disabled (not configured)."""
     seconds: float = 0.0
     summary: R.StageResult = field(default_factory=R.StageResult)
-    """The stage's typed result (``llmfeat.results``; rebuilt from the marker for a skipped stage)."""
+    """The stage's typed result (``llmfeat.core.results``; rebuilt from the marker for a skipped stage)."""
 
 
 @dataclass
@@ -143,9 +143,14 @@ class NightlySummary:
             "quarantined": self.quarantined,
             "not_yet_visible": self.not_yet_visible,
             "stages": [
-                {"stage": r.stage, "status": r.status, "seconds": round(r.seconds, 3),
-                 "rows_read": r.summary.rows_read, "rows_written": r.summary.rows_written,
-                 "summary": r.summary.to_dict()}  # fmt: skip
+                {
+                    "stage": r.stage,
+                    "status": r.status,
+                    "seconds": round(r.seconds, 3),
+                    "rows_read": r.summary.rows_read,
+                    "rows_written": r.summary.rows_written,
+                    "summary": r.summary.to_dict(),
+                }  # fmt: skip
                 for r in self.results
             ],
         }
@@ -164,7 +169,7 @@ class _SparkHolder:
         if self.session is None:
             from pyspark.sql import SparkSession
 
-            from llmfeat.spark import build_spark
+            from llmfeat.core.spark import build_spark
 
             self.session = SparkSession.getActiveSession()
             if self.session is None:
@@ -184,7 +189,7 @@ class _SparkHolder:
 
 def served_index(cfg: Config) -> tuple[str, dt.date] | None:
     """The current index version of the embedding set and the date it was built for; None if none."""
-    from llmfeat.index import MANIFEST_FILE, current_version, index_root
+    from llmfeat.retrieval.index import MANIFEST_FILE, current_version, index_root
 
     root = index_root(cfg.paths.data_dir, cfg.embed.embedding_set)
     if not (root / "current").is_symlink():
@@ -199,7 +204,7 @@ def served_index(cfg: Config) -> tuple[str, dt.date] | None:
 
 def current_models_as_of(cfg: Config) -> dt.date | None:
     """The date the current CTR models were trained for; None if none."""
-    from llmfeat.train import models_dir, run_dir_of
+    from llmfeat.ctr.train import models_dir, run_dir_of
 
     try:
         summary = json.loads((run_dir_of(models_dir(cfg) / "current.json") / "summary.json").read_text())
@@ -224,12 +229,12 @@ def _stage_functions(
         return {}
 
     def ingest(forced: bool) -> R.IngestSummary:
-        from llmfeat.ingest import run_ingest
+        from llmfeat.data.ingest import run_ingest
 
         return R.IngestSummary.of(run_ingest(cfg, as_of))
 
     def embed(forced: bool) -> R.EmbedResult:
-        from llmfeat.embed import run_embed
+        from llmfeat.embedding.embed import run_embed
 
         # A forced redo covers the same snapshot range as the run it replaces.
         start = previous("embed").get("snapshots", {}).get("from") if forced else None
@@ -239,7 +244,7 @@ def _stage_functions(
         )  # fmt: skip
 
     def stats(forced: bool) -> R.StatsResult:
-        from llmfeat.stats import run_stats
+        from llmfeat.features.stats import run_stats
 
         start = previous("stats").get("snapshots", {}).get("from") if forced else None
         return run_stats(
@@ -248,24 +253,24 @@ def _stage_functions(
         )  # fmt: skip
 
     def publish(forced: bool) -> R.PublishResult:
-        from llmfeat.publish import run_publish
+        from llmfeat.features.publish import run_publish
 
         spark.get()  # Feast's Spark offline store joins the session already running
         return run_publish(cfg, as_of, full=forced, log=log, faults=faults)
 
     def index(forced: bool) -> R.IndexResult:
-        from llmfeat.index import run_index
+        from llmfeat.retrieval.index import run_index
 
         served = served_index(cfg)
         if served is not None and served[1] > as_of:
-            log(f"index: the current index {served[0]} is as of {served[1]}, after {as_of}: a backfill leaves it")
+            log(
+                f"index: the current index {served[0]} is as of {served[1]}, after {as_of}: a backfill leaves it"
+            )
             return R.IndexResult({"version": served[0], "kept_newer": served[1].isoformat()})
-        manifest = run_index(cfg, as_of, log=log, faults=faults)
-        keep = ("version", "model_id", "count", "dim", "index", "path", "pruned", "seconds")
-        return R.IndexResult({k: manifest[k] for k in keep if k in manifest})
+        return run_index(cfg, as_of, log=log, faults=faults).for_marker()
 
     def train(forced: bool) -> R.TrainResult:
-        from llmfeat.train import TooLittleDataError, run_train
+        from llmfeat.ctr.train import TooLittleDataError, run_train
 
         current = current_models_as_of(cfg)
         if current is not None and current > as_of:
@@ -287,13 +292,10 @@ def _stage_functions(
         return R.TrainResult(out)
 
     def adapt(forced: bool) -> R.AdaptResult:
-        from llmfeat.adapt import run_adapt_stage
+        from llmfeat.embedding.adapt import run_adapt_stage
 
         spark.get()  # publishing the adapted set as its own Feast project uses the Spark offline store
-        s = run_adapt_stage(cfg, as_of, log=log)
-        keep = ("embedding_set", "model_id", "counts", "val_recall@20", "hybrid", "best_epoch", "train_seconds",
-                "index_version", "seconds")  # fmt: skip
-        return R.AdaptResult({k: s[k] for k in keep if k in s})
+        return run_adapt_stage(cfg, as_of, log=log).for_marker()
 
     functions = {"ingest": ingest, "embed": embed, "stats": stats, "publish": publish, "index": index}
     if cfg.train.enabled:

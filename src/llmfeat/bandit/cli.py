@@ -58,8 +58,8 @@ def simulate_cmd(
         seeds=seeds,
         warmup=warmup,
     )
-    from llmfeat import tables
-    from llmfeat.config import reports_dir
+    from llmfeat.core import tables
+    from llmfeat.core.config import reports_dir
 
     out = reports_dir(cfg) / "bandit" / f"simulate-{day.isoformat()}"
     out.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ import numpy as np
 from llmfeat.bandit import ope
 from llmfeat.bandit.events import EventLog, event_log_path
 from llmfeat.bandit.policy import GreedyCtrPolicy, PopularityPolicy, RandomPolicy, load_policy, policy_root
-from llmfeat.config import Config
-from llmfeat.errors import InputError
+from llmfeat.core.config import Config
+from llmfeat.core.errors import InputError
 
 
 def evaluate_event_log(cfg: Config, *, now: float | None = None, n_boot: int = 1000) -> dict:
@@ -72,8 +72,8 @@ def ope_section(result: dict) -> str:
 def write_ope_report(cfg: Config, result: dict) -> Path:
     import datetime as dt
 
-    from llmfeat import tables
-    from llmfeat.config import reports_dir
+    from llmfeat.core import tables
+    from llmfeat.core.config import reports_dir
 
     path = reports_dir(cfg) / "bandit" / f"ope-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%S')}.md"
     return tables.write_atomic(path, "# Bandit off-policy evaluation\n" + ope_section(result))

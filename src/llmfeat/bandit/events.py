@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llmfeat.errors import MissingInputError
-from llmfeat.layout import DataDir
-from llmfeat.retrieval import NotFoundError
+from llmfeat.core.errors import MissingInputError
+from llmfeat.core.layout import DataDir
+from llmfeat.retrieval.retriever import NotFoundError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS decisions (

@@ -19,7 +19,7 @@ from pathlib import Path
 from llmfeat.bandit.events import EventLog, event_log_path
 from llmfeat.bandit.features import FeatureSpace
 from llmfeat.bandit.policy import PolicyNotFoundError, VWPolicy, load_policy, policy_root, publish_policy
-from llmfeat.config import Config, reports_dir
+from llmfeat.core.config import Config, reports_dir
 
 
 def _current(cfg: Config):
@@ -45,7 +45,7 @@ def train_policy(cfg: Config, *, exploration: str | None = None, sim=None, log: 
     sim_space = sim.logs[0][0] if sim is not None else None
     space = (current.space if current else None) or sim_space
     if space is None:
-        from llmfeat.index import index_root, load_version
+        from llmfeat.retrieval.index import index_root, load_version
 
         loaded = load_version(index_root(cfg.paths.data_dir, cfg.embed.embedding_set))
         space = FeatureSpace.fit(loaded.vectors, b.proj_dim)

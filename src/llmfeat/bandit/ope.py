@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llmfeat.bandit.features import ACTION_STATS
-from llmfeat.errors import InputError
+from llmfeat.core.errors import InputError
 
 
 @dataclass(frozen=True)

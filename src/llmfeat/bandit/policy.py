@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from llmfeat.bandit.features import ACTION_STATS, FeatureSpace, vw_lines
-from llmfeat.errors import MissingInputError
-from llmfeat.layout import DataDir
-from llmfeat.reloading import PeriodicReload
+from llmfeat.core.errors import MissingInputError
+from llmfeat.core.layout import DataDir
+from llmfeat.core.reloading import PeriodicReload
 
 log = logging.getLogger("llmfeat.bandit")
 

@@ -34,9 +34,16 @@ from llmfeat.bandit.events import (
 )
 from llmfeat.bandit.features import action_rows, shared_row
 from llmfeat.bandit.policy import PolicyHolder, policy_root
-from llmfeat.feature_vector import HISTORY_CLICKS, ITEM_STATS, ITEM_TEXT, USER_HISTORY, USER_TEXT, vectors
-from llmfeat.retrieval import UnknownItemError, UnknownUserError
-from llmfeat.stats import packed_columns
+from llmfeat.features.feature_vector import (
+    HISTORY_CLICKS,
+    ITEM_STATS,
+    ITEM_TEXT,
+    USER_HISTORY,
+    USER_TEXT,
+    vectors,
+)
+from llmfeat.features.stats import packed_columns
+from llmfeat.retrieval.retriever import UnknownItemError, UnknownUserError
 
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
 Id = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=ID_PATTERN)]
@@ -124,7 +131,7 @@ class BanditService:
         policies = PolicyHolder(policy_root(cfg.paths.data_dir))
         if cfg.serve.user_source == "feast":
             from llmfeat.feast.store import open_store
-            from llmfeat.online import OnlineFeatures
+            from llmfeat.features.online import OnlineFeatures
 
             features = OnlineFeatures(open_store(cfg), dim=policies.get().space.dim)
         else:
@@ -256,9 +263,9 @@ class ParquetFeatures:
     """``fetch`` over the embedding tables (latest vectors): the service without Feast. No stats."""
 
     def __init__(self, data_dir, embedding_set: str):
-        from llmfeat.layout import embedding_paths
-        from llmfeat.retrieval import ParquetUserVectors
-        from llmfeat.vectors import read_latest
+        from llmfeat.core.layout import embedding_paths
+        from llmfeat.embedding.vectors import read_latest
+        from llmfeat.retrieval.retriever import ParquetUserVectors
 
         self.text = ParquetUserVectors(data_dir, embedding_set, "text")
         try:

@@ -45,14 +45,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from llmfeat import tables
 from llmfeat.bandit import ope
 from llmfeat.bandit.features import FeatureSpace, a_text, action_rows, shared_row
 from llmfeat.bandit.policy import GreedyCtrPolicy, LinUCBPolicy, PopularityPolicy, RandomPolicy, VWPolicy
-from llmfeat.config import Config
-from llmfeat.errors import MissingInputError
-from llmfeat.layout import embedding_paths
-from llmfeat.vectors import normalise, read_latest
+from llmfeat.core import tables
+from llmfeat.core.config import Config
+from llmfeat.core.errors import MissingInputError
+from llmfeat.core.layout import embedding_paths
+from llmfeat.embedding.vectors import normalise, read_latest
 
 MAX_RATED = 10
 POLICIES = ("random", "popularity", "greedy_ctr", "linucb", "epsilon_greedy", "vw")
@@ -120,7 +120,7 @@ class World:
 
 def load_world(cfg: Config, as_of: dt.date) -> World:
     """Items, labelled interactions and user text vectors of ``cfg``'s data directory as of ``as_of``."""
-    from llmfeat.splits import temporal_split
+    from llmfeat.data.splits import temporal_split
 
     data_dir, emb_set = Path(cfg.paths.data_dir), cfg.embed.embedding_set
     paths = embedding_paths(data_dir, emb_set)

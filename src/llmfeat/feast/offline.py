@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from llmfeat.errors import RetrievalError  # noqa: F401 - re-exported
+from llmfeat.core.errors import RetrievalError  # noqa: F401 - re-exported
 from llmfeat.feast.names import CTR_TRAINING
 
 ROW_ID = "_llmfeat_row"

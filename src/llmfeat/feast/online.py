@@ -2,7 +2,7 @@
 
 ``OnlineStore.online_read`` is the call ``get_online_features`` makes underneath; reading a view with it and
 decoding the ``Value`` protos here skips the registry lookups and response building that dominate a small
-lookup (BENCHMARKS.md, "Feast"). ``llmfeat.online`` builds the ranker's and retrieval's reads on this.
+lookup (BENCHMARKS.md, "Feast"). ``llmfeat.features.online`` builds the ranker's and retrieval's reads on this.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from llmfeat.errors import ConfigError
+from llmfeat.core.errors import ConfigError
 from llmfeat.feast.names import USER_KEY, full_name
 
 LIST_DTYPES = {"float_list_val": np.float32, "double_list_val": np.float64, "int32_list_val": np.int32,

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import yaml
 
-from llmfeat import tables
-from llmfeat.config import Config
-from llmfeat.errors import ConfigError
-from llmfeat.layout import DEFAULT_SET, DataDir, check_set_name  # noqa: F401 - re-exported
+from llmfeat.core import tables
+from llmfeat.core.config import Config
+from llmfeat.core.errors import ConfigError
+from llmfeat.core.layout import DEFAULT_SET, DataDir, check_set_name  # noqa: F401 - re-exported
 
 
 def feast_dir(cfg: Config) -> Path:
@@ -59,7 +59,7 @@ def feature_store_yaml(cfg: Config) -> dict:
         online = {"type": "sqlite", "path": str(feast_dir(cfg) / "online.db")}
     else:  # redis (config.OnlineStore: checked when the config loaded)
         online = {"type": "redis", "connection_string": f.redis_connection}
-    from llmfeat.spark import spark_conf as llmfeat_spark_conf
+    from llmfeat.core.spark import spark_conf as llmfeat_spark_conf
 
     # The same session settings as llmfeat's own: whichever of Feast and llmfeat starts Spark first in a
     # process, the other joins it, so a Feast-started session must not fall back to Spark's 1 GB driver.

@@ -1,0 +1,542 @@
+"""Stage 2, embed (Spark): canonical tables -> item and user embedding tables, incrementally.
+
+Outputs, under ``<data_dir>/embeddings/<embedding_set>/``, each partitioned by ``snapshot_date``:
+
+- ``item_text``: item_id, embedding, dim, model_id, content_hash, n_tokens, truncated, event_timestamp (the
+  item's updated_at), created_timestamp
+- ``user_text``: user_id, ... as above, n_history, event_timestamp (the snapshot time)
+- ``user_history``: user_id, embedding (time-decayed mean of clicked items' vectors), n_clicks,
+  last_click_ts, event_timestamp (the snapshot time)
+- ``quarantine``: texts that render empty (EMPTY_TEXT)
+- ``manifests/<run_id>.json``: model id, precision, device, counts, timings, inputs, outputs
+
+Tables are change logs: a row is written only for an entity whose text (content hash) differs from its
+latest earlier row, so a point-in-time join on event_timestamp finds the right version. A text is encoded
+only if no stored row of the same model already holds its content hash, and identical texts within a run are
+encoded once. One table never mixes model ids: a run with a different model is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmfeat.core import tables
+from llmfeat.core.changelog import (
+    covered_until,
+    first_snapshot,
+    latest_before,
+    publish_partitions,
+    read_table,
+    require_canonical,
+    snapshot_times,
+)
+from llmfeat.core.config import Config
+from llmfeat.core.errors import ConfigError, ModelMismatchError  # noqa: F401 - re-exported
+from llmfeat.core.faults import NO_FAULTS, Faults
+from llmfeat.core.layout import DataDir, EmbeddingPaths, embedding_paths  # noqa: F401 - re-exported
+from llmfeat.core.results import EmbedResult
+from llmfeat.core.stage_run import Phases, StageRun
+from llmfeat.data.sources.raw import InputError
+from llmfeat.data.texts import render_all, template_fields
+from llmfeat.embedding.encoder import (
+    EncoderSpec,
+    TextEncoder,
+    default_model_dir,
+    model_id,
+    model_token_limit,
+    resolve_spec,
+)
+from llmfeat.embedding.user_state import UserStateParams, content_hash, user_snapshots
+from llmfeat.feast.names import EMBEDDING_TABLES
+
+EMBED_TABLES = EMBEDDING_TABLES
+
+
+class NothingToEmbedError(InputError):
+    """The canonical items snapshot has no rows: there is nothing to encode (exit 3, nothing written)."""
+
+
+def require_items(data_dir: Path, as_of: dt.date) -> Path:
+    """The canonical items snapshot of ``as_of``; refused before any Spark work when it has no rows (an empty
+    catalogue file, or every item quarantined at ingest)."""
+    import pyarrow.parquet as pq
+
+    path = require_canonical(data_dir, as_of, ("items",))["items"]
+    files = sorted(path.glob("*.parquet"))
+    if sum(pq.ParquetFile(f).metadata.num_rows for f in files) == 0:
+        quarantine = tables.snapshot_dir(DataDir(Path(data_dir)).quarantine, as_of)
+        raise NothingToEmbedError(
+            f"nothing to embed: the items table of snapshot {as_of} ({path}) has no rows; "
+            f"see the ingest quarantine ({quarantine}). Nothing was written."
+        )
+    return path
+
+
+def set_for_model(model_dir: Path | str) -> str:
+    """The embedding set ``llmfeat embed --model DIR`` writes to unless told otherwise: ``default`` for the
+    default model, else the model directory's name (a fine-tuned model gets its own set, never the default)."""
+    model = Path(model_dir).resolve()
+    return "default" if model == default_model_dir().resolve() else model.name
+
+
+def encoder_spec(cfg: Config) -> EncoderSpec:
+    e = cfg.embed
+    return EncoderSpec(
+        model_dir=str(Path(e.model_dir or default_model_dir()).resolve()), max_tokens=e.max_tokens, pooling=e.pooling,
+        precision=e.precision, device=e.device, token_budget=e.token_budget, max_batch_rows=e.max_batch_rows,
+        threads=cfg.spark.task_cpus, item_prompt=e.item_prompt, user_prompt=e.user_prompt, dims=e.dims,
+        padding_side=e.padding_side,
+    )  # fmt: skip
+
+
+def describe_model(spec: EncoderSpec) -> tuple[str, int]:
+    """(model id, stored dim) from the model directory's files, without loading the weights."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(spec.model_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_dir, local_files_only=True)
+    limit = model_token_limit(Path(spec.model_dir), tokenizer, config)
+    hidden = int(config.hidden_size)
+    try:
+        resolved = resolve_spec(spec)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if resolved.dims is not None and resolved.dims > hidden:
+        raise ConfigError(
+            f"embed.dims={resolved.dims} is wider than the model's {hidden} dimensions ({spec.model_dir})"
+        )
+    return model_id(resolved, limit, hidden), resolved.dims or hidden
+
+
+def make_encoder_udf(spec: EncoderSpec, batch_rows: int):
+    """A predict_batch_udf: the encoder loads once per Python worker and encodes batches of texts."""
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.types import (
+        ArrayType,
+        ByteType,
+        FloatType,
+        IntegerType,
+        StringType,
+        StructField,
+        StructType,
+    )
+
+    def make_predict_fn():
+        from pyspark import TaskContext
+
+        task_spec = spec
+        ctx = TaskContext.get()
+        gpus = ctx.resources().get("gpu") if ctx is not None else None
+        if gpus is not None and gpus.addresses and spec.device in ("auto", "cuda"):
+            task_spec = EncoderSpec(**{**spec.__dict__, "device": f"cuda:{gpus.addresses[0]}"})
+        encoder = TextEncoder(task_spec)
+        runtime = f"{encoder.device}/{encoder.precision}"
+
+        def predict(kinds: np.ndarray, texts: np.ndarray) -> dict[str, np.ndarray]:
+            """One batch may hold item and user texts (one prompt each): encode each kind with its own."""
+            vectors = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+            n_tokens = np.zeros(len(texts), dtype=np.int32)
+            truncated = np.zeros(len(texts), dtype=np.int8)
+            for kind in np.unique(kinds):
+                rows = np.flatnonzero(kinds == kind)
+                out = encoder.encode([str(texts[i]) for i in rows], prompt_name=str(kind))
+                vectors[rows], n_tokens[rows], truncated[rows] = out.vectors, out.n_tokens, out.truncated
+            return {
+                "embedding": vectors,
+                "n_tokens": n_tokens,
+                "truncated": truncated,
+                "runtime": np.array([runtime] * len(texts), dtype=object),
+            }
+
+        return predict
+
+    return_type = StructType(
+        [
+            StructField("embedding", ArrayType(FloatType())),
+            StructField("n_tokens", IntegerType()),
+            StructField("truncated", ByteType()),
+            StructField("runtime", StringType()),
+        ]
+    )
+    return predict_batch_udf(make_predict_fn, return_type=return_type, batch_size=batch_rows)
+
+
+def check_model(existing: dict, current: str) -> None:
+    """Refuse to add vectors of ``current`` to a table that holds another model's."""
+    for name, df in existing.items():
+        if df is None:
+            continue
+        others = sorted(r[0] for r in df.select("model_id").distinct().collect() if r[0] != current)
+        if others:
+            raise ModelMismatchError(
+                f"embedding table {name!r} holds vectors of model {', '.join(others)}; this run uses {current}. "
+                "Mixing models in one table is refused: write to another set (--set embed.embedding_set=NAME)."
+            )
+
+
+@dataclass
+class _Run:
+    """What every phase of one embed run shares."""
+
+    spark: object
+    cfg: Config
+    as_of: dt.date
+    staging: Path
+    model_id: str
+    dim: int
+    created: pd.Timestamp
+    udf: object
+    pools: dict
+    """Stored vectors (content_hash -> embedding, ...) a text of each kind may reuse: ``item`` and ``user``."""
+    phases: Phases
+    runtimes: set[str]
+
+    def encode(self, texts, name: str):
+        """Vectors (content_hash -> embedding, n_tokens, truncated) for every text in ``texts``.
+
+        Only distinct texts that no stored row already holds go through the model. Their partitioning is a
+        function of the content hash alone, so the same texts form the same batches on any cluster.
+        """
+        from pyspark.sql import functions as F
+
+        kind = {"items": "item", "users": "user"}[name]
+        pool = self.pools[kind]
+        distinct = texts.select("content_hash", "text").dropDuplicates(["content_hash"])
+        new = (
+            distinct
+            if pool is None
+            else distinct.join(pool.select("content_hash"), "content_hash", "left_anti")
+        )
+        n_new = new.count()
+        encoded = None
+        if n_new:
+            out = self.staging / f"encoded_{name}"
+            parts = max(1, min(2 * self.spark.sparkContext.defaultParallelism, math.ceil(n_new / 256)))
+            (
+                new.repartition(parts, "content_hash")
+                .sortWithinPartitions("content_hash")
+                .select("content_hash", self.udf(F.lit(kind), "text").alias("e"))
+                .select(
+                    "content_hash",
+                    "e.embedding",
+                    "e.n_tokens",
+                    (F.col("e.truncated") == 1).alias("truncated"),
+                    "e.runtime",
+                )
+                .write.parquet(str(out))
+            )
+            encoded = self.spark.read.parquet(str(out))
+            self.runtimes.update(r[0] for r in encoded.select("runtime").distinct().collect())
+            encoded = encoded.drop("runtime")
+        if pool is None:
+            vectors = encoded
+        else:
+            vectors = pool if encoded is None else pool.unionByName(encoded)
+        if vectors is None:  # nothing stored and nothing new (every text empty): an empty table, not None
+            vectors = self.spark.createDataFrame(
+                [], "content_hash string, embedding array<float>, n_tokens int, truncated boolean"
+            )
+        return vectors, n_new
+
+    def tagged(self, df, *cols):
+        """Add the columns every embedding row carries."""
+        from pyspark.sql import functions as F
+
+        return df.select(
+            *cols, F.lit(self.dim).alias("dim"), F.lit(self.model_id).alias("model_id"),
+            F.lit(self.created).cast("timestamp").alias("created_timestamp"),
+        )  # fmt: skip
+
+    def write(self, df, name: str):
+        """Write ``df`` partitioned by snapshot_date into the work area; returns it read back (None if empty)."""
+        self.phases.run(
+            f"write {name}", lambda: df.write.partitionBy("snapshot_date").parquet(str(self.staging / name))
+        )
+        return read_table(self.spark, self.staging / name)
+
+
+def _embed_items(run: _Run, items, prev_rows):
+    """Render item texts, encode the new or changed ones; returns (texts, vectors, written rows, counts)."""
+    from pyspark.sql import functions as F
+
+    template = run.cfg.embed.item_template
+    cols = [
+        "item_id",
+        "updated_at",
+        *[c for c in template_fields(template) if c not in ("item_id", "updated_at")],
+    ]
+
+    def render_items(batches):
+        for pdf in batches:
+            texts = render_all(template, pdf[cols].to_dict("records"))
+            yield pd.DataFrame({"item_id": pdf["item_id"], "updated_at": pdf["updated_at"], "text": texts,
+                                "content_hash": [content_hash(t) for t in texts]})  # fmt: skip
+
+    texts = items.select(*cols).mapInPandas(
+        render_items, "item_id string, updated_at timestamp, text string, content_hash string"
+    )
+    texts = run.phases.run("render item texts", lambda: texts.localCheckpoint())
+    non_empty = texts.where(F.length("text") > 0)
+    changed = non_empty
+    if prev_rows is not None:
+        prev = prev_rows.select("item_id", F.col("content_hash").alias("_prev"))
+        changed = non_empty.join(prev, "item_id", "left").where(
+            F.col("_prev").isNull() | (F.col("_prev") != F.col("content_hash"))
+        )
+    vectors, n_encoded = run.phases.run("encode item texts", lambda: run.encode(changed, "items"))
+    rows = run.tagged(
+        changed.join(vectors, "content_hash"),
+        "item_id", "embedding", "content_hash", "n_tokens", "truncated", F.col("updated_at").alias("event_timestamp"),
+        F.lit(run.as_of).alias("snapshot_date"),
+    )  # fmt: skip
+    written = run.write(rows, "item_text")
+    n_read = texts.count()
+    n_empty = n_read - non_empty.count()
+    n_written = written.count() if written is not None else 0
+    counts = {
+        "read": n_read, "quarantined": n_empty, "unchanged": n_read - n_empty - n_written, "written": n_written,
+        "encoded": n_encoded, "reused": n_written - n_encoded,
+        "truncated": written.where("truncated").count() if written is not None else 0,
+    }  # fmt: skip
+    current_vectors = (
+        non_empty.join(vectors, "content_hash").select("item_id", "embedding")
+        if vectors is not None
+        else None
+    )
+    return texts, current_vectors, counts
+
+
+STATE_SCHEMA = (
+    "kind string, user_id string, snapshot_ts timestamp, text string, content_hash string, n_history int, "
+    "embedding array<float>, n_clicks int, last_click_ts timestamp"
+)
+STATE_COLUMNS = [c.split()[0] for c in STATE_SCHEMA.split(", ")]
+
+
+def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams):
+    """The per-user function for cogroup(...).applyInPandas: profile + clicks -> text and history rows."""
+
+    def states(profile_pdf: pd.DataFrame, clicks_pdf: pd.DataFrame) -> pd.DataFrame:
+        if profile_pdf.empty:  # clicks of a user missing from the users table: validation prevents this
+            return pd.DataFrame(columns=STATE_COLUMNS)
+        profile = profile_pdf.iloc[0].to_dict()
+        prev_hash, prev_clicks = profile.pop("_prev_hash"), profile.pop("_prev_clicks")
+        text_rows, hist_rows = user_snapshots(
+            profile, clicks_pdf, times, params,
+            prev_text_hash=None if pd.isna(prev_hash) else prev_hash,
+            prev_n_clicks=0 if pd.isna(prev_clicks) else int(prev_clicks),
+        )  # fmt: skip
+        blank = dict.fromkeys(STATE_COLUMNS)
+        rows = [{**blank, **r, "kind": "text"} for r in text_rows] + [
+            {**blank, **r, "kind": "history"} for r in hist_rows
+        ]
+        out = pd.DataFrame(rows, columns=STATE_COLUMNS).astype({"n_history": "Int32", "n_clicks": "Int32"})
+        out["embedding"] = out["embedding"].astype(object).where(out["embedding"].notna(), None)
+        return out
+
+    return states
+
+
+def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text, prev_hist, times):
+    """Point-in-time user texts and pooled-history vectors at each snapshot time; encode the new texts."""
+    from pyspark.sql import functions as F
+
+    params = UserStateParams(
+        run.cfg.embed.user_template, run.cfg.embed.user_history_n, run.cfg.embed.history_half_life_days
+    )
+    fields = [c for c in template_fields(params.template) if c not in ("history", "user_id", "updated_at")]
+    empty_prev = run.spark.createDataFrame([], "user_id string, content_hash string, n_clicks int")
+    prev_text = (prev_text if prev_text is not None else empty_prev).select(
+        "user_id", F.col("content_hash").alias("_prev_hash")
+    )
+    prev_hist = (prev_hist if prev_hist is not None else empty_prev).select(
+        "user_id", F.col("n_clicks").alias("_prev_clicks")
+    )
+    profiles = (
+        users.select("user_id", "updated_at", *fields)
+        .join(prev_text, "user_id", "left")
+        .join(prev_hist, "user_id", "left")
+    )
+    clicks = (
+        interactions.where("label = 1")
+        .select("user_id", "item_id", "event_ts")
+        .join(items.select("item_id", "title"), "item_id")
+    )
+    if item_vectors is not None:
+        clicks = clicks.join(item_vectors, "item_id", "left")
+    else:
+        clicks = clicks.withColumn("embedding", F.lit(None).cast("array<float>"))
+    states = profiles.groupBy("user_id").cogroup(
+        clicks.select("user_id", "event_ts", "item_id", "title", "embedding").groupBy("user_id")
+    )
+    states = states.applyInPandas(_user_states_fn(times, params), STATE_SCHEMA)
+    run.phases.run("build user snapshots", lambda: states.write.parquet(str(run.staging / "user_states")))
+    states = run.spark.read.parquet(str(run.staging / "user_states"))
+
+    texts = states.where("kind = 'text'").select(
+        "user_id", "snapshot_ts", "text", "content_hash", "n_history"
+    )
+    non_empty = texts.where(F.length("text") > 0)
+    vectors, n_encoded = run.phases.run("encode user texts", lambda: run.encode(non_empty, "users"))
+    snapshot = [
+        F.col("snapshot_ts").alias("event_timestamp"),
+        F.to_date("snapshot_ts").alias("snapshot_date"),
+    ]
+    text_rows = run.tagged(
+        non_empty.join(vectors, "content_hash"),
+        "user_id",
+        "embedding",
+        "content_hash",
+        "n_tokens",
+        "truncated",
+        "n_history",
+        *snapshot,
+    )
+    hist_rows = run.tagged(
+        states.where("kind = 'history'"), "user_id", "embedding", "n_clicks", "last_click_ts", *snapshot
+    )
+    written = run.write(text_rows, "user_text")
+    written_hist = run.write(hist_rows, "user_history")
+    n_read = texts.count()
+    n_written = written.count() if written is not None else 0
+    counts = {
+        "users": {
+            "read": n_read, "quarantined": n_read - non_empty.count(), "written": n_written, "encoded": n_encoded,
+            "reused": n_written - n_encoded, "truncated": written.where("truncated").count() if written is not None else 0,
+        },
+        "user_history": {"written": written_hist.count() if written_hist is not None else 0},
+    }  # fmt: skip
+    return texts, counts
+
+
+def _quarantine(item_texts, user_texts, canonical: dict[str, Path]):
+    from pyspark.sql import functions as F
+
+    def rows(df, table: str, key: str, source: Path, detail, raw_cols):
+        return df.where(F.length("text") == 0).select(
+            F.lit(table).alias("table"), F.lit(str(source)).alias("source_file"), F.lit(0).cast("long").alias("row"),
+            F.lit("EMPTY_TEXT").alias("reason"), detail.alias("detail"), F.to_json(F.struct(*raw_cols)).alias("raw"),
+        )  # fmt: skip
+
+    out = rows(item_texts, "item_text", "item_id", canonical["items"],
+               F.concat(F.lit("item "), F.col("item_id"), F.lit(" renders an empty text")), ["item_id"])  # fmt: skip
+    if user_texts is not None:
+        detail = F.concat(
+            F.lit("user "),
+            F.col("user_id"),
+            F.lit(" has no profile text and no clicks at "),
+            F.col("snapshot_ts").cast("string"),
+        )
+        out = out.unionByName(
+            rows(user_texts, "user_text", "user_id", canonical["users"], detail, ["user_id", "snapshot_ts"])
+        )
+    return out
+
+
+def _publish(
+    paths: EmbeddingPaths, staging: Path, firsts: dict[str, dt.date], as_of: dt.date
+) -> dict[str, int]:
+    published = {
+        name: publish_partitions(staging / name, getattr(paths, name), day, as_of)
+        for name, day in firsts.items()
+    }
+    if (staging / "quarantine").is_dir():
+        tables.publish_dir(staging / "quarantine", tables.snapshot_dir(paths.quarantine, as_of))
+    return published
+
+
+def run_embed(
+    spark,
+    cfg: Config,
+    as_of: dt.date,
+    *,
+    snapshot_from: dt.date | None = None,
+    every_days: int | None = None,
+    log: Callable[[str], None] = print,
+    faults: Faults = NO_FAULTS,
+) -> EmbedResult:
+    """Embed items as of ``as_of`` and user snapshots from ``snapshot_from`` to ``as_of``; returns the manifest.
+
+    ``snapshot_from`` defaults to catching up: the day after the last snapshot a previous run covered, or on
+    the first run the first midnight at or after the earliest user ``updated_at`` (a full backfill).
+    """
+    from pyspark.sql import functions as F
+
+    stage = StageRun.start("embed", as_of, log)
+    every = every_days or cfg.embed.backfill_every_days
+    paths = embedding_paths(cfg.paths.data_dir, cfg.embed.embedding_set)
+    spec = encoder_spec(cfg)
+    current_model, dim = describe_model(spec)
+    require_items(cfg.paths.data_dir, as_of)
+    canonical = require_canonical(cfg.paths.data_dir, as_of, ("items", "users", "interactions"))
+    items, users, interactions = (
+        spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
+    )
+    existing = {name: read_table(spark, getattr(paths, name)) for name in EMBED_TABLES}
+    stage.phase("check model ids", lambda: check_model(existing, current_model))
+    if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update
+        earliest = users.agg(F.min("updated_at")).collect()[0][0]
+        snapshot_from = first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
+    times, resolved = snapshot_times(snapshot_from, as_of, every), resolve_spec(spec)
+    with stage.staging(paths.root) as staging:
+        run = _Run(
+            spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim,
+            created=pd.Timestamp(stage.started), udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows),
+            pools=_reuse_pools(existing, resolved), phases=stage.phases, runtimes=set(),
+        )  # fmt: skip
+        item_texts, item_vectors, item_counts = _embed_items(
+            run, items, latest_before(existing["item_text"], "item_id", as_of)
+        )
+        counts, user_texts, firsts = {"items": item_counts}, None, {"item_text": as_of}
+        if times:
+            user_texts, user_counts = _embed_users(
+                run, users, interactions, items, item_vectors,
+                latest_before(existing["user_text"], "user_id", snapshot_from),
+                latest_before(existing["user_history"], "user_id", snapshot_from), times,
+            )  # fmt: skip
+            counts.update(user_counts)
+            firsts.update(user_text=snapshot_from, user_history=snapshot_from)
+        else:
+            log(f"embed: user snapshots are up to date (covered until {covered_until(paths.manifests)})")
+        _quarantine(item_texts, user_texts, canonical).coalesce(1).write.parquet(str(staging / "quarantine"))
+        faults.reach("embed.after_write_before_commit")
+        published = stage.phase("publish", lambda: _publish(paths, staging, firsts, as_of))
+    return stage.write_manifest(paths.manifests, {
+        "embedding_set": cfg.embed.embedding_set, **_model_fields(spec, resolved, current_model, dim),
+        "runtime": sorted(run.runtimes) or ["(nothing encoded)"], "spark_master": spark.sparkContext.master,
+        "snapshots": {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
+                      "count": len(times)},
+        "counts": counts,
+        "inputs": {k: str(v) for k, v in canonical.items()},
+        "outputs": {k: str(getattr(paths, k)) for k in (*EMBED_TABLES, "quarantine")},
+        "published_partitions": published,
+    }, EmbedResult)  # fmt: skip
+
+
+def _model_fields(spec, resolved, model: str, dim: int) -> dict:
+    """The encoder as the manifest records it."""
+    return {"model_id": model, "model_dir": spec.model_dir, "dim": dim, "pooling": resolved.pooling,
+            "max_tokens": spec.max_tokens, "prompts": {"item": resolved.item_prompt, "user": resolved.user_prompt},
+            "dims": resolved.dims}  # fmt: skip
+
+
+def _reuse_pools(existing: dict, resolved) -> dict:
+    """Stored vectors a new text of each kind may reuse: a text's stored vector is reused by the same text of
+    any kind, unless the kinds' prompts differ."""
+    stored = {
+        kind: existing[name].select("content_hash", "embedding", "n_tokens", "truncated")
+        for kind, name in (("item", "item_text"), ("user", "user_text"))
+        if existing[name] is not None
+    }
+    if resolved.item_prompt == resolved.user_prompt and len(stored) == 2:
+        stored = dict.fromkeys(stored, stored["item"].unionByName(stored["user"]))
+    if resolved.item_prompt == resolved.user_prompt and len(stored) == 1:
+        stored = dict.fromkeys(("item", "user"), next(iter(stored.values())))
+    return {k: stored[k].dropDuplicates(["content_hash"]) if k in stored else None for k in ("item", "user")}

@@ -1,0 +1,293 @@
+"""Stage 3, stats (Spark): behaviour features with point-in-time windows, as change-log tables.
+
+Outputs under ``<data_dir>/features/``, partitioned by ``snapshot_date``:
+
+- ``item_stats``: per item at each snapshot time s: impressions / clicks / ctr over the trailing 1, 7 and 30
+  days, totals, and last_event_ts. A window ending at s holds the events with ``s - w <= event_ts < s``:
+  strictly before s, so a point-in-time join on event_timestamp = s never sees the future.
+- ``user_stats``: the same per user (events instead of impressions); recency is ``last_event_ts`` (a
+  consumer computes "days since" at its own time, so the value does not change every day).
+- ``item_meta``: category, subcategory, primary category, number of tags; event_timestamp = updated_at.
+
+Every interaction counts as an impression (MovieLens: a rating; MIND: a shown item or a history click);
+label 1 counts as a click. Rows are written only when an entity's values change (see ``changelog.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llmfeat.core.changelog import (
+    covered_until,
+    first_snapshot,
+    latest_before,
+    publish_partitions,
+    read_table,
+    require_canonical,
+    snapshot_times,
+)
+from llmfeat.core.config import Config
+from llmfeat.core.faults import NO_FAULTS, Faults
+from llmfeat.core.layout import StatsPaths, stats_paths  # noqa: F401 - re-exported
+from llmfeat.core.results import StatsResult
+from llmfeat.core.stage_run import StageRun
+from llmfeat.feast import names as n
+from llmfeat.feast.names import STATS_TABLES, packed_columns, stat_columns  # noqa: F401 - re-exported
+from llmfeat.feast.names import WINDOWS as WINDOWS_DAYS
+
+
+def pack(frame: pd.DataFrame, noun: str) -> list[np.ndarray]:
+    cols = packed_columns(noun)[:-1]
+    values = frame[cols].to_numpy(dtype=np.float32)
+    last = frame["last_event_ts"]
+    days = (last - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64) / 86_400.0
+    out = np.concatenate([values, days.astype(np.float32)[:, None]], axis=1)
+    return list(out)
+
+
+def _as_datetime64(times: Sequence[pd.Timestamp]) -> np.ndarray:
+    return pd.DatetimeIndex(list(times)).tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[us]")
+
+
+def stats_over_time(
+    event_ts: np.ndarray,
+    labels: np.ndarray,
+    times: Sequence[pd.Timestamp],
+    noun: str,
+    windows: Sequence[int] = WINDOWS_DAYS,
+) -> pd.DataFrame:
+    """Windowed counts for one entity at each snapshot time. Pure numpy.
+
+    ``event_ts``: datetime64[us] (UTC, naive), any order; ``labels``: 0/1 of the same length.
+    """
+    order = np.argsort(event_ts, kind="stable")
+    ts = event_ts[order]
+    clicks_cum = np.concatenate([[0], np.cumsum(labels[order].astype(np.int64))])
+    s = _as_datetime64(times)
+    upto = np.searchsorted(ts, s, side="left")  # events strictly before s
+    out: dict[str, object] = {"snapshot_ts": pd.DatetimeIndex(list(times))}
+    for w in windows:
+        start = np.searchsorted(ts, s - np.timedelta64(w * 86_400_000_000, "us"), side="left")
+        n = upto - start
+        c = clicks_cum[upto] - clicks_cum[start]
+        out[f"{noun}_{w}d"] = n.astype(np.int32)
+        out[f"clicks_{w}d"] = c.astype(np.int32)
+        out[f"ctr_{w}d"] = np.where(n > 0, c / np.maximum(n, 1), 0.0).astype(np.float32)
+    out[f"{noun}_total"] = upto.astype(np.int32)
+    out["clicks_total"] = clicks_cum[upto].astype(np.int32)
+    out["ctr_total"] = np.where(upto > 0, clicks_cum[upto] / np.maximum(upto, 1), 0.0).astype(np.float32)
+    last = ts[np.maximum(upto - 1, 0)] if len(ts) else np.full(len(s), np.datetime64("NaT"), "datetime64[us]")
+    out["last_event_ts"] = pd.DatetimeIndex(np.where(upto > 0, last, np.datetime64("NaT"))).tz_localize("UTC")
+    return pd.DataFrame(out)
+
+
+def _value_matrix(frame: pd.DataFrame, cols: list[str]) -> np.ndarray:
+    """Values as comparable float64 columns; missing timestamps become NaN (compared as equal below)."""
+    out = np.empty((len(frame), len(cols)), dtype=np.float64)
+    for j, col in enumerate(cols):
+        values = frame[col]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            ints = values.to_numpy(dtype="datetime64[us]").astype(np.int64).astype(np.float64)
+            out[:, j] = np.where(values.isna().to_numpy(), np.nan, ints)
+        else:
+            out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def changes_only(frame: pd.DataFrame, value_cols: list[str], previous: dict | None) -> pd.DataFrame:
+    """Keep the rows whose values differ from the row before (the first compared with ``previous``)."""
+    if frame.empty:
+        return frame
+    current = _value_matrix(frame, value_cols)
+    if previous is None:
+        first = np.full((1, len(value_cols)), np.inf)  # nothing before: the first row always differs
+    else:
+        first = _value_matrix(
+            pd.DataFrame([previous], columns=value_cols).astype(frame[value_cols].dtypes.to_dict()),
+            value_cols,
+        )
+    before = np.vstack([first, current[:-1]])
+    same = (current == before) | (np.isnan(current) & np.isnan(before))
+    return frame[~same.all(axis=1)]
+
+
+def _stats_fn(key: str, noun: str, times: list[pd.Timestamp]):
+    """Per entity, for cogroup(...).applyInPandas: (entity + previous row) x events -> changed stats rows."""
+    cols = stat_columns(noun)
+
+    def fn(entity_pdf: pd.DataFrame, events_pdf: pd.DataFrame) -> pd.DataFrame:
+        if entity_pdf.empty:
+            return pd.DataFrame(columns=[key, "snapshot_ts", *cols, "packed"])
+        entity = entity_pdf.iloc[0]
+        since = pd.Timestamp(entity["updated_at"])
+        since = since.tz_localize("UTC") if since.tzinfo is None else since
+        visible = [t for t in times if t >= since]
+        ts = events_pdf["event_ts"].to_numpy(dtype="datetime64[us]")
+        frame = stats_over_time(ts, events_pdf["label"].to_numpy(), visible, noun)
+        previous = None
+        if not pd.isna(entity["_prev_total"]):
+            previous = {c: entity[f"_prev_{c}"] for c in cols}
+            prev_last = previous["last_event_ts"]
+            previous["last_event_ts"] = None if pd.isna(prev_last) else pd.Timestamp(prev_last, tz="UTC")
+            previous = {c: (v.item() if hasattr(v, "item") else v) for c, v in previous.items()}
+        frame = changes_only(frame, cols, previous)
+        frame.insert(0, key, entity[key])
+        # An object column even when empty: a float column of no rows cannot become array<float> in Arrow
+        # (an incremental run where an entity's values did not change yields no rows for it).
+        frame["packed"] = pd.Series(pack(frame, noun), index=frame.index, dtype=object)
+        return frame
+
+    return fn
+
+
+def _stats_schema(key: str, noun: str) -> str:
+    parts = [f"{key} string"]
+    for c in stat_columns(noun):
+        kind = "float" if c.startswith("ctr") else "timestamp" if c == "last_event_ts" else "int"
+        parts.append(f"{c} {kind}")
+    return ", ".join([*parts, "snapshot_ts timestamp", "packed array<float>"])
+
+
+def _entity_stats(spark, entities, events, key: str, noun: str, times, previous):
+    from pyspark.sql import functions as F
+
+    cols = stat_columns(noun)
+    if previous is not None:
+        prev = previous.select(key, *[F.col(c).alias(f"_prev_{c}") for c in cols]).withColumn(
+            "_prev_total", F.col(f"_prev_{noun}_total")
+        )
+    else:
+        fields = ", ".join(
+            f"_prev_{c} {'float' if c.startswith('ctr') else 'timestamp' if c == 'last_event_ts' else 'int'}"
+            for c in cols
+        )
+        prev = spark.createDataFrame([], f"{key} string, {fields}, _prev_total int")
+    left = entities.select(key, "updated_at").join(prev, key, "left")
+    right = events.select(key, "event_ts", F.col("label").cast("int").alias("label"))
+    return (
+        left.groupBy(key)
+        .cogroup(right.groupBy(key))
+        .applyInPandas(_stats_fn(key, noun, times), _stats_schema(key, noun))
+    )
+
+
+def _item_meta(items, previous, as_of: dt.date, created):
+    from pyspark.sql import functions as F
+
+    meta = items.select(
+        "item_id",
+        "category",
+        "subcategory",
+        F.coalesce(F.element_at("tags", 1), F.trim(F.split("category", ",").getItem(0))).alias(
+            "primary_category"
+        ),
+        F.coalesce(F.size("tags"), F.lit(0)).cast("int").alias("n_tags"),
+        F.col("updated_at").alias("event_timestamp"),
+    )
+    if previous is not None:
+        prev = previous.select(
+            "item_id",
+            F.sha2(F.to_json(F.struct("category", "subcategory", "primary_category", "n_tags")), 256).alias(
+                "_prev"
+            ),
+        )
+        meta = (
+            meta.withColumn(
+                "_hash",
+                F.sha2(F.to_json(F.struct("category", "subcategory", "primary_category", "n_tags")), 256),
+            )
+            .join(prev, "item_id", "left")
+            .where(F.col("_prev").isNull() | (F.col("_prev") != F.col("_hash")))
+            .drop("_hash", "_prev")
+        )
+    return meta.withColumn("created_timestamp", F.lit(created).cast("timestamp")).withColumn(
+        "snapshot_date", F.lit(as_of)
+    )
+
+
+def run_stats(
+    spark,
+    cfg: Config,
+    as_of: dt.date,
+    *,
+    snapshot_from: dt.date | None = None,
+    every_days: int | None = None,
+    log: Callable[[str], None] = print,
+    faults: Faults = NO_FAULTS,
+) -> StatsResult:
+    """Compute item/user stats at each snapshot time from ``snapshot_from`` to ``as_of`` and item metadata."""
+    run = StageRun.start("stats", as_of, log)
+    every = every_days or cfg.embed.backfill_every_days
+    paths = stats_paths(cfg.paths.data_dir)
+    canonical = require_canonical(cfg.paths.data_dir, as_of, ("items", "users", "interactions"))
+    items, users, interactions = (
+        spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
+    )
+    snapshot_from = snapshot_from or _first_snapshot(items, users, as_of, every, paths)
+    times = snapshot_times(snapshot_from, as_of, every)
+    existing = {name: read_table(spark, paths.table(name)) for name in STATS_TABLES}
+    created = pd.Timestamp(run.started)
+    with run.staging(paths.root) as staging:
+        firsts = {n.ITEM_META_TABLE: as_of}
+        if times:
+            for name, entities, key, noun in (
+                (n.ITEM_STATS_TABLE, items, n.ITEM_KEY, n.IMPRESSIONS),
+                (n.USER_STATS_TABLE, users, n.USER_KEY, n.EVENTS),
+            ):
+                rows = _entity_stats(spark, entities, interactions, key, noun, times,
+                                     latest_before(existing[name], key, snapshot_from))  # fmt: skip
+                run.phase(
+                    f"write {name}", lambda rows=rows, name=name: _write_stats(rows, created, staging / name)
+                )
+                firsts[name] = snapshot_from
+        else:
+            log(f"stats: snapshots are up to date (covered until {covered_until(paths.manifests)})")
+        meta = _item_meta(
+            items, latest_before(existing[n.ITEM_META_TABLE], n.ITEM_KEY, as_of), as_of, created
+        )
+        run.phase(f"write {n.ITEM_META_TABLE}", lambda: meta.write.partitionBy("snapshot_date").parquet(
+            str(staging / n.ITEM_META_TABLE)))  # fmt: skip
+        counts = {name: _count(read_table(spark, staging / name)) for name in firsts}
+        faults.reach("stats.after_write_before_commit")
+        published = run.phase("publish", lambda: {
+            t: publish_partitions(staging / t, paths.table(t), day, as_of) for t, day in firsts.items()})  # fmt: skip
+    return run.write_manifest(paths.manifests, {
+        "snapshots": {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
+                      "count": len(times)},
+        "windows_days": list(WINDOWS_DAYS),
+        "counts": {"written": counts},
+        "published_partitions": published,
+        "inputs": {k: str(v) for k, v in canonical.items()},
+        "outputs": {t: str(paths.table(t)) for t in STATS_TABLES},
+    }, StatsResult)  # fmt: skip
+
+
+def _first_snapshot(items, users, as_of: dt.date, every: int, paths: StatsPaths) -> dt.date:
+    """Catching up: the day after the last covered snapshot, or the first at or after the earliest update."""
+    from pyspark.sql import functions as F
+
+    both = users.select("updated_at").unionByName(items.select("updated_at"))
+    earliest = both.agg(F.min("updated_at")).collect()[0][0]
+    return first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
+
+
+def _write_stats(rows, created: pd.Timestamp, target: Path) -> None:
+    """One stats table's rows as a change log partitioned by snapshot date, one file per partition."""
+    from pyspark.sql import functions as F
+
+    rows = rows.select(
+        "*",
+        F.col("snapshot_ts").alias("event_timestamp"),
+        F.lit(created).cast("timestamp").alias("created_timestamp"),
+        F.to_date("snapshot_ts").alias("snapshot_date"),
+    ).drop("snapshot_ts")
+    rows.repartition("snapshot_date").write.partitionBy("snapshot_date").parquet(str(target))
+
+
+def _count(frame) -> int:
+    return frame.count() if frame is not None else 0

@@ -1,0 +1,151 @@
+"""The point-in-time training frame, stored by event day and extended night by night.
+
+The features of a labelled event at time t are the published values at or before t. Once the event's day is
+closed (the nightly for date D sees only events before D 00:00), later nights only add feature rows stamped
+later, so that day's part of the frame never changes. Each night therefore fetches from Feast (still through
+``get_historical_features``, the one definition of a feature) only:
+
+- the event days not stored yet;
+- a stored day whose number of labelled rows changed (late-arriving events, a re-ingested day);
+- everything, when the stored frame's signature no longer matches (another embedding model id, another
+  feature list in the ``ctr_training`` service, another Feast project) or when the caller says the upstream
+  was redone (``refresh``: the nightly passes it when train is redone because an upstream stage was forced).
+
+Layout: ``<data_dir>/features/training_frame/<embedding_set>/event_day=YYYY-MM-DD/part-00000.parquet`` plus
+``state.json`` (signature, rows per stored day). Each day's partition is published atomically
+(``tables.staged_dir``) before ``state.json`` names it, so a run that dies leaves days that the next run
+either reuses whole or fetches again.
+
+What this cannot see: a feature value published later with an *earlier* timestamp (a backfill of stats or
+embeddings into closed days). Such a backfill is a forced redo of that stage, which refreshes the frame.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from llmfeat.core import tables
+from llmfeat.core.layout import DataDir
+from llmfeat.feast.names import CTR_TRAINING as SERVICE
+
+STATE = "state.json"
+ORDER = ["event_timestamp", "user_id", "item_id"]
+
+
+@dataclass
+class FrameStats:
+    """What one fetch read and wrote (the train stage's summary shows it)."""
+
+    rows: int = 0
+    reused_rows: int = 0
+    fetched_rows: int = 0
+    fetched_days: list[str] = field(default_factory=list)
+    invalidated: str | None = None
+
+    def to_dict(self) -> dict:
+        """For run summaries: the fetched days as a count and a range, not a list of every day."""
+        out = asdict(self)
+        days = out.pop("fetched_days")
+        out["fetched_days"] = len(days)
+        out["fetched_range"] = [days[0], days[-1]] if days else None
+        return out
+
+
+def frame_root(data_dir: Path, embedding_set: str) -> Path:
+    return DataDir(Path(data_dir)).training_frame(embedding_set)
+
+
+def _day_dir(root: Path, day: dt.date) -> Path:
+    return root / f"event_day={day.isoformat()}"
+
+
+def signature(store, embedding_model_id: str | None) -> dict:
+    """What the stored frame was fetched with; any change invalidates it."""
+    service = store.get_feature_service(SERVICE)
+    refs = sorted(f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features)
+    payload = {"project": store.project, "features": refs, "embedding_model_id": embedding_model_id}
+    payload["sha256"] = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    return payload
+
+
+def _read_state(root: Path) -> dict:
+    path = root / STATE
+    return json.loads(path.read_text()) if path.is_file() else {"signature": None, "days": {}}
+
+
+def fetch(
+    store,
+    rows: pd.DataFrame,
+    root: Path,
+    *,
+    embedding_model_id: str | None,
+    refresh: bool = False,
+    log: Callable[[str], None] = print,
+) -> tuple[pd.DataFrame, FrameStats]:
+    """The point-in-time frame of ``rows`` (user_id, item_id, event_timestamp, label, ...), fetching from Feast
+    only the event days not stored yet (or changed); sorted by event time, user, item."""
+    from llmfeat.feast.offline import historical_features
+
+    root = Path(root)
+    rows = rows.copy()
+    rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+    day_of = rows["event_timestamp"].dt.date
+    counts = {d.isoformat(): int(n) for d, n in day_of.value_counts().items()}
+    sig = signature(store, embedding_model_id)
+    state = _read_state(root)
+    stats = FrameStats(rows=len(rows))
+    if refresh:
+        stats.invalidated = "an upstream stage was redone"
+    elif state["signature"] is not None and state["signature"]["sha256"] != sig["sha256"]:
+        changed = [
+            k for k in ("project", "features", "embedding_model_id") if state["signature"][k] != sig[k]
+        ]
+        stats.invalidated = f"{', '.join(changed)} changed"
+    if stats.invalidated:
+        log(f"train: stored training frame invalidated ({stats.invalidated}); fetching every day again")
+        shutil.rmtree(root, ignore_errors=True)
+        state = {"signature": None, "days": {}}
+    stored = {
+        d
+        for d, n in state["days"].items()
+        if counts.get(d) == n and _day_dir(root, dt.date.fromisoformat(d)).is_dir()
+    }
+    todo = sorted(set(counts) - stored)
+    if todo:
+        wanted = rows[day_of.map(dt.date.isoformat).isin(todo)]
+        log(f"train: point-in-time features for {len(wanted)} labelled interactions of {len(todo)} new day(s) "
+            f"from Feast ({len(rows) - len(wanted)} rows of {len(stored)} stored day(s) reused) ...")  # fmt: skip
+        fetched = historical_features(store, wanted)
+        fetched_day = fetched["event_timestamp"].dt.date.map(dt.date.isoformat)
+        for day in todo:
+            part = fetched[fetched_day == day]
+            with tables.staged_dir(_day_dir(root, dt.date.fromisoformat(day))) as staging:
+                part.to_parquet(staging / tables.PARQUET_FILE, index=False)
+            state["days"][day] = len(part)
+        state["signature"] = sig
+        # Days before the first one asked for stay stored (a training window moved past them: a wider window
+        # reuses them); a day inside the range that no longer has rows is forgotten.
+        state["days"] = {d: n for d, n in state["days"].items() if d in counts or d < min(counts)}
+        tables.write_json(root / STATE, state)
+        stats.fetched_rows, stats.fetched_days = len(wanted), todo
+    stats.reused_rows = len(rows) - stats.fetched_rows
+    parts = [
+        pd.read_parquet(_day_dir(root, dt.date.fromisoformat(d)) / tables.PARQUET_FILE)
+        for d in sorted(counts)
+    ]
+    frame = pd.concat(parts, ignore_index=True) if parts else historical_features(store, rows.iloc[:0])
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    return sort_frame(frame), stats
+
+
+def sort_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The order every training frame is used in, stored or fetched whole."""
+    return frame.sort_values(ORDER, kind="stable").reset_index(drop=True)
