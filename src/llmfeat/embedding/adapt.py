@@ -691,63 +691,18 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> Ada
     data = data.before(snapshot)  # nothing at or after the snapshot exists for this stage
     k = cfg.evaluate.select_k
     v = validation_split(data, snapshot, a.validation_days, k)
-    ctx_v, tg, inputs_v, validate, t_val = v.ctx, v.targets, v.inputs, v.validate, v.start
+    ctx_v, tg, t_val = v.ctx, v.targets, v.start
     if len(tg) == 0 or ctx_v.X.nnz == 0:
         raise TooLittleDataError(f"too few clicks to train the adapter: {ctx_v.X.nnz} before {t_val.date()}, "
                          f"{len(tg)} users with clicks in the validation window")  # fmt: skip
 
-    best = None
-    tried = []
-    for tau in a.temperatures:
-        params = {**adapter_params(a), "temperature": float(tau)}
-        res = train_adapter(ctx_v.X, ctx_v.click_u, ctx_v.click_i, ctx_v.click_age_days, inputs_v, params,
-                            validate=validate, log=log)  # fmt: skip
-        tried.append({"temperature": tau, "val_recall": round(res.best_val, 5), "best_epoch": res.best_epoch,
-                      "seconds": round(res.seconds, 1), "cpu_seconds": round(res.cpu_seconds, 1)})  # fmt: skip
-        log(f"adapt: temperature {tau}: validation recall@{k} {res.best_val:.4f} at epoch {res.best_epoch}")
-        if best is None or res.best_val > best[1].best_val:
-            best = (params, res)
-    params, res = best
+    params, res, tried = _train_best(a, v, k, log)
     model = res.model
-    # the hybrid prior: trailing-window clicks as published in item_stats (clicks_<w>d), weight on validation
-    U, IV = model.vectors(ctx_v.X, inputs_v)
-    # (and the multiplier of the text-predicted prior of items without clicks, new_item_prior)
-    hybrid = {"window_days": None, "weight": 0.0, "new_item_prior": 0.0, "val_recall": round(res.best_val, 5)}
-    clicked_v = ctx_v.item_clicks > 0
-    for w_days in WINDOWS:
-        for beta in a.new_item_prior:
-            log_pop = new_item_prior(np.log1p(E.recent_counts(ctx_v, {"window_days": w_days})), ctx_v.item_vecs,
-                                     clicked_v, beta, a.new_item_ridge)  # fmt: skip
-            for w in a.hybrid_weights:
-                s = E.selection_score(lambda users: hybrid_scores(U[users], IV, log_pop, w), ctx_v, tg, k)  # noqa: B023
-                if s > hybrid["val_recall"] + 1e-12:
-                    hybrid = {"window_days": w_days, "weight": float(w), "new_item_prior": float(beta),
-                              "val_recall": round(s, 5)}  # fmt: skip
-    # reserved slots for items without clicks on top of the hybrid score, also chosen on validation
-    is_new = ~clicked_v
-    log_pop = new_item_prior(np.log1p(E.recent_counts(ctx_v, {"window_days": hybrid["window_days"] or 1})),
-                             ctx_v.item_vecs, clicked_v, hybrid["new_item_prior"], a.new_item_ridge)  # fmt: skip
-    hybrid["fresh_slots"] = 0
-
-    def with_slots(n: int):
-        def score(users):
-            base = hybrid_scores(U[users], IV, log_pop, hybrid["weight"])
-            return fresh_slot_scores(base, U[users] @ IV.T, is_new, n)
-
-        return score
-
-    for n in a.fresh_slots:
-        s = E.selection_score(with_slots(n), ctx_v, tg, k)
-        if s > hybrid["val_recall"] + 1e-12:
-            hybrid.update(fresh_slots=int(n), val_recall=round(s, 5))
+    hybrid = _choose_hybrid(a, model, v, k, res.best_val)
     # vectors over the graph at the snapshot (clicks before it), with the weights trained above
     ctx = E.context(data, snapshot)
     if hybrid["new_item_prior"] > 0 and hybrid["window_days"]:
-        # refitted on the clicks before the snapshot; the retriever applies it to items without clicks
-        coef, b0 = text_popularity(ctx.item_vecs, np.log1p(E.recent_counts(ctx, {"window_days": hybrid["window_days"]})),
-                                   ctx.item_clicks > 0, a.new_item_ridge)  # fmt: skip
-        hybrid["text_popularity"] = {"coef": [round(float(c), 7) for c in coef], "intercept": float(b0),
-                                     "ridge": a.new_item_ridge}  # fmt: skip
+        hybrid["text_popularity"] = _text_popularity_at(ctx, hybrid["window_days"], a.new_item_ridge)
     inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
     users, items = model.vectors(ctx.X, inputs)
     checksum = model.checksum()
@@ -768,38 +723,101 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> Ada
     with tables.staged_dir(adapter_dir(cfg)) as staging:
         (staging / ADAPTER_FILE).write_bytes(model.state_bytes())
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
+    manifest = {**card, "embedding_set": a.output_set, "counts": {"items": len(items), "users": int(has_vec.sum()),
+                "users_text_tower": int((has_vec & (n_clicks == 0)).sum())}}  # fmt: skip
+    _write_set(out_root, data, items, users, has_vec, n_clicks, mid, snapshot, created, manifest, started)
+    log(f"adapt: {mid}: {len(items)} items, {int(has_vec.sum())} users; validation recall@{k} {res.best_val:.4f}, "
+        f"hybrid {hybrid}")  # fmt: skip
+    return AdaptResult({k2: v for k2, v in manifest.items() if k2 not in ("history",)})
+
+
+def _train_best(a, v: ValidationSplit, k: int, log: Callable[[str], None]):
+    """Train once per temperature on the validation split; the best validation recall wins:
+    (params, TrainResult, what was tried)."""
+    best, tried = None, []
+    for tau in a.temperatures:
+        params = {**adapter_params(a), "temperature": float(tau)}
+        ctx = v.ctx
+        res = train_adapter(ctx.X, ctx.click_u, ctx.click_i, ctx.click_age_days, v.inputs, params,
+                            validate=v.validate, log=log)  # fmt: skip
+        tried.append({"temperature": tau, "val_recall": round(res.best_val, 5), "best_epoch": res.best_epoch,
+                      "seconds": round(res.seconds, 1), "cpu_seconds": round(res.cpu_seconds, 1)})  # fmt: skip
+        log(f"adapt: temperature {tau}: validation recall@{k} {res.best_val:.4f} at epoch {res.best_epoch}")
+        if best is None or res.best_val > best[1].best_val:
+            best = (params, res)
+    return best[0], best[1], tried
+
+
+def _choose_hybrid(a, model: AdaptedModel, v: ValidationSplit, k: int, plain_recall: float) -> dict:
+    """The hybrid score's settings, on the validation split: the trailing window of the popularity prior (the
+    ``clicks_<w>d`` that item_stats publishes), its weight, the multiplier of the text-predicted prior of items
+    without clicks, then reserved fresh slots on top. Each must beat the plain cosine's recall to be kept."""
+    from llmfeat.retrieval import evaluate as E
+
+    ctx, tg = v.ctx, v.targets
+    U, IV = model.vectors(ctx.X, v.inputs)
+    clicked = ctx.item_clicks > 0
+
+    def prior(window: int, beta: float) -> np.ndarray:
+        log_pop = np.log1p(E.recent_counts(ctx, {"window_days": window}))
+        return new_item_prior(log_pop, ctx.item_vecs, clicked, beta, a.new_item_ridge)
+
+    hybrid = {"window_days": None, "weight": 0.0, "new_item_prior": 0.0, "val_recall": round(plain_recall, 5)}
+    for w_days in WINDOWS:
+        for beta in a.new_item_prior:
+            log_pop = prior(w_days, beta)
+            for w in a.hybrid_weights:
+                s = E.selection_score(lambda users: hybrid_scores(U[users], IV, log_pop, w), ctx, tg, k)  # noqa: B023
+                if s > hybrid["val_recall"] + 1e-12:
+                    hybrid = {"window_days": w_days, "weight": float(w), "new_item_prior": float(beta),
+                              "val_recall": round(s, 5)}  # fmt: skip
+    log_pop = prior(hybrid["window_days"] or 1, hybrid["new_item_prior"])
+    hybrid["fresh_slots"] = 0
+
+    def with_slots(n: int):
+        def score(users):
+            base = hybrid_scores(U[users], IV, log_pop, hybrid["weight"])
+            return fresh_slot_scores(base, U[users] @ IV.T, ~clicked, n)
+
+        return score
+
+    for n in a.fresh_slots:
+        s = E.selection_score(with_slots(n), ctx, tg, k)
+        if s > hybrid["val_recall"] + 1e-12:
+            hybrid.update(fresh_slots=int(n), val_recall=round(s, 5))
+    return hybrid
+
+
+def _text_popularity_at(ctx, window_days: int, ridge: float) -> dict:
+    """The text-popularity regression refitted on the clicks before the snapshot, as the card stores it (the
+    retriever applies it to the items without clicks: ``retriever.new_item_priors``)."""
+    from llmfeat.retrieval import evaluate as E
+
+    log_pop = np.log1p(E.recent_counts(ctx, {"window_days": window_days}))
+    coef, b0 = text_popularity(ctx.item_vecs, log_pop, ctx.item_clicks > 0, ridge)
+    return {"coef": [round(float(c), 7) for c in coef], "intercept": float(b0), "ridge": ridge}
+
+
+def _write_set(out_root, data, items, users, has_vec, n_clicks, mid: str, snapshot, created, manifest: dict,
+               started: float) -> None:  # fmt: skip
+    """The adapted embedding set (item_text, user_text, user_history, one model id) and its manifest, swapped
+    in whole."""
+    as_of = snapshot.date()
     with tables.staged_dir(out_root) as staging:
         for name, key, ids, vecs, extra in (
             ("item_text", "item_id", data.item_ids, items, {}),
-            (
-                "user_text",
-                "user_id",
-                data.user_ids[has_vec],
-                users[has_vec],
-                {"n_history": n_clicks[has_vec]},
-            ),
-            (
-                "user_history",
-                "user_id",
-                data.user_ids[has_vec],
-                users[has_vec],
-                {"n_clicks": n_clicks[has_vec]},
-            ),
-        ):
+            ("user_text", "user_id", data.user_ids[has_vec], users[has_vec], {"n_history": n_clicks[has_vec]}),
+            ("user_history", "user_id", data.user_ids[has_vec], users[has_vec], {"n_clicks": n_clicks[has_vec]}),
+        ):  # fmt: skip
             part = tables.snapshot_dir(staging / name, as_of)
             part.mkdir(parents=True)
             tables.write_parquet(
                 _emb_table(key, ids, vecs, mid, snapshot, created, extra), part / tables.PARQUET_FILE
             )
-        manifest = {**card, "embedding_set": a.output_set, "counts": {"items": len(items), "users": int(has_vec.sum()),
-                    "users_text_tower": int((has_vec & (n_clicks == 0)).sum())},
-                    "seconds": {"total": round(time.perf_counter() - started, 1)}}  # fmt: skip
+        manifest["seconds"] = {"total": round(time.perf_counter() - started, 1)}
         run_id = f"{as_of.isoformat()}T{created.strftime('%H%M%S')}-adapt"
         (staging / "manifests").mkdir()
         (staging / "manifests" / f"{run_id}.json").write_text(json.dumps(manifest, indent=2, default=str))
-    log(f"adapt: {mid}: {len(items)} items, {int(has_vec.sum())} users; validation recall@{k} {res.best_val:.4f}, "
-        f"hybrid {hybrid}")  # fmt: skip
-    return AdaptResult({k2: v for k2, v in manifest.items() if k2 not in ("history",)})
 
 
 def load_card(cfg) -> dict:

@@ -494,30 +494,38 @@ def run_embed(
         item_texts, item_vectors, item_counts = _embed_items(
             run, items, latest_before(existing["item_text"], "item_id", as_of)
         )
-        counts, user_texts, firsts = {"items": item_counts}, None, {"item_text": as_of}
+        user_texts, user_counts = None, {}
         if times:
             user_texts, user_counts = _embed_users(
                 run, users, interactions, items, item_vectors,
                 latest_before(existing["user_text"], "user_id", snapshot_from),
                 latest_before(existing["user_history"], "user_id", snapshot_from), times,
             )  # fmt: skip
-            counts.update(user_counts)
-            firsts.update(user_text=snapshot_from, user_history=snapshot_from)
         else:
             log(f"embed: user snapshots are up to date (covered until {covered_until(paths.manifests)})")
+        users_from = {"user_text": snapshot_from, "user_history": snapshot_from} if times else {}
         _quarantine(item_texts, user_texts, canonical).coalesce(1).write.parquet(str(staging / "quarantine"))
         faults.reach("embed.after_write_before_commit")
-        published = stage.phase("publish", lambda: _publish(paths, staging, firsts, as_of))
-    return stage.write_manifest(paths.manifests, {
-        "embedding_set": cfg.embed.embedding_set, **_model_fields(spec, resolved, current_model, dim),
-        "runtime": sorted(run.runtimes) or ["(nothing encoded)"], "spark_master": spark.sparkContext.master,
-        "snapshots": {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
-                      "count": len(times)},
-        "counts": counts,
+        published = stage.phase(
+            "publish", lambda: _publish(paths, staging, {"item_text": as_of, **users_from}, as_of)
+        )
+    snapshots = {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
+                 "count": len(times)}  # fmt: skip
+    return stage.write_manifest(paths.manifests, _manifest(
+        cfg, spark, _model_fields(spec, resolved, current_model, dim), run.runtimes, snapshots,
+        {"items": item_counts, **user_counts}, canonical, paths, published), EmbedResult)  # fmt: skip
+
+
+def _manifest(cfg: Config, spark, model: dict, runtimes: set, snapshots: dict, counts: dict, canonical: dict,
+              paths, published) -> dict:  # fmt: skip
+    """The embed stage's manifest (what ``EmbedResult`` reads), keys in their written order."""
+    return {
+        "embedding_set": cfg.embed.embedding_set, **model, "runtime": sorted(runtimes) or ["(nothing encoded)"],
+        "spark_master": spark.sparkContext.master, "snapshots": snapshots, "counts": counts,
         "inputs": {k: str(v) for k, v in canonical.items()},
         "outputs": {k: str(getattr(paths, k)) for k in (*EMBED_TABLES, "quarantine")},
         "published_partitions": published,
-    }, EmbedResult)  # fmt: skip
+    }  # fmt: skip
 
 
 def _model_fields(spec, resolved, model: str, dim: int) -> dict:
