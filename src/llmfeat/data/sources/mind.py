@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from llmfeat.data.sources.raw import (
+    INTER_COLS,
+    ITEM_COLS,
     InputError,
     RawTables,
     base,
@@ -35,18 +37,6 @@ from llmfeat.data.sources.raw import (
 )
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
-ITEM_COLS = ["item_id", "title", "description", "category", "subcategory", "tags", "updated_at"]
-USER_COLS = ["user_id", "age", "gender", "occupation", "location", "bio", "updated_at"]
-INTER_COLS = [
-    "user_id",
-    "item_id",
-    "event_ts",
-    "_event_ts_raw",
-    "label",
-    "impression_id",
-    "rating",
-    "dwell_s",
-]
 
 
 def load(directory: Path) -> RawTables:

@@ -17,6 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from llmfeat.data.sources.raw import (
+    INTER_COLS,
+    ITEM_COLS,
+    USER_COLS,
     InputError,
     RawTables,
     base,
@@ -34,19 +37,6 @@ GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
 )  # fmt: skip
-
-ITEM_COLS = ["item_id", "title", "description", "category", "subcategory", "tags", "updated_at"]
-USER_COLS = ["user_id", "age", "gender", "occupation", "location", "bio", "updated_at"]
-INTER_COLS = [
-    "user_id",
-    "item_id",
-    "event_ts",
-    "_event_ts_raw",
-    "label",
-    "impression_id",
-    "rating",
-    "dwell_s",
-]
 
 
 def detect_layout(directory: Path) -> str:

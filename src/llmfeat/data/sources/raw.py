@@ -27,6 +27,20 @@ from llmfeat.core.errors import InputError  # noqa: F401 - re-exported
 
 PROVENANCE = ("_file", "_row", "_raw", "_reject", "_detail")
 
+# The columns a file loader's raw frames carry (the canonical ones, plus ``_event_ts_raw``).
+ITEM_COLS = ["item_id", "title", "description", "category", "subcategory", "tags", "updated_at"]
+USER_COLS = ["user_id", "age", "gender", "occupation", "location", "bio", "updated_at"]
+INTER_COLS = [
+    "user_id",
+    "item_id",
+    "event_ts",
+    "_event_ts_raw",
+    "label",
+    "impression_id",
+    "rating",
+    "dwell_s",
+]
+
 
 @dataclass
 class RawTables:
