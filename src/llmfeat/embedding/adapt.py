@@ -529,21 +529,33 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
         U, IV = model.vectors(ctx.X, inputs)
         return E.Fit(lambda users: U[users] @ IV.T)
 
+    # The hybrid and fresh-slot grids score many candidates on one context: the adapted vectors (a propagation
+    # over the graph) and the prior are computed once per context (``ctx.cache``), not once per candidate.
+    def vectors_at(ctx, model):
+        key = ("adapted_vectors", id(model))
+        if key not in ctx.cache:
+            inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
+            ctx.cache[key] = (model, model.vectors(ctx.X, inputs))  # the model kept: its id stays unique
+        return ctx.cache[key][1]
+
+    def prior_at(ctx, recent: dict, beta: float):
+        key = ("hybrid_prior", json.dumps(recent, sort_keys=True), beta)
+        if key not in ctx.cache:
+            ctx.cache[key] = new_item_prior(np.log1p(E.recent_counts(ctx, recent)), ctx.item_vecs,
+                                            ctx.item_clicks > 0, beta, cfg_adapt.new_item_ridge)  # fmt: skip
+        return ctx.cache[key]
+
     def fit_hybrid(ctx, params, val=None):
-        inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
-        U, IV = params["adapted"]["_model"].vectors(ctx.X, inputs)
-        log_pop = new_item_prior(np.log1p(E.recent_counts(ctx, params["recent"])), ctx.item_vecs,
-                                 ctx.item_clicks > 0, params["new_item_prior"], cfg_adapt.new_item_ridge)  # fmt: skip
+        U, IV = vectors_at(ctx, params["adapted"]["_model"])
+        log_pop = prior_at(ctx, params["recent"], params["new_item_prior"])
         w = params["weight"]
         return E.Fit(lambda users: hybrid_scores(U[users], IV, log_pop, w))
 
     def fit_fresh(ctx, params, val=None):
-        inputs = make_inputs(ctx.X, ctx.item_vecs, ctx.user_first_text, ctx.user_text_found)
         hyb = params["hybrid"]
-        U, IV = hyb["adapted"]["_model"].vectors(ctx.X, inputs)
+        U, IV = vectors_at(ctx, hyb["adapted"]["_model"])
         is_new = ctx.item_clicks == 0
-        log_pop = new_item_prior(np.log1p(E.recent_counts(ctx, hyb["recent"])), ctx.item_vecs, ~is_new,
-                                 hyb["new_item_prior"], cfg_adapt.new_item_ridge)  # fmt: skip
+        log_pop = prior_at(ctx, hyb["recent"], hyb["new_item_prior"])
         return E.Fit(lambda users: fresh_slot_scores(hybrid_scores(U[users], IV, log_pop, hyb["weight"]),
                                                      U[users] @ IV.T, is_new, params["slots"]))  # fmt: skip
 

@@ -563,8 +563,8 @@ class Retriever:
         scores = cos + self._prior_weight * prior[rows]
         order = np.argsort(-scores, kind="stable")
         rows, scores, method = rows[order], scores[order], f"hybrid({wide.method})"
-        fresh = self._fresh_for_user(
-            user_id, min(k, getattr(self, "_fresh_slots", 0)), categories, exclude_seen
+        fresh = self._nearest_among(  # the fresh slots: the user's nearest items without clicks
+            user_id, new_rows, min(k, getattr(self, "_fresh_slots", 0)), categories, exclude_seen
         )
         if fresh is not None and len(fresh.ids):
             new = self._row_of.get_indexer(pd.Index(fresh.ids, dtype=object))
@@ -575,10 +575,6 @@ class Retriever:
         rows, scores = rows[:k], scores[:k]
         return Results(ids=self._item_ids[rows].tolist(), scores=[float(x) for x in scores],
                        index_version=self.version, method=method, titles=[self._titles[r] for r in rows])  # fmt: skip
-
-    def _fresh_for_user(self, user_id, n: int, categories, exclude_seen) -> Results | None:
-        """The user's ``n`` nearest items among those without clicks (within ``categories``), or None."""
-        return self._nearest_among(user_id, getattr(self, "_new_rows", None), n, categories, exclude_seen)
 
     def _nearest_among(self, user_id, new_rows, n: int, categories, exclude_seen) -> Results | None:
         """The user's ``n`` nearest items among the rows ``new_rows`` (within ``categories``), or None."""

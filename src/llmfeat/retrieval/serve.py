@@ -136,17 +136,13 @@ class ResponseCache:
         self._owner: Retriever | None = None
         self._entries: OrderedDict[Hashable, bytes] = OrderedDict()
         self._bytes = 0
-        self._lock = threading.Lock()  # the POST routes run in worker threads
-        self.hits = self.misses = 0
+        self._lock = threading.Lock()  # the cached routes answer on the event loop; a sync route would not
 
     def get(self, owner: Retriever, key: Hashable) -> bytes | None:
         with self._lock:
             body = self._entries.get(key) if owner is self._owner else None
-            if body is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
+            if body is not None:
+                self._entries.move_to_end(key)
             return body
 
     def put(self, owner: Retriever, key: Hashable, body: bytes) -> None:
