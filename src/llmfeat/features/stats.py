@@ -153,7 +153,34 @@ def _stats_schema(key: str, noun: str) -> str:
     return ", ".join([*parts, "snapshot_ts timestamp", "packed array<float>"])
 
 
-def _entity_stats(spark, entities, events, key: str, noun: str, times, previous):
+def _may_change(entities, events, prev, key: str, noun: str, since: pd.Timestamp):
+    """The keys whose stats may differ after ``since`` from ``prev`` (their values at ``since``, the last
+    covered snapshot): an event within the longest window before ``since`` or later (a window count may move),
+    an ``updated_at`` at or after ``since`` (visibility), no previous row, or a count or click total before
+    ``since`` that differs from the previous row's (an event that arrived late or was removed). Any other
+    entity has empty windows at ``since`` and after, and the same totals: no change row, so skipping it is exact."""
+    from pyspark.sql import functions as F
+
+    horizon = since - pd.Timedelta(days=max(WINDOWS_DAYS))
+    recent = events.where(F.col("event_ts") >= F.lit(horizon.to_pydatetime())).select(key)
+    visible = entities.where(F.col("updated_at") >= F.lit(since.to_pydatetime())).select(key)
+    fresh = entities.select(key).join(prev.select(key), key, "left_anti")
+    before = (
+        events.where(F.col("event_ts") < F.lit(since.to_pydatetime()))
+        .groupBy(key)
+        .agg(F.count(F.lit(1)).alias("_n"), F.sum(F.col("label").cast("long")).alias("_c"))
+    )
+    moved = before.join(prev.select(key, "_prev_total", "_prev_clicks_total"), key, "full").where(
+        (F.coalesce("_n", F.lit(0)) != F.coalesce("_prev_total", F.lit(0)))
+        | (F.coalesce("_c", F.lit(0)) != F.coalesce("_prev_clicks_total", F.lit(0)))
+    )
+    return recent.unionByName(visible).unionByName(fresh).unionByName(moved.select(key)).distinct()
+
+
+def _entity_stats(spark, entities, events, key: str, noun: str, times, previous, since: pd.Timestamp | None):
+    """Per entity and snapshot time, the changed stats rows. With ``previous`` (each entity's latest row) and
+    ``since`` (the snapshot it holds), only the entities whose values may have moved are computed
+    (``_may_change``): a night's cost follows the trailing windows' entities, not the whole catalogue."""
     from pyspark.sql import functions as F
 
     cols = stat_columns(noun)
@@ -169,6 +196,9 @@ def _entity_stats(spark, entities, events, key: str, noun: str, times, previous)
         prev = spark.createDataFrame([], f"{key} string, {fields}, _prev_total int")
     left = entities.select(key, "updated_at").join(prev, key, "left")
     right = events.select(key, "event_ts", F.col("label").cast("int").alias("label"))
+    if previous is not None and since is not None:
+        active = _may_change(entities, events, prev, key, noun, since)
+        left, right = left.join(active, key, "left_semi"), right.join(active, key, "left_semi")
     return (
         left.groupBy(key)
         .cogroup(right.groupBy(key))
@@ -230,6 +260,9 @@ def run_stats(
     )
     snapshot_from = snapshot_from or _first_snapshot(items, users, as_of, every, paths)
     times = snapshot_times(snapshot_from, as_of, every)
+    covered = covered_until(paths.manifests)
+    # Catching up after the last covered snapshot: the previous rows hold each entity's values at it.
+    since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
     existing = {name: read_table(spark, paths.table(name)) for name in STATS_TABLES}
     created = pd.Timestamp(run.started)
     with run.staging(paths.root) as staging:
@@ -240,7 +273,7 @@ def run_stats(
                 (n.USER_STATS_TABLE, users, n.USER_KEY, n.EVENTS),
             ):
                 rows = _entity_stats(spark, entities, interactions, key, noun, times,
-                                     latest_before(existing[name], key, snapshot_from))  # fmt: skip
+                                     latest_before(existing[name], key, snapshot_from), since)  # fmt: skip
                 run.phase(
                     f"write {name}", lambda rows=rows, name=name: _write_stats(rows, created, staging / name)
                 )
