@@ -162,8 +162,9 @@ def measure(args: argparse.Namespace) -> dict:
         "overrides": args.overrides,
         "seed": args.seed,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "memory_method": "process tree (CLI + Spark JVM + workers) sampled every 0.5 s with psutil; "
-        "peak of the summed PSS (RSS where PSS is unavailable), attributed to the stage without a marker yet",
+        "memory_method": "process tree (CLI + Spark JVM + workers) sampled with psutil every 0.5 s (RSS) and "
+        "every 5 s or at a new RSS high (PSS), bench/stage_memory.py; peak_mib: the summed PSS (RSS where PSS "
+        "is unavailable), attributed to the stage without a run marker yet",
         "runs": runs,
         "curves": curves(runs),
         "history": history(runs),

@@ -1,13 +1,14 @@
 """Peak memory per stage of a running ``llmfeat nightly`` process tree (bench/day_over_day.py, bench/scale_curve.py).
 
 A thread samples, every ``interval`` seconds (0.5 by default), the CLI's process and all its descendants (the
-Spark JVM and its Python workers): the sum of their RSS, the sum of their PSS (proportional set size, from
-``/proc/<pid>/smaps_rollup`` through psutil; a page shared by forked workers is split among them instead of
-counted once per process as in the RSS sum), and the largest single process's RSS. Each sample is attributed
-to the stage running then: the first stage of the night whose success marker
-(``<data_dir>/runs/<date>/<stage>.json``) does not exist yet, so process start-up counts to ingest; samples
-after the last marker (Spark's shutdown) to ``teardown``. A stage shorter than the interval can have no
-sample (its peak is then null), and a peak between two samples is missed.
+Spark JVM and its Python workers): the sum of their RSS and the largest single process's RSS; and the sum of
+their PSS (proportional set size, ``/proc/<pid>/smaps_rollup`` through psutil: a page shared by forked workers
+is split among them instead of counted once per process as in the RSS sum), which costs ~0.1 s of kernel time
+with a JVM in the tree, so it is read every 10th sample and whenever the RSS sum passes its stage's high-water
+mark by 2 % (so near each stage's RSS peak). Each sample is attributed to the stage running then: the first
+stage of the night whose success marker (``<data_dir>/runs/<date>/<stage>.json``) does not exist yet, so process
+start-up counts to ingest; samples after the last marker (Spark's shutdown) to ``teardown``. A stage shorter
+than the interval can have no sample (its peak is then null), and a peak between two samples is missed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 import psutil
 
 MIB = 1 << 20
+PSS_EVERY = 10  # samples: PSS every 5 s at the default interval, RSS every one
+PSS_ON_GROWTH = 1.02  # and PSS whenever the RSS sum passes its stage's high-water mark by 2 %
 
 
 @dataclass
@@ -39,26 +42,39 @@ class Peak:
         return {k: round(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
 
 
-def tree_memory(root: psutil.Process) -> tuple[float, float | None, float]:
-    """(RSS sum, PSS sum or None where the kernel has no smaps_rollup, largest RSS) of a process tree, MiB."""
+def _tree(root: psutil.Process) -> list[psutil.Process]:
     try:
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0.0, None, 0.0
-    rss = pss = largest = 0.0
-    has_pss = True
-    for proc in procs:
+        return []
+
+
+def tree_rss(root: psutil.Process) -> tuple[float, float]:
+    """(RSS sum, largest RSS) of a process tree, MiB: cheap (/proc/<pid>/statm), a few ms."""
+    rss = largest = 0.0
+    for proc in _tree(root):
         try:
-            info = proc.memory_full_info()
+            value = proc.memory_info().rss
         except psutil.Error:  # gone between the listing and the read, or not ours
             continue
-        rss += info.rss
-        largest = max(largest, info.rss)
-        if hasattr(info, "pss"):
-            pss += info.pss
-        else:
-            has_pss = False
-    return rss / MIB, (pss / MIB if has_pss else None), largest / MIB
+        rss += value
+        largest = max(largest, value)
+    return rss / MIB, largest / MIB
+
+
+def tree_pss(root: psutil.Process) -> float | None:
+    """PSS sum of a process tree, MiB; None where the kernel has no smaps_rollup. ~0.1 s of system time with
+    a multi-GiB JVM in the tree (the kernel walks its page tables), so it is read sparingly."""
+    pss = 0.0
+    for proc in _tree(root):
+        try:
+            info = proc.memory_full_info()
+        except psutil.Error:
+            continue
+        if not hasattr(info, "pss"):
+            return None
+        pss += info.pss
+    return pss / MIB
 
 
 def current_stage(markers: Path, stages: tuple[str, ...]) -> str:
@@ -88,12 +104,16 @@ class StageSampler:
         self._thread.join()
 
     def _run(self) -> None:
+        n = 0
         while not self._stop.is_set():
             stage = current_stage(self.markers, self.stages)
-            sample = tree_memory(self.root)
-            if sample[0] > 0:
-                self.by_stage.setdefault(stage, Peak()).add(*sample)
-                self.whole.add(*sample)
+            rss, largest = tree_rss(self.root)
+            if rss > 0:
+                high = self.by_stage[stage].tree_rss_mib if stage in self.by_stage else 0.0
+                pss = tree_pss(self.root) if n % PSS_EVERY == 0 or rss > high * PSS_ON_GROWTH else None
+                self.by_stage.setdefault(stage, Peak()).add(rss, pss, largest)
+                self.whole.add(rss, pss, largest)
+            n += 1
             self._stop.wait(self.interval)
 
     def peaks(self) -> dict[str, dict | None]:
@@ -102,4 +122,4 @@ class StageSampler:
         return {s: (self.by_stage[s].as_dict() if s in self.by_stage else None) for s in names}
 
     def night(self) -> dict:
-        return {**self.whole.as_dict(), "interval_s": self.interval}
+        return {**self.whole.as_dict(), "interval_s": self.interval, "pss_every_n_samples": PSS_EVERY}
