@@ -4,8 +4,10 @@ On a fresh data directory, ``llmfeat nightly --as-of D`` (the full night: everyt
 then ``llmfeat nightly --as-of D+1`` on the same directory (the incremental night: ingest now sees the events
 of day D, and the items and users that appeared by then). Each night runs as its own CLI process, as cron
 would run it. Recorded per stage: seconds, rows read and rows written (the ``rows_io`` each stage's summary
-carries, src/llmfeat/core/costs.py), and for the night: wall seconds, the process tree's peak RSS, load average
-before and after; then the ratio D+1 / D per stage and for the night (the bar: <= 0.20).
+carries, src/llmfeat/core/costs.py) and peak memory (the process tree sampled every 0.5 s,
+bench/stage_memory.py), and for the night: wall seconds, peak memory, load average before and after; then the
+ratio D+1 / D per stage and for the night (the bar: <= 0.20). bench/scale_curve.py runs the same nights on
+synthetic data at several sizes.
 
     .venv/bin/python bench/day_over_day.py --day 1998-04-22 --out var/bench/day_over_day.json
 
@@ -28,12 +30,14 @@ import sys
 import time
 from pathlib import Path
 
+from stage_memory import StageSampler
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "embed", "stats", "publish", "index", "train")
 
 
-def night(day: dt.date, data_dir: Path, overrides: list[str], log_path: Path) -> dict:
-    """One nightly run in its own process; its summary plus wall time, peak RSS and load average."""
+def nightly_command(day: dt.date, data_dir: Path, overrides: list[str]) -> list[str]:
+    """``llmfeat nightly`` for ``day`` on ``data_dir``, as cron would run it."""
     cmd = [
         sys.executable,
         "-m",
@@ -46,31 +50,56 @@ def night(day: dt.date, data_dir: Path, overrides: list[str], log_path: Path) ->
     ]
     for item in overrides:
         cmd += ["--set", item]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+    return cmd
+
+
+def bench_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
+
+
+def markers(data_dir: Path, day: dt.date) -> Path:
+    return data_dir / "runs" / day.isoformat()
+
+
+def stage_markers(data_dir: Path, day: dt.date) -> list[dict]:
+    """The night's success markers (each stage's summary and seconds), in stage order."""
+    found = [json.loads(p.read_text()) for p in markers(data_dir, day).glob("*.json") if p.stem in STAGES]
+    return sorted(found, key=lambda m: STAGES.index(m["stage"]))
+
+
+def night(day: dt.date, data_dir: Path, overrides: list[str], log_path: Path) -> dict:
+    """One nightly run in its own process; its summary plus wall time, peak memory (per stage and for the
+    night, bench/stage_memory.py) and load average."""
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     with log_path.open("w") as log:
-        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        proc = subprocess.Popen(nightly_command(day, data_dir, overrides), cwd=REPO, env=bench_env(), stdout=log,
+                                stderr=subprocess.STDOUT)  # fmt: skip
+        with StageSampler(proc.pid, markers(data_dir, day), STAGES) as memory:
+            rc = proc.wait()
     wall = time.perf_counter() - t0
-    markers = data_dir / "runs" / day.isoformat()
-    stages = [json.loads(p.read_text()) for p in sorted(markers.glob("*.json")) if p.stem in STAGES]
+    stages = stage_markers(data_dir, day)
     if rc not in (0, 4) and len(stages) < len(STAGES):  # (a failure after the last stage leaves every marker)
         raise SystemExit(f"nightly --as-of {day} exited {rc}; see {log_path}")
-    stages.sort(key=lambda m: STAGES.index(m["stage"]))
+    peaks = memory.peaks()
     return {
         "as_of": day.isoformat(),
         "exit_code": rc,  # non-zero with every marker present: the run failed after its last stage
         "wall_s": round(wall, 1),
         "nightly_s": round(sum(m["seconds"] for m in stages), 3),
-        # the largest RSS of any finished child process (the CLI's Python, or the Spark JVM it started)
+        # the largest RSS of any finished child process of this bench process so far (the CLI's Python, or
+        # the Spark JVM it started): after several nights, the largest of all of them
         "peak_rss_mib_max_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024),
+        "peak_memory": memory.night(),  # sampled, this night only
+        "teardown_peak_memory": peaks["teardown"],
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "stages": {
             s["stage"]: {
                 "seconds": s["seconds"],
                 "rows_io": s["summary"].get("rows_io"),
+                "peak_memory": peaks.get(s["stage"]),
                 "detail": detail(s["stage"], s["summary"]),
             }  # fmt: skip
             for s in stages
