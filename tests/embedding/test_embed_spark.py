@@ -114,6 +114,38 @@ def test_second_run_reuses_everything(state, spark):
     assert len(read(state["paths"].item_text)) == 1682  # the partition was replaced, not appended to
 
 
+def test_a_few_texts_encode_in_the_driver_as_in_a_spark_job(state, spark, tmp_path):
+    """A night's few new texts are encoded in the driver (embed.driver_encode_max) instead of a Spark job: the
+    same encoder spec, batches and thread count as the one-partition job the Spark path makes of them."""
+    from dataclasses import replace
+
+    from llmfeat.core.stage_run import Phases
+    from llmfeat.embedding.embed import _Run, describe_model, encoder_spec, make_encoder_udf
+    from llmfeat.embedding.user_state import content_hash
+
+    cfg = state["cfg"]
+    items = read(tables.snapshot_dir(tables.canonical_dir(state["data_dir"], "items"), AS_OF)).head(40)
+    texts = [render(cfg.embed.item_template, r) for r in items.to_dict("records")]
+    df = spark.createDataFrame(
+        pd.DataFrame({"content_hash": [content_hash(t) for t in texts], "text": texts})
+    )
+    out, runtimes = {}, {}
+    for limit in (0, 256):  # 0: always Spark
+        c = replace(cfg, embed=replace(cfg.embed, driver_encode_max=limit))
+        spec = encoder_spec(c)
+        model, dim = describe_model(spec)
+        run = _Run(spark=spark, cfg=c, as_of=AS_OF, staging=tmp_path / str(limit), model_id=model, dim=dim,
+                   created=pd.Timestamp.now(tz="UTC"), udf=make_encoder_udf(spec, c.embed.udf_batch_rows),
+                   pools={"item": None, "user": None}, phases=Phases("embed", lambda _: None), runtimes=set())  # fmt: skip
+        vectors, n_new = run.encode(df, "items")
+        assert n_new == len(set(texts)) and (run.driver_encoder is not None) == (limit > 0)
+        out[limit] = vectors.toPandas().set_index("content_hash").sort_index()
+        runtimes[limit] = run.runtimes
+    assert list(out[0].index) == list(out[256].index) and runtimes[0] == runtimes[256]
+    np.testing.assert_allclose(np.stack(out[256]["embedding"]), np.stack(out[0]["embedding"]), atol=1e-6)
+    assert (out[256]["n_tokens"] == out[0]["n_tokens"]).all()
+
+
 def test_changed_text_is_reencoded(state, spark):
     d2 = AS_OF + dt.timedelta(days=1)
     data_dir = state["data_dir"]
@@ -131,6 +163,7 @@ def test_changed_text_is_reencoded(state, spark):
     )
     m = run_embed(spark, state["cfg"], d2, log=lambda _: None)
     assert m["counts"]["items"]["encoded"] == 1 and m["counts"]["items"]["written"] == 1
+    assert m["runtime"] == state["first"]["runtime"]  # encoded in the driver, by the same kind of encoder
     new = read(tables.snapshot_dir(state["paths"].item_text, d2))
     assert list(new["item_id"]) == ["1"]
     old = read(tables.snapshot_dir(state["paths"].item_text, AS_OF)).set_index("item_id")

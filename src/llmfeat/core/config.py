@@ -105,6 +105,10 @@ class EmbedConfig:
     max_batch_rows: int = 128
     udf_batch_rows: int = 2048
     """Rows handed to the encoder per call inside the Spark UDF (it sorts them by length)."""
+    driver_encode_max: int = 256
+    """A run with at most this many new texts of a kind (an ordinary night's few edits) encodes them in the
+    driver process instead of a Spark job, sparing a Python worker's start and model load (seconds that do not
+    depend on the change); same encoder, same vectors. 0: always through Spark."""
     item_template: str = "{title}. {category}. {subcategory}. {description}"
     user_template: str = "Age {age}, gender {gender}, {occupation}. {bio}. Recently liked: {history}"
     """Placeholders: any users column plus {history}, the titles of the user's latest clicks, newest first."""
@@ -192,13 +196,22 @@ class TrainingConfig:
     warm_start: bool = False
     """Start each CTR model from the previous night's model of the same name (temporal protocol only, where it
     cannot see tonight's test rows; llmfeat.ctr.warm_start says when it starts cold instead)."""
+    evaluate_every_days: int = 7
+    """The nightly's full evaluation (every protocol of ``protocols``, every model, the report, the bandit
+    simulator) runs when the newest full one of this embedding set is this many days old or more, when there is
+    none, when the embedding model changed, and on ``--force train``. The nights between *refresh* the models:
+    ``refresh_models`` on the first protocol only, warm-started from the previous night's (as ``warm_start``),
+    the served bandit policy retrained on its event log without the simulator. 1: a full evaluation every night."""
+    refresh_models: list[CtrModel] = field(default_factory=lambda: ["popularity", "deep_lm"])
+    """The models a refresh night retrains (the ones rankers load; ``llmfeat score`` takes deep_lm); the other
+    models of ``models`` are carried over from the previous run unchanged, so every model stays loadable."""
     min_interactions: int = 500
     """Fewer labelled interactions than this: the nightly run records "too little data" instead of training
     (a CTR model fitted on a handful of rows is noise, and a temporal split of them may be empty)."""
 
     def __post_init__(self) -> None:
         _positive("train", self, "epochs", "batch_size", "lr", "patience", "tfidf_dim", "leave_last_k",
-                  "light_user_max", "min_interactions")  # fmt: skip
+                  "light_user_max", "min_interactions", "evaluate_every_days")  # fmt: skip
         _check(self.window_days is None or self.window_days > 0, "train.window_days",
                f"must be a positive number of days or null, got {self.window_days}")  # fmt: skip
         _device("train.device", self.device)

@@ -168,12 +168,21 @@ def make_encoder_udf(spec: EncoderSpec, batch_rows: int):
     return predict_batch_udf(make_predict_fn, return_type=return_type, batch_size=batch_rows)
 
 
-def check_model(existing: dict, current: str) -> None:
+def stored_model_ids(path: Path) -> set[str]:
+    """The model ids in a published change-log table (its ``model_id`` column alone, read with pyarrow:
+    dictionary-encoded, milliseconds where a Spark job took seconds)."""
+    import pyarrow.dataset as ds
+
+    if not tables.snapshot_dates(path):
+        return set()
+    column = ds.dataset(str(path), format="parquet", partitioning="hive").to_table(columns=["model_id"])
+    return {v for v in column.column("model_id").unique().to_pylist() if v is not None}
+
+
+def check_model(paths: EmbeddingPaths, current: str) -> None:
     """Refuse to add vectors of ``current`` to a table that holds another model's."""
-    for name, df in existing.items():
-        if df is None:
-            continue
-        others = sorted(r[0] for r in df.select("model_id").distinct().collect() if r[0] != current)
+    for name in EMBED_TABLES:
+        others = sorted(stored_model_ids(getattr(paths, name)) - {current})
         if others:
             raise ModelMismatchError(
                 f"embedding table {name!r} holds vectors of model {', '.join(others)}; this run uses {current}. "
@@ -197,6 +206,8 @@ class _Run:
     """Stored vectors (content_hash -> embedding, ...) a text of each kind may reuse: ``item`` and ``user``."""
     phases: Phases
     runtimes: set[str]
+    driver_encoder: TextEncoder | None = None
+    """Loaded on the first few-texts encode of the run (``embed.driver_encode_max``)."""
 
     def encode(self, texts, name: str):
         """Vectors (content_hash -> embedding, n_tokens, truncated) for every text in ``texts``.
@@ -216,7 +227,9 @@ class _Run:
         )
         n_new = new.count()
         encoded = None
-        if n_new:
+        if n_new and n_new <= self.cfg.embed.driver_encode_max:
+            encoded = self._encode_in_driver(new, kind, self.staging / f"encoded_{name}")
+        elif n_new:
             out = self.staging / f"encoded_{name}"
             parts = max(1, min(2 * self.spark.sparkContext.defaultParallelism, math.ceil(n_new / 256)))
             (
@@ -244,6 +257,32 @@ class _Run:
                 [], "content_hash string, embedding array<float>, n_tokens int, truncated boolean"
             )
         return vectors, n_new
+
+    def _encode_in_driver(self, new, kind: str, out: Path):
+        """``encode``'s few-texts path: the texts collected, encoded here, written as the Spark path writes them."""
+        import pyarrow as pa
+        import torch
+
+        texts = new.select("content_hash", "text").toPandas().sort_values("content_hash")
+        threads = torch.get_num_threads()
+        try:  # the tasks' spec (their thread count too): the batches and numbers a one-partition Spark job makes
+            if self.driver_encoder is None:
+                self.driver_encoder = TextEncoder(encoder_spec(self.cfg))
+            enc = self.driver_encoder
+            torch.set_num_threads(enc.spec.threads or threads)
+            got = enc.encode(texts["text"].tolist(), prompt_name=kind)
+        finally:  # the driver's later torch work (the CTR fits) keeps its own thread count
+            torch.set_num_threads(threads)
+        self.runtimes.add(f"{enc.device}/{enc.precision}")
+        table = pa.table({
+            "content_hash": texts["content_hash"].tolist(),
+            "embedding": pa.array(list(np.asarray(got.vectors, dtype=np.float32)), pa.list_(pa.float32())),
+            "n_tokens": pa.array(np.asarray(got.n_tokens, dtype=np.int32)),
+            "truncated": pa.array(np.asarray(got.truncated).astype(bool)),
+        })  # fmt: skip
+        out.mkdir(parents=True)
+        tables.write_parquet(table, out / "part-0.parquet")
+        return self.spark.read.parquet(str(out))
 
     def tagged(self, df, *cols):
         """Add the columns every embedding row carries."""
@@ -310,7 +349,7 @@ def _embed_items(run: _Run, items, prev_rows):
         if vectors is not None
         else None
     )
-    return texts, current_vectors, counts
+    return texts, current_vectors, changed.select("item_id"), counts
 
 
 STATE_SCHEMA = (
@@ -344,8 +383,36 @@ def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams):
     return states
 
 
-def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text, prev_hist, times):
-    """Point-in-time user texts and pooled-history vectors at each snapshot time; encode the new texts."""
+def _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, since: pd.Timestamp):
+    """The users whose text or history row may differ after ``since`` (the last covered snapshot) from their
+    latest rows: a profile updated at or after ``since``, a click at or after it, no text row yet, a click on
+    an item whose text is new or changed tonight (its title may be in their history), or a count of clicks on
+    embedded items before ``since`` that differs from their history row's (a late or removed click). Any
+    other user renders the same text and pools the same clicks: no new row, so skipping them is exact. (One
+    case it cannot see: a late click on an item without a vector, i.e. an empty text, that would enter a
+    history text; that user is recomputed with their next click.)"""
+    from pyspark.sql import functions as F
+
+    at = F.lit(since.to_pydatetime())
+    embedded = clicks.where(F.col("embedding").isNotNull() & (F.size("embedding") > 0))
+    before = embedded.where(F.col("event_ts") < at).groupBy("user_id").agg(F.count(F.lit(1)).alias("_n"))
+    moved = before.join(prev_hist, "user_id", "full").where(
+        F.coalesce("_n", F.lit(0)) != F.coalesce("_prev_clicks", F.lit(0))
+    )
+    return (
+        users.where(F.col("updated_at") >= at).select("user_id")
+        .unionByName(clicks.where(F.col("event_ts") >= at).select("user_id"))
+        .unionByName(users.select("user_id").join(prev_text, "user_id", "left_anti"))
+        .unionByName(clicks.join(changed_items, "item_id", "left_semi").select("user_id"))
+        .unionByName(moved.select("user_id"))
+        .distinct()
+    )  # fmt: skip
+
+
+def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text, prev_hist, times,
+                 changed_items, since: pd.Timestamp | None):  # fmt: skip
+    """Point-in-time user texts and pooled-history vectors at each snapshot time; encode the new texts.
+    Catching up after ``since`` (the last covered snapshot), only the users that may change are computed."""
     from pyspark.sql import functions as F
 
     params = UserStateParams(
@@ -373,6 +440,10 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         clicks = clicks.join(item_vectors, "item_id", "left")
     else:
         clicks = clicks.withColumn("embedding", F.lit(None).cast("array<float>"))
+    if since is not None:
+        active = _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, since)
+        profiles = profiles.join(active, "user_id", "left_semi")
+        clicks = clicks.join(active, "user_id", "left_semi")
     states = profiles.groupBy("user_id").cogroup(
         clicks.select("user_id", "event_ts", "item_id", "title", "embedding").groupBy("user_id")
     )
@@ -480,10 +551,13 @@ def run_embed(
         spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
     )
     existing = {name: read_table(spark, getattr(paths, name)) for name in EMBED_TABLES}
-    stage.phase("check model ids", lambda: check_model(existing, current_model))
+    stage.phase("check model ids", lambda: check_model(paths, current_model))
+    covered = covered_until(paths.manifests)
     if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update
         earliest = users.agg(F.min("updated_at")).collect()[0][0]
-        snapshot_from = first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
+        snapshot_from = first_snapshot(as_of, every, covered, earliest)
+    # Catching up after the last covered snapshot: the latest user rows hold each user's state at it.
+    since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
     times, resolved = snapshot_times(snapshot_from, as_of, every), resolve_spec(spec)
     with stage.staging(paths.root) as staging:
         run = _Run(
@@ -491,7 +565,7 @@ def run_embed(
             created=pd.Timestamp(stage.started), udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows),
             pools=_reuse_pools(existing, resolved), phases=stage.phases, runtimes=set(),
         )  # fmt: skip
-        item_texts, item_vectors, item_counts = _embed_items(
+        item_texts, item_vectors, changed_items, item_counts = _embed_items(
             run, items, latest_before(existing["item_text"], "item_id", as_of)
         )
         user_texts, user_counts = None, {}
@@ -499,10 +573,10 @@ def run_embed(
             user_texts, user_counts = _embed_users(
                 run, users, interactions, items, item_vectors,
                 latest_before(existing["user_text"], "user_id", snapshot_from),
-                latest_before(existing["user_history"], "user_id", snapshot_from), times,
+                latest_before(existing["user_history"], "user_id", snapshot_from), times, changed_items, since,
             )  # fmt: skip
         else:
-            log(f"embed: user snapshots are up to date (covered until {covered_until(paths.manifests)})")
+            log(f"embed: user snapshots are up to date (covered until {covered})")
         users_from = {"user_text": snapshot_from, "user_history": snapshot_from} if times else {}
         _quarantine(item_texts, user_texts, canonical).coalesce(1).write.parquet(str(staging / "quarantine"))
         faults.reach("embed.after_write_before_commit")

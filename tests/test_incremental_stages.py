@@ -1,0 +1,156 @@
+"""The embed and stats stages night after night compute only the users and items whose rows may move
+(``embed._users_that_may_change``, ``stats._may_change``) and end with exactly the rows a fresh full run
+computes: windows emptying, a new item, a late-arriving old event, untouched entities skipped."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from llmfeat.core.config import load_config
+from llmfeat.data.ingest import run_ingest
+from llmfeat.embedding import embed
+from llmfeat.embedding.embed import embedding_paths, run_embed
+from llmfeat.features import stats
+from llmfeat.features.stats import run_stats, stat_columns, stats_paths
+from tests.pit_runs import pit_overrides
+
+pytestmark = pytest.mark.spark
+
+NIGHTS = [dt.date(2024, 3, 5), dt.date(2024, 3, 6), dt.date(2024, 3, 7), dt.date(2024, 3, 8)]
+MAPPING = """items:
+  path: items.csv
+  id: sku
+  columns: {title: name, category: dept}
+  updated_at: modified
+users:
+  path: users.csv
+  id: uid
+  columns: {occupation: job}
+  updated_at: signup
+interactions:
+  path: events.csv
+  user_id: uid
+  item_id: sku
+  timestamp: ts
+  label: clicked
+"""
+EVENTS = [
+    ("U1", "A", "2024-01-03T10:00:00Z", 1),  # A: January only, long before every night's windows
+    ("U2", "A", "2024-01-04T10:00:00Z", 0),
+    ("U1", "B", "2024-01-10T10:00:00Z", 1),  # B: old and recent events
+    ("U3", "B", "2024-03-04T12:00:00Z", 1),
+    ("U2", "B", "2024-03-06T09:00:00Z", 0),
+    ("U3", "C", "2024-02-05T10:00:00Z", 1),  # C: leaves the 30-day window during the nights
+    ("U4", "D", "2024-03-06T15:00:00Z", 1),  # D: a new item (listed from 2024-03-06)
+    ("U4", "E", "2024-01-20T10:00:00Z", 0),  # E: January only ...
+    ("U1", "B", "2024-03-07T11:00:00Z", 1),
+]
+LATE = ("U2", "E", "2024-01-25T10:00:00Z", 1)  # ... and an event of January that arrives before night 3
+
+
+def _write_source(root, night: dt.date) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mapping.yaml").write_text(MAPPING)
+    items = [("A", "Alpha", "x", "2024-01-01T00:00:00Z"), ("B", "Beta", "x", "2024-01-01T00:00:00Z"),
+             ("C", "Gamma", "y", "2024-01-01T00:00:00Z"), ("D", "Delta", "y", "2024-03-06T00:00:00Z"),
+             ("E", "Epsilon", "y", "2024-01-01T00:00:00Z")]  # fmt: skip
+    listed = [i for i in items if pd.Timestamp(i[3]) < pd.Timestamp(night, tz="UTC")]
+    pd.DataFrame(listed, columns=["sku", "name", "dept", "modified"]).to_csv(root / "items.csv", index=False)
+    users = [(f"U{i}", "job", "2024-01-01T00:00:00Z") for i in range(1, 5)]
+    pd.DataFrame(users, columns=["uid", "job", "signup"]).to_csv(root / "users.csv", index=False)
+    events = EVENTS + ([LATE] if night >= NIGHTS[2] else [])
+    pd.DataFrame(events, columns=["uid", "sku", "ts", "clicked"]).to_csv(root / "events.csv", index=False)
+
+
+def _latest(cfg, table: str, key: str) -> pd.DataFrame:
+    """Each entity's latest stats row (its values as of the last snapshot), value columns only."""
+    rows = pq.read_table(stats_paths(cfg.paths.data_dir).table(table)).to_pandas()
+    rows = rows.sort_values(["event_timestamp", "created_timestamp"]).groupby(key).tail(1)
+    noun = "impressions" if key == "item_id" else "events"
+    return rows.set_index(key)[stat_columns(noun)].sort_index()
+
+
+def _latest_users(cfg, table: str, cols: list[str]) -> pd.DataFrame:
+    rows = pq.read_table(getattr(embedding_paths(cfg.paths.data_dir, "default"), table)).to_pandas()
+    rows = rows.sort_values(["event_timestamp", "created_timestamp"]).groupby("user_id").tail(1)
+    return rows.set_index("user_id")[cols].sort_index()
+
+
+@pytest.fixture(scope="module")
+def runs(spark, tmp_path_factory, request):
+    """Night by night in one data directory (recording what each filter let through), and one fresh full run
+    as of the last night in another."""
+    base = tmp_path_factory.mktemp("incremental")
+    nightly_cfg = load_config(None, pit_overrides(base / "nightly", base / "src" / "mapping.yaml"))
+    computed: dict[dt.date, dict[str, set[str]]] = {}
+    mp = pytest.MonkeyPatch()
+    request.addfinalizer(mp.undo)
+
+    def spy(module, name: str, night: dt.date) -> None:
+        """Record the keys ``module.name`` lets through, under "users" (embed) or the stats key column."""
+        original = getattr(module, name)
+
+        def recorded(*args):
+            active = original(*args)
+            label = args[3] if module is stats else "users"  # stats: (entities, events, prev, key, ...)
+            computed[night][label] = {r[0] for r in active.collect()}
+            return active
+
+        mp.setattr(module, name, recorded)
+
+    for night in NIGHTS:
+        computed[night] = {}
+        mp.undo()
+        spy(stats, "_may_change", night)
+        spy(embed, "_users_that_may_change", night)
+        _write_source(base / "src", night)
+        run_ingest(nightly_cfg, night)
+        run_embed(spark, nightly_cfg, night, log=lambda _: None)
+        run_stats(spark, nightly_cfg, night, log=lambda _: None)
+    mp.undo()
+    full_cfg = load_config(None, pit_overrides(base / "full", base / "src" / "mapping.yaml"))
+    run_ingest(full_cfg, NIGHTS[-1])
+    run_embed(spark, full_cfg, NIGHTS[-1], log=lambda _: None)
+    run_stats(spark, full_cfg, NIGHTS[-1], log=lambda _: None)
+    return nightly_cfg, full_cfg, computed
+
+
+def test_users_night_after_night_end_with_the_rows_of_a_full_run(runs):
+    nightly_cfg, full_cfg, computed = runs
+    for table, cols in (("user_text", ["content_hash", "n_history"]), ("user_history", ["n_clicks"])):
+        pd.testing.assert_frame_equal(
+            _latest_users(nightly_cfg, table, cols), _latest_users(full_cfg, table, cols)
+        )
+    got = _latest_users(nightly_cfg, "user_history", ["embedding"])["embedding"]
+    want = _latest_users(full_cfg, "user_history", ["embedding"])["embedding"]
+    for user in want.index:
+        assert max(abs(a - b) for a, b in zip(got[user], want[user], strict=True)) < 1e-5, user
+    # night 2 sees no new click, no new item: nobody is computed; night 3 the new item's clicker (U4) and the
+    # late click (U2); night 4 the click of 03-07 (U1)
+    assert computed[NIGHTS[0]] == {}  # the first night computes everyone (nothing to compare with)
+    assert computed[NIGHTS[1]]["users"] == set()
+    assert computed[NIGHTS[2]]["users"] == {"U2", "U4"}
+    assert computed[NIGHTS[3]]["users"] == {"U1"}
+
+
+@pytest.mark.parametrize(("table", "key"), [("item_stats", "item_id"), ("user_stats", "user_id")])
+def test_night_after_night_ends_with_the_values_of_a_full_run(runs, table, key):
+    nightly_cfg, full_cfg, _ = runs
+    pd.testing.assert_frame_equal(_latest(nightly_cfg, table, key), _latest(full_cfg, table, key))
+
+
+def test_only_entities_whose_values_may_move_are_computed(runs):
+    nightly_cfg, _, computed = runs
+    assert computed[NIGHTS[0]] == {}  # the first night computes everything (nothing to compare with)
+    night2, night3 = computed[NIGHTS[1]]["item_id"], computed[NIGHTS[2]]["item_id"]
+    assert "A" not in night2 and "E" not in night2  # untouched since January: skipped
+    assert {"B", "C"} <= night2  # recent events, a window still to empty
+    assert "D" in night3  # a new item (listed from night 3 on)
+    assert "E" in night3 and "A" not in night3  # the late January event moved E's totals
+    items = _latest(nightly_cfg, "item_stats", "item_id")
+    assert items.loc["E", "impressions_total"] == 2 and items.loc["E", "clicks_total"] == 1
+    assert items.loc["C", "impressions_30d"] == 0 and items.loc["C", "impressions_total"] == 1
