@@ -111,7 +111,7 @@ def detail(stage: str, s: dict) -> dict:
     """The parts of a stage summary that say why it cost what it did."""
     if stage == "train":
         bandit = s.get("bandit") or {}
-        return {"frame": s.get("frame"), "seconds": s.get("seconds"),
+        return {"frame": s.get("frame"), "seconds": s.get("seconds"), "evaluation": s.get("evaluation"),
                 "bandit_seconds": bandit.get("seconds") if isinstance(bandit, dict) else None}  # fmt: skip
     if stage in ("embed", "stats"):
         return {"snapshots": s.get("snapshots"), "seconds": s.get("seconds")}

@@ -270,7 +270,7 @@ def _stage_functions(
         return run_index(cfg, as_of, log=log, faults=faults).for_marker()
 
     def train(forced: bool) -> R.TrainResult:
-        from llmfeat.ctr.train import TooLittleDataError, run_train
+        from llmfeat.ctr.train import TooLittleDataError, plan_evaluation, run_train
 
         current = current_models_as_of(cfg)
         if current is not None and current > as_of:
@@ -278,17 +278,23 @@ def _stage_functions(
             log(f"train: not trained: {reason}")
             return R.TrainResult({"trained": False, "reason": reason})
         spark.get()  # point-in-time features come from Feast's Spark offline store
+        plan = plan_evaluation(cfg, as_of, forced=forced)
         try:
-            summary = run_train(cfg, as_of, log=log, refresh=forced)
+            summary = run_train(cfg, as_of, log=log, refresh=forced, plan=plan)
         except TooLittleDataError as exc:
             log(f"train: not trained: {exc}")
             return R.TrainResult({"trained": False, "reason": str(exc)})
         keep = ("run_id", "rows", "frame", "embedding_model_id", "protocols", "models", "report", "seconds")
-        out = {k: summary[k] for k in keep} | {"headline": summary.headline_rows}
-        if cfg.bandit.enabled:  # the short simulator run (its section goes into the same report) + a policy
+        out = {k: summary[k] for k in keep} | {"headline": summary.headline_rows, "evaluation": plan.kind}
+        # A full evaluation runs the simulator (its section joins the report), then trains a policy.
+        if cfg.bandit.enabled and plan.kind == "full":
             from llmfeat.bandit.nightly import run_bandit
 
             out["bandit"] = run_bandit(cfg, as_of, report=Path(summary["report"]), log=log)
+        elif cfg.bandit.enabled:  # a refresh: the policy from the event log, no simulator
+            from llmfeat.bandit.nightly import train_policy
+
+            out["bandit"] = {"policy": train_policy(cfg, log=log, keep_without_decisions=True)}
         return R.TrainResult(out)
 
     def adapt(forced: bool) -> R.AdaptResult:

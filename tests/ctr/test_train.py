@@ -122,3 +122,40 @@ def test_short_training_run_beats_the_base_rate(movielens_store):
     assert ranked["ctr"].is_monotonic_decreasing and ranked["ctr"].between(0, 1).all()
     seen = set(Retriever.load(cfg).seen_items("1"))
     assert not seen & set(ranked["item_id"])
+
+
+def test_a_refresh_night_trains_warm_on_the_first_protocol_and_points_at_the_full_report(movielens_store):
+    """The nightly's refresh (train.evaluate_every_days): after a full evaluation, the next night fits the first
+    protocol only, warm-started, and its report names the full one."""
+    from llmfeat.core.config import load_config
+    from llmfeat.ctr.train import models_dir, plan_evaluation, run_dir_of, run_train
+
+    base_cfg, _ = movielens_store
+    cfg = load_config(
+        None,
+        [f"paths.data_dir={base_cfg.paths.data_dir}", f"paths.reports_dir={Path(base_cfg.paths.data_dir) / 'reports'}",
+         "train.protocols=[temporal, leave_last_k]", "train.models=[popularity, lr_lm, deep_lm]", "train.epochs=2",
+         "embed.backfill_every_days=7"],
+    )  # fmt: skip
+    night = dt.date(1998, 4, 23)  # the one ingested snapshot: the "next night" is the same date again
+    first = plan_evaluation(cfg, night, forced=True)
+    assert first.kind == "full" and first.reason == "train was forced"
+    full = run_train(cfg, night, log=lambda _: None, plan=first)
+    assert full["evaluation"] == "full" and set(full["protocols"]) == {"temporal", "leave_last_k"}
+
+    plan = plan_evaluation(cfg, night)
+    assert plan.kind == "refresh" and plan.last_full["run_id"] == full["run_id"], plan
+    refresh = run_train(cfg, night, log=lambda _: None, plan=plan)
+    assert refresh["evaluation"] == "refresh" and list(refresh["protocols"]) == ["temporal"]
+    assert refresh["warm_start"] == {"temporal/deep_lm": "warm"}  # from the full night's model
+    # lr_lm is not in train.refresh_models: carried over unchanged, so the run stays complete for rankers
+    assert refresh["carried_over"] == {"lr_lm": full["run_id"]}
+    carried = Path(refresh["models"]["lr_lm"])
+    assert carried.parent.name == refresh["run_id"]
+    assert carried.read_bytes() == Path(full["models"]["lr_lm"]).read_bytes()
+    assert refresh["last_full_evaluation"] == plan.last_full
+    report = Path(refresh["report"]).read_text()
+    assert "**Refresh night**" in report and plan.last_full["report"] in report
+    assert "## Protocol: leave_last_k" not in report
+    assert run_dir_of(models_dir(cfg) / "current.json").name == refresh["run_id"]  # the rankers take it
+    assert (run_dir_of(models_dir(cfg) / "current.json") / "deep_lm.pt").is_file()

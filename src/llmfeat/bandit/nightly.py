@@ -30,8 +30,10 @@ def _current(cfg: Config):
 
 
 def train_policy(cfg: Config, *, exploration: str | None = None, sim=None, log: Callable[[str], None] = print,
-                 now: float | None = None) -> dict:  # fmt: skip
-    """Train a policy on the event log (and, for a first policy, the simulator's logs) and publish it."""
+                 now: float | None = None, keep_without_decisions: bool = False) -> dict:  # fmt: skip
+    """Train a policy on the event log (and, for a first policy, the simulator's logs) and publish it.
+    ``keep_without_decisions``: when nothing was learnt (no logged decision, no simulator), keep the served
+    policy instead of publishing an untrained one (a refresh night before the service logged anything)."""
     b = cfg.bandit
     started = time.perf_counter()
     current = _current(cfg)
@@ -71,6 +73,10 @@ def train_policy(cfg: Config, *, exploration: str | None = None, sim=None, log: 
                     s.shared, s.actions[remaining], j, r, p, a_text=[a_texts[c] for c in s.cand[remaining]]
                 )
                 n_sim += 1
+    if keep_without_decisions and n_events == 0 and n_sim == 0 and current is not None:
+        log(f"bandit: no logged decisions to learn from; the served policy {current.version} stays")
+        return {"version": current.version, "kept": True, "exploration": exploration, "logged_decisions": 0,
+                "simulated_decisions": 0, "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
     version = publish_policy(policy_root(cfg.paths.data_dir), policy, {
         "trained_on": {"logged_decisions": n_events, "simulated_decisions": n_sim},
         "event_log": str(path), "vw_args": b.vw_args, "proj_dim": space.proj,

@@ -257,10 +257,16 @@ class TrainResult(StageResult):
             f"frame: {f.get('reused_rows', 0)} rows reused, {f.get('fetched_rows', 0)} fetched; " if f else ""
         )
         report = self.data.get("report")
-        line = frame + "; ".join(heads) + f"; report {Path(report).resolve() if report else '-'}"
-        if self.data.get("bandit"):
-            b = self.data["bandit"]["mean_test_reward"]
+        kind = "refresh (first protocol, warm start); " if self.data.get("evaluation") == "refresh" else ""
+        line = kind + frame + "; ".join(heads) + f"; report {Path(report).resolve() if report else '-'}"
+        bandit = self.data.get("bandit") or {}
+        if "mean_test_reward" in bandit:
+            b = bandit["mean_test_reward"]
             line += f"; bandit sim reward VW {b['vw']:.0f} vs random {b['random']:.0f}, greedy CTR {b['greedy_ctr']:.0f}"
+        elif bandit.get("policy", {}).get("kept"):
+            line += f"; bandit policy {bandit['policy']['version']} kept (no logged decisions)"
+        elif bandit.get("policy"):
+            line += f"; bandit policy {bandit['policy']['version']} retrained on the event log"
         return line
 
 

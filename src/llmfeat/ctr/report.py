@@ -138,6 +138,14 @@ def write_report(out: Path, summary: dict, curves: dict, predictions: dict) -> P
         "users with a few, `warm` = neither user nor item cold. `base_logloss` = always predicting the training "
         "click rate. GAUC = per-user AUC weighted by rows.\n",
     ]
+    last = summary.get("last_full_evaluation")
+    if summary.get("evaluation") == "refresh" and last:
+        parts.append(
+            f"\n**Refresh night** ({summary.get('evaluation_reason', '')}): the models were retrained on the "
+            f"{next(iter(summary['protocols']))} protocol only, warm-started from the previous night's; the full "
+            f"comparison (every protocol, the bandit simulator) is the report of run {last['run_id']} as of "
+            f"{last['as_of']}: {last['report']}\n"
+        )
     for protocol, info in summary["protocols"].items():
         bounds = ", ".join(f"{k} {v}" for k, v in info.items())
         parts.append(f"\n## Protocol: {protocol}\n\n{bounds}\n\n")

@@ -19,12 +19,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -175,6 +177,64 @@ def _save_model(out: Path, name: str, model, feature_set: str, dims: dict, users
     return path
 
 
+def embedded_model_id(cfg: Config) -> str | None:
+    """The model id of the embedding set's newest embed run (None before the first)."""
+    from llmfeat.core.layout import embedding_paths
+
+    manifests = sorted(embedding_paths(cfg.paths.data_dir, cfg.embed.embedding_set).manifests.glob("*.json"))
+    return json.loads(manifests[-1].read_text()).get("model_id") if manifests else None
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """What tonight's train stage runs (``train.evaluate_every_days``): a ``full`` evaluation, or a ``refresh``
+    of the models on the first protocol, warm-started; ``cfg`` is the configuration to train with."""
+
+    kind: Literal["full", "refresh"]
+    cfg: Config
+    reason: str
+    last_full: dict | None
+    """run_id, as_of and report of the newest full evaluation before tonight (None: there is none)."""
+
+
+def last_full_evaluation(cfg: Config, as_of: dt.date) -> dict | None:
+    """The summary of the newest full-evaluation run of this embedding set's models as of ``as_of`` or before
+    (runs written before refreshes existed count as full)."""
+    newest = None
+    for path in models_dir(cfg).glob("*/summary.json"):
+        try:
+            summary = json.loads(path.read_text())
+            key = (summary["as_of"], summary["run_id"])
+        except (OSError, ValueError, KeyError, TypeError):  # a partial or foreign file: not a run
+            continue
+        if summary.get("evaluation", "full") == "full" and key[0] <= as_of.isoformat():
+            newest = summary if newest is None or key > (newest["as_of"], newest["run_id"]) else newest
+    return newest
+
+
+def plan_evaluation(cfg: Config, as_of: dt.date, *, forced: bool = False) -> EvaluationPlan:
+    """Full evaluation or refresh for the nightly's train stage as of ``as_of`` (see ``EvaluationPlan``)."""
+    last = last_full_evaluation(cfg, as_of)
+    every = cfg.train.evaluate_every_days
+    ref = {k: last.get(k) for k in ("run_id", "as_of", "report")} if last else None
+    if forced:
+        return EvaluationPlan("full", cfg, "train was forced", ref)
+    if last is None:
+        return EvaluationPlan("full", cfg, "no full evaluation yet", ref)
+    age = (as_of - dt.date.fromisoformat(last["as_of"])).days
+    why = f"the last full evaluation is {age} day(s) old (every {every})"
+    if age >= every:
+        return EvaluationPlan("full", cfg, why, ref)
+    model = embedded_model_id(cfg)
+    if model is not None and last.get("embedding_model_id") not in (None, model):
+        return EvaluationPlan("full", cfg, f"the embedding model changed ({last['embedding_model_id']} -> {model})",
+                              ref)  # fmt: skip
+    t = cfg.train
+    models = [m for m in t.models if m in t.refresh_models]
+    first = dataclasses.replace(t, protocols=t.protocols[:1], warm_start=True, models=models or t.models)
+    return EvaluationPlan("refresh", dataclasses.replace(cfg, train=first), why, ref)
+
+
 def fetch_training_frame(
     cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print, refresh: bool = False,
     stats: dict | None = None,
@@ -182,7 +242,6 @@ def fetch_training_frame(
     """The labelled interactions as of ``as_of`` with their point-in-time features from Feast, fetched only
     for the event days not stored yet (``training_frames``); ``refresh`` fetches every day again.
     ``stats``, when given, receives what was reused and fetched."""
-    from llmfeat.core.layout import embedding_paths
     from llmfeat.feast.store import open_store
     from llmfeat.features import training_frames
 
@@ -195,11 +254,9 @@ def fetch_training_frame(
             f"only {len(rows)} labelled interactions as of {as_of} "
             f"(train.min_interactions={cfg.train.min_interactions})"
         )
-    manifests = sorted(embedding_paths(cfg.paths.data_dir, cfg.embed.embedding_set).manifests.glob("*.json"))
-    model = json.loads(manifests[-1].read_text()).get("model_id") if manifests else None
     root = training_frames.frame_root(cfg.paths.data_dir, cfg.embed.embedding_set)
     frame, fetched = training_frames.fetch(
-        open_store(cfg), rows, root, embedding_model_id=model, refresh=refresh, log=log
+        open_store(cfg), rows, root, embedding_model_id=embedded_model_id(cfg), refresh=refresh, log=log
     )
     if stats is not None:
         stats.update(fetched.to_dict())
@@ -208,13 +265,17 @@ def fetch_training_frame(
 
 def run_train(
     cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print, frame: pd.DataFrame | None = None,
-    refresh: bool = False,
+    refresh: bool = False, plan: EvaluationPlan | None = None,
 ) -> TrainResult:  # fmt: skip
     """Train and evaluate every configured model; returns the summary (also saved next to the models).
     ``frame``: the output of ``fetch_training_frame`` when the caller already has it (seed sweeps);
-    ``refresh``: fetch the whole training frame again instead of only the days not stored yet."""
+    ``refresh``: fetch the whole training frame again instead of only the days not stored yet;
+    ``plan``: the nightly's choice (``plan_evaluation``); its ``cfg`` replaces ``cfg``. None: a full evaluation."""
     from llmfeat.ctr.report import write_report
 
+    if plan is not None:
+        cfg = plan.cfg
+        log(f"train: {plan.kind} evaluation: {plan.reason}")
     run = StageRun.start("train", as_of, log)
     frame_stats: dict = {}
     if frame is None:
@@ -255,6 +316,12 @@ def run_train(
         "seconds": dict(run.phases.seconds),
     }
     summary["fit_epochs"] = fits.epochs
+    summary["evaluation"] = plan.kind if plan else "full"
+    if plan is not None:
+        summary["evaluation_reason"] = plan.reason
+        if plan.kind == "refresh":
+            summary["last_full_evaluation"] = plan.last_full
+            summary["carried_over"] = _carry_over(fits.previous, out_dir, summary["models"])
     if cfg.train.warm_start:
         summary["warm_start"] = fits.warmed
     write_report(report_dir, {**summary, "compared_sets": other_set_summaries(cfg, as_of)}, fits.curves,
@@ -263,6 +330,29 @@ def run_train(
     write_current(models_dir(cfg), run.run_id, out_dir)
     summary["seconds"]["total"] = run.elapsed
     return TrainResult(summary)
+
+
+def _carry_over(previous: tuple[dict, Path] | None, out_dir: Path, saved: dict[str, str]) -> dict[str, str]:
+    """A refresh run's models that were not retrained, linked unchanged from the previous run into this one
+    (so the run stays complete for rankers); returns model -> the run it comes from."""
+    if previous is None:
+        return {}
+    summary, run = previous
+    carried = {}
+    for name, path in summary.get("models", {}).items():
+        source = run / Path(path).name
+        if name in saved or not source.is_file():
+            continue
+        target = out_dir / source.name
+        try:
+            os.link(source, target)
+        except OSError:  # another file system: a copy
+            import shutil
+
+            shutil.copy2(source, target)
+        saved[name] = str(target)
+        carried[name] = summary.get("carried_over", {}).get(name, summary["run_id"])
+    return carried
 
 
 def _checked_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, str | None]:

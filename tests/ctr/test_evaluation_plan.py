@@ -1,0 +1,81 @@
+"""The nightly's choice between a full evaluation and a refresh (``train.evaluate_every_days``,
+llmfeat.ctr.train.plan_evaluation), from the run summaries the train stage writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from llmfeat.core.config import ConfigError, load_config
+from llmfeat.ctr.train import models_dir, plan_evaluation
+
+D = dt.date(1998, 4, 10)
+
+
+def _cfg(tmp_path, *extra: str):
+    return load_config(None, [f"paths.data_dir={tmp_path}", *extra])
+
+
+def _run(cfg, run_id: str, as_of: dt.date, evaluation: str | None = "full", model: str = "m@1") -> None:
+    """A run directory with its summary, as run_train leaves it (older runs had no ``evaluation`` key)."""
+    out = models_dir(cfg) / run_id
+    out.mkdir(parents=True)
+    summary = {"run_id": run_id, "as_of": as_of.isoformat(), "report": f"/r/{run_id}/report.md",
+               "embedding_model_id": model}  # fmt: skip
+    if evaluation is not None:
+        summary["evaluation"] = evaluation
+    (out / "summary.json").write_text(json.dumps(summary))
+
+
+def _embedded(cfg, model: str, run_id: str) -> None:
+    """An embed run's manifest naming ``model`` (the newest run id sorts last)."""
+    from llmfeat.core.layout import embedding_paths
+
+    manifests = embedding_paths(cfg.paths.data_dir, cfg.embed.embedding_set).manifests
+    manifests.mkdir(parents=True, exist_ok=True)
+    (manifests / f"{run_id}.json").write_text(json.dumps({"model_id": model}))
+
+
+def test_first_night_forced_and_old_evaluations_are_full(tmp_path):
+    cfg = _cfg(tmp_path)
+    assert plan_evaluation(cfg, D).kind == "full"  # nothing trained yet
+    _run(cfg, "r1", D - dt.timedelta(days=7))
+    plan = plan_evaluation(cfg, D)
+    assert plan.kind == "full" and "7 day(s) old" in plan.reason and plan.cfg is cfg
+    _run(cfg, "r2", D - dt.timedelta(days=2), evaluation=None)  # an older run without the key: a full one
+    assert plan_evaluation(cfg, D).kind == "refresh"
+    assert plan_evaluation(cfg, D, forced=True).kind == "full"
+
+
+def test_refresh_trains_the_first_protocol_warm_and_names_the_last_full_run(tmp_path):
+    cfg = _cfg(tmp_path, "train.protocols=[temporal, leave_last_k]")
+    _run(cfg, "r1", D - dt.timedelta(days=3))
+    _run(cfg, "r2", D - dt.timedelta(days=2), evaluation="refresh")  # refreshes do not count as full
+    _run(cfg, "r3", D + dt.timedelta(days=30))  # after tonight (a backfill): never the reference
+    plan = plan_evaluation(cfg, D)
+    assert plan.kind == "refresh"
+    assert plan.cfg.train.protocols == ["temporal"] and plan.cfg.train.warm_start
+    assert plan.cfg.train.models == ["popularity", "deep_lm"]  # train.refresh_models, in train.models' order
+    assert cfg.train.protocols == ["temporal", "leave_last_k"] and not cfg.train.warm_start  # not mutated
+    assert plan.last_full == {"run_id": "r1", "as_of": "1998-04-07", "report": "/r/r1/report.md"}
+    # the refresh window ends after evaluate_every_days: the 7th day is a full evaluation again
+    assert plan_evaluation(cfg, D - dt.timedelta(days=3) + dt.timedelta(days=6)).kind == "refresh"
+    assert plan_evaluation(cfg, D - dt.timedelta(days=3) + dt.timedelta(days=7)).kind == "full"
+
+
+def test_a_new_embedding_model_or_every_day_means_full(tmp_path):
+    cfg = _cfg(tmp_path)
+    _run(cfg, "r1", D - dt.timedelta(days=1), model="m@1")
+    _embedded(cfg, "m@1", "20240101T000000-x")
+    assert plan_evaluation(cfg, D).kind == "refresh"
+    _embedded(cfg, "m@2", "20240102T000000-y")  # a re-embed with another model since the last full run
+    plan = plan_evaluation(cfg, D)
+    assert plan.kind == "full" and "m@1 -> m@2" in plan.reason
+    assert plan_evaluation(_cfg(tmp_path, "train.evaluate_every_days=1"), D).kind == "full"
+
+
+def test_evaluate_every_days_is_checked_at_load(tmp_path):
+    with pytest.raises(ConfigError, match="train.evaluate_every_days"):
+        _cfg(tmp_path, "train.evaluate_every_days=0")
