@@ -209,8 +209,9 @@ class _Run:
     driver_encoder: TextEncoder | None = None
     """Loaded on the first few-texts encode of the run (``embed.driver_encode_max``)."""
 
-    def encode(self, texts, name: str):
-        """Vectors (content_hash -> embedding, n_tokens, truncated) for every text in ``texts``.
+    def encode(self, texts, name: str, also=None):
+        """Vectors (content_hash -> embedding, n_tokens, truncated) for every text in ``texts`` (and the stored
+        ones of the texts in ``also``, e.g. every current item where only the changed ones may be new).
 
         Only distinct texts that no stored row already holds go through the model. Their partitioning is a
         function of the content hash alone, so the same texts form the same batches on any cluster.
@@ -250,8 +251,11 @@ class _Run:
             encoded = encoded.drop("runtime")
         if pool is None:
             vectors = encoded
-        else:
-            vectors = pool if encoded is None else pool.unionByName(encoded)
+        else:  # only the stored vectors of these texts: a semi-join, not a shuffle of every stored vector
+            wanted = distinct if also is None else distinct.unionByName(also.select("content_hash", "text"))
+            reused = pool.join(wanted.select("content_hash"), "content_hash", "left_semi")
+            reused = reused.dropDuplicates(["content_hash"])
+            vectors = reused if encoded is None else reused.unionByName(encoded)
         if vectors is None:  # nothing stored and nothing new (every text empty): an empty table, not None
             vectors = self.spark.createDataFrame(
                 [], "content_hash string, embedding array<float>, n_tokens int, truncated boolean"
@@ -329,7 +333,9 @@ def _embed_items(run: _Run, items, prev_rows):
         changed = non_empty.join(prev, "item_id", "left").where(
             F.col("_prev").isNull() | (F.col("_prev") != F.col("content_hash"))
         )
-    vectors, n_encoded = run.phases.run("encode item texts", lambda: run.encode(changed, "items"))
+    vectors, n_encoded = run.phases.run(
+        "encode item texts", lambda: run.encode(changed, "items", also=non_empty)
+    )
     rows = run.tagged(
         changed.join(vectors, "content_hash"),
         "item_id", "embedding", "content_hash", "n_tokens", "truncated", F.col("updated_at").alias("event_timestamp"),
@@ -621,4 +627,4 @@ def _reuse_pools(existing: dict, resolved) -> dict:
         stored = dict.fromkeys(stored, stored["item"].unionByName(stored["user"]))
     if resolved.item_prompt == resolved.user_prompt and len(stored) == 1:
         stored = dict.fromkeys(("item", "user"), next(iter(stored.values())))
-    return {k: stored[k].dropDuplicates(["content_hash"]) if k in stored else None for k in ("item", "user")}
+    return {k: stored.get(k) for k in ("item", "user")}  # (duplicates dropped after narrowing, in encode)
