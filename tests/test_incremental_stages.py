@@ -5,6 +5,7 @@ computes: windows emptying, a new item, a late-arriving old event, untouched ent
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -16,28 +17,11 @@ from llmfeat.embedding import embed
 from llmfeat.embedding.embed import embedding_paths, run_embed
 from llmfeat.features import stats
 from llmfeat.features.stats import run_stats, stat_columns, stats_paths
-from tests.pit_runs import pit_overrides
+from tests.pit_runs import PIT, pit_overrides
 
 pytestmark = pytest.mark.spark
 
 NIGHTS = [dt.date(2024, 3, 5), dt.date(2024, 3, 6), dt.date(2024, 3, 7), dt.date(2024, 3, 8)]
-MAPPING = """items:
-  path: items.csv
-  id: sku
-  columns: {title: name, category: dept}
-  updated_at: modified
-users:
-  path: users.csv
-  id: uid
-  columns: {occupation: job}
-  updated_at: signup
-interactions:
-  path: events.csv
-  user_id: uid
-  item_id: sku
-  timestamp: ts
-  label: clicked
-"""
 EVENTS = [
     ("U1", "A", "2024-01-03T10:00:00Z", 1),  # A: January only, long before every night's windows
     ("U2", "A", "2024-01-04T10:00:00Z", 0),
@@ -54,7 +38,7 @@ LATE = ("U2", "E", "2024-01-25T10:00:00Z", 1)  # ... and an event of January tha
 
 def _write_source(root, night: dt.date) -> None:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "mapping.yaml").write_text(MAPPING)
+    shutil.copy(PIT / "mapping.yaml", root / "mapping.yaml")  # the tiny catalogue's columns, other rows
     items = [("A", "Alpha", "x", "2024-01-01T00:00:00Z"), ("B", "Beta", "x", "2024-01-01T00:00:00Z"),
              ("C", "Gamma", "y", "2024-01-01T00:00:00Z"), ("D", "Delta", "y", "2024-03-06T00:00:00Z"),
              ("E", "Epsilon", "y", "2024-01-01T00:00:00Z")]  # fmt: skip

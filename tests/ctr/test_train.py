@@ -72,17 +72,20 @@ def test_too_little_data_is_refused_before_any_work(pit_store):
         )
 
 
-def test_short_training_run_beats_the_base_rate(movielens_store):
+def _train_cfg(movielens_store, *overrides: str):
+    """The shared MovieLens feature store's config with its reports beside the data and ``overrides``."""
     from llmfeat.core.config import load_config
+
+    data_dir = Path(movielens_store[0].paths.data_dir)
+    return load_config(None, [f"paths.data_dir={data_dir}", f"paths.reports_dir={data_dir / 'reports'}",
+                              "embed.backfill_every_days=7", *overrides])  # fmt: skip
+
+
+def test_short_training_run_beats_the_base_rate(movielens_store):
     from llmfeat.ctr.train import run_train
 
-    base_cfg, _ = movielens_store
-    cfg = load_config(
-        None,
-        [f"paths.data_dir={base_cfg.paths.data_dir}", f"paths.reports_dir={Path(base_cfg.paths.data_dir) / 'reports'}",
-         "train.protocols=[temporal]", "train.models=[popularity, deep_ids_stats, deep_lm]", "train.epochs=3",
-         "embed.backfill_every_days=7"],
-    )  # fmt: skip
+    cfg = _train_cfg(movielens_store, "train.protocols=[temporal]", "train.models=[popularity, deep_ids_stats, deep_lm]",
+                     "train.epochs=3")  # fmt: skip
     summary = run_train(cfg, dt.date(1998, 4, 23), log=lambda _: None)
     results = pd.DataFrame(summary["results"])
     overall = results[results["slice"] == "all"].set_index("model")
@@ -127,16 +130,10 @@ def test_short_training_run_beats_the_base_rate(movielens_store):
 def test_a_refresh_night_trains_warm_on_the_first_protocol_and_points_at_the_full_report(movielens_store):
     """The nightly's refresh (train.evaluate_every_days): after a full evaluation, the next night fits the first
     protocol only, warm-started, and its report names the full one."""
-    from llmfeat.core.config import load_config
     from llmfeat.ctr.train import models_dir, plan_evaluation, run_dir_of, run_train
 
-    base_cfg, _ = movielens_store
-    cfg = load_config(
-        None,
-        [f"paths.data_dir={base_cfg.paths.data_dir}", f"paths.reports_dir={Path(base_cfg.paths.data_dir) / 'reports'}",
-         "train.protocols=[temporal, leave_last_k]", "train.models=[popularity, lr_lm, deep_lm]", "train.epochs=2",
-         "embed.backfill_every_days=7"],
-    )  # fmt: skip
+    cfg = _train_cfg(movielens_store, "train.protocols=[temporal, leave_last_k]",
+                     "train.models=[popularity, lr_lm, deep_lm]", "train.epochs=2")  # fmt: skip
     night = dt.date(1998, 4, 23)  # the one ingested snapshot: the "next night" is the same date again
     first = plan_evaluation(cfg, night, forced=True)
     assert first.kind == "full" and first.reason == "train was forced"
