@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,8 +348,6 @@ def _carry_over(previous: tuple[dict, Path] | None, out_dir: Path, saved: dict[s
         try:
             os.link(source, target)
         except OSError:  # another file system: a copy
-            import shutil
-
             shutil.copy2(source, target)
         saved[name] = str(target)
         carried[name] = summary.get("carried_over", {}).get(name, summary["run_id"])

@@ -252,8 +252,9 @@ class _Run:
         if pool is None:
             vectors = encoded
         else:  # only the stored vectors of these texts: a semi-join, not a shuffle of every stored vector
-            wanted = distinct if also is None else distinct.unionByName(also.select("content_hash", "text"))
-            reused = pool.join(wanted.select("content_hash"), "content_hash", "left_semi")
+            wanted = distinct.select("content_hash")
+            wanted = wanted if also is None else wanted.unionByName(also.select("content_hash"))
+            reused = pool.join(wanted, "content_hash", "left_semi")
             reused = reused.dropDuplicates(["content_hash"])
             vectors = reused if encoded is None else reused.unionByName(encoded)
         if vectors is None:  # nothing stored and nothing new (every text empty): an empty table, not None
