@@ -81,7 +81,7 @@ def test_an_unchanged_entity_yields_no_rows_that_arrow_still_takes():
     from llmfeat.features.stats import _stats_fn
 
     cols = stat_columns("impressions")
-    events = pd.DataFrame({"event_ts": pd.to_datetime(["2024-01-02T10:00Z"]), "label": [1]})
+    events = pd.DataFrame({"item_id": ["A"], "event_ts": pd.to_datetime(["2024-01-02T10:00Z"]), "label": [1]})
     entity = {"item_id": "A", "updated_at": pd.Timestamp("2024-01-01", tz="UTC"), "_prev_total": np.nan,
               **{f"_prev_{c}": None for c in cols}}  # fmt: skip
     day1 = _stats_fn("item_id", "impressions", [pd.Timestamp("2024-01-06", tz="UTC")])
@@ -94,3 +94,78 @@ def test_an_unchanged_entity_yields_no_rows_that_arrow_still_takes():
     again = day2(pd.DataFrame([entity]), events)
     assert again.empty
     assert pa.Array.from_pandas(again["packed"], type=pa.list_(pa.float32())).type == pa.list_(pa.float32())
+
+
+def _reference_rows(entity: dict, events: pd.DataFrame, times, noun: str) -> pd.DataFrame:
+    """One entity the plain way: stats_over_time at the times it is visible, changes_only vs its previous row."""
+    cols = stat_columns(noun)
+    visible = [t for t in times if t >= entity["updated_at"]]
+    if not visible:
+        return pd.DataFrame(columns=["snapshot_ts", *cols])
+    frame = stats_over_time(
+        events["event_ts"].to_numpy(dtype="datetime64[us]"), events["label"].to_numpy(), visible, noun
+    )
+    previous = None
+    if not pd.isna(entity["_prev_total"]):
+        previous = {c: entity[f"_prev_{c}"] for c in cols}
+        last = previous["last_event_ts"]
+        previous["last_event_ts"] = None if pd.isna(last) else pd.Timestamp(last, tz="UTC")
+    return changes_only(frame, cols, previous)
+
+
+def test_bucketed_stats_equal_the_per_entity_definition():
+    """entity_stats (many entities in one numpy pass, what Spark runs per bucket) gives exactly the rows of
+    stats_over_time + changes_only run entity by entity: windows, totals, visibility from updated_at, events
+    of other buckets ignored, and the first row compared with a previous row that is equal, different, or
+    absent."""
+    from llmfeat.features.stats import entity_stats
+
+    rng = np.random.default_rng(7)
+    noun, cols = "impressions", stat_columns("impressions")
+    times = [pd.Timestamp("2024-02-01", tz="UTC") + pd.Timedelta(days=d) for d in range(12)]
+    keys = [f"i{k}" for k in range(40)]
+    n = 3000
+    events = pd.DataFrame({
+        "item_id": rng.choice(keys + ["other_bucket"], n),
+        # sub-second times, some exactly on a snapshot or window boundary
+        "event_ts": pd.Timestamp("2023-12-20") + pd.to_timedelta(rng.integers(0, 60 * 86_400_000_000, n), "us"),
+        "label": rng.integers(0, 2, n),
+    })  # fmt: skip
+    events.loc[:20, "event_ts"] = [
+        pd.Timestamp(times[k % 12].tz_localize(None)) - pd.Timedelta(days=[0, 1, 7, 30][k % 4])
+        for k in range(21)
+    ]
+    events = events[~events["item_id"].isin(["i3", "i4"])]  # entities without any event
+    entities = []
+    t0 = pd.Timestamp("2024-01-31", tz="UTC")
+    for k, key in enumerate(keys):
+        row = {"item_id": key, "updated_at": pd.Timestamp("2023-12-01", tz="UTC") + pd.Timedelta(days=int(rng.integers(0, 75))),
+               "_prev_total": np.nan, **{f"_prev_{c}": None for c in cols}}  # fmt: skip
+        mine = events[events["item_id"] == key]
+        if k % 3 == 1:  # the true values at the covered snapshot before these times (often unchanged after)
+            at = stats_over_time(
+                mine["event_ts"].to_numpy(dtype="datetime64[us]"), mine["label"].to_numpy(), [t0], noun
+            ).iloc[0]
+            row |= {f"_prev_{c}": at[c] for c in cols} | {"_prev_total": at[f"{noun}_total"]}
+            row["_prev_last_event_ts"] = (
+                None if pd.isna(at["last_event_ts"]) else at["last_event_ts"].tz_localize(None)
+            )
+        elif k % 3 == 2:  # a previous row that differs
+            row |= {f"_prev_{c}": 1 for c in cols if c != "last_event_ts"} | {"_prev_total": 1.0}
+            row["_prev_last_event_ts"] = pd.Timestamp("2023-11-01")
+        entities.append(row)
+    entities = pd.DataFrame(entities)
+    got = entity_stats(entities, events, "item_id", noun, times)
+    expected = pd.concat(
+        [_reference_rows(e, events[events["item_id"] == e["item_id"]], times, noun).assign(item_id=e["item_id"])
+         for e in entities.to_dict("records")],
+        ignore_index=True,
+    )  # fmt: skip
+    assert 50 < len(expected) < 12 * len(keys)  # the case mix: some rows dropped as unchanged, many kept
+    key_cols = ["item_id", "snapshot_ts"]
+    got = got.sort_values(key_cols).reset_index(drop=True)
+    expected = expected.sort_values(key_cols).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[key_cols + cols], expected[key_cols + cols], check_dtype=False)
+    for c in cols[:-1]:  # the schema's types (int counts, float CTRs), as stats_over_time makes them
+        assert got[c].dtype == (np.float32 if c.startswith("ctr") else np.int32), c
+    assert np.array_equal(np.stack(got["packed"]), np.stack(pack(expected, noun)), equal_nan=True)

@@ -343,13 +343,11 @@ def _embed_items(run: _Run, items, prev_rows):
         F.lit(run.as_of).alias("snapshot_date"),
     )  # fmt: skip
     written = run.write(rows, "item_text")
-    n_read = texts.count()
-    n_empty = n_read - non_empty.count()
-    n_written = written.count() if written is not None else 0
+    n_read, n_empty = _count_rows(texts, F.coalesce(F.length("text"), F.lit(0)) == 0)
+    n_written, n_truncated = _count_rows(written, F.col("truncated"))
     counts = {
         "read": n_read, "quarantined": n_empty, "unchanged": n_read - n_empty - n_written, "written": n_written,
-        "encoded": n_encoded, "reused": n_written - n_encoded,
-        "truncated": written.where("truncated").count() if written is not None else 0,
+        "encoded": n_encoded, "reused": n_written - n_encoded, "truncated": n_truncated,
     }  # fmt: skip
     current_vectors = (
         non_empty.join(vectors, "content_hash").select("item_id", "embedding")
@@ -357,6 +355,16 @@ def _embed_items(run: _Run, items, prev_rows):
         else None
     )
     return texts, current_vectors, changed.select("item_id"), counts
+
+
+def _count_rows(df, condition) -> tuple[int, int]:
+    """Rows of ``df`` and how many of them meet ``condition``, in one Spark job ((0, 0) for no table)."""
+    from pyspark.sql import functions as F
+
+    if df is None:
+        return 0, 0
+    total, meeting = df.agg(F.count(F.lit(1)), F.sum(condition.cast("long"))).collect()[0]
+    return int(total), int(meeting or 0)
 
 
 STATE_SCHEMA = (
@@ -367,22 +375,25 @@ STATE_COLUMNS = [c.split()[0] for c in STATE_SCHEMA.split(", ")]
 
 
 def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams):
-    """The per-user function for cogroup(...).applyInPandas: profile + clicks -> text and history rows."""
+    """For cogroup(...).applyInPandas over buckets of users: profiles + their clicks -> text and history rows.
+    A bucket holds many users (one group per user costs Spark about 7 ms each before any work is done)."""
 
-    def states(profile_pdf: pd.DataFrame, clicks_pdf: pd.DataFrame) -> pd.DataFrame:
-        if profile_pdf.empty:  # clicks of a user missing from the users table: validation prevents this
-            return pd.DataFrame(columns=STATE_COLUMNS)
-        profile = profile_pdf.iloc[0].to_dict()
-        prev_hash, prev_clicks = profile.pop("_prev_hash"), profile.pop("_prev_clicks")
-        text_rows, hist_rows = user_snapshots(
-            profile, clicks_pdf, times, params,
-            prev_text_hash=None if pd.isna(prev_hash) else prev_hash,
-            prev_n_clicks=0 if pd.isna(prev_clicks) else int(prev_clicks),
-        )  # fmt: skip
+    def states(profiles_pdf: pd.DataFrame, clicks_pdf: pd.DataFrame) -> pd.DataFrame:
+        # Clicks of a user missing from the profiles (validation prevents it) are never looked up.
+        by_user = clicks_pdf.groupby("user_id", sort=False).indices if len(clicks_pdf) else {}
+        no_clicks = clicks_pdf.iloc[:0]
         blank = dict.fromkeys(STATE_COLUMNS)
-        rows = [{**blank, **r, "kind": "text"} for r in text_rows] + [
-            {**blank, **r, "kind": "history"} for r in hist_rows
-        ]
+        rows = []
+        for profile in profiles_pdf.drop(columns="_bucket").to_dict("records"):
+            prev_hash, prev_clicks = profile.pop("_prev_hash"), profile.pop("_prev_clicks")
+            at = by_user.get(profile["user_id"])
+            text_rows, hist_rows = user_snapshots(
+                profile, no_clicks if at is None else clicks_pdf.iloc[at], times, params,
+                prev_text_hash=None if pd.isna(prev_hash) else prev_hash,
+                prev_n_clicks=0 if pd.isna(prev_clicks) else int(prev_clicks),
+            )  # fmt: skip
+            rows += [{**blank, **r, "kind": "text"} for r in text_rows]
+            rows += [{**blank, **r, "kind": "history"} for r in hist_rows]
         out = pd.DataFrame(rows, columns=STATE_COLUMNS).astype({"n_history": "Int32", "n_clicks": "Int32"})
         out["embedding"] = out["embedding"].astype(object).where(out["embedding"].notna(), None)
         return out
@@ -427,11 +438,16 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     )
     fields = [c for c in template_fields(params.template) if c not in ("history", "user_id", "updated_at")]
     empty_prev = run.spark.createDataFrame([], "user_id string, content_hash string, n_clicks int")
-    prev_text = (prev_text if prev_text is not None else empty_prev).select(
-        "user_id", F.col("content_hash").alias("_prev_hash")
+    # Each user's latest rows (a window over the whole change log), read twice below: computed once.
+    prev_text = (
+        (prev_text if prev_text is not None else empty_prev)
+        .select("user_id", F.col("content_hash").alias("_prev_hash"))
+        .localCheckpoint()
     )
-    prev_hist = (prev_hist if prev_hist is not None else empty_prev).select(
-        "user_id", F.col("n_clicks").alias("_prev_clicks")
+    prev_hist = (
+        (prev_hist if prev_hist is not None else empty_prev)
+        .select("user_id", F.col("n_clicks").alias("_prev_clicks"))
+        .localCheckpoint()
     )
     profiles = (
         users.select("user_id", "updated_at", *fields)
@@ -449,10 +465,19 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         clicks = clicks.withColumn("embedding", F.lit(None).cast("array<float>"))
     if since is not None:
         active = _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, since)
+        active = active.localCheckpoint()  # read twice below; computing it reads every click and change log
         profiles = profiles.join(active, "user_id", "left_semi")
         clicks = clicks.join(active, "user_id", "left_semi")
-    states = profiles.groupBy("user_id").cogroup(
-        clicks.select("user_id", "event_ts", "item_id", "title", "embedding").groupBy("user_id")
+    # Buckets of users (one per shuffle partition), not one group per user: see _user_states_fn.
+    bucket = F.pmod(F.hash("user_id"), F.lit(int(run.spark.conf.get("spark.sql.shuffle.partitions"))))
+    states = (
+        profiles.withColumn("_bucket", bucket)
+        .groupBy("_bucket")
+        .cogroup(
+            clicks.select("user_id", "event_ts", "item_id", "title", "embedding")
+            .withColumn("_bucket", bucket)
+            .groupBy("_bucket")
+        )
     )
     states = states.applyInPandas(_user_states_fn(times, params), STATE_SCHEMA)
     run.phases.run("build user snapshots", lambda: states.write.parquet(str(run.staging / "user_states")))
@@ -482,12 +507,12 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     )
     written = run.write(text_rows, "user_text")
     written_hist = run.write(hist_rows, "user_history")
-    n_read = texts.count()
-    n_written = written.count() if written is not None else 0
+    n_read, n_empty = _count_rows(texts, F.coalesce(F.length("text"), F.lit(0)) == 0)
+    n_written, n_truncated = _count_rows(written, F.col("truncated"))
     counts = {
         "users": {
-            "read": n_read, "quarantined": n_read - non_empty.count(), "written": n_written, "encoded": n_encoded,
-            "reused": n_written - n_encoded, "truncated": written.where("truncated").count() if written is not None else 0,
+            "read": n_read, "quarantined": n_empty, "written": n_written, "encoded": n_encoded,
+            "reused": n_written - n_encoded, "truncated": n_truncated,
         },
         "user_history": {"written": written_hist.count() if written_hist is not None else 0},
     }  # fmt: skip
