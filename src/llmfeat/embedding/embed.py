@@ -439,16 +439,12 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     fields = [c for c in template_fields(params.template) if c not in ("history", "user_id", "updated_at")]
     empty_prev = run.spark.createDataFrame([], "user_id string, content_hash string, n_clicks int")
     # Each user's latest rows (a window over the whole change log), read twice below: computed once.
-    prev_text = (
-        (prev_text if prev_text is not None else empty_prev)
-        .select("user_id", F.col("content_hash").alias("_prev_hash"))
-        .localCheckpoint()
-    )
-    prev_hist = (
-        (prev_hist if prev_hist is not None else empty_prev)
-        .select("user_id", F.col("n_clicks").alias("_prev_clicks"))
-        .localCheckpoint()
-    )
+    prev_text, prev_hist = run.phases.run("previous user rows", lambda: (
+        (prev_text if prev_text is not None else empty_prev).select(
+            "user_id", F.col("content_hash").alias("_prev_hash")).localCheckpoint(),
+        (prev_hist if prev_hist is not None else empty_prev).select(
+            "user_id", F.col("n_clicks").alias("_prev_clicks")).localCheckpoint(),
+    ))  # fmt: skip
     profiles = (
         users.select("user_id", "updated_at", *fields)
         .join(prev_text, "user_id", "left")
@@ -465,7 +461,8 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         clicks = clicks.withColumn("embedding", F.lit(None).cast("array<float>"))
     if since is not None:
         active = _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, since)
-        active = active.localCheckpoint()  # read twice below; computing it reads every click and change log
+        # read twice below; computing it reads every click and change log
+        active = run.phases.run("users that may change", lambda: active.localCheckpoint())
         profiles = profiles.join(active, "user_id", "left_semi")
         clicks = clicks.join(active, "user_id", "left_semi")
     # Buckets of users (one per shuffle partition), not one group per user: see _user_states_fn.
@@ -586,7 +583,7 @@ def run_embed(
     stage.phase("check model ids", lambda: check_model(paths, current_model))
     covered = covered_until(paths.manifests)
     if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update
-        earliest = users.agg(F.min("updated_at")).collect()[0][0]
+        earliest = stage.phase("earliest update", lambda: users.agg(F.min("updated_at")).collect()[0][0])
         snapshot_from = first_snapshot(as_of, every, covered, earliest)
     # Catching up after the last covered snapshot: the latest user rows hold each user's state at it.
     since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
@@ -610,7 +607,8 @@ def run_embed(
         else:
             log(f"embed: user snapshots are up to date (covered until {covered})")
         users_from = {"user_text": snapshot_from, "user_history": snapshot_from} if times else {}
-        _quarantine(item_texts, user_texts, canonical).coalesce(1).write.parquet(str(staging / "quarantine"))
+        stage.phase("write quarantine", lambda: _quarantine(item_texts, user_texts, canonical).coalesce(1).write.parquet(
+            str(staging / "quarantine")))  # fmt: skip
         faults.reach("embed.after_write_before_commit")
         published = stage.phase(
             "publish", lambda: _publish(paths, staging, {"item_text": as_of, **users_from}, as_of)
