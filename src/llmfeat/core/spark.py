@@ -38,6 +38,11 @@ def spark_conf(cfg: SparkConfig, python: str = sys.executable) -> dict[str, str]
     if _LOOPBACK.match(cfg.master):
         conf["spark.driver.host"] = "127.0.0.1"
         conf["spark.driver.bindAddress"] = "127.0.0.1"
+    if cfg.master.startswith("local"):
+        # Change-log tables have a partition per snapshot day. Past 32 paths Spark lists them with a Spark
+        # job of its own (meant for object stores on a cluster); on a local disk the driver lists thousands of
+        # directories in milliseconds, while that job costs about a second per table read, several per stage.
+        conf["spark.sql.sources.parallelPartitionDiscovery.threshold"] = "100000"
     log4j = Path(__file__).with_name("log4j2.properties")
     conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"
     conf["spark.executor.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"
