@@ -42,6 +42,7 @@ from llmfeat.core.errors import ConfigError, ModelMismatchError  # noqa: F401 - 
 from llmfeat.core.faults import NO_FAULTS, Faults
 from llmfeat.core.layout import DataDir, EmbeddingPaths, embedding_paths  # noqa: F401 - re-exported
 from llmfeat.core.results import EmbedResult
+from llmfeat.core.spark import buckets
 from llmfeat.core.stage_run import Phases, StageRun
 from llmfeat.data.sources.raw import InputError
 from llmfeat.data.texts import render_all, template_fields
@@ -375,8 +376,8 @@ STATE_COLUMNS = [c.split()[0] for c in STATE_SCHEMA.split(", ")]
 
 
 def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams):
-    """For cogroup(...).applyInPandas over buckets of users: profiles + their clicks -> text and history rows.
-    A bucket holds many users (one group per user costs Spark about 7 ms each before any work is done)."""
+    """For cogroup(...).applyInPandas over buckets of users (``llmfeat.core.spark.buckets``): the profiles of
+    a bucket's users + their clicks -> text and history rows."""
 
     def states(profiles_pdf: pd.DataFrame, clicks_pdf: pd.DataFrame) -> pd.DataFrame:
         # Clicks of a user missing from the profiles (validation prevents it) are never looked up.
@@ -465,8 +466,7 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         active = run.phases.run("users that may change", lambda: active.localCheckpoint())
         profiles = profiles.join(active, "user_id", "left_semi")
         clicks = clicks.join(active, "user_id", "left_semi")
-    # Buckets of users (one per shuffle partition), not one group per user: see _user_states_fn.
-    bucket = F.pmod(F.hash("user_id"), F.lit(int(run.spark.conf.get("spark.sql.shuffle.partitions"))))
+    bucket = buckets(run.spark, "user_id")  # many users per Python call (_user_states_fn), not one
     states = (
         profiles.withColumn("_bucket", bucket)
         .groupBy("_bucket")

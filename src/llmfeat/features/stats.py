@@ -35,6 +35,7 @@ from llmfeat.core.config import Config
 from llmfeat.core.faults import NO_FAULTS, Faults
 from llmfeat.core.layout import StatsPaths, stats_paths  # noqa: F401 - re-exported
 from llmfeat.core.results import StatsResult
+from llmfeat.core.spark import buckets
 from llmfeat.core.stage_run import StageRun
 from llmfeat.feast import names as n
 from llmfeat.feast.names import STATS_TABLES, packed_columns, stat_columns  # noqa: F401 - re-exported
@@ -299,20 +300,18 @@ def _entity_stats(spark, entities, events, key: str, noun: str, times, previous,
             for c in cols
         )
         prev = spark.createDataFrame([], f"{key} string, {fields}, _prev_total int")
+    catching_up = previous is not None and since is not None
+    if catching_up:  # the previous rows (a window over the whole change log) are read twice: computed once
+        prev = prev.localCheckpoint()
     left = entities.select(key, "updated_at").join(prev, key, "left")
     right = events.select(key, "event_ts", F.col("label").cast("int").alias("label"))
-    if previous is not None and since is not None:
-        # Both read twice below (the previous rows, a window over the whole change log, and the active keys):
-        # computed once, kept for this run.
-        prev = prev.localCheckpoint()
-        left = entities.select(key, "updated_at").join(prev, key, "left")
-        active = _may_change(entities, events, prev, key, noun, since).localCheckpoint()
+    if catching_up:
+        active = _may_change(entities, events, prev, key, noun, since).localCheckpoint()  # read twice too
         left, right = left.join(active, key, "left_semi"), right.join(active, key, "left_semi")
-    # Buckets of entities (one per shuffle partition), not one group per entity: see entity_stats.
-    buckets = F.pmod(F.hash(key), F.lit(int(spark.conf.get("spark.sql.shuffle.partitions"))))
+    bucket = buckets(spark, key)  # many entities per Python call (entity_stats), not one
     return (
-        left.withColumn("_bucket", buckets).groupBy("_bucket")
-        .cogroup(right.withColumn("_bucket", buckets).groupBy("_bucket"))
+        left.withColumn("_bucket", bucket).groupBy("_bucket")
+        .cogroup(right.withColumn("_bucket", bucket).groupBy("_bucket"))
         .applyInPandas(_stats_fn(key, noun, times), _stats_schema(key, noun))
     )  # fmt: skip
 
