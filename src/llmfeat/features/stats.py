@@ -51,6 +51,9 @@ def pack(frame: pd.DataFrame, noun: str) -> list[np.ndarray]:
     return list(out)
 
 
+_DAY_US = 86_400_000_000
+
+
 def _as_datetime64(times: Sequence[pd.Timestamp]) -> np.ndarray:
     return pd.DatetimeIndex(list(times)).tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[us]")
 
@@ -73,7 +76,7 @@ def stats_over_time(
     upto = np.searchsorted(ts, s, side="left")  # events strictly before s
     out: dict[str, object] = {"snapshot_ts": pd.DatetimeIndex(list(times))}
     for w in windows:
-        start = np.searchsorted(ts, s - np.timedelta64(w * 86_400_000_000, "us"), side="left")
+        start = np.searchsorted(ts, s - np.timedelta64(w * _DAY_US, "us"), side="left")
         n = upto - start
         c = clicks_cum[upto] - clicks_cum[start]
         out[f"{noun}_{w}d"] = n.astype(np.int32)
@@ -127,11 +130,8 @@ def _stats_fn(key: str, noun: str, times: list[pd.Timestamp]):
     return fn
 
 
-_DAY_US = 86_400_000_000
-
-
-def _stat_frame_empty(key: str, noun: str) -> pd.DataFrame:
-    out = pd.DataFrame(columns=[key, "snapshot_ts", *stat_columns(noun)])
+def _stat_frame_empty(key: str, cols: list[str]) -> pd.DataFrame:
+    out = pd.DataFrame(columns=[key, "snapshot_ts", *cols])
     # An object column even when empty: a float column of no rows cannot become array<float> in Arrow
     # (an incremental run where no entity's values changed yields no rows).
     out["packed"] = pd.Series([], dtype=object)
@@ -156,7 +156,7 @@ def entity_stats(
     """
     cols = stat_columns(noun, windows)
     if entities.empty or not times:
-        return _stat_frame_empty(key, noun)
+        return _stat_frame_empty(key, cols)
     keys = entities[key].to_numpy()
     n_ent = len(keys)
     snap = _as_datetime64(sorted(times)).astype(np.int64)
@@ -209,7 +209,7 @@ def entity_stats(
     # first row with its previous stored row (none: always kept).
     ent_idx, time_idx = np.nonzero(visible)
     if len(ent_idx) == 0:
-        return _stat_frame_empty(key, noun)
+        return _stat_frame_empty(key, cols)
     matrix = np.empty((len(ent_idx), len(cols)), dtype=np.float64)
     for j, col in enumerate(cols):
         if col == "last_event_ts":
