@@ -70,6 +70,18 @@ def verdicts(report: dict) -> list[str]:
                    f"{cold[head]['hi']:.4f}], best frozen LM {frozen:.4f} "
                    f"({'%.1fx' % (a / frozen) if frozen > 0 else 'n/a'}; bar 2x: {'met' if frozen > 0 and a >= 2 * frozen else 'NOT met'}), "
                    f"best popularity baseline {pops:.4f} ({'above' if a > pops else 'NOT above'}).")  # fmt: skip
+    start = {
+        m: _row(report, m, "cold_start", metric)
+        for m in ("adapted", "lm_text", "lm_history", "textgcn", "random")
+    }
+    if start["adapted"] and start["adapted"]["users"]:
+        others = ", ".join(
+            f"{m} {start[m]['value']:.4f}" for m in ("lm_text", "lm_history", "textgcn", "random") if start[m]
+        )
+        d = _diff(report, "adapted", "random", "cold_start", metric)
+        vs = f"; adapted - random {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else ""
+        out.append(f"- Item cold-start protocol (only the items without a click ranked; the same clicks): `adapted` "
+                   f"{metric} {start['adapted']['value']:.4f}, {others}{vs}.")  # fmt: skip
     return out
 
 

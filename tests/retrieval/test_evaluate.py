@@ -62,6 +62,25 @@ def test_metrics_by_hand():
     ideal = 1 + 1 / np.log2(3)
     assert m["ndcg@4"][0] == pytest.approx((1 + 1 / np.log2(4)) / ideal)
     assert m["cold_recall@2"][0] == 1.0 and np.isnan(m["cold_recall@2"][1])
+    # The cold-start protocol's ranking is scored on the cold clicks only: item 7 at rank 2 of its own list.
+    m = E.user_metrics(top, tg, (1, 2), cold_top=np.array([[5, 7, 0, 0], [5, 6, 0, 0]]))
+    assert m["coldrank_recall@1"][0] == 0.0 and m["coldrank_recall@2"][0] == 1.0
+    assert m["coldrank_ndcg@2"][0] == pytest.approx(1 / np.log2(3)) and np.isnan(m["coldrank_recall@2"][1])
+    assert m["cold_recall@2"][0] == 1.0  # the full ranking's metrics are unchanged
+
+
+def test_cold_only_ranks_only_items_without_clicks_before_the_cut():
+    data = synthetic_data(3)
+    cut = pd.Timestamp(data.inter["ts"].quantile(0.5)).floor("D")
+    ctx = E.context(data, cut)
+    warm = ctx.item_clicks > 0
+    assert warm.any() and (~warm).sum() >= 3
+    users = np.arange(5)
+    popular_first = lambda u: np.tile(ctx.item_clicks.astype(float), (len(u), 1))  # noqa: E731
+    top = E.rank_top(E.cold_only(popular_first, ctx)(users), ctx.seen[users], int((~warm).sum()))
+    assert not warm[top].any()  # every candidate is an item without a click before the cut
+    full = E.rank_top(popular_first(users), ctx.seen[users], 3)
+    assert warm[full].all()  # while the plain ranking puts the clicked items first
 
 
 def test_rank_top_excludes_seen_and_breaks_ties_by_index():
@@ -154,6 +173,14 @@ def test_report_has_baselines_intervals_and_counts():
     pop = next(r for r in rep["table"] if r["method"] == "popularity" and r["slice"] == "cold_item"
                and r["metric"] == "recall@5")  # fmt: skip
     assert pop["users"] == 0 or pop["value"] == 0.0  # popularity cannot rank an item without clicks
+    start = {
+        r["method"]: r for r in rep["table"] if r["slice"] == "cold_start" and r["metric"] == "recall@10"
+    }
+    cold = {r["method"]: r for r in rep["table"] if r["slice"] == "cold_item" and r["metric"] == "recall@10"}
+    assert start["random"]["users"] == cold["random"]["users"] == rep["pooled_counts"]["cold_item_users"] > 0
+    # Among the cold items alone a ranking can only do better than in the whole catalogue.
+    assert all(start[m]["value"] >= cold[m]["value"] - 1e-12 for m in start)
+    assert "cold_start" in md
 
 
 def test_adapter_runs_inside_the_evaluation_with_validation_selection():

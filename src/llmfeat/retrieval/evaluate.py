@@ -17,7 +17,8 @@ Protocol (docs/adapt.md describes it for users):
   (hits / held-out clicks) and nDCG@k (binary gains), k in ``evaluate.ks``; every item the user interacted
   with before the cut is excluded from the ranking. Slices: ``all``, ``warm_user`` (a click before the cut),
   ``new_user`` (none), ``cold_item`` (the held-out clicks on items without a click before the cut, per user
-  who has some).
+  who has some); ``cold_start`` (the same clicks in the item cold-start protocol: only the items without a
+  click before the cut are ranked, :func:`cold_only`; reported, never used for selection).
 - **Intervals.** Paired bootstrap over users, resampled within each origin (``evaluate.bootstrap`` draws):
   every method is scored on the same resampled users, so a difference has its own interval. The resampling
   plan depends only on the seed and the number of users per origin, never on outcomes.
@@ -41,7 +42,7 @@ from llmfeat.core import tables
 from llmfeat.core.errors import ConfigError, MissingInputError
 from llmfeat.core.layout import embedding_paths
 
-SLICES = ("all", "warm_user", "new_user", "cold_item")
+SLICES = ("all", "warm_user", "new_user", "cold_item", "cold_start")
 
 
 # --- data ---------------------------------------------------------------------------------------------------
@@ -316,11 +317,17 @@ def rank_top(scores: np.ndarray, seen_rows: sp.csr_matrix, k: int) -> np.ndarray
     return np.take_along_axis(part, order, axis=1)
 
 
-def user_metrics(top: np.ndarray, tg: Targets, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Per evaluated user: recall@k and nDCG@k over all relevant items and over the cold ones (NaN if none)."""
+def user_metrics(top: np.ndarray, tg: Targets, ks: tuple[int, ...],
+                 cold_top: np.ndarray | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Per evaluated user: recall@k and nDCG@k over all relevant items and over the cold ones (NaN if none);
+    with ``cold_top`` (each user's ranking of the items without a click only, :func:`cold_only`) also the
+    item cold-start protocol's ``coldrank_`` metrics over the cold ones."""
     out: dict[str, np.ndarray] = {}
     discounts = 1.0 / np.log2(np.arange(2, top.shape[1] + 2))
-    for name, rel_sets in (("", tg.relevant), ("cold_", tg.cold)):
+    passes = [("", tg.relevant, top), ("cold_", tg.cold, top)]
+    if cold_top is not None:
+        passes.append(("coldrank_", tg.cold, cold_top))
+    for name, rel_sets, top in passes:
         for k in ks:
             rec = np.full(len(tg), np.nan)
             ndcg = np.full(len(tg), np.nan)
@@ -345,6 +352,19 @@ def score_users(fitted: Callable[[np.ndarray], np.ndarray], ctx: Context, tg: Ta
         users = tg.users[s : s + batch]
         tops.append(rank_top(fitted(users), ctx.seen[users], k))
     return np.concatenate(tops) if tops else np.zeros((0, k), np.int64)
+
+
+def cold_only(fitted: Callable[[np.ndarray], np.ndarray], ctx: Context) -> Callable[[np.ndarray], np.ndarray]:
+    """The item cold-start protocol (DropoutNet, CLCRec): the same scores, but only items without a click
+    before the cut are candidates (the others are pushed below every one of them)."""
+    warm = ctx.item_clicks > 0
+
+    def score(users: np.ndarray) -> np.ndarray:
+        s = np.array(fitted(users), dtype=np.float64, copy=True)
+        s[:, warm] = -np.inf
+        return s
+
+    return score
 
 
 def selection_score(fitted, ctx: Context, tg: Targets, k: int) -> float:
@@ -586,7 +606,8 @@ def run_origin(data: EvalData, origin: Origin, methods: list[Method], ks: tuple[
     for m in methods:
         t0 = time.perf_counter()
         fitted = m.fit(ctx, chosen[m.name], val=None)
-        metrics[m.name] = user_metrics(score_users(fitted.score, ctx, tg, kmax), tg, ks)
+        top = score_users(fitted.score, ctx, tg, kmax)
+        metrics[m.name] = user_metrics(top, tg, ks, score_users(cold_only(fitted.score, ctx), ctx, tg, kmax))
         seconds[m.name] = round(seconds[m.name] + time.perf_counter() - t0, 2)
     counts = {"users": len(tg), "warm_users": int(tg.warm_user.sum()), "new_users": int((~tg.warm_user).sum()),
               "clicks": int(sum(map(len, tg.relevant))), "cold_item_clicks": int(sum(map(len, tg.cold))),
@@ -605,7 +626,7 @@ def slice_mask(r: OriginResult, name: str) -> np.ndarray:
         return tg.warm_user.copy()
     if name == "new_user":
         return ~tg.warm_user
-    if name == "cold_item":
+    if name in ("cold_item", "cold_start"):
         return np.array([len(c) > 0 for c in tg.cold], bool)
     raise ConfigError(f"unknown slice {name!r}")
 
@@ -618,7 +639,7 @@ def clean(value):
 
 
 def metric_key(slice_name: str, metric: str) -> str:
-    return f"cold_{metric}" if slice_name == "cold_item" else metric
+    return {"cold_item": f"cold_{metric}", "cold_start": f"coldrank_{metric}"}.get(slice_name, metric)
 
 
 def bootstrap_plan(sizes: list[int], draws: int, seed: int) -> list[np.ndarray]:
