@@ -173,7 +173,8 @@ class _SparkHolder:
 
             self.session = SparkSession.getActiveSession()
             if self.session is None:
-                self.session = build_spark(self.cfg.spark)
+                # A whole night loads the classes that matter: the first one records the JVM's class archive.
+                self.session = build_spark(self.cfg.spark, record_classes=True)
                 self.owned = True
         return self.session
 
@@ -183,7 +184,9 @@ class _SparkHolder:
 
     def stop(self) -> None:
         if self.session is not None and self.owned:
-            self.session.stop()
+            from llmfeat.core.spark import stop_spark
+
+            stop_spark(self.session)
         self.session = None
 
 

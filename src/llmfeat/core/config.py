@@ -149,6 +149,10 @@ class SparkConfig:
     shuffle_partitions: int = 8
     conf: dict[str, str] = field(default_factory=dict)
     """Any extra spark.* settings, passed through as given."""
+    class_archive_dir: Path | None = Path("var/cache/spark-cds")
+    """Local masters: where the driver JVM's class-data-sharing archive lives (one per JDK + Spark build). The
+    nightly writes it at the end of its first night, every later Spark start maps it (the JVM starts and runs
+    its first queries faster: docs/operations.md). None turns it off."""
 
     def __post_init__(self) -> None:
         _positive("spark", self, "task_cpus", "shuffle_partitions")
@@ -205,13 +209,17 @@ class TrainingConfig:
     refresh_models: list[CtrModel] = field(default_factory=lambda: ["popularity", "deep_lm"])
     """The models a refresh night retrains (the ones rankers load; ``llmfeat score`` takes deep_lm); the other
     models of ``models`` are carried over from the previous run unchanged, so every model stays loadable."""
+    fetch_batch_rows: int = 100_000
+    """Point-in-time rows asked of Feast per query (whole event days, so at least one day's): one query over
+    the whole history holds every entity row in the Spark driver at once (140k rows ran 4 GiB out of heap);
+    each batch's days are stored as soon as it returns, so an interrupted first night keeps what it fetched."""
     min_interactions: int = 500
     """Fewer labelled interactions than this: the nightly run records "too little data" instead of training
     (a CTR model fitted on a handful of rows is noise, and a temporal split of them may be empty)."""
 
     def __post_init__(self) -> None:
         _positive("train", self, "epochs", "batch_size", "lr", "patience", "tfidf_dim", "leave_last_k",
-                  "light_user_max", "min_interactions", "evaluate_every_days")  # fmt: skip
+                  "light_user_max", "min_interactions", "evaluate_every_days", "fetch_batch_rows")  # fmt: skip
         _check(self.window_days is None or self.window_days > 0, "train.window_days",
                f"must be a positive number of days or null, got {self.window_days}")  # fmt: skip
         _device("train.device", self.device)
@@ -602,7 +610,9 @@ def absolute_paths(cfg: Config) -> Config:
     source_path = cfg.ingest.source_path
     ingest = dataclasses.replace(cfg.ingest, source_path=Path(source_path).resolve() if source_path else None)
     feast = dataclasses.replace(cfg.feast, repo_path=Path(cfg.feast.repo_path).resolve())
-    return dataclasses.replace(cfg, paths=paths, ingest=ingest, feast=feast)
+    archive = cfg.spark.class_archive_dir
+    spark = dataclasses.replace(cfg.spark, class_archive_dir=Path(archive).resolve() if archive else None)
+    return dataclasses.replace(cfg, paths=paths, ingest=ingest, feast=feast, spark=spark)
 
 
 def reports_dir(cfg: Config) -> Path:

@@ -2,16 +2,65 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import shutil
 import sys
+import time
+import uuid
 from pathlib import Path
 
 from llmfeat.core.config import ConfigError, SparkConfig
 
 _LOOPBACK = re.compile(r"^(local(\[.*\])?|spark://(127\.0\.0\.1|localhost)(:\d+)?)$")
+# The JVM checks an archive itself (JDK build, class path) and runs without it when it does not match; these
+# keep that check, and the warnings a dump prints for classes it cannot archive, out of the command's output.
+_QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"
+_recording: tuple[Path, Path] | None = None
+"""(temporary file, archive): what this process's driver JVM writes when it exits, and where it goes."""
 
 
-def spark_conf(cfg: SparkConfig, python: str = sys.executable) -> dict[str, str]:
+def class_archive(cfg: SparkConfig) -> Path | None:
+    """The driver JVM's class-data-sharing archive for this JDK and Spark build (it may not exist yet); None
+    when off or on a cluster master (there the driver is not this machine's concern)."""
+    if cfg.class_archive_dir is None or not cfg.master.startswith("local"):
+        return None
+    import pyspark
+
+    java = (
+        Path(os.environ["JAVA_HOME"]) / "bin" / "java"
+        if os.environ.get("JAVA_HOME")
+        else shutil.which("java")
+    )
+    try:
+        st = Path(java).resolve().stat() if java else None
+    except OSError:
+        st = None
+    jdk = f"{Path(java).resolve() if java else '-'}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
+    key = hashlib.sha256(f"{jdk}|{pyspark.__version__}".encode()).hexdigest()[:12]
+    return Path(cfg.class_archive_dir).resolve() / f"spark-{pyspark.__version__}-{key}.jsa"
+
+
+def _archive_options(cfg: SparkConfig, record: bool) -> tuple[str, tuple[Path, Path] | None]:
+    """JVM options for the archive: map it when it exists; else, when ``record``, dump the classes this JVM
+    loads to a temporary file at exit (returned with the archive's path: :func:`stop_spark` publishes it)."""
+    archive = class_archive(cfg)
+    if archive is None:
+        return "", None
+    if archive.is_file():
+        return f" -XX:SharedArchiveFile={archive} {_QUIET_CDS}", None
+    if not record:
+        return "", None
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    for stale in archive.parent.glob(".*.jsa.tmp"):  # left by a killed run
+        if time.time() - stale.stat().st_mtime > 3600:
+            stale.unlink(missing_ok=True)
+    tmp = archive.parent / f".{archive.stem}-{uuid.uuid4().hex[:8]}.jsa.tmp"
+    return f" -XX:ArchiveClassesAtExit={tmp} {_QUIET_CDS}", (tmp, archive)
+
+
+def spark_conf(cfg: SparkConfig, python: str = sys.executable, java_options: str = "") -> dict[str, str]:
     conf = {
         "spark.app.name": cfg.app_name,
         "spark.master": cfg.master,
@@ -44,7 +93,7 @@ def spark_conf(cfg: SparkConfig, python: str = sys.executable) -> dict[str, str]
         # directories in milliseconds, while that job costs about a second per table read, several per stage.
         conf["spark.sql.sources.parallelPartitionDiscovery.threshold"] = "100000"
     log4j = Path(__file__).with_name("log4j2.properties")
-    conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"
+    conf["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}{java_options}"
     conf["spark.executor.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{log4j}"
     if cfg.executor_memory:
         conf["spark.executor.memory"] = cfg.executor_memory
@@ -54,10 +103,12 @@ def spark_conf(cfg: SparkConfig, python: str = sys.executable) -> dict[str, str]
     return conf
 
 
-def build_spark(cfg: SparkConfig, python: str = sys.executable):
-    """Start (or join) the Spark session for this process."""
-    import os
-
+def build_spark(cfg: SparkConfig, python: str = sys.executable, record_classes: bool = False):
+    """Start (or join) the Spark session for this process. On a local master the driver JVM maps the class
+    archive (``spark.class_archive_dir``) when there is one; with ``record_classes`` and none yet, it records
+    one, which :func:`stop_spark` publishes (the nightly does: a whole night loads the classes that matter)."""
+    global _recording
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     # PySpark picks the workers' interpreter from PYSPARK_PYTHON when the context starts (the conf key
@@ -69,13 +120,48 @@ def build_spark(cfg: SparkConfig, python: str = sys.executable):
     builder = SparkSession.builder
     # Under spark-submit the master (and the rest of its --conf) is already decided: keep it.
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
-    for key, value in spark_conf(cfg, python).items():
+    options, recording = "", None
+    if not submitted and SparkContext._gateway is None:  # JVM options apply only to a JVM not started yet
+        options, recording = _archive_options(cfg, record_classes)
+    for key, value in spark_conf(cfg, python, options).items():
         if submitted and key in ("spark.master", "spark.app.name", "spark.driver.memory"):
             continue
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    if recording is not None:
+        _recording = recording
     return spark
+
+
+def stop_spark(spark) -> None:
+    """Stop the session. If this process's JVM is recording the class archive, also end the JVM (it writes the
+    archive as it exits) and publish the archive with one rename; a later session in this process starts a
+    new JVM."""
+    global _recording
+    spark.stop()
+    recording, _recording = _recording, None
+    if recording is None:
+        return
+    tmp, archive = recording
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)
+    if gateway is not None:
+        gateway.shutdown()
+        SparkContext._gateway = None
+        SparkContext._jvm = None
+    if proc is not None:
+        proc.stdin.close()  # the gateway JVM exits at end of input
+        try:
+            proc.wait(timeout=300)
+        except Exception:  # noqa: BLE001 - an archive is an optimisation; a stuck dump must not fail the run
+            proc.kill()
+    if tmp.is_file() and tmp.stat().st_size > 0 and proc is not None and proc.returncode == 0:
+        os.replace(tmp, archive)
+    else:
+        tmp.unlink(missing_ok=True)
 
 
 def buckets(spark, key: str):

@@ -1,0 +1,66 @@
+"""The driver JVM's class-data-sharing archive: recorded once by a night, then mapped by every Spark start; an
+archive that does not fit (another JDK, a corrupt file) is ignored by the JVM, never an error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from llmfeat.core.config import SparkConfig
+from llmfeat.core.spark import _archive_options, class_archive, spark_conf
+
+_SESSION = """
+import json, sys
+from llmfeat.core.config import SparkConfig
+from llmfeat.core.spark import build_spark, stop_spark
+cfg = SparkConfig(master="local[1]", shuffle_partitions=2, driver_memory="1g", class_archive_dir=sys.argv[1])
+spark = build_spark(cfg, record_classes=sys.argv[2] == "record")
+rows = spark.range(100).selectExpr("id % 7 AS k").groupBy("k").count().count()
+args = list(spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+stop_spark(spark)
+print(json.dumps({"rows": rows, "args": [a for a in args if "Archive" in a]}))
+"""
+
+
+def _session(tmp_path: Path, mode: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", _SESSION, str(tmp_path), mode], capture_output=True, text=True,
+                         timeout=600, check=True)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_archive_options_follow_the_file_and_the_master(tmp_path):
+    cfg = SparkConfig(master="local[2]", class_archive_dir=tmp_path)
+    archive = class_archive(cfg)
+    assert archive is not None and archive.parent == tmp_path.resolve() and archive.suffix == ".jsa"
+    assert _archive_options(cfg, record=False) == ("", None)  # nothing to map, nothing asked to record
+    options, recording = _archive_options(cfg, record=True)
+    assert recording is not None and recording[1] == archive
+    assert f"-XX:ArchiveClassesAtExit={recording[0]}" in options and recording[0].parent == archive.parent
+    archive.write_bytes(b"x")
+    assert _archive_options(cfg, record=True) == (f" -XX:SharedArchiveFile={archive} -Xlog:cds=off "
+                                                  "-Xlog:cds+dynamic=off", None)  # fmt: skip
+    assert (
+        f"-XX:SharedArchiveFile={archive}"
+        in spark_conf(cfg, java_options=_archive_options(cfg, False)[0])["spark.driver.extraJavaOptions"]
+    )
+    # A cluster master's driver is not this machine's; None turns the archive off.
+    assert class_archive(SparkConfig(master="spark://10.0.0.1:7077", class_archive_dir=tmp_path)) is None
+    assert class_archive(SparkConfig(master="local[2]", class_archive_dir=None)) is None
+
+
+def test_a_night_records_the_archive_and_later_sessions_map_it(tmp_path):
+    archive = class_archive(SparkConfig(master="local[1]", class_archive_dir=tmp_path))
+    first = _session(tmp_path, "record")
+    assert first["rows"] == 7 and any(a.startswith("-XX:ArchiveClassesAtExit=") for a in first["args"])
+    assert archive.is_file() and archive.stat().st_size > 10 << 20  # the JVM wrote it at exit
+    assert not list(tmp_path.glob(".*.tmp"))  # published by a rename, nothing left behind
+
+    second = _session(tmp_path, "plain")
+    assert second == {"rows": 7, "args": [f"-XX:SharedArchiveFile={archive}"]}
+
+    archive.chmod(0o644)
+    archive.write_bytes(b"not an archive" * 1000)  # corrupt (or another JDK's): the JVM runs without it
+    third = _session(tmp_path, "record")
+    assert third["rows"] == 7 and third["args"] == [f"-XX:SharedArchiveFile={archive}"]
