@@ -54,6 +54,26 @@ def test_incremental_nights_equal_a_full_fetch(pit_store, tmp_path):
     assert stats.fetched_rows == 0 and stats.reused_rows == 4
 
 
+def test_day_batches_keep_whole_days_under_the_row_budget():
+    counts = {"d1": 3, "d2": 4, "d3": 9, "d4": 1, "d5": 2}
+    days = sorted(counts)
+    assert training_frames.day_batches(days, counts, 7) == [["d1", "d2"], ["d3"], ["d4", "d5"]]
+    assert training_frames.day_batches(days, counts, 100) == [days]
+    assert training_frames.day_batches(days, counts, 1) == [[d] for d in days]  # a day is never split
+    assert training_frames.day_batches([], counts, 5) == []
+
+
+def test_a_fetch_in_several_queries_equals_one_query(pit_store, tmp_path):
+    cfg, store = pit_store
+    rows = night_rows(cfg, NIGHTS[-1])
+    logs = []
+    frame, stats = training_frames.fetch(store, rows, tmp_path / "frame", embedding_model_id="m1",
+                                         log=logs.append, batch_rows=1)  # fmt: skip
+    assert stats.fetch_queries == len(stats.fetched_days) > 1  # one query per day at a budget of one row
+    assert sum("Feast query" in line for line in logs) == stats.fetch_queries
+    assert_same_frame(frame, historical_features(store, rows))
+
+
 def test_late_rows_refetch_their_day_and_upstream_changes_refetch_all(pit_store, tmp_path):
     cfg, store = pit_store
     root = tmp_path / "frame"

@@ -257,8 +257,9 @@ def fetch_training_frame(
         )
     root = training_frames.frame_root(cfg.paths.data_dir, cfg.embed.embedding_set)
     frame, fetched = training_frames.fetch(
-        open_store(cfg), rows, root, embedding_model_id=embedded_model_id(cfg), refresh=refresh, log=log
-    )
+        open_store(cfg), rows, root, embedding_model_id=embedded_model_id(cfg), refresh=refresh, log=log,
+        batch_rows=cfg.train.fetch_batch_rows,
+    )  # fmt: skip
     if stats is not None:
         stats.update(fetched.to_dict())
     return frame

@@ -48,6 +48,7 @@ class FrameStats:
     reused_rows: int = 0
     fetched_rows: int = 0
     fetched_days: list[str] = field(default_factory=list)
+    fetch_queries: int = 0
     invalidated: str | None = None
 
     def to_dict(self) -> dict:
@@ -89,9 +90,11 @@ def fetch(
     embedding_model_id: str | None,
     refresh: bool = False,
     log: Callable[[str], None] = print,
+    batch_rows: int = 100_000,
 ) -> tuple[pd.DataFrame, FrameStats]:
     """The point-in-time frame of ``rows`` (user_id, item_id, event_timestamp, label, ...), fetching from Feast
-    only the event days not stored yet (or changed); sorted by event time, user, item."""
+    only the event days not stored yet (or changed), in queries of whole days of at most ``batch_rows`` rows
+    (one day may exceed it); sorted by event time, user, item."""
     from llmfeat.feast.offline import historical_features
 
     root = Path(root)
@@ -123,19 +126,25 @@ def fetch(
         wanted = rows[day_of.map(dt.date.isoformat).isin(todo)]
         log(f"train: point-in-time features for {len(wanted)} labelled interactions of {len(todo)} new day(s) "
             f"from Feast ({len(rows) - len(wanted)} rows of {len(stored)} stored day(s) reused) ...")  # fmt: skip
-        fetched = historical_features(store, wanted)
-        fetched_day = fetched["event_timestamp"].dt.date.map(dt.date.isoformat)
-        for day in todo:
-            part = fetched[fetched_day == day]
-            with tables.staged_dir(_day_dir(root, dt.date.fromisoformat(day))) as staging:
-                part.to_parquet(staging / tables.PARQUET_FILE, index=False)
-            state["days"][day] = len(part)
-        state["signature"] = sig
-        # Days before the first one asked for stay stored (a training window moved past them: a wider window
-        # reuses them); a day inside the range that no longer has rows is forgotten.
-        state["days"] = {d: n for d, n in state["days"].items() if d in counts or d < min(counts)}
-        tables.write_json(root / STATE, state)
-        stats.fetched_rows, stats.fetched_days = len(wanted), todo
+        batches = day_batches(todo, counts, batch_rows)
+        wanted_day = day_of[day_of.map(dt.date.isoformat).isin(todo)].map(dt.date.isoformat)
+        for b, batch in enumerate(batches):
+            if len(batches) > 1:
+                log(f"train:   Feast query {b + 1} of {len(batches)}: {len(batch)} day(s), "
+                    f"{sum(counts[d] for d in batch)} rows ({batch[0]} .. {batch[-1]})")  # fmt: skip
+            fetched = historical_features(store, wanted[wanted_day.isin(batch)])
+            fetched_day = fetched["event_timestamp"].dt.date.map(dt.date.isoformat)
+            for day in batch:
+                part = fetched[fetched_day == day]
+                with tables.staged_dir(_day_dir(root, dt.date.fromisoformat(day))) as staging:
+                    part.to_parquet(staging / tables.PARQUET_FILE, index=False)
+                state["days"][day] = len(part)
+            state["signature"] = sig
+            # Days before the first one asked for stay stored (a training window moved past them: a wider
+            # window reuses them); a day inside the range that no longer has rows is forgotten.
+            state["days"] = {d: n for d, n in state["days"].items() if d in counts or d < min(counts)}
+            tables.write_json(root / STATE, state)  # after each batch: an interrupted fetch keeps its days
+        stats.fetched_rows, stats.fetched_days, stats.fetch_queries = len(wanted), todo, len(batches)
     stats.reused_rows = len(rows) - stats.fetched_rows
     parts = [
         pd.read_parquet(_day_dir(root, dt.date.fromisoformat(d)) / tables.PARQUET_FILE)
@@ -144,6 +153,21 @@ def fetch(
     frame = pd.concat(parts, ignore_index=True) if parts else historical_features(store, rows.iloc[:0])
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     return sort_frame(frame), stats
+
+
+def day_batches(days: list[str], counts: dict[str, int], batch_rows: int) -> list[list[str]]:
+    """Consecutive runs of ``days`` (sorted) of at most ``batch_rows`` rows each; a day larger than that is a
+    batch of its own (a day is the unit stored)."""
+    batches: list[list[str]] = []
+    size = 0
+    for day in days:
+        if batches and size + counts[day] <= batch_rows:
+            batches[-1].append(day)
+            size += counts[day]
+        else:
+            batches.append([day])
+            size = counts[day]
+    return batches
 
 
 def sort_frame(frame: pd.DataFrame) -> pd.DataFrame:
