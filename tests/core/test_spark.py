@@ -45,6 +45,12 @@ def test_archive_options_follow_the_file_and_the_master(tmp_path):
         f"-XX:SharedArchiveFile={archive}"
         in spark_conf(cfg, java_options=_archive_options(cfg, False)[0])["spark.driver.extraJavaOptions"]
     )
+    # Driver options of the user's (spark.conf) keep the archive's too.
+    own = SparkConfig(
+        master="local[2]", class_archive_dir=tmp_path, conf={"spark.driver.extraJavaOptions": "-Dx=1"}
+    )
+    options = spark_conf(own, java_options=_archive_options(own, False)[0])["spark.driver.extraJavaOptions"]
+    assert options.startswith("-Dx=1") and f"-XX:SharedArchiveFile={archive}" in options
     # A cluster master's driver is not this machine's; None turns the archive off.
     assert class_archive(SparkConfig(master="spark://10.0.0.1:7077", class_archive_dir=tmp_path)) is None
     assert class_archive(SparkConfig(master="local[2]", class_archive_dir=None)) is None

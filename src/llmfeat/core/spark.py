@@ -28,16 +28,14 @@ def class_archive(cfg: SparkConfig) -> Path | None:
         return None
     import pyspark
 
-    java = (
-        Path(os.environ["JAVA_HOME"]) / "bin" / "java"
-        if os.environ.get("JAVA_HOME")
-        else shutil.which("java")
-    )
+    home = os.environ.get("JAVA_HOME")
+    java = Path(home) / "bin" / "java" if home else shutil.which("java")
+    binary = Path(java).resolve() if java else None
     try:
-        st = Path(java).resolve().stat() if java else None
+        st = binary.stat() if binary else None
     except OSError:
         st = None
-    jdk = f"{Path(java).resolve() if java else '-'}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
+    jdk = f"{binary}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}"
     key = hashlib.sha256(f"{jdk}|{pyspark.__version__}".encode()).hexdigest()[:12]
     return Path(cfg.class_archive_dir).resolve() / f"spark-{pyspark.__version__}-{key}.jsa"
 
@@ -98,6 +96,8 @@ def spark_conf(cfg: SparkConfig, python: str = sys.executable, java_options: str
     if cfg.executor_memory:
         conf["spark.executor.memory"] = cfg.executor_memory
     conf.update({k: str(v) for k, v in cfg.conf.items()})
+    if java_options and "spark.driver.extraJavaOptions" in cfg.conf:  # the user's options, and the archive's
+        conf["spark.driver.extraJavaOptions"] += java_options
     if cfg.task_cpus < 1:
         raise ConfigError("spark.task_cpus must be >= 1")
     return conf
