@@ -327,14 +327,14 @@ def user_metrics(top: np.ndarray, tg: Targets, ks: tuple[int, ...],
     passes = [("", tg.relevant, top), ("cold_", tg.cold, top)]
     if cold_top is not None:
         passes.append(("coldrank_", tg.cold, cold_top))
-    for name, rel_sets, top in passes:
+    for name, rel_sets, ranking in passes:
         for k in ks:
             rec = np.full(len(tg), np.nan)
             ndcg = np.full(len(tg), np.nan)
             for r, rel in enumerate(rel_sets):
                 if len(rel) == 0:
                     continue
-                hit = np.isin(top[r, :k], rel)
+                hit = np.isin(ranking[r, :k], rel)
                 rec[r] = hit.sum() / len(rel)
                 ideal = discounts[: min(len(rel), k)].sum()
                 ndcg[r] = (hit * discounts[:k]).sum() / ideal
