@@ -15,6 +15,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
+from llmfeat.core import tables
 from llmfeat.core.config import load_config
 from llmfeat.ctr.train import training_rows
 from llmfeat.feast.offline import historical_features
@@ -60,6 +61,10 @@ def _offline_rows(cfg, view: str, start, end) -> int:
     return int(((ts >= start) & (ts < end)).sum()) if start is not None else int((ts < end).sum())
 
 
+def stages_io(run) -> dict:
+    return {r.stage: r.summary["rows_io"] for r in run["summary"].results if r.stage in STAGES}
+
+
 def test_every_stage_reports_rows_read_and_written(nights):
     cfg, runs = nights
     for run in runs:
@@ -69,6 +74,23 @@ def test_every_stage_reports_rows_read_and_written(nights):
             assert io["read"] >= 0 and io["written"] >= 0, (stage, io)
         assert stages["ingest"]["rows_io"]["read"] == 3 + 2 + 4  # items + users + events in the source files
         assert stages["index"]["rows_io"]["written"] == stages["index"]["count"]
+    # ingest: the first night writes every event, each later one only the events stamped since the last
+    for i, (night, run) in enumerate(zip(NIGHTS, runs, strict=True)):
+        events = next(r.summary for r in run["summary"].results if r.stage == "ingest")["writes"][
+            "interactions"
+        ]
+        ts = pd.to_datetime(pd.read_parquet(tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"),
+                                                                night))["event_ts"], utc=True)  # fmt: skip
+        new = int((ts >= pd.Timestamp(NIGHTS[i - 1], tz="UTC")).sum()) if i else len(ts)
+        assert (events["mode"], events["new_rows"], events["rows"]) == (
+            "append" if i else "full",
+            new,
+            len(ts),
+        )
+        assert (
+            new <= events["rows_written"] <= len(ts)
+        )  # the new rows, plus any older part they were merged with
+        assert stages_io(run)["ingest"]["written"] >= events["rows_written"]
     # publish: the first night materialises everything before it, each later one only its own day
     previous = None
     for night, run in zip(NIGHTS, runs, strict=True):

@@ -113,6 +113,12 @@ def ingest(
         console.print(f"  {key}: {value}")
     for name, out in result.outputs.items():
         console.print(f"  {name:<13} {out}")
+    events = result.writes.get("interactions", {})
+    if events.get("mode") == "append":
+        console.print(f"  interactions: {events['new_rows']} new row(s) appended to snapshot {events['base']} "
+                      f"({events['rows_written']} rows written, {events['parts']} part file(s))")  # fmt: skip
+    elif events:
+        console.print(f"  interactions: written in full ({events['reason']})")
     if result.quarantined:
         console.print(
             f"[yellow]{result.quarantined} row(s) quarantined[/yellow]: see {result.outputs['quarantine']}"

@@ -93,8 +93,13 @@ def stage_rows(stage: str, summary: dict) -> dict | None:
     """Rows read and written by one stage, from its summary; None for a stage that did not run its work (a
     backfill that left newer outputs, too little data to train)."""
     if stage == "ingest":
-        counts = summary.get("counts", {})
-        return {"read": _sum(counts, "read"), "written": _sum(counts, "kept") + _sum(counts, "quarantined")}
+        counts, writes = summary.get("counts", {}), summary.get("writes")
+        if not writes:  # a summary from before tables were appended: every kept row was written
+            return {
+                "read": _sum(counts, "read"),
+                "written": _sum(counts, "kept") + _sum(counts, "quarantined"),
+            }
+        return {"read": _sum(counts, "read"), "written": sum(int(w["rows_written"]) for w in writes.values())}
     if stage == "embed":
         counts = summary.get("counts", {})
         parts = [counts.get("items", {}), counts.get("users", {}), counts.get("user_history", {})]

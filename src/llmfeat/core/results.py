@@ -103,7 +103,8 @@ class IngestSummary(StageResult):
     def of(cls, r) -> IngestSummary:
         """From ``ingest.IngestResult``."""
         return cls({"counts": r.counts, "notes": r.notes, "quarantined": r.quarantined,
-                    "not_yet_visible": r.not_yet_visible, "outputs": {k: str(v) for k, v in r.outputs.items()}})  # fmt: skip
+                    "not_yet_visible": r.not_yet_visible, "outputs": {k: str(v) for k, v in r.outputs.items()},
+                    "writes": r.writes})  # fmt: skip
 
     @property
     def counts(self) -> dict:
@@ -119,7 +120,13 @@ class IngestSummary(StageResult):
 
     def headline(self) -> str:
         kept = ", ".join(f"{k} {v['kept']}" for k, v in self.counts.items())
-        return f"{kept}; quarantined {self.quarantined}; not yet visible {self.not_yet_visible}"
+        events = self.data.get("writes", {}).get("interactions")
+        how = ""
+        if events and events["mode"] == "append":
+            how = f"; interactions: {events['new_rows']} new appended to {events['base']}"
+        elif events:
+            how = f"; interactions written in full ({events['reason']})"
+        return f"{kept}; quarantined {self.quarantined}; not yet visible {self.not_yet_visible}{how}"
 
 
 @dataclass(eq=False)

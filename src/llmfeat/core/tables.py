@@ -19,6 +19,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -118,6 +119,126 @@ def write_snapshot(root: Path, snapshot_date: dt.date, table: pa.Table) -> Path:
     with staged_dir(final) as staging:
         write_parquet(table, staging / PARQUET_FILE)
     return final
+
+
+APPEND_STATE = "_append.json"
+"""Beside the part files of an appended snapshot (readers skip names starting with "_"): what it holds."""
+
+
+@dataclass(frozen=True)
+class AppendWrite:
+    """How ``write_appended_snapshot`` wrote a snapshot: ``mode`` "append" (the previous snapshot's files
+    linked, the new rows in a new file) or "full" (every row written, ``reason`` says why)."""
+
+    mode: str
+    rows: int
+    new_rows: int
+    rows_written: int
+    parts: int
+    base: str | None = None
+    """The previous snapshot this one extends (append mode)."""
+    append_chain_from: str | None = None
+    """The earliest snapshot date D such that this snapshot's rows stamped before D 00:00 UTC are exactly
+    snapshot D's: every snapshot since D was an append (readers use it to skip re-checking old rows)."""
+    reason: str | None = None
+
+
+def row_digest(table: pa.Table) -> str:
+    """An order-independent digest of a table's rows (the sum of per-row hashes modulo 2**64): equal for the
+    same multiset of rows, whatever their order or file split."""
+    import pandas as pd
+
+    if table.num_rows == 0:
+        return "0" * 16
+    hashes = pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy()
+    return f"{int(hashes.sum(dtype='uint64')):016x}"
+
+
+def _append_state(path: Path) -> dict | None:
+    import json
+
+    state = Path(path) / APPEND_STATE
+    return json.loads(state.read_text()) if state.is_file() else None
+
+
+def write_appended_snapshot(
+    root: Path, snapshot_date: dt.date, table: pa.Table, time_column: str
+) -> AppendWrite:
+    """Write snapshot ``snapshot_date`` of an append-mostly table (events), in proportion to what is new.
+
+    A snapshot dated D holds the rows stamped before D 00:00 UTC. When the latest earlier snapshot P holds
+    exactly this table's rows stamped before P 00:00 (same row multiset: ``row_digest``), the new snapshot
+    is P's files, hard-linked (no bytes copied), plus one file of the rows stamped since. Anything else
+    (no earlier snapshot, a late-arriving, edited or removed old row) writes every row, and says why.
+
+    Part files are merged like a binary counter's carries: the new rows absorb each newest part no larger
+    than them, then go into one file. A table of N rows grown by d a night keeps O(log(N/d)) parts, and each
+    row is rewritten O(log(N/d)) times over its life: a night writes its new rows plus an amortised bounded
+    amount, never the whole history (docs/operations.md, "What a night costs").
+    """
+    import pyarrow.compute as pc
+
+    root = Path(root)
+    final = snapshot_dir(root, snapshot_date)
+    earlier = [d for d in snapshot_dates(root) if d < snapshot_date]
+    prev = _append_state(snapshot_dir(root, earlier[-1])) if earlier else None
+    digest = row_digest(table)
+    old = new = None
+    reason = "no earlier snapshot" if not earlier else "the earlier snapshot has no append state"
+    if prev is not None:
+        cutoff = pa.scalar(
+            _midnight(dt.date.fromisoformat(prev["as_of"])), type=table.schema.field(time_column).type
+        )
+        before = pc.less(table[time_column], cutoff)
+        old, new = table.filter(before), table.filter(pc.invert(before))
+        if old.num_rows != prev["rows"] or row_digest(old) != prev["digest"]:
+            reason = (
+                f"rows stamped before {prev['as_of']} differ from snapshot {prev['as_of']}'s "
+                f"({old.num_rows} now, {prev['rows']} then): late, edited or removed rows"
+            )
+            prev = None
+    with staged_dir(final) as staging:
+        if prev is None:
+            write_parquet(table, staging / PARQUET_FILE)
+            parts = [{"file": PARQUET_FILE, "rows": table.num_rows}]
+            written, chain = table.num_rows, snapshot_date.isoformat()
+        else:
+            base = snapshot_dir(root, earlier[-1])
+            parts = [dict(p) for p in prev["parts"]]
+            for part in parts:
+                os.link(base / part["file"], staging / part["file"])
+            written, chain = 0, prev["append_chain_from"]
+            pending = new
+            while (
+                new.num_rows and parts and parts[-1]["rows"] <= pending.num_rows
+            ):  # a binary counter's carry
+                part = parts.pop()
+                pending = pa.concat_tables([pq.read_table(staging / part["file"]), pending])
+                (staging / part["file"]).unlink()
+            if new.num_rows:
+                name = f"part-{snapshot_date.isoformat()}.parquet"
+                write_parquet(pending, staging / name)
+                parts.append({"file": name, "rows": pending.num_rows})
+                written = pending.num_rows
+        state = {"as_of": snapshot_date.isoformat(), "rows": table.num_rows, "digest": digest, "parts": parts,
+                 "append_chain_from": chain}  # fmt: skip
+        write_json(staging / APPEND_STATE, state)
+    if prev is None:
+        return AppendWrite("full", table.num_rows, table.num_rows, written, len(parts), reason=reason,
+                           append_chain_from=chain)  # fmt: skip
+    return AppendWrite("append", table.num_rows, new.num_rows, written, len(parts), base=earlier[-1].isoformat(),
+                       append_chain_from=chain)  # fmt: skip
+
+
+def append_chain_from(root: Path, snapshot_date: dt.date) -> dt.date | None:
+    """``AppendWrite.append_chain_from`` of a published snapshot (None when it was not written by
+    ``write_appended_snapshot``)."""
+    state = _append_state(snapshot_dir(root, snapshot_date))
+    return dt.date.fromisoformat(state["append_chain_from"]) if state else None
+
+
+def _midnight(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
 
 
 def read_snapshot(

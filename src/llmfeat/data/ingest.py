@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,8 @@ class IngestResult:
     counts: dict[str, dict[str, int]]
     notes: dict[str, int]
     outputs: dict[str, Path] = field(default_factory=dict)
+    writes: dict[str, dict] = field(default_factory=dict)
+    """Per table, how its snapshot was written (``tables.AppendWrite`` for interactions: appended or full)."""
 
     @property
     def quarantined(self) -> int:
@@ -64,5 +66,14 @@ def run_ingest(cfg: Config, snapshot_date: dt.date) -> IngestResult:
     result = IngestResult(snapshot_date, cfg.ingest.source, source_path, checked.counts, raw.notes)
     for name in TABLES:
         root = tables.canonical_dir(cfg.paths.data_dir, name)
-        result.outputs[name] = tables.write_snapshot(root, snapshot_date, getattr(checked, name))
+        table = getattr(checked, name)
+        if (
+            name == "interactions"
+        ):  # events only grow: a night writes the new ones (tables.write_appended_snapshot)
+            write = tables.write_appended_snapshot(root, snapshot_date, table, "event_ts")
+            result.writes[name] = asdict(write)
+            result.outputs[name] = tables.snapshot_dir(root, snapshot_date)
+        else:  # the catalogue and the quarantine: their size is the catalogue's, not the history's
+            result.outputs[name] = tables.write_snapshot(root, snapshot_date, table)
+            result.writes[name] = {"mode": "full", "rows": table.num_rows, "rows_written": table.num_rows}
     return result
