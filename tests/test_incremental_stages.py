@@ -138,3 +138,26 @@ def test_only_entities_whose_values_may_move_are_computed(runs):
     items = _latest(nightly_cfg, "item_stats", "item_id")
     assert items.loc["E", "impressions_total"] == 2 and items.loc["E", "clicks_total"] == 1
     assert items.loc["C", "impressions_30d"] == 0 and items.loc["C", "impressions_total"] == 1
+
+
+def test_the_past_is_recounted_only_on_the_night_a_late_event_arrived(runs):
+    """Nights 2 and 4 only appended events (ingest's append chain), so neither stage recounted the clicks
+    before its last snapshot; night 3's late January event rewrote the snapshot, and both stages looked."""
+    import json
+
+    from llmfeat.core.changelog import events_appended_since
+
+    nightly_cfg, _, _ = runs
+    data_dir = nightly_cfg.paths.data_dir
+    appended = [
+        events_appended_since(data_dir, night, before)
+        for before, night in zip(NIGHTS[:-1], NIGHTS[1:], strict=True)
+    ]
+    assert appended == [True, False, True]
+    for manifests in (embedding_paths(data_dir, "default").manifests, stats_paths(data_dir).manifests):
+        found = {}
+        for f in manifests.glob("*.json"):
+            m = json.loads(f.read_text())
+            flag = m["snapshots"].get("past_events_unchanged", m.get("past_events_unchanged"))
+            found[m["as_of"]] = flag
+        assert [found[n.isoformat()] for n in NIGHTS] == [False, True, False, True], (manifests, found)

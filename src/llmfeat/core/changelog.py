@@ -107,6 +107,16 @@ def publish_partitions(
     return len(produced)
 
 
+def events_appended_since(data_dir: Path, as_of: dt.date, covered: dt.date | None) -> bool:
+    """Whether the canonical interactions snapshot of ``as_of`` holds, stamped before ``covered`` 00:00 UTC,
+    exactly the rows of snapshot ``covered`` (every snapshot since was an append: ``tables.AppendWrite``).
+    A stage that covered that snapshot may then skip looking for late, edited or removed past events."""
+    if covered is None:
+        return False
+    chain = tables.append_chain_from(tables.canonical_dir(data_dir, "interactions"), as_of)
+    return chain is not None and chain <= covered
+
+
 def require_canonical(data_dir: Path, as_of: dt.date, names: Iterable[str]) -> dict[str, Path]:
     out = {}
     for name in names:

@@ -30,6 +30,7 @@ import pandas as pd
 from llmfeat.core import tables
 from llmfeat.core.changelog import (
     covered_until,
+    events_appended_since,
     first_snapshot,
     latest_before,
     publish_partitions,
@@ -402,17 +403,30 @@ def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams):
     return states
 
 
-def _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, since: pd.Timestamp):
+def _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, since: pd.Timestamp,
+                           past_unchanged: bool = False):  # fmt: skip
     """The users whose text or history row may differ after ``since`` (the last covered snapshot) from their
     latest rows: a profile updated at or after ``since``, a click at or after it, no text row yet, a click on
     an item whose text is new or changed tonight (its title may be in their history), or a count of clicks on
     embedded items before ``since`` that differs from their history row's (a late or removed click). Any
     other user renders the same text and pools the same clicks: no new row, so skipping them is exact. (One
     case it cannot see: a late click on an item without a vector, i.e. an empty text, that would enter a
-    history text; that user is recomputed with their next click.)"""
+    history text; that user is recomputed with their next click.)
+
+    ``past_unchanged``: the clicks before ``since`` are known to be those the previous rows were computed from
+    (``changelog.events_appended_since``), so they are not recounted; ``changed_items`` then also holds the
+    items that render empty now (the one other way a count of clicks on embedded items can move)."""
     from pyspark.sql import functions as F
 
     at = F.lit(since.to_pydatetime())
+    if past_unchanged:
+        return (
+            users.where(F.col("updated_at") >= at).select("user_id")
+            .unionByName(clicks.where(F.col("event_ts") >= at).select("user_id"))
+            .unionByName(users.select("user_id").join(prev_text, "user_id", "left_anti"))
+            .unionByName(clicks.join(changed_items, "item_id", "left_semi").select("user_id"))
+            .distinct()
+        )  # fmt: skip
     embedded = clicks.where(F.col("embedding").isNotNull() & (F.size("embedding") > 0))
     before = embedded.where(F.col("event_ts") < at).groupBy("user_id").agg(F.count(F.lit(1)).alias("_n"))
     moved = before.join(prev_hist, "user_id", "full").where(
@@ -429,7 +443,7 @@ def _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, s
 
 
 def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text, prev_hist, times,
-                 changed_items, since: pd.Timestamp | None):  # fmt: skip
+                 changed_items, since: pd.Timestamp | None, past_unchanged: bool = False):  # fmt: skip
     """Point-in-time user texts and pooled-history vectors at each snapshot time; encode the new texts.
     Catching up after ``since`` (the last covered snapshot), only the users that may change are computed."""
     from pyspark.sql import functions as F
@@ -461,7 +475,9 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     else:
         clicks = clicks.withColumn("embedding", F.lit(None).cast("array<float>"))
     if since is not None:
-        active = _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, since)
+        active = _users_that_may_change(
+            users, clicks, prev_text, prev_hist, changed_items, since, past_unchanged
+        )
         # read twice below; computing it reads every click and change log
         active = run.phases.run("users that may change", lambda: active.localCheckpoint())
         profiles = profiles.join(active, "user_id", "left_semi")
@@ -588,6 +604,7 @@ def run_embed(
     # Catching up after the last covered snapshot: the latest user rows hold each user's state at it.
     since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
     times, resolved = snapshot_times(snapshot_from, as_of, every), resolve_spec(spec)
+    past_unchanged = since is not None and events_appended_since(cfg.paths.data_dir, as_of, covered)
     with stage.staging(paths.root) as staging:
         run = _Run(
             spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim,
@@ -598,11 +615,18 @@ def run_embed(
             run, items, latest_before(existing["item_text"], "item_id", as_of)
         )
         user_texts, user_counts = None, {}
+        if (
+            past_unchanged
+        ):  # an item that renders empty now may have lost the vector its clicks were pooled with
+            changed_items = changed_items.unionByName(
+                item_texts.where(F.length("text") == 0).select("item_id")
+            )
         if times:
             user_texts, user_counts = _embed_users(
                 run, users, interactions, items, item_vectors,
                 latest_before(existing["user_text"], "user_id", snapshot_from),
                 latest_before(existing["user_history"], "user_id", snapshot_from), times, changed_items, since,
+                past_unchanged,
             )  # fmt: skip
         else:
             log(f"embed: user snapshots are up to date (covered until {covered})")
@@ -614,7 +638,7 @@ def run_embed(
             "publish", lambda: _publish(paths, staging, {"item_text": as_of, **users_from}, as_of)
         )
     snapshots = {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
-                 "count": len(times)}  # fmt: skip
+                 "count": len(times), "past_events_unchanged": past_unchanged}  # fmt: skip
     return stage.write_manifest(paths.manifests, _manifest(
         cfg, spark, _model_fields(spec, resolved, current_model, dim), run.runtimes, snapshots,
         {"items": item_counts, **user_counts}, canonical, paths, published), EmbedResult)  # fmt: skip

@@ -24,6 +24,7 @@ import pandas as pd
 
 from llmfeat.core.changelog import (
     covered_until,
+    events_appended_since,
     first_snapshot,
     latest_before,
     publish_partitions,
@@ -259,18 +260,24 @@ def _stats_schema(key: str, noun: str) -> str:
     return ", ".join([*parts, "snapshot_ts timestamp", "packed array<float>"])
 
 
-def _may_change(entities, events, prev, key: str, noun: str, since: pd.Timestamp):
+def _may_change(
+    entities, events, prev, key: str, noun: str, since: pd.Timestamp, past_unchanged: bool = False
+):
     """The keys whose stats may differ after ``since`` from ``prev`` (their values at ``since``, the last
     covered snapshot): an event within the longest window before ``since`` or later (a window count may move),
     an ``updated_at`` at or after ``since`` (visibility), no previous row, or a count or click total before
     ``since`` that differs from the previous row's (an event that arrived late or was removed). Any other
-    entity has empty windows at ``since`` and after, and the same totals: no change row, so skipping it is exact."""
+    entity has empty windows at ``since`` and after, and the same totals: no change row, so skipping it is exact.
+    ``past_unchanged``: the events before ``since`` are known to be those the previous rows were computed from
+    (``changelog.events_appended_since``), so the totals before it are not recounted."""
     from pyspark.sql import functions as F
 
     horizon = since - pd.Timedelta(days=max(WINDOWS_DAYS))
     recent = events.where(F.col("event_ts") >= F.lit(horizon.to_pydatetime())).select(key)
     visible = entities.where(F.col("updated_at") >= F.lit(since.to_pydatetime())).select(key)
     fresh = entities.select(key).join(prev.select(key), key, "left_anti")
+    if past_unchanged:
+        return recent.unionByName(visible).unionByName(fresh).distinct()
     before = (
         events.where(F.col("event_ts") < F.lit(since.to_pydatetime()))
         .groupBy(key)
@@ -283,7 +290,8 @@ def _may_change(entities, events, prev, key: str, noun: str, since: pd.Timestamp
     return recent.unionByName(visible).unionByName(fresh).unionByName(moved.select(key)).distinct()
 
 
-def _entity_stats(spark, entities, events, key: str, noun: str, times, previous, since: pd.Timestamp | None):
+def _entity_stats(spark, entities, events, key: str, noun: str, times, previous, since: pd.Timestamp | None,
+                  past_unchanged: bool = False):  # fmt: skip
     """Per entity and snapshot time, the changed stats rows. With ``previous`` (each entity's latest row) and
     ``since`` (the snapshot it holds), only the entities whose values may have moved are computed
     (``_may_change``): a night's cost follows the trailing windows' entities, not the whole catalogue."""
@@ -306,7 +314,9 @@ def _entity_stats(spark, entities, events, key: str, noun: str, times, previous,
     left = entities.select(key, "updated_at").join(prev, key, "left")
     right = events.select(key, "event_ts", F.col("label").cast("int").alias("label"))
     if catching_up:
-        active = _may_change(entities, events, prev, key, noun, since).localCheckpoint()  # read twice too
+        active = _may_change(
+            entities, events, prev, key, noun, since, past_unchanged
+        ).localCheckpoint()  # read twice
         left, right = left.join(active, key, "left_semi"), right.join(active, key, "left_semi")
     bucket = buckets(spark, key)  # many entities per Python call (entity_stats), not one
     return (
@@ -374,6 +384,7 @@ def run_stats(
     # Catching up after the last covered snapshot: the previous rows hold each entity's values at it.
     since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
     existing = {name: read_table(spark, paths.table(name)) for name in STATS_TABLES}
+    past_unchanged = since is not None and events_appended_since(cfg.paths.data_dir, as_of, covered)
     created = pd.Timestamp(run.started)
     with run.staging(paths.root) as staging:
         firsts = {n.ITEM_META_TABLE: as_of}
@@ -383,7 +394,7 @@ def run_stats(
                 (n.USER_STATS_TABLE, users, n.USER_KEY, n.EVENTS),
             ):
                 rows = _entity_stats(spark, entities, interactions, key, noun, times,
-                                     latest_before(existing[name], key, snapshot_from), since)  # fmt: skip
+                                     latest_before(existing[name], key, snapshot_from), since, past_unchanged)  # fmt: skip
                 run.phase(
                     f"write {name}", lambda rows=rows, name=name: _write_stats(rows, created, staging / name)
                 )
@@ -403,6 +414,7 @@ def run_stats(
         "snapshots": {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
                       "count": len(times)},
         "windows_days": list(WINDOWS_DAYS),
+        "past_events_unchanged": past_unchanged,
         "counts": {"written": counts},
         "published_partitions": published,
         "inputs": {k: str(v) for k, v in canonical.items()},
