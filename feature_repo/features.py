@@ -64,9 +64,10 @@ item = Entity(name=n.ITEM, join_keys=[n.ITEM_KEY], value_type=ValueType.STRING, 
 
 
 def _source(name: str, path: Path) -> SparkSource:
+    """The table's compact copy (a few files, not one per night; llmfeat.core.compact keeps it in step)."""
     return SparkSource(
         name=name,
-        path=str(path),
+        path=str(path / n.COMPACT_COPY),
         file_format="parquet",
         timestamp_field="event_timestamp",
         created_timestamp_column="created_timestamp",

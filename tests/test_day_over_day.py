@@ -123,3 +123,35 @@ def test_training_window_reads_only_its_days_and_a_wider_one_reuses_them(nights)
     assert stats["fetched_days"] == 2 and stats["fetched_range"] == ["2024-01-02", "2024-01-03"]
     assert stats["reused_rows"] == 2  # the window's days, stored by the first fetch
     assert_same_frame(full, historical_features(open_store(cfg), training_rows(cfg, night)))
+
+
+def test_feast_reads_compact_copies_in_step_with_the_tables(nights):
+    """After the nights, every Feast source is its table's compact copy (llmfeat.core.compact), holding exactly
+    the table's rows in fewer files than the table has partitions."""
+    from pathlib import Path
+
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from llmfeat.core import compact
+
+    cfg, _ = nights
+    store = open_store(cfg)
+    for view in store.list_feature_views():
+        path = Path(view.batch_source.path)
+        assert compact.is_copy(path), (view.name, path)
+        table = compact.source_of(path)
+        want = ds.dataset(str(table), format="parquet", partitioning="hive").to_table().to_pandas()
+        got = pq.read_table(path).to_pandas()
+        key = [c for c in ("item_id", "user_id") if c in got.columns] + [
+            "event_timestamp",
+            "created_timestamp",
+        ]
+        want["snapshot_date"] = pd.to_datetime(want["snapshot_date"].astype(str)).dt.date
+        pd.testing.assert_frame_equal(
+            got[sorted(got.columns)].sort_values(key).reset_index(drop=True).drop(columns=["embedding"], errors="ignore"),
+            want[sorted(want.columns)].sort_values(key).reset_index(drop=True).drop(columns=["embedding"], errors="ignore"),
+            check_dtype=False,
+        )  # fmt: skip
+        files = len(list(path.glob("*.parquet")))
+        assert files <= max(1, len(tables.snapshot_dates(table))), (view.name, files)

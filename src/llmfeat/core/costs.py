@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from llmfeat.core import tables
+from llmfeat.core.compact import source_of
 
 _PARTITIONING = ds.partitioning(pa.schema([("snapshot_date", pa.string())]), flavor="hive")
 
@@ -69,7 +70,7 @@ def materialized_rows(store, intervals: dict[str, tuple[dt.datetime | None, dt.d
     for name, (start, end) in sorted(intervals.items()):
         view = store.get_feature_view(name)
         keys = [c.name for c in view.entity_columns]
-        read, written = rows_between(view.batch_source.path, start, end, keys)
+        read, written = rows_between(source_of(view.batch_source.path), start, end, keys)
         per_view[name] = {"read": read, "written": written}
     return {
         "read": sum(v["read"] for v in per_view.values()),

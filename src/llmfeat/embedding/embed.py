@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat.core import tables
+from llmfeat.core import compact, tables
 from llmfeat.core.changelog import (
     covered_until,
     events_appended_since,
@@ -595,7 +595,8 @@ def run_embed(
     items, users, interactions = (
         spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
     )
-    existing = {name: read_table(spark, getattr(paths, name)) for name in EMBED_TABLES}
+    # each table's rows from its compact copy (a few files, not one per night: core.compact)
+    existing = {name: compact.read(spark, getattr(paths, name)) for name in EMBED_TABLES}
     stage.phase("check model ids", lambda: check_model(paths, current_model))
     covered = covered_until(paths.manifests)
     if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update

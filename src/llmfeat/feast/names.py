@@ -36,6 +36,9 @@ METADATA = ("category", "subcategory", "primary_category", "n_tags")
 RANKER = "ranker"
 CTR_TRAINING = "ctr_training"
 
+# what each Feast source reads: <table>/_compact, the table's rows in a few files (llmfeat.core.compact)
+COMPACT_COPY = "_compact"
+
 # the tables behind the views: embedding tables under <data_dir>/embeddings/<set>/, stats under features/
 ITEM_TEXT_TABLE, USER_TEXT_TABLE, USER_HISTORY_TABLE = "item_text", "user_text", "user_history"
 EMBEDDING_TABLES = (ITEM_TEXT_TABLE, USER_TEXT_TABLE, USER_HISTORY_TABLE)

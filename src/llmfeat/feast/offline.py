@@ -8,13 +8,23 @@ Timestamps come back as tz-aware UTC whatever the store returned.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from llmfeat.core import compact
 from llmfeat.core.errors import RetrievalError  # noqa: F401 - re-exported
 from llmfeat.feast.names import CTR_TRAINING
 
 ROW_ID = "_llmfeat_row"
+
+
+def sync_sources(views) -> None:
+    """Bring the compact copy each of ``views`` (Feast feature views) reads in step with its table
+    (``core.compact``), each once: before anything reads them through Feast."""
+    for path in sorted({str(getattr(v.batch_source, "path", "") or "") for v in views} - {""}):
+        compact.sync(Path(path))
 
 
 def _retrieve(store, frame: pd.DataFrame, features) -> pd.DataFrame:
@@ -22,7 +32,6 @@ def _retrieve(store, frame: pd.DataFrame, features) -> pd.DataFrame:
     the result as Parquet and pyarrow reads it, so memory is bounded by the frame, not the driver; the
     staged copy is removed afterwards."""
     import shutil
-    from pathlib import Path
 
     staging = getattr(store.config.offline_store, "staging_location", None)
     local = Path(staging) if staging and str(staging).startswith("/") else None
@@ -47,6 +56,8 @@ def historical_features(
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     frame[ROW_ID] = np.arange(len(frame), dtype=np.int64)
     features = store.get_feature_service(service)
+    names = {p.name for p in features.feature_view_projections} | {ref.split(":")[0] for ref in extra}
+    sync_sources(store.get_feature_view(name) for name in sorted(names))
     if extra:
         refs = [f"{p.name}:{f.name}" for p in features.feature_view_projections for f in p.features]
         features = refs + list(extra)

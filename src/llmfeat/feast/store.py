@@ -29,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from llmfeat.core import tables
+from llmfeat.core.compact import copy_of, is_copy, source_of
 from llmfeat.core.config import Config
 from llmfeat.core.errors import ConfigError
 from llmfeat.core.layout import DEFAULT_SET, DataDir, check_set_name  # noqa: F401 - re-exported
@@ -178,9 +179,14 @@ def _rebased(path: str, root: Path) -> str | None:
     is under ``root``, is not a local path, or ``root`` has no such table."""
     if not path.startswith("/") or Path(path).is_relative_to(root):
         return None
+    if is_copy(Path(path)):  # a table's compact copy: rebase the table (its copy may not be synced yet)
+        table = _rebased(str(source_of(Path(path))), root)
+        return None if table is None else str(copy_of(Path(table)))
     for ancestor in Path(path).parents:  # deepest first: /old/data/features/item_stats -> features/item_stats
         candidate = root / Path(path).relative_to(ancestor)
-        if candidate.exists():
+        if candidate.exists() or (
+            is_copy(candidate) and source_of(candidate).exists()
+        ):  # a copy not synced yet
             return str(candidate)
     return None
 

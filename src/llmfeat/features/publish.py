@@ -44,6 +44,7 @@ from llmfeat.core import costs
 from llmfeat.core.config import Config
 from llmfeat.core.faults import NO_FAULTS, Faults
 from llmfeat.core.results import PublishResult
+from llmfeat.feast.offline import sync_sources
 from llmfeat.feast.store import (  # noqa: F401 - feast_dir ... rebase_registry re-exported (tests, benches)
     feast_dir,
     feast_project,
@@ -76,8 +77,9 @@ def run_publish(
     yaml_path = write_repo_files(cfg)
     store = open_store(cfg)
     objects = load_definitions(cfg)
-    store.apply(objects)
     views = feature_views(objects)
+    sync_sources(views)  # the sources' compact copies in step with tonight's tables
+    store.apply(objects)
     end = dt.datetime.combine(as_of, dt.time(0), tzinfo=dt.UTC)
     applied = time.perf_counter()
     until = {v.name: store.get_feature_view(v.name).most_recent_end_time for v in views}

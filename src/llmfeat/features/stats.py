@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from llmfeat.core import compact
 from llmfeat.core.changelog import (
     covered_until,
     events_appended_since,
@@ -383,7 +384,7 @@ def run_stats(
     covered = covered_until(paths.manifests)
     # Catching up after the last covered snapshot: the previous rows hold each entity's values at it.
     since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
-    existing = {name: read_table(spark, paths.table(name)) for name in STATS_TABLES}
+    existing = {name: compact.read(spark, paths.table(name)) for name in STATS_TABLES}  # core.compact
     past_unchanged = since is not None and events_appended_since(cfg.paths.data_dir, as_of, covered)
     created = pd.Timestamp(run.started)
     with run.staging(paths.root) as staging:
