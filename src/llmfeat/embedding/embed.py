@@ -34,7 +34,6 @@ from llmfeat.core.changelog import (
     first_snapshot,
     latest_before,
     publish_partitions,
-    read_table,
     require_canonical,
     snapshot_times,
 )
@@ -300,12 +299,26 @@ class _Run:
             F.lit(self.created).cast("timestamp").alias("created_timestamp"),
         )  # fmt: skip
 
-    def write(self, df, name: str):
-        """Write ``df`` partitioned by snapshot_date into the work area; returns it read back (None if empty)."""
+    def write(self, df, name: str) -> tuple[int, int]:
+        """Write ``df`` partitioned by snapshot_date into the work area; returns (rows, truncated rows) as
+        written, counted from the files (pyarrow: milliseconds, where a Spark job to count them took a second)."""
         self.phases.run(
             f"write {name}", lambda: df.write.partitionBy("snapshot_date").parquet(str(self.staging / name))
         )
-        return read_table(self.spark, self.staging / name)
+        return _written_counts(self.staging / name)
+
+
+def _written_counts(path: Path) -> tuple[int, int]:
+    """(rows, rows with ``truncated`` set) of a table just written to the work area ((0, 0): nothing)."""
+    import pyarrow.dataset as ds
+
+    if not tables.snapshot_dates(path):
+        return 0, 0
+    data = ds.dataset(str(path), format="parquet", partitioning="hive")
+    if "truncated" not in data.schema.names:
+        return data.count_rows(), 0
+    column = data.to_table(columns=["truncated"]).column("truncated")
+    return len(column), int(column.to_numpy(zero_copy_only=False).sum())
 
 
 def _embed_items(run: _Run, items, prev_rows):
@@ -336,6 +349,8 @@ def _embed_items(run: _Run, items, prev_rows):
         changed = non_empty.join(prev, "item_id", "left").where(
             F.col("_prev").isNull() | (F.col("_prev") != F.col("content_hash"))
         )
+        # read by the encode, the write and the users' pass: computed once (a join with every item's last row)
+        changed = run.phases.run("changed item texts", lambda: changed.drop("_prev").localCheckpoint())
     vectors, n_encoded = run.phases.run(
         "encode item texts", lambda: run.encode(changed, "items", also=non_empty)
     )
@@ -344,9 +359,11 @@ def _embed_items(run: _Run, items, prev_rows):
         "item_id", "embedding", "content_hash", "n_tokens", "truncated", F.col("updated_at").alias("event_timestamp"),
         F.lit(run.as_of).alias("snapshot_date"),
     )  # fmt: skip
-    written = run.write(rows, "item_text")
+    # no changed text (most nights): nothing to write, and no Spark job writing an empty table
+    n_written, n_truncated = (
+        run.write(rows, "item_text") if prev_rows is None or not changed.isEmpty() else (0, 0)
+    )
     n_read, n_empty = _count_rows(texts, F.coalesce(F.length("text"), F.lit(0)) == 0)
-    n_written, n_truncated = _count_rows(written, F.col("truncated"))
     counts = {
         "read": n_read, "quarantined": n_empty, "unchanged": n_read - n_empty - n_written, "written": n_written,
         "encoded": n_encoded, "reused": n_written - n_encoded, "truncated": n_truncated,
@@ -518,16 +535,15 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     hist_rows = run.tagged(
         states.where("kind = 'history'"), "user_id", "embedding", "n_clicks", "last_click_ts", *snapshot
     )
-    written = run.write(text_rows, "user_text")
-    written_hist = run.write(hist_rows, "user_history")
+    n_written, n_truncated = run.write(text_rows, "user_text")
+    n_written_hist, _ = run.write(hist_rows, "user_history")
     n_read, n_empty = _count_rows(texts, F.coalesce(F.length("text"), F.lit(0)) == 0)
-    n_written, n_truncated = _count_rows(written, F.col("truncated"))
     counts = {
         "users": {
             "read": n_read, "quarantined": n_empty, "written": n_written, "encoded": n_encoded,
             "reused": n_written - n_encoded, "truncated": n_truncated,
         },
-        "user_history": {"written": written_hist.count() if written_hist is not None else 0},
+        "user_history": {"written": n_written_hist},
     }  # fmt: skip
     return texts, counts
 
@@ -600,7 +616,10 @@ def run_embed(
     stage.phase("check model ids", lambda: check_model(paths, current_model))
     covered = covered_until(paths.manifests)
     if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update
-        earliest = stage.phase("earliest update", lambda: users.agg(F.min("updated_at")).collect()[0][0])
+        earliest = (  # only a first run needs it (first_snapshot)
+            None if covered is not None
+            else stage.phase("earliest update", lambda: users.agg(F.min("updated_at")).collect()[0][0])
+        )  # fmt: skip
         snapshot_from = first_snapshot(as_of, every, covered, earliest)
     # Catching up after the last covered snapshot: the latest user rows hold each user's state at it.
     since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None

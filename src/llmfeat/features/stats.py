@@ -29,11 +29,11 @@ from llmfeat.core.changelog import (
     first_snapshot,
     latest_before,
     publish_partitions,
-    read_table,
     require_canonical,
     snapshot_times,
 )
 from llmfeat.core.config import Config
+from llmfeat.core.costs import parquet_rows
 from llmfeat.core.faults import NO_FAULTS, Faults
 from llmfeat.core.layout import StatsPaths, stats_paths  # noqa: F401 - re-exported
 from llmfeat.core.results import StatsResult
@@ -407,7 +407,7 @@ def run_stats(
         )
         run.phase(f"write {n.ITEM_META_TABLE}", lambda: meta.write.partitionBy("snapshot_date").parquet(
             str(staging / n.ITEM_META_TABLE)))  # fmt: skip
-        counts = {name: _count(read_table(spark, staging / name)) for name in firsts}
+        counts = {name: parquet_rows(staging / name) for name in firsts}  # from the footers, no Spark job
         faults.reach("stats.after_write_before_commit")
         published = run.phase("publish", lambda: {
             t: publish_partitions(staging / t, paths.table(t), day, as_of) for t, day in firsts.items()})  # fmt: skip
@@ -427,9 +427,12 @@ def _first_snapshot(items, users, as_of: dt.date, every: int, paths: StatsPaths)
     """Catching up: the day after the last covered snapshot, or the first at or after the earliest update."""
     from pyspark.sql import functions as F
 
+    covered = covered_until(paths.manifests)
+    if covered is not None:  # catching up: the earliest update is not needed (first_snapshot)
+        return first_snapshot(as_of, every, covered, None)
     both = users.select("updated_at").unionByName(items.select("updated_at"))
     earliest = both.agg(F.min("updated_at")).collect()[0][0]
-    return first_snapshot(as_of, every, covered_until(paths.manifests), earliest)
+    return first_snapshot(as_of, every, covered, earliest)
 
 
 def _write_stats(rows, created: pd.Timestamp, target: Path) -> None:
@@ -443,7 +446,3 @@ def _write_stats(rows, created: pd.Timestamp, target: Path) -> None:
         F.to_date("snapshot_ts").alias("snapshot_date"),
     ).drop("snapshot_ts")
     rows.repartition("snapshot_date").write.partitionBy("snapshot_date").parquet(str(target))
-
-
-def _count(frame) -> int:
-    return frame.count() if frame is not None else 0
