@@ -209,9 +209,8 @@ def write_appended_snapshot(
                 os.link(base / part["file"], staging / part["file"])
             written, chain = 0, prev["append_chain_from"]
             pending = new
-            while (
-                new.num_rows and parts and parts[-1]["rows"] <= pending.num_rows
-            ):  # a binary counter's carry
+            # a binary counter's carry: the new rows absorb each newest part no larger than them
+            while new.num_rows and parts and parts[-1]["rows"] <= pending.num_rows:
                 part = parts.pop()
                 pending = pa.concat_tables([pq.read_table(staging / part["file"]), pending])
                 (staging / part["file"]).unlink()

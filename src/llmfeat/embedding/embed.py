@@ -436,27 +436,20 @@ def _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, s
     from pyspark.sql import functions as F
 
     at = F.lit(since.to_pydatetime())
-    if past_unchanged:
-        return (
-            users.where(F.col("updated_at") >= at).select("user_id")
-            .unionByName(clicks.where(F.col("event_ts") >= at).select("user_id"))
-            .unionByName(users.select("user_id").join(prev_text, "user_id", "left_anti"))
-            .unionByName(clicks.join(changed_items, "item_id", "left_semi").select("user_id"))
-            .distinct()
-        )  # fmt: skip
-    embedded = clicks.where(F.col("embedding").isNotNull() & (F.size("embedding") > 0))
-    before = embedded.where(F.col("event_ts") < at).groupBy("user_id").agg(F.count(F.lit(1)).alias("_n"))
-    moved = before.join(prev_hist, "user_id", "full").where(
-        F.coalesce("_n", F.lit(0)) != F.coalesce("_prev_clicks", F.lit(0))
-    )
-    return (
+    found = (
         users.where(F.col("updated_at") >= at).select("user_id")
         .unionByName(clicks.where(F.col("event_ts") >= at).select("user_id"))
         .unionByName(users.select("user_id").join(prev_text, "user_id", "left_anti"))
         .unionByName(clicks.join(changed_items, "item_id", "left_semi").select("user_id"))
-        .unionByName(moved.select("user_id"))
-        .distinct()
     )  # fmt: skip
+    if not past_unchanged:
+        embedded = clicks.where(F.col("embedding").isNotNull() & (F.size("embedding") > 0))
+        before = embedded.where(F.col("event_ts") < at).groupBy("user_id").agg(F.count(F.lit(1)).alias("_n"))
+        moved = before.join(prev_hist, "user_id", "full").where(
+            F.coalesce("_n", F.lit(0)) != F.coalesce("_prev_clicks", F.lit(0))
+        )
+        found = found.unionByName(moved.select("user_id"))
+    return found.distinct()
 
 
 def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text, prev_hist, times,

@@ -277,18 +277,19 @@ def _may_change(
     recent = events.where(F.col("event_ts") >= F.lit(horizon.to_pydatetime())).select(key)
     visible = entities.where(F.col("updated_at") >= F.lit(since.to_pydatetime())).select(key)
     fresh = entities.select(key).join(prev.select(key), key, "left_anti")
-    if past_unchanged:
-        return recent.unionByName(visible).unionByName(fresh).distinct()
-    before = (
-        events.where(F.col("event_ts") < F.lit(since.to_pydatetime()))
-        .groupBy(key)
-        .agg(F.count(F.lit(1)).alias("_n"), F.sum(F.col("label").cast("long")).alias("_c"))
-    )
-    moved = before.join(prev.select(key, "_prev_total", "_prev_clicks_total"), key, "full").where(
-        (F.coalesce("_n", F.lit(0)) != F.coalesce("_prev_total", F.lit(0)))
-        | (F.coalesce("_c", F.lit(0)) != F.coalesce("_prev_clicks_total", F.lit(0)))
-    )
-    return recent.unionByName(visible).unionByName(fresh).unionByName(moved.select(key)).distinct()
+    found = recent.unionByName(visible).unionByName(fresh)
+    if not past_unchanged:
+        before = (
+            events.where(F.col("event_ts") < F.lit(since.to_pydatetime()))
+            .groupBy(key)
+            .agg(F.count(F.lit(1)).alias("_n"), F.sum(F.col("label").cast("long")).alias("_c"))
+        )
+        moved = before.join(prev.select(key, "_prev_total", "_prev_clicks_total"), key, "full").where(
+            (F.coalesce("_n", F.lit(0)) != F.coalesce("_prev_total", F.lit(0)))
+            | (F.coalesce("_c", F.lit(0)) != F.coalesce("_prev_clicks_total", F.lit(0)))
+        )
+        found = found.unionByName(moved.select(key))
+    return found.distinct()
 
 
 def _entity_stats(spark, entities, events, key: str, noun: str, times, previous, since: pd.Timestamp | None,
