@@ -103,6 +103,7 @@ def ingest(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Load a source, validate it, and write the canonical tables and the quarantine for one snapshot date."""
+    from llmfeat.core import tables
     from llmfeat.data.ingest import run_ingest
 
     extra = ([f"ingest.source={source}"] if source else []) + ([f"ingest.source_path={path}"] if path else [])
@@ -113,12 +114,8 @@ def ingest(
         console.print(f"  {key}: {value}")
     for name, out in result.outputs.items():
         console.print(f"  {name:<13} {out}")
-    events = result.writes.get("interactions", {})
-    if events.get("mode") == "append":
-        console.print(f"  interactions: {events['new_rows']} new row(s) appended to snapshot {events['base']} "
-                      f"({events['rows_written']} rows written, {events['parts']} part file(s))")  # fmt: skip
-    elif events:
-        console.print(f"  interactions: written in full ({events['reason']})")
+    if "interactions" in result.writes:
+        console.print(f"  interactions: {tables.describe_append(result.writes['interactions'])}")
     if result.quarantined:
         console.print(
             f"[yellow]{result.quarantined} row(s) quarantined[/yellow]: see {result.outputs['quarantine']}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -49,13 +49,14 @@ def covered_until(manifest_dir: Path) -> dt.date | None:
 
 
 def first_snapshot(
-    as_of: dt.date, every_days: int, covered: dt.date | None, earliest: dt.datetime | None
+    as_of: dt.date, every_days: int, covered: dt.date | None, earliest: Callable[[], dt.datetime | None]
 ) -> dt.date:
-    """Where a run starts when not told: catch up after ``covered``, else backfill from ``earliest``.
+    """Where a run starts when not told: catch up after ``covered``, else backfill from ``earliest()``.
 
     Catching up starts one spacing step after the covered date (the as-of date itself always gets a
-    snapshot); a first run starts at the first midnight at or after the earliest entity timestamp. A start
-    after ``as_of`` means there is nothing to do.
+    snapshot); a first run starts at the first midnight at or after the earliest entity timestamp, which only
+    a first run asks for (``earliest`` is a Spark job: a catching-up night never runs it). A start after
+    ``as_of`` means there is nothing to do.
     """
     if covered is not None:
         return (
@@ -63,9 +64,10 @@ def first_snapshot(
             if as_of > covered
             else as_of + dt.timedelta(days=1)
         )
-    if earliest is None:
+    first = earliest()
+    if first is None:
         return as_of
-    start = earliest.date() if earliest.time() == dt.time(0) else earliest.date() + dt.timedelta(days=1)
+    start = first.date() if first.time() == dt.time(0) else first.date() + dt.timedelta(days=1)
     return min(start, as_of)
 
 

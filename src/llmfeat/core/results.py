@@ -120,12 +120,10 @@ class IngestSummary(StageResult):
 
     def headline(self) -> str:
         kept = ", ".join(f"{k} {v['kept']}" for k, v in self.counts.items())
+        from llmfeat.core.tables import describe_append
+
         events = self.data.get("writes", {}).get("interactions")
-        how = ""
-        if events and events["mode"] == "append":
-            how = f"; interactions: {events['new_rows']} new appended to {events['base']}"
-        elif events:
-            how = f"; interactions written in full ({events['reason']})"
+        how = f"; interactions {describe_append(events)}" if events else ""
         return f"{kept}; quarantined {self.quarantined}; not yet visible {self.not_yet_visible}{how}"
 
 

@@ -146,12 +146,28 @@ class AppendWrite:
 def row_digest(table: pa.Table) -> str:
     """An order-independent digest of a table's rows (the sum of per-row hashes modulo 2**64): equal for the
     same multiset of rows, whatever their order or file split."""
+    return _digest(_row_hashes(table))
+
+
+def _row_hashes(table: pa.Table):
+    import numpy as np
     import pandas as pd
 
     if table.num_rows == 0:
-        return "0" * 16
-    hashes = pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy()
+        return np.zeros(0, dtype=np.uint64)
+    return pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy()
+
+
+def _digest(hashes) -> str:
     return f"{int(hashes.sum(dtype='uint64')):016x}"
+
+
+def describe_append(write: dict) -> str:
+    """One line for a summary: how ``write_appended_snapshot`` wrote a snapshot (an ``AppendWrite`` as a dict)."""
+    if write["mode"] == "append":
+        return (f"{write['new_rows']} new row(s) appended to snapshot {write['base']} ({write['rows_written']} "
+                f"rows written, {write['parts']} part file(s))")  # fmt: skip
+    return f"written in full ({write.get('reason') or 'every row'})"
 
 
 def _append_state(path: Path) -> dict | None:
@@ -182,21 +198,23 @@ def write_appended_snapshot(
     final = snapshot_dir(root, snapshot_date)
     earlier = [d for d in snapshot_dates(root) if d < snapshot_date]
     prev = _append_state(snapshot_dir(root, earlier[-1])) if earlier else None
-    digest = row_digest(table)
-    old = new = None
+    hashes = _row_hashes(table)  # once: the old rows' digest and the whole table's are sums of these
+    new = None
     reason = "no earlier snapshot" if not earlier else "the earlier snapshot has no append state"
     if prev is not None:
         cutoff = pa.scalar(
             _midnight(dt.date.fromisoformat(prev["as_of"])), type=table.schema.field(time_column).type
         )
         before = pc.less(table[time_column], cutoff)
-        old, new = table.filter(before), table.filter(pc.invert(before))
-        if old.num_rows != prev["rows"] or row_digest(old) != prev["digest"]:
+        old_hashes = hashes[before.to_numpy(zero_copy_only=False)]
+        if len(old_hashes) != prev["rows"] or _digest(old_hashes) != prev["digest"]:
             reason = (
                 f"rows stamped before {prev['as_of']} differ from snapshot {prev['as_of']}'s "
-                f"({old.num_rows} now, {prev['rows']} then): late, edited or removed rows"
+                f"({len(old_hashes)} now, {prev['rows']} then): late, edited or removed rows"
             )
             prev = None
+        else:
+            new = table.filter(pc.invert(before))
     with staged_dir(final) as staging:
         if prev is None:
             write_parquet(table, staging / PARQUET_FILE)
@@ -219,7 +237,7 @@ def write_appended_snapshot(
                 write_parquet(pending, staging / name)
                 parts.append({"file": name, "rows": pending.num_rows})
                 written = pending.num_rows
-        state = {"as_of": snapshot_date.isoformat(), "rows": table.num_rows, "digest": digest, "parts": parts,
+        state = {"as_of": snapshot_date.isoformat(), "rows": table.num_rows, "digest": _digest(hashes), "parts": parts,
                  "append_chain_from": chain}  # fmt: skip
         write_json(staging / APPEND_STATE, state)
     if prev is None:

@@ -66,14 +66,13 @@ def run_ingest(cfg: Config, snapshot_date: dt.date) -> IngestResult:
     result = IngestResult(snapshot_date, cfg.ingest.source, source_path, checked.counts, raw.notes)
     for name in TABLES:
         root = tables.canonical_dir(cfg.paths.data_dir, name)
-        table = getattr(checked, name)
-        if (
-            name == "interactions"
-        ):  # events only grow: a night writes the new ones (tables.write_appended_snapshot)
-            write = tables.write_appended_snapshot(root, snapshot_date, table, "event_ts")
-            result.writes[name] = asdict(write)
-            result.outputs[name] = tables.snapshot_dir(root, snapshot_date)
+        table, n = getattr(checked, name), getattr(checked, name).num_rows
+        if name == "interactions":  # events only grow: a night writes its new ones
+            result.writes[name] = asdict(
+                tables.write_appended_snapshot(root, snapshot_date, table, "event_ts")
+            )
         else:  # the catalogue and the quarantine: their size is the catalogue's, not the history's
-            result.outputs[name] = tables.write_snapshot(root, snapshot_date, table)
-            result.writes[name] = {"mode": "full", "rows": table.num_rows, "rows_written": table.num_rows}
+            tables.write_snapshot(root, snapshot_date, table)
+            result.writes[name] = asdict(tables.AppendWrite("full", n, n, n, 1, reason="catalogue-sized"))
+        result.outputs[name] = tables.snapshot_dir(root, snapshot_date)
     return result

@@ -609,11 +609,10 @@ def run_embed(
     stage.phase("check model ids", lambda: check_model(paths, current_model))
     covered = covered_until(paths.manifests)
     if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update
-        earliest = (  # only a first run needs it (first_snapshot)
-            None if covered is not None
-            else stage.phase("earliest update", lambda: users.agg(F.min("updated_at")).collect()[0][0])
-        )  # fmt: skip
-        snapshot_from = first_snapshot(as_of, every, covered, earliest)
+        earliest = users.agg(F.min("updated_at")).collect  # a Spark job, run by a first run only
+        snapshot_from = first_snapshot(
+            as_of, every, covered, lambda: stage.phase("earliest update", earliest)[0][0]
+        )
     # Catching up after the last covered snapshot: the latest user rows hold each user's state at it.
     since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
     times, resolved = snapshot_times(snapshot_from, as_of, every), resolve_spec(spec)

@@ -184,9 +184,7 @@ def _rebased(path: str, root: Path) -> str | None:
         return None if table is None else str(copy_of(Path(table)))
     for ancestor in Path(path).parents:  # deepest first: /old/data/features/item_stats -> features/item_stats
         candidate = root / Path(path).relative_to(ancestor)
-        if candidate.exists() or (
-            is_copy(candidate) and source_of(candidate).exists()
-        ):  # a copy not synced yet
+        if candidate.exists():
             return str(candidate)
     return None
 

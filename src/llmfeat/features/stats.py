@@ -316,9 +316,8 @@ def _entity_stats(spark, entities, events, key: str, noun: str, times, previous,
     left = entities.select(key, "updated_at").join(prev, key, "left")
     right = events.select(key, "event_ts", F.col("label").cast("int").alias("label"))
     if catching_up:
-        active = _may_change(
-            entities, events, prev, key, noun, since, past_unchanged
-        ).localCheckpoint()  # read twice
+        active = _may_change(entities, events, prev, key, noun, since, past_unchanged)
+        active = active.localCheckpoint()  # read twice too
         left, right = left.join(active, key, "left_semi"), right.join(active, key, "left_semi")
     bucket = buckets(spark, key)  # many entities per Python call (entity_stats), not one
     return (
@@ -380,9 +379,11 @@ def run_stats(
     items, users, interactions = (
         spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
     )
-    snapshot_from = snapshot_from or _first_snapshot(items, users, as_of, every, paths)
-    times = snapshot_times(snapshot_from, as_of, every)
     covered = covered_until(paths.manifests)
+    snapshot_from = snapshot_from or first_snapshot(
+        as_of, every, covered, lambda: _earliest_update(items, users)
+    )
+    times = snapshot_times(snapshot_from, as_of, every)
     # Catching up after the last covered snapshot: the previous rows hold each entity's values at it.
     since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
     existing = {name: compact.read(spark, paths.table(name)) for name in STATS_TABLES}  # core.compact
@@ -402,7 +403,7 @@ def run_stats(
                 )
                 firsts[name] = snapshot_from
         else:
-            log(f"stats: snapshots are up to date (covered until {covered_until(paths.manifests)})")
+            log(f"stats: snapshots are up to date (covered until {covered})")
         meta = _item_meta(
             items, latest_before(existing[n.ITEM_META_TABLE], n.ITEM_KEY, as_of), as_of, created
         )
@@ -424,16 +425,12 @@ def run_stats(
     }, StatsResult)  # fmt: skip
 
 
-def _first_snapshot(items, users, as_of: dt.date, every: int, paths: StatsPaths) -> dt.date:
-    """Catching up: the day after the last covered snapshot, or the first at or after the earliest update."""
+def _earliest_update(items, users):
+    """The earliest item or user ``updated_at``: where a first run's snapshots start (``first_snapshot``)."""
     from pyspark.sql import functions as F
 
-    covered = covered_until(paths.manifests)
-    if covered is not None:  # catching up: the earliest update is not needed (first_snapshot)
-        return first_snapshot(as_of, every, covered, None)
     both = users.select("updated_at").unionByName(items.select("updated_at"))
-    earliest = both.agg(F.min("updated_at")).collect()[0][0]
-    return first_snapshot(as_of, every, covered, earliest)
+    return both.agg(F.min("updated_at")).collect()[0][0]
 
 
 def _write_stats(rows, created: pd.Timestamp, target: Path) -> None:
