@@ -4,8 +4,8 @@ A change-log table (``<table>/snapshot_date=D/*.parquet``, core/changelog.py) ga
 after a year every whole-table read opens hundreds of small files: Feast's point-in-time query (three times per
 view: its ``base``, ``dedup`` and ``latest`` steps read the source again), and embed and stats, which read
 their own tables for each key's latest row. Opening files, not reading rows, is then what such a read costs:
-on the demo's D+1 night, 536 entity rows against six views took 9-20 s over 1,257 files and 3.4-8.7 s over one
-file per view (BENCHMARKS.md, "Day over day").
+Spark's part of the demo's D+1 query (536 entity rows, six views) took 6.5-17.8 s over 1,257 files and 3.4-8.7 s
+over one file per view, four calls each in one JVM (BENCHMARKS.md, "Day over day").
 
 So those readers read ``<table>/_compact/`` (``COMPACT``; the table's own readers skip names starting with "_"),
 kept in step by ``sync``:
