@@ -155,3 +155,20 @@ def test_feast_reads_compact_copies_in_step_with_the_tables(nights):
         )  # fmt: skip
         files = len(list(path.glob("*.parquet")))
         assert files <= max(1, len(tables.snapshot_dates(table))), (view.name, files)
+
+
+def test_incremental_nights_are_told_apart_from_full_ones(nights, monkeypatch):
+    """``short_night`` (the driver JVM's compilers under ``spark.jit=auto``): the first night writes the events
+    in full, the next ones append; with training on, a night without a stored training frame is not short."""
+    import dataclasses
+
+    from llmfeat.nightly import short_night
+
+    cfg, _ = nights
+    assert not cfg.train.enabled
+    assert [short_night(cfg, n) for n in NIGHTS] == [False, True, True, True]
+    training = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, enabled=True))
+    frame = training_frames.frame_root(cfg.paths.data_dir, cfg.embed.embedding_set)
+    for days, short in ((0, False), (3, True)):
+        monkeypatch.setattr(training_frames, "stored_days", lambda root, n=days: n if root == frame else -1)
+        assert short_night(training, NIGHTS[-1]) is short

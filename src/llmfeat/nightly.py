@@ -156,12 +156,34 @@ class NightlySummary:
         }
 
 
+def short_night(cfg: Config, as_of: dt.date) -> bool:
+    """Whether the night of ``as_of`` is an incremental one, whose Spark work is small: its interactions
+    snapshot extends an earlier one (ingest appended: ``tables.append_chain_from``), the embedding set covers
+    an earlier snapshot, and the stored training frame (when training) holds earlier days. ``spark.jit=auto``
+    then runs the driver JVM on the quick compiler only (``core.spark.jit_options``). A first night, one after
+    rewritten history or one that fetches the training frame whole does minutes of JVM work: tiered. (A night
+    that must refetch everything anyway, e.g. after a new model id, still counts as short: slower, not wrong.)"""
+    from llmfeat.core.changelog import covered_until
+    from llmfeat.core.layout import embedding_paths
+    from llmfeat.features.training_frames import frame_root, stored_days
+
+    data_dir = Path(cfg.paths.data_dir)
+    chain = tables.append_chain_from(tables.canonical_dir(data_dir, "interactions"), as_of)
+    if chain is None or chain >= as_of:
+        return False
+    if covered_until(embedding_paths(data_dir, cfg.embed.embedding_set).manifests) is None:
+        return False
+    return not cfg.train.enabled or stored_days(frame_root(data_dir, cfg.embed.embedding_set)) > 0
+
+
 class _SparkHolder:
     """Starts Spark only when a stage needs it (a finished date's no-op re-run never does), and stops only a
     session it started itself."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, as_of: dt.date, log: Callable[[str], None] = print):
         self.cfg = cfg
+        self.as_of = as_of
+        self.log = log
         self.session = None
         self.owned = False
 
@@ -174,7 +196,12 @@ class _SparkHolder:
             self.session = SparkSession.getActiveSession()
             if self.session is None:
                 # A whole night loads the classes that matter: the first one records the JVM's class archive.
-                self.session = build_spark(self.cfg.spark, record_classes=True)
+                short = short_night(self.cfg, self.as_of)
+                if short and self.cfg.spark.jit == "auto":
+                    self.log(
+                        "nightly: an incremental night: the Spark driver JVM runs the quick compiler only"
+                    )
+                self.session = build_spark(self.cfg.spark, record_classes=True, short=short)
                 self.owned = True
         return self.session
 
@@ -338,7 +365,7 @@ def run_nightly(
     markers = run_dir(cfg, as_of)
     started = time.perf_counter()
     results: list[StageResult] = []
-    spark = _SparkHolder(cfg)
+    spark = _SparkHolder(cfg, as_of, log)
     what = f"llmfeat nightly --as-of {as_of} ({' '.join(sys.argv[1:]) or 'api'})"
     with data_dir_lock(cfg.paths.data_dir, what):
         try:

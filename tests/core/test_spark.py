@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from llmfeat.core.config import SparkConfig
-from llmfeat.core.spark import _archive_options, class_archive, spark_conf
+from llmfeat.core.spark import _archive_options, class_archive, jit_options, spark_conf
 
 _SESSION = """
 import json, sys
@@ -70,3 +70,21 @@ def test_a_night_records_the_archive_and_later_sessions_map_it(tmp_path):
     archive.write_bytes(b"not an archive" * 1000)  # corrupt (or another JDK's): the JVM runs without it
     third = _session(tmp_path, "record")
     assert third["rows"] == 7 and third["args"] == [f"-XX:SharedArchiveFile={archive}"]
+
+
+def test_the_quick_compiler_goes_to_short_local_jvms_or_where_asked():
+    local = SparkConfig(master="local[2]")
+    assert jit_options(local) == "" and jit_options(local, short=True) == " -XX:TieredStopAtLevel=1"
+    assert jit_options(SparkConfig(master="local[2]", jit="tiered"), short=True) == ""
+    assert jit_options(SparkConfig(master="local[2]", jit="c1")) == " -XX:TieredStopAtLevel=1"
+    assert jit_options(SparkConfig(master="spark://10.0.0.1:7077", jit="c1"), short=True) == ""  # not ours
+
+
+def test_a_short_session_runs_on_the_quick_compiler(tmp_path):
+    """The option reaches the driver JVM (its input arguments), and the session works."""
+    code = _SESSION.replace('record_classes=sys.argv[2] == "record"', "short=True").replace(
+        '"Archive" in a', '"Tiered" in a'
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), "plain"], capture_output=True, text=True,
+                         timeout=600, check=True)  # fmt: skip
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rows": 7, "args": ["-XX:TieredStopAtLevel=1"]}

@@ -35,6 +35,7 @@ Protocol = Literal["temporal", "leave_last_k"]
 CtrModel = Literal["popularity", "lr_lm", "deep_ids_stats", "deep_tfidf", "deep_lm", "deep_adapted"]
 IndexGpu = Literal["auto", "never"]
 UserVectors = Literal["text", "history"]
+Jit = Literal["auto", "tiered", "c1"]
 UserSource = Literal["feast", "parquet"]
 FinetuneMethod = Literal["lora", "full", "top_layers"]
 
@@ -153,6 +154,13 @@ class SparkConfig:
     """Local masters: where the driver JVM's class-data-sharing archive lives (one per JDK + Spark build). The
     nightly writes it at the end of its first night, every later Spark start maps it (the JVM starts and runs
     its first queries faster: docs/operations.md). None turns it off."""
+    jit: Jit = "auto"
+    """Local masters: the driver JVM's just-in-time compilers. ``tiered`` (the JVM's default: C1, then C2 for
+    hot code) pays off over minutes of JVM work; ``c1`` (``-XX:TieredStopAtLevel=1``) compiles quickly and
+    runs no C2 compiles beside the work: faster for a JVM that lives a minute on a few cores, slower for long
+    joins. ``auto``: the nightly picks ``c1`` for an incremental night (``nightly.short_night``) and
+    ``tiered`` otherwise; every other Spark start takes ``tiered``. docs/operations.md, "The driver JVM's
+    compilers"."""
 
     def __post_init__(self) -> None:
         _positive("spark", self, "task_cpus", "shuffle_partitions")

@@ -58,6 +58,16 @@ def _archive_options(cfg: SparkConfig, record: bool) -> tuple[str, tuple[Path, P
     return f" -XX:ArchiveClassesAtExit={tmp} {_QUIET_CDS}", (tmp, archive)
 
 
+def jit_options(cfg: SparkConfig, short: bool = False) -> str:
+    """The driver JVM's compiler option (``SparkConfig.jit``) on a local master: ``c1`` stops at the quick
+    compiler, ``auto`` does for a ``short`` JVM (the nightly's incremental night); ``tiered`` and cluster
+    masters keep the JVM's default."""
+    if not cfg.master.startswith("local"):
+        return ""
+    mode = ("c1" if short else "tiered") if cfg.jit == "auto" else cfg.jit
+    return " -XX:TieredStopAtLevel=1" if mode == "c1" else ""
+
+
 def spark_conf(cfg: SparkConfig, python: str = sys.executable, java_options: str = "") -> dict[str, str]:
     conf = {
         "spark.app.name": cfg.app_name,
@@ -103,10 +113,14 @@ def spark_conf(cfg: SparkConfig, python: str = sys.executable, java_options: str
     return conf
 
 
-def build_spark(cfg: SparkConfig, python: str = sys.executable, record_classes: bool = False):
+def build_spark(
+    cfg: SparkConfig, python: str = sys.executable, record_classes: bool = False, short: bool = False
+):
     """Start (or join) the Spark session for this process. On a local master the driver JVM maps the class
     archive (``spark.class_archive_dir``) when there is one; with ``record_classes`` and none yet, it records
-    one, which :func:`stop_spark` publishes (the nightly does: a whole night loads the classes that matter)."""
+    one, which :func:`stop_spark` publishes (the nightly does: a whole night loads the classes that matter).
+    ``short``: the JVM will do little work (an incremental night): ``spark.jit=auto`` gives it the quick
+    compiler only (:func:`jit_options`)."""
     global _recording
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
@@ -123,6 +137,7 @@ def build_spark(cfg: SparkConfig, python: str = sys.executable, record_classes: 
     options, recording = "", None
     if not submitted and SparkContext._gateway is None:  # JVM options apply only to a JVM not started yet
         options, recording = _archive_options(cfg, record_classes)
+        options = jit_options(cfg, short) + options
     for key, value in spark_conf(cfg, python, options).items():
         if submitted and key in ("spark.master", "spark.app.name", "spark.driver.memory"):
             continue

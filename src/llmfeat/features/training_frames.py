@@ -82,6 +82,11 @@ def _read_state(root: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {"signature": None, "days": {}}
 
 
+def stored_days(root: Path) -> int:
+    """How many event days the stored frame under ``root`` holds (0: none, the next fetch is whole)."""
+    return len(_read_state(Path(root))["days"])
+
+
 def fetch(
     store,
     rows: pd.DataFrame,
