@@ -161,3 +161,48 @@ def test_the_past_is_recounted_only_on_the_night_a_late_event_arrived(runs):
             flag = m["snapshots"].get("past_events_unchanged", m.get("past_events_unchanged"))
             found[m["as_of"]] = flag
         assert [found[n.isoformat()] for n in NIGHTS] == [False, True, False, True], (manifests, found)
+
+
+def _embed_manifests(cfg) -> dict[str, dict]:
+    import json
+
+    manifests = embedding_paths(cfg.paths.data_dir, "default").manifests
+    return {m["as_of"]: m for m in (json.loads(f.read_text()) for f in manifests.glob("*.json"))}
+
+
+def test_the_item_pass_runs_only_on_nights_the_catalogue_changed(runs):
+    """Nights 2 and 4 saw the items of the night before (ingest's row digest): nothing rendered or encoded,
+    the stored vectors pooled (the users' rows still equal a full run's: the test above). Night 3 lists D."""
+    nightly_cfg, _, _ = runs
+    items = {night: m["counts"]["items"] for night, m in _embed_manifests(nightly_cfg).items()}
+    assert [bool(items[n.isoformat()].get("skipped")) for n in NIGHTS] == [False, True, False, True]
+    assert items[NIGHTS[1].isoformat()] | {"skipped": None} == {
+        "read": 0, "quarantined": 0, "unchanged": 4, "written": 0, "encoded": 0, "reused": 0, "truncated": 0,
+        "skipped": None,
+    }  # fmt: skip
+    assert (
+        items[NIGHTS[2].isoformat()]["written"] == 1 and items[NIGHTS[2].isoformat()]["read"] == 5
+    )  # D only
+
+
+def test_the_item_pass_is_skipped_only_for_the_same_items_template_and_encoder(runs):
+    from llmfeat.core import tables
+
+    nightly_cfg, _, _ = runs
+    paths = embedding_paths(nightly_cfg.paths.data_dir, "default")
+    last = _embed_manifests(nightly_cfg)[NIGHTS[-1].isoformat()]["item_pass"]
+    after = NIGHTS[-1] + dt.timedelta(days=2)
+    assert embed._items_unchanged_since(paths, after, last) == NIGHTS[-1]
+    changed = {"items_digest": "0" * 16, "template": "{title}", "model_id": "other@0", "item_prompt": "query: ",
+               "max_tokens": 16}  # fmt: skip
+    for key, value in changed.items():
+        assert embed._items_unchanged_since(paths, after, {**last, key: value}) is None, key
+    assert embed._items_unchanged_since(paths, after, {**last, "items_digest": None}) is None  # no digest
+    assert embed._items_unchanged_since(paths, NIGHTS[0], last) is None  # no run before the first night
+    # item rows published after the last manifest (a run that died before writing it): not trusted
+    stray = tables.snapshot_dir(paths.item_text, NIGHTS[-1] + dt.timedelta(days=1))
+    stray.mkdir()
+    try:
+        assert embed._items_unchanged_since(paths, after, last) is None
+    finally:
+        stray.rmdir()

@@ -140,7 +140,8 @@ class EmbedResult(StageResult):
         return self.data.get("model_id")
 
     def headline(self) -> str:
-        parts = [f"{k}: encoded {v.get('encoded', 0)}, reused {v.get('reused', 0)}, written {v.get('written', 0)}"
+        parts = [f"{k}: {v.get('unchanged', 0)} unchanged, not rendered again" if v.get("skipped") else
+                 f"{k}: encoded {v.get('encoded', 0)}, reused {v.get('reused', 0)}, written {v.get('written', 0)}"
                  for k, v in self.counts.items() if "encoded" in v]  # fmt: skip
         return f"model {self.model_id}; " + "; ".join(parts)
 

@@ -114,11 +114,29 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, coerce_timestamps="us", allow_truncated_timestamps=True, compression="zstd")
 
 
-def write_snapshot(root: Path, snapshot_date: dt.date, table: pa.Table) -> Path:
+def write_snapshot(root: Path, snapshot_date: dt.date, table: pa.Table, digest: bool = False) -> Path:
+    """Write snapshot ``snapshot_date`` of a table in one file; with ``digest``, also its rows' digest
+    (``row_digest``, in ``_digest.json``: ``snapshot_digest`` reads it) so that a reader can tell an unchanged
+    snapshot from a changed one without reading either."""
     final = snapshot_dir(root, snapshot_date)
     with staged_dir(final) as staging:
         write_parquet(table, staging / PARQUET_FILE)
+        if digest:
+            write_json(staging / DIGEST_STATE, {"rows": table.num_rows, "digest": row_digest(table)})
     return final
+
+
+DIGEST_STATE = "_digest.json"
+"""Beside a snapshot's file (readers skip names starting with "_"): its rows' count and ``row_digest``."""
+
+
+def snapshot_digest(root: Path, snapshot_date: dt.date) -> str | None:
+    """The row digest ``write_snapshot(..., digest=True)`` recorded for a snapshot (None: none recorded).
+    Two snapshots with the same digest hold the same rows (the same multiset, whatever their order)."""
+    import json
+
+    state = snapshot_dir(root, snapshot_date) / DIGEST_STATE
+    return json.loads(state.read_text())["digest"] if state.is_file() else None
 
 
 APPEND_STATE = "_append.json"
@@ -155,7 +173,22 @@ def _row_hashes(table: pa.Table):
 
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.uint64)
-    return pd.util.hash_pandas_object(table.to_pandas(), index=False).to_numpy()
+    frame = table.to_pandas()
+    for field in table.schema:  # lists (an item's tags) are not hashable: hashed by their values' text
+        if pa.types.is_nested(field.type):
+            frame[field.name] = [None if v is None else repr(_plain(v)) for v in frame[field.name]]
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy()
+
+
+def _plain(value):
+    """A nested value as plain Python lists / dicts (pandas gives numpy arrays for Arrow lists)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _digest(hashes) -> str:

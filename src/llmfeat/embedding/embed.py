@@ -376,6 +376,52 @@ def _embed_items(run: _Run, items, prev_rows):
     return texts, current_vectors, changed.select("item_id"), counts
 
 
+def _unchanged_items(run: _Run, items, prev_rows, n_items: int, since: dt.date):
+    """``_embed_items`` when nothing about the items changed since the run of ``since``
+    (``_items_unchanged_since``): each item's latest row already holds its current text's vector, so nothing
+    is rendered, compared or encoded, and the users' pass pools the stored vectors."""
+    vectors = prev_rows.join(items.select("item_id"), "item_id", "left_semi").select("item_id", "embedding")
+    counts = {
+        "read": 0, "quarantined": 0, "unchanged": n_items, "written": 0, "encoded": 0, "reused": 0, "truncated": 0,
+        "skipped": f"the items snapshot holds the rows of {since}'s, rendered and encoded the same way",
+    }  # fmt: skip
+    return None, vectors, run.spark.createDataFrame([], "item_id string"), counts
+
+
+def _item_pass(cfg: Config, as_of: dt.date, model: dict) -> dict:
+    """What the item pass of a run depends on besides the stored rows: the items snapshot (ingest's row
+    digest, ``tables.snapshot_digest``), the template and the encoder. Recorded in the manifest."""
+    items = tables.canonical_dir(cfg.paths.data_dir, "items")
+    return {
+        "items_digest": tables.snapshot_digest(items, as_of), "template": cfg.embed.item_template,
+        "model_id": model["model_id"], "item_prompt": model["prompts"]["item"], "max_tokens": model["max_tokens"],
+    }  # fmt: skip
+
+
+def _items_unchanged_since(paths: EmbeddingPaths, as_of: dt.date, item_pass: dict) -> dt.date | None:
+    """The date of the last run before ``as_of`` if its item pass saw the same items snapshot (same row digest)
+    under the same template and encoder, rendered no empty text, and no item row was published after it
+    (before ``as_of``): then every item's latest row is its text and vector tonight. None otherwise (the item
+    pass runs: a first run, a changed catalogue, a new template, a run that left no digest)."""
+    import json
+
+    if item_pass["items_digest"] is None or not paths.manifests.is_dir():
+        return None
+    runs = [json.loads(f.read_text()) for f in paths.manifests.glob("*.json")]
+    runs = [m for m in runs if dt.date.fromisoformat(m["as_of"]) < as_of]
+    if not runs:
+        return None
+    last = max(runs, key=lambda m: (m["as_of"], m.get("started", "")))
+    since = dt.date.fromisoformat(last["as_of"])
+    if last.get("item_pass") != item_pass or last["counts"]["items"].get("quarantined", 1) != 0:
+        return None
+    if any(since < d < as_of for d in tables.snapshot_dates(paths.item_text)):
+        return (
+            None  # rows of a run that left no manifest (it died after publishing): not known to be the same
+        )
+    return since
+
+
 def _count_rows(df, condition) -> tuple[int, int]:
     """Rows of ``df`` and how many of them meet ``condition``, in one Spark job ((0, 0) for no table)."""
     from pyspark.sql import functions as F
@@ -541,7 +587,10 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     return texts, counts
 
 
-def _quarantine(item_texts, user_texts, canonical: dict[str, Path]):
+QUARANTINE_SCHEMA = "table string, source_file string, row long, reason string, detail string, raw string"
+
+
+def _quarantine(spark, item_texts, user_texts, canonical: dict[str, Path]):
     from pyspark.sql import functions as F
 
     def rows(df, table: str, key: str, source: Path, detail, raw_cols):
@@ -550,8 +599,12 @@ def _quarantine(item_texts, user_texts, canonical: dict[str, Path]):
             F.lit("EMPTY_TEXT").alias("reason"), detail.alias("detail"), F.to_json(F.struct(*raw_cols)).alias("raw"),
         )  # fmt: skip
 
-    out = rows(item_texts, "item_text", "item_id", canonical["items"],
-               F.concat(F.lit("item "), F.col("item_id"), F.lit(" renders an empty text")), ["item_id"])  # fmt: skip
+    out = None
+    if (
+        item_texts is not None
+    ):  # None: the item pass was skipped, and no item rendered empty (_unchanged_items)
+        out = rows(item_texts, "item_text", "item_id", canonical["items"],
+                   F.concat(F.lit("item "), F.col("item_id"), F.lit(" renders an empty text")), ["item_id"])  # fmt: skip
     if user_texts is not None:
         detail = F.concat(
             F.lit("user "),
@@ -559,10 +612,11 @@ def _quarantine(item_texts, user_texts, canonical: dict[str, Path]):
             F.lit(" has no profile text and no clicks at "),
             F.col("snapshot_ts").cast("string"),
         )
-        out = out.unionByName(
-            rows(user_texts, "user_text", "user_id", canonical["users"], detail, ["user_id", "snapshot_ts"])
+        users = rows(
+            user_texts, "user_text", "user_id", canonical["users"], detail, ["user_id", "snapshot_ts"]
         )
-    return out
+        out = users if out is None else out.unionByName(users)
+    return out if out is not None else spark.createDataFrame([], QUARANTINE_SCHEMA)
 
 
 def _publish(
@@ -617,19 +671,26 @@ def run_embed(
     since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
     times, resolved = snapshot_times(snapshot_from, as_of, every), resolve_spec(spec)
     past_unchanged = since is not None and events_appended_since(cfg.paths.data_dir, as_of, covered)
+    model = _model_fields(spec, resolved, current_model, dim)
+    item_pass = _item_pass(cfg, as_of, model)
+    same_items_since = _items_unchanged_since(paths, as_of, item_pass)
     with stage.staging(paths.root) as staging:
         run = _Run(
             spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim,
             created=pd.Timestamp(stage.started), udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows),
             pools=_reuse_pools(existing, resolved), phases=stage.phases, runtimes=set(),
         )  # fmt: skip
-        item_texts, item_vectors, changed_items, item_counts = _embed_items(
-            run, items, latest_before(existing["item_text"], "item_id", as_of)
-        )
+        prev_items = latest_before(existing["item_text"], "item_id", as_of)
+        if same_items_since is not None:
+            item_texts, item_vectors, changed_items, item_counts = _unchanged_items(
+                run, items, prev_items, tables.parquet_rows(canonical["items"]), same_items_since
+            )
+            log(f"embed: items unchanged since {same_items_since}: nothing to render or encode")
+        else:
+            item_texts, item_vectors, changed_items, item_counts = _embed_items(run, items, prev_items)
         user_texts, user_counts = None, {}
-        if (
-            past_unchanged
-        ):  # an item that renders empty now may have lost the vector its clicks were pooled with
+        if past_unchanged and item_texts is not None:
+            # an item that renders empty now may have lost the vector its clicks were pooled with
             changed_items = changed_items.unionByName(
                 item_texts.where(F.length("text") == 0).select("item_id")
             )
@@ -643,7 +704,7 @@ def run_embed(
         else:
             log(f"embed: user snapshots are up to date (covered until {covered})")
         users_from = {"user_text": snapshot_from, "user_history": snapshot_from} if times else {}
-        stage.phase("write quarantine", lambda: _quarantine(item_texts, user_texts, canonical).coalesce(1).write.parquet(
+        stage.phase("write quarantine", lambda: _quarantine(spark, item_texts, user_texts, canonical).coalesce(1).write.parquet(
             str(staging / "quarantine")))  # fmt: skip
         faults.reach("embed.after_write_before_commit")
         published = stage.phase(
@@ -652,19 +713,19 @@ def run_embed(
     snapshots = {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
                  "count": len(times), "past_events_unchanged": past_unchanged}  # fmt: skip
     return stage.write_manifest(paths.manifests, _manifest(
-        cfg, spark, _model_fields(spec, resolved, current_model, dim), run.runtimes, snapshots,
-        {"items": item_counts, **user_counts}, canonical, paths, published), EmbedResult)  # fmt: skip
+        cfg, spark, model, run.runtimes, snapshots, {"items": item_counts, **user_counts}, canonical, paths,
+        published, item_pass), EmbedResult)  # fmt: skip
 
 
 def _manifest(cfg: Config, spark, model: dict, runtimes: set, snapshots: dict, counts: dict, canonical: dict,
-              paths, published) -> dict:  # fmt: skip
+              paths, published, item_pass: dict) -> dict:  # fmt: skip
     """The embed stage's manifest (what ``EmbedResult`` reads), keys in their written order."""
     return {
         "embedding_set": cfg.embed.embedding_set, **model, "runtime": sorted(runtimes) or ["(nothing encoded)"],
         "spark_master": spark.sparkContext.master, "snapshots": snapshots, "counts": counts,
         "inputs": {k: str(v) for k, v in canonical.items()},
         "outputs": {k: str(getattr(paths, k)) for k in (*EMBED_TABLES, "quarantine")},
-        "published_partitions": published,
+        "published_partitions": published, "item_pass": item_pass,
     }  # fmt: skip
 
 
