@@ -167,6 +167,12 @@ def test_incremental_nights_are_told_apart_from_full_ones(nights, monkeypatch):
     cfg, _ = nights
     assert not cfg.train.enabled
     assert [short_night(cfg, n) for n in NIGHTS] == [False, True, True, True]
+    # before a night's ingest (the JVM starts beside it): the latest snapshot can be appended to
+    assert short_night(cfg, NIGHTS[-1] + dt.timedelta(days=1))
+    assert not short_night(
+        dataclasses.replace(cfg, paths=dataclasses.replace(cfg.paths, data_dir=cfg.paths.data_dir / "none")),
+        NIGHTS[0],
+    )
     training = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, enabled=True))
     frame = training_frames.frame_root(cfg.paths.data_dir, cfg.embed.embedding_set)
     for days, short in ((0, False), (3, True)):

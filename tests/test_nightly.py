@@ -79,6 +79,7 @@ def test_forced_redo_that_dies_is_resumed_not_skipped(tmp_path, monkeypatch):
     cfg = load_config(None, [f"paths.data_dir={tmp_path}"])
     markers = run_dir(cfg, AS_OF)
     calls: list = []
+    monkeypatch.setattr(nightly._SparkHolder, "start", lambda self: None)  # the stand-ins need no Spark
     monkeypatch.setattr(nightly, "_stage_functions", _fake_stages(calls))
     run_nightly(cfg, AS_OF, log=lambda _: None)
     assert calls == [(s, False) for s in STAGES]
@@ -107,6 +108,50 @@ def test_forced_redo_that_dies_is_resumed_not_skipped(tmp_path, monkeypatch):
     calls.clear()
     run_nightly(cfg, AS_OF, log=lambda _: None)
     assert calls == [("publish", True), ("train", True)]
+
+
+def test_spark_starts_in_a_thread_beside_ingest_and_a_failure_surfaces_where_it_is_used(
+    tmp_path, monkeypatch
+):
+    import threading
+
+    from pyspark.sql import SparkSession
+
+    import llmfeat.core.spark as core_spark
+
+    cfg = load_config(None, [f"paths.data_dir={tmp_path}"])
+    monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: None))
+    threads, stopped = [], []
+
+    def build(spark_cfg, record_classes=False, short=False):
+        threads.append(threading.current_thread().name)
+        time.sleep(0.2)
+        if spark_cfg.app_name == "broken":
+            raise RuntimeError("no java")
+        return f"session short={short}"
+
+    monkeypatch.setattr(core_spark, "build_spark", build)
+    monkeypatch.setattr(core_spark, "stop_spark", stopped.append)
+    holder = nightly._SparkHolder(cfg, AS_OF, log=lambda _: None)
+    holder.start()
+    holder.start()  # once only
+    assert holder.get() == "session short=False" and holder.get() == "session short=False"
+    assert len(threads) == 1 and threads[0].startswith("llmfeat-spark-start")
+    holder.stop()
+    assert stopped == ["session short=False"]
+
+    unused = nightly._SparkHolder(cfg, AS_OF, log=lambda _: None)
+    unused.start()  # started ahead, then an earlier stage failed: stopped all the same
+    unused.stop()
+    assert stopped == ["session short=False"] * 2
+
+    cfg.spark.app_name = "broken"
+    broken = nightly._SparkHolder(cfg, AS_OF, log=lambda _: None)
+    broken.start()
+    with pytest.raises(RuntimeError, match="no java"):  # raised in the stage that needs Spark, not lost
+        broken.get()
+    broken.stop()
+    assert stopped == ["session short=False"] * 2
 
 
 def test_leftovers_of_interrupted_writers_are_removed(tmp_path):

@@ -30,6 +30,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,8 @@ DEPENDS_ON = {
 OPTIONAL_STAGES = ("adapt",)
 """Stages after STAGES that run only when enabled in the config (``adapt.enabled``): the collaborative
 adapter, writing the ``adapt.output_set`` embedding set, its Feast project and FAISS index."""
+SPARK_STAGES = {"embed", "stats", "publish", "train", "adapt"}
+"""The stages that use the Spark session (ingest and index do not)."""
 
 
 def dependents(stages: set[str]) -> set[str]:
@@ -158,19 +161,26 @@ class NightlySummary:
 
 def short_night(cfg: Config, as_of: dt.date) -> bool:
     """Whether the night of ``as_of`` is an incremental one, whose Spark work is small: its interactions
-    snapshot extends an earlier one (ingest appended: ``tables.append_chain_from``), the embedding set covers
-    an earlier snapshot, and the stored training frame (when training) holds earlier days. ``spark.jit=auto``
-    then runs the driver JVM on the quick compiler only (``core.spark.jit_options``). A first night, one after
-    rewritten history or one that fetches the training frame whole does minutes of JVM work: tiered. (A night
-    that must refetch everything anyway, e.g. after a new model id, still counts as short: slower, not wrong.)"""
+    snapshot extends an earlier one (ingest appended: ``tables.append_chain_from``; before tonight's ingest,
+    the latest earlier snapshot can be appended to), the embedding set covers an earlier snapshot, and the
+    stored training frame (when training) holds earlier days. ``spark.jit=auto`` then runs the driver JVM on
+    the quick compiler only (``core.spark.jit_options``). A first night, one after rewritten history or one
+    that fetches the training frame whole does minutes of JVM work: tiered. (A night that must refetch
+    everything anyway, e.g. after a new model id, still counts as short: slower, not wrong.)"""
     from llmfeat.core.changelog import covered_until
     from llmfeat.core.layout import embedding_paths
     from llmfeat.features.training_frames import frame_root, stored_days
 
     data_dir = Path(cfg.paths.data_dir)
-    chain = tables.append_chain_from(tables.canonical_dir(data_dir, "interactions"), as_of)
-    if chain is None or chain >= as_of:
-        return False
+    events = tables.canonical_dir(data_dir, "interactions")
+    if tables.snapshot_dir(events, as_of).is_dir():
+        chain = tables.append_chain_from(events, as_of)
+        if chain is None or chain >= as_of:
+            return False
+    else:
+        earlier = [d for d in tables.snapshot_dates(events) if d < as_of]
+        if not earlier or tables.append_chain_from(events, earlier[-1]) is None:
+            return False
     if covered_until(embedding_paths(data_dir, cfg.embed.embedding_set).manifests) is None:
         return False
     return not cfg.train.enabled or stored_days(frame_root(data_dir, cfg.embed.embedding_set)) > 0
@@ -178,7 +188,8 @@ def short_night(cfg: Config, as_of: dt.date) -> bool:
 
 class _SparkHolder:
     """Starts Spark only when a stage needs it (a finished date's no-op re-run never does), and stops only a
-    session it started itself."""
+    session it started itself. ``start`` launches it in a thread ahead of time (the JVM starts while ingest,
+    which needs no Spark, runs in this one); ``get`` waits for it."""
 
     def __init__(self, cfg: Config, as_of: dt.date, log: Callable[[str], None] = print):
         self.cfg = cfg
@@ -186,8 +197,39 @@ class _SparkHolder:
         self.log = log
         self.session = None
         self.owned = False
+        self._starting = None
+
+    def start(self) -> None:
+        """Begin starting the session in a thread, unless one is running or starting already."""
+        # Everything the thread imports is imported here first: no two threads import the same modules.
+        import numpy  # noqa: F401
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+        from pyspark.sql import SparkSession
+
+        from llmfeat.core.spark import build_spark
+
+        if (
+            self.session is not None
+            or self._starting is not None
+            or SparkSession.getActiveSession() is not None
+        ):
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="llmfeat-spark-start")
+        # A whole night loads the classes that matter: the first one records the JVM's class archive.
+        self._starting = pool.submit(build_spark, self.cfg.spark, record_classes=True, short=self._short())
+        pool.shutdown(wait=False)
+
+    def _short(self) -> bool:
+        short = short_night(self.cfg, self.as_of)
+        if short and self.cfg.spark.jit == "auto":
+            self.log("nightly: an incremental night: the Spark driver JVM runs the quick compiler only")
+        return short
 
     def get(self):
+        if self.session is None and self._starting is not None:
+            starting, self._starting = self._starting, None
+            self.session, self.owned = starting.result(), True  # the thread's exception, if any, raised here
         if self.session is None:
             from pyspark.sql import SparkSession
 
@@ -195,13 +237,7 @@ class _SparkHolder:
 
             self.session = SparkSession.getActiveSession()
             if self.session is None:
-                # A whole night loads the classes that matter: the first one records the JVM's class archive.
-                short = short_night(self.cfg, self.as_of)
-                if short and self.cfg.spark.jit == "auto":
-                    self.log(
-                        "nightly: an incremental night: the Spark driver JVM runs the quick compiler only"
-                    )
-                self.session = build_spark(self.cfg.spark, record_classes=True, short=short)
+                self.session = build_spark(self.cfg.spark, record_classes=True, short=self._short())
                 self.owned = True
         return self.session
 
@@ -210,6 +246,10 @@ class _SparkHolder:
         return self.session is not None
 
     def stop(self) -> None:
+        if self._starting is not None:  # started ahead, never used (an earlier stage failed): stopped too
+            with contextlib.suppress(Exception):
+                self.get()
+            self._starting = None
         if self.session is not None and self.owned:
             from llmfeat.core.spark import stop_spark
 
@@ -377,6 +417,9 @@ def run_nightly(
                 if stage in redo and (markers / f"{stage}.json").is_file():
                     os.replace(markers / f"{stage}.json", markers / f"{stage}.redo.json")
             functions = _stage_functions(cfg, as_of, spark, log, markers, faults)
+            todo = [s for s in order[: last + 1] if s in functions and not (markers / f"{s}.json").is_file()]
+            if todo[:1] == ["ingest"] and set(todo) & SPARK_STAGES:
+                spark.start()  # the JVM starts while ingest (no Spark) runs
             for stage in order[: last + 1]:
                 marker = markers / f"{stage}.json"
                 pending_redo = markers / f"{stage}.redo.json"
