@@ -194,7 +194,7 @@ def test_the_item_pass_is_skipped_only_for_the_same_items_template_and_encoder(r
     after = NIGHTS[-1] + dt.timedelta(days=2)
     assert embed._items_unchanged_since(paths, after, last) == NIGHTS[-1]
     changed = {"items_digest": "0" * 16, "template": "{title}", "model_id": "other@0", "item_prompt": "query: ",
-               "max_tokens": 16}  # fmt: skip
+               "max_tokens": 16, "pooling": "cls", "dims": 128}  # fmt: skip
     for key, value in changed.items():
         assert embed._items_unchanged_since(paths, after, {**last, key: value}) is None, key
     assert embed._items_unchanged_since(paths, after, {**last, "items_digest": None}) is None  # no digest

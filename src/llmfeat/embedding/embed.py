@@ -395,6 +395,7 @@ def _item_pass(cfg: Config, as_of: dt.date, model: dict) -> dict:
     return {
         "items_digest": tables.snapshot_digest(items, as_of), "template": cfg.embed.item_template,
         "model_id": model["model_id"], "item_prompt": model["prompts"]["item"], "max_tokens": model["max_tokens"],
+        "pooling": model["pooling"], "dims": model["dims"],
     }  # fmt: skip
 
 
@@ -415,11 +416,9 @@ def _items_unchanged_since(paths: EmbeddingPaths, as_of: dt.date, item_pass: dic
     since = dt.date.fromisoformat(last["as_of"])
     if last.get("item_pass") != item_pass or last["counts"]["items"].get("quarantined", 1) != 0:
         return None
-    if any(since < d < as_of for d in tables.snapshot_dates(paths.item_text)):
-        return (
-            None  # rows of a run that left no manifest (it died after publishing): not known to be the same
-        )
-    return since
+    # item rows of a run that left no manifest (it died after publishing them): not known to be the same
+    published_since = any(since < d < as_of for d in tables.snapshot_dates(paths.item_text))
+    return None if published_since else since
 
 
 def _count_rows(df, condition) -> tuple[int, int]:
@@ -600,9 +599,8 @@ def _quarantine(spark, item_texts, user_texts, canonical: dict[str, Path]):
         )  # fmt: skip
 
     out = None
-    if (
-        item_texts is not None
-    ):  # None: the item pass was skipped, and no item rendered empty (_unchanged_items)
+    # item_texts None: the item pass was skipped, and no item renders empty (_unchanged_items)
+    if item_texts is not None:
         out = rows(item_texts, "item_text", "item_id", canonical["items"],
                    F.concat(F.lit("item "), F.col("item_id"), F.lit(" renders an empty text")), ["item_id"])  # fmt: skip
     if user_texts is not None:
