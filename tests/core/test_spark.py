@@ -88,3 +88,25 @@ def test_a_short_session_runs_on_the_quick_compiler(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path), "plain"], capture_output=True, text=True,
                          timeout=600, check=True)  # fmt: skip
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"rows": 7, "args": ["-XX:TieredStopAtLevel=1"]}
+
+
+_HIDDEN = """
+import sys
+from llmfeat.core.config import SparkConfig
+from llmfeat.core.spark import build_spark
+spark = build_spark(SparkConfig(master="local[1]", shuffle_partitions=2, driver_memory="1g", class_archive_dir=None))
+for name in ("_compact", "_other"):
+    path = sys.argv[1] + "/t/" + name
+    spark.range(3).write.parquet(path)
+    print(name, spark.read.parquet(path).count(), flush=True)
+"""
+
+
+def test_only_the_compact_copies_ignored_path_warning_is_dropped(tmp_path):
+    """Spark warns "All paths were ignored" for a directory whose name starts with "_", then reads it whole.
+    llmfeat's log configuration drops that warning for the compact copies (core/compact.py) only."""
+    out = subprocess.run([sys.executable, "-c", _HIDDEN, str(tmp_path)], capture_output=True, text=True,
+                         timeout=600, check=True)  # fmt: skip
+    assert out.stdout.split() == ["_compact", "3", "_other", "3"]  # both read whole
+    assert "All paths were ignored" in out.stderr and f"{tmp_path}/t/_other" in out.stderr
+    assert f"{tmp_path}/t/_compact" not in out.stderr
