@@ -201,7 +201,9 @@ class _SparkHolder:
 
     def start(self) -> None:
         """Begin starting the session in a thread, unless one is running or starting already."""
-        # Everything the thread imports is imported here first: no two threads import the same modules.
+        # What both threads use (numpy, pandas, pyarrow) and pyspark.sql are imported here first. What the thread
+        # still imports lazily is pyspark's own and the standard library's (pyspark.testing, unittest, difflib:
+        # measured), none of which imports what ingest imports: no import-lock cycle can span the two threads.
         import numpy  # noqa: F401
         import pandas  # noqa: F401
         import pyarrow  # noqa: F401
