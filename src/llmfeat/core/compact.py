@@ -134,8 +134,8 @@ def sync(path: Path) -> SyncResult:
             keep.sort(key=lambda f: max(f["days"]))
             days = {d: current[d] for d in todo}
             pending = _read_days(table, todo)
-            while keep and keep[-1]["rows"] <= pending.num_rows:  # a binary counter's carry
-                merged = keep.pop()
+            for merged in tables.carried(keep, pending.num_rows):
+                keep.remove(merged)
                 dropped.append(merged)
                 if merged["file"]:
                     older = pq.read_table(path / merged["file"])

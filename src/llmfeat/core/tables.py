@@ -260,9 +260,8 @@ def write_appended_snapshot(
                 os.link(base / part["file"], staging / part["file"])
             written, chain = 0, prev["append_chain_from"]
             pending = new
-            # a binary counter's carry: the new rows absorb each newest part no larger than them
-            while new.num_rows and parts and parts[-1]["rows"] <= pending.num_rows:
-                part = parts.pop()
+            for part in carried(parts, new.num_rows) if new.num_rows else []:
+                parts.remove(part)
                 pending = pa.concat_tables([pq.read_table(staging / part["file"]), pending])
                 (staging / part["file"]).unlink()
             if new.num_rows:
@@ -278,6 +277,19 @@ def write_appended_snapshot(
                            append_chain_from=chain)  # fmt: skip
     return AppendWrite("append", table.num_rows, new.num_rows, written, len(parts), base=earlier[-1].isoformat(),
                        append_chain_from=chain)  # fmt: skip
+
+
+def carried(parts: list[dict], new_rows: int) -> list[dict]:
+    """The parts (``{"rows": n, ...}``, oldest first) that ``new_rows`` new rows absorb, newest first, like a
+    binary counter's carries: each newest part no larger than the rows gathered so far. Parts stay O(log) in
+    number and each row is rewritten O(log) times (``write_appended_snapshot``, ``core.compact.sync``)."""
+    out, rows = [], new_rows
+    for part in reversed(parts):
+        if part["rows"] > rows:
+            break
+        out.append(part)
+        rows += part["rows"]
+    return out
 
 
 def append_chain_from(root: Path, snapshot_date: dt.date) -> dt.date | None:
