@@ -206,3 +206,42 @@ def test_the_item_pass_is_skipped_only_for_the_same_items_template_and_encoder(r
         assert embed._items_unchanged_since(paths, after, last) is None
     finally:
         stray.rmdir()
+
+
+def test_stats_reads_its_tables_folds_and_on_appended_nights_the_trailing_windows_events(runs):
+    """Every later night starts from each key's latest row kept folded (core.latest: the previous fold plus the
+    partitions the last run published, not the whole change log); on a night that only appended events, stats
+    scans only the row groups its trailing windows reach (tables.rows_from), on the late event's night all."""
+    import json
+
+    from llmfeat.core.costs import parquet_rows
+    from llmfeat.core.tables import canonical_dir, rows_from, snapshot_dir
+
+    nightly_cfg, _, _ = runs
+    data_dir = nightly_cfg.paths.data_dir
+    manifests = {
+        m["as_of"]: m
+        for m in (json.loads(f.read_text()) for f in stats_paths(data_dir).manifests.glob("*.json"))
+    }
+    for i, (before, night) in enumerate(zip(NIGHTS[:-1], NIGHTS[1:], strict=True)):
+        m = manifests[night.isoformat()]
+        # the first night with a log to read folds it whole, once; every later one folds the last night's rows
+        # (item_meta: none when no item's metadata changed that night)
+        modes = {t: f["mode"] for t, f in m["change_log_folds"].items()}
+        assert modes["item_stats"] == modes["user_stats"] == ("folded" if i else "rebuilt"), (night, modes)
+        assert modes["item_meta"] in (("folded", "unchanged") if i else ("rebuilt",)), (night, modes)
+        if i:
+            assert {t: f["days"] for t, f in m["change_log_folds"].items()}["item_stats"] == [
+                before.isoformat()
+            ]
+        events = snapshot_dir(canonical_dir(data_dir, "interactions"), night)
+        since = pd.Timestamp(before, tz="UTC")
+        scanned = (
+            rows_from(events, "event_ts", stats.window_start(since))
+            if m["past_events_unchanged"]
+            else parquet_rows(events)
+        )
+        assert m["reads"]["interactions"] == scanned, night
+    assert manifests[NIGHTS[0].isoformat()]["reads"]["change_log"] == dict.fromkeys(
+        ("item_stats", "user_stats", "item_meta"), 0
+    )

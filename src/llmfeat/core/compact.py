@@ -83,7 +83,7 @@ def _fingerprint(partition: Path) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def _partitions(table: Path) -> dict[str, str]:
+def partition_fingerprints(table: Path) -> dict[str, str]:
     """{snapshot date: fingerprint} of the table's published partitions."""
     return {d.isoformat(): _fingerprint(tables.snapshot_dir(table, d)) for d in tables.snapshot_dates(table)}
 
@@ -93,7 +93,7 @@ def _read_state(copy: Path) -> list[dict]:
     return json.loads(path.read_text())["files"] if path.is_file() else []
 
 
-def _read_days(table: Path, days: list[str]) -> pa.Table:
+def read_days(table: Path, days: list[str]) -> pa.Table:
     """The partitions' rows with their ``snapshot_date`` (date32) as the last column."""
     parts = []
     for d in days:
@@ -121,7 +121,7 @@ def sync(path: Path) -> SyncResult:
         for leftover in path.iterdir():  # a run that died between writing and naming, or naming and deleting
             if leftover.is_file() and leftover.name not in named | {STATE, LOCK}:
                 leftover.unlink()
-        current = _partitions(table)
+        current = partition_fingerprints(table)
         keep = [f for f in files if all(current.get(d) == fp for d, fp in f["days"].items())]
         dropped = [f for f in files if f not in keep]
         covered = {d for f in keep for d in f["days"]}
@@ -133,7 +133,7 @@ def sync(path: Path) -> SyncResult:
         if todo:
             keep.sort(key=lambda f: max(f["days"]))
             days = {d: current[d] for d in todo}
-            pending = _read_days(table, todo)
+            pending = read_days(table, todo)
             for merged in tables.carried(keep, pending.num_rows):
                 keep.remove(merged)
                 dropped.append(merged)

@@ -115,6 +115,11 @@ def stage_rows(stage: str, summary: dict) -> dict | None:
         }
     if stage == "stats":
         written = sum(int(n) for n in summary.get("counts", {}).get("written", {}).values())
+        reads = summary.get("reads")
+        if reads:  # what it scanned, as it counted it (its inputs' recent row groups, its tables' folds)
+            history = sum(int(n) for n in reads["change_log"].values())
+            read = sum(int(n) for k, n in reads.items() if k != "change_log") + history
+            return {"read": read, "written": written, "change_log_read": history}
         history = _history(summary, written)
         return {
             "read": sum(parquet_rows(p) for p in summary.get("inputs", {}).values()) + history,

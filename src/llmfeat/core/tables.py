@@ -109,9 +109,42 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Write one Parquet file the way Spark and Feast both read it (microsecond timestamps)."""
-    pq.write_table(table, path, coerce_timestamps="us", allow_truncated_timestamps=True, compression="zstd")
+def write_parquet(table: pa.Table, path: Path, row_group_rows: int | None = None) -> None:
+    """Write one Parquet file the way Spark and Feast both read it (microsecond timestamps); ``row_group_rows``:
+    rows per row group (pyarrow's default, a million, when None)."""
+    pq.write_table(table, path, coerce_timestamps="us", allow_truncated_timestamps=True, compression="zstd",
+                   row_group_size=row_group_rows)  # fmt: skip
+
+
+EVENT_ROW_GROUP_ROWS = 8192
+"""Rows per row group of an appended snapshot's part files (``write_appended_snapshot``). The rows are in time
+order, so each row group's min / max statistics bound a time range: a reader of the recent events only (stats'
+trailing windows: ``rows_from``) skips every older row group; Spark's Parquet reader prunes them the same way."""
+
+
+def rows_from(path: Path, column: str, since) -> int:
+    """Rows a reader of ``column >= since`` scans in the Parquet files under ``path``: every row group whose
+    statistics do not prove all its values earlier (as Spark's and pyarrow's row-group pruning skip them)."""
+    since = pd_timestamp(since)
+    total = 0
+    for f in sorted(Path(path).glob("*.parquet")):
+        meta = pq.ParquetFile(f).metadata
+        index = meta.schema.to_arrow_schema().get_field_index(column)
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            stats = group.column(index).statistics
+            if stats is not None and stats.has_min_max and pd_timestamp(stats.max) < since:
+                continue
+            total += group.num_rows
+    return total
+
+
+def pd_timestamp(value):
+    """A timestamp as an aware UTC ``pandas.Timestamp`` (Parquet statistics come naive, meaning UTC)."""
+    import pandas as pd
+
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def write_snapshot(root: Path, snapshot_date: dt.date, table: pa.Table, digest: bool = False) -> Path:
@@ -250,7 +283,7 @@ def write_appended_snapshot(
             new = table.filter(pc.invert(before))
     with staged_dir(final) as staging:
         if prev is None:
-            write_parquet(table, staging / PARQUET_FILE)
+            write_parquet(table, staging / PARQUET_FILE, EVENT_ROW_GROUP_ROWS)
             parts = [{"file": PARQUET_FILE, "rows": table.num_rows}]
             written, chain = table.num_rows, snapshot_date.isoformat()
         else:
@@ -266,7 +299,7 @@ def write_appended_snapshot(
                 (staging / part["file"]).unlink()
             if new.num_rows:
                 name = f"part-{snapshot_date.isoformat()}.parquet"
-                write_parquet(pending, staging / name)
+                write_parquet(pending, staging / name, EVENT_ROW_GROUP_ROWS)
                 parts.append({"file": name, "rows": pending.num_rows})
                 written = pending.num_rows
         state = {"as_of": snapshot_date.isoformat(), "rows": table.num_rows, "digest": _digest(hashes), "parts": parts,

@@ -22,12 +22,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat.core import compact
+from llmfeat.core import latest
 from llmfeat.core.changelog import (
     covered_until,
     events_appended_since,
     first_snapshot,
-    latest_before,
     publish_partitions,
     require_canonical,
     snapshot_times,
@@ -39,6 +38,7 @@ from llmfeat.core.layout import StatsPaths, stats_paths  # noqa: F401 - re-expor
 from llmfeat.core.results import StatsResult
 from llmfeat.core.spark import buckets
 from llmfeat.core.stage_run import StageRun
+from llmfeat.core.tables import rows_from
 from llmfeat.feast import names as n
 from llmfeat.feast.names import STATS_TABLES, packed_columns, stat_columns  # noqa: F401 - re-exported
 from llmfeat.feast.names import WINDOWS as WINDOWS_DAYS
@@ -122,12 +122,12 @@ def changes_only(frame: pd.DataFrame, value_cols: list[str], previous: dict | No
     return frame[~same.all(axis=1)]
 
 
-def _stats_fn(key: str, noun: str, times: list[pd.Timestamp]):
+def _stats_fn(key: str, noun: str, times: list[pd.Timestamp], totals_from: pd.Timestamp | None = None):
     """For cogroup(...).applyInPandas over buckets of entities: (entities + each one's previous row) x their
     events -> the changed stats rows of every entity in the bucket (``entity_stats``)."""
 
     def fn(entities_pdf: pd.DataFrame, events_pdf: pd.DataFrame) -> pd.DataFrame:
-        return entity_stats(entities_pdf, events_pdf, key, noun, times)
+        return entity_stats(entities_pdf, events_pdf, key, noun, times, totals_from=totals_from)
 
     return fn
 
@@ -147,6 +147,7 @@ def entity_stats(
     noun: str,
     times: Sequence[pd.Timestamp],
     windows: Sequence[int] = WINDOWS_DAYS,
+    totals_from: pd.Timestamp | None = None,
 ) -> pd.DataFrame:
     """The changed stats rows of many entities at once: ``stats_over_time`` of each entity at the ``times`` it
     is visible at (``updated_at`` or later), then ``changes_only`` against its previous row. Vectorised over
@@ -155,6 +156,11 @@ def entity_stats(
 
     ``entities``: ``key``, ``updated_at``, ``_prev_<stat>`` for every stat column and ``_prev_total`` (NaN when
     the entity has no previous row); ``events``: ``key``, ``event_ts``, ``label`` (0/1), any order.
+
+    ``totals_from``: ``events`` hold only the events from ``totals_from - max(windows)`` on (``_windowed``), and
+    each entity's previous row holds its values at ``totals_from``: the totals and the last event time are its
+    previous row's plus what happened since. An entity without a previous row has no event before
+    ``totals_from`` (it was not in the catalogue then, and ingest keeps no event of an unknown entity).
     """
     cols = stat_columns(noun, windows)
     if entities.empty or not times:
@@ -176,7 +182,8 @@ def entity_stats(
     # entity's events strictly before q is one searchsorted for every (entity, q) at once. Ranks, not raw
     # microseconds, so entity x range cannot overflow int64.
     queries = [snap] + [snap - w * _DAY_US for w in windows]
-    ranks = np.unique(np.concatenate([ev_ts, *queries]))
+    base_at = _as_datetime64([totals_from]).astype(np.int64) if totals_from is not None else snap[:0]
+    ranks = np.unique(np.concatenate([ev_ts, *queries, base_at]))
     width = len(ranks) + 1
     ev_key = ev_ent * width + np.searchsorted(ranks, ev_ts)
     rows = np.arange(n_ent, dtype=np.int64)[:, None] * width
@@ -196,10 +203,25 @@ def entity_stats(
         values[f"ctr_{w}d"] = np.where(n > 0, c / np.maximum(n, 1), 0.0).astype(np.float32)
     total = upto - first
     clicks = clicks_cum[upto] - clicks_cum[first]
+    seen = total > 0  # an event before the snapshot time among ``events``
+    if totals_from is not None:  # the previous totals at totals_from, plus the events since
+        at, start = before(base_at)[:, 0], first[:, 0]
+
+        def previous(col: str) -> np.ndarray:  # 0 without a previous row
+            return entities[col].to_numpy(dtype=np.float64, na_value=0).astype(np.int64)
+
+        total = total + (previous("_prev_total") - (at - start))[:, None]
+        clicks = clicks + (previous("_prev_clicks_total") - (clicks_cum[at] - clicks_cum[start]))[:, None]
     values[f"{noun}_total"] = total.astype(np.int32)
     values["clicks_total"] = clicks.astype(np.int32)
     values["ctr_total"] = np.where(total > 0, clicks / np.maximum(total, 1), 0.0).astype(np.float32)
     last = ev_ts[np.maximum(upto - 1, 0)] if len(ev_ts) else np.zeros_like(upto)
+    if (
+        totals_from is not None
+    ):  # no event of the entity among ``events`` yet: its last one is the previous row's
+        stamps = pd.to_datetime(entities["_prev_last_event_ts"], utc=True).dt.tz_localize(None)
+        prev_last = stamps.to_numpy("datetime64[us]").astype(np.int64)
+        last = np.where(seen, last, prev_last[:, None])
     last_missing = total == 0
 
     # Visible: snapshot times at or after the entity's updated_at (a missing updated_at sees none).
@@ -273,8 +295,7 @@ def _may_change(
     (``changelog.events_appended_since``), so the totals before it are not recounted."""
     from pyspark.sql import functions as F
 
-    horizon = since - pd.Timedelta(days=max(WINDOWS_DAYS))
-    recent = events.where(F.col("event_ts") >= F.lit(horizon.to_pydatetime())).select(key)
+    recent = events.where(F.col("event_ts") >= F.lit(window_start(since).to_pydatetime())).select(key)
     visible = entities.where(F.col("updated_at") >= F.lit(since.to_pydatetime())).select(key)
     fresh = entities.select(key).join(prev.select(key), key, "left_anti")
     found = recent.unionByName(visible).unionByName(fresh)
@@ -311,8 +332,11 @@ def _entity_stats(spark, entities, events, key: str, noun: str, times, previous,
         )
         prev = spark.createDataFrame([], f"{key} string, {fields}, _prev_total int")
     catching_up = previous is not None and since is not None
-    if catching_up:  # the previous rows (a window over the whole change log) are read twice: computed once
+    if catching_up:  # the previous rows are read twice: computed once
         prev = prev.localCheckpoint()
+    windowed = catching_up and past_unchanged
+    if windowed:  # the past is the previous rows': only the events the trailing windows can still hold
+        events = events.where(F.col("event_ts") >= F.lit(window_start(since).to_pydatetime()))
     left = entities.select(key, "updated_at").join(prev, key, "left")
     right = events.select(key, "event_ts", F.col("label").cast("int").alias("label"))
     if catching_up:
@@ -320,11 +344,18 @@ def _entity_stats(spark, entities, events, key: str, noun: str, times, previous,
         active = active.localCheckpoint()  # read twice too
         left, right = left.join(active, key, "left_semi"), right.join(active, key, "left_semi")
     bucket = buckets(spark, key)  # many entities per Python call (entity_stats), not one
+    fn = _stats_fn(key, noun, times, totals_from=since if windowed else None)
     return (
         left.withColumn("_bucket", bucket).groupBy("_bucket")
         .cogroup(right.withColumn("_bucket", bucket).groupBy("_bucket"))
-        .applyInPandas(_stats_fn(key, noun, times), _stats_schema(key, noun))
+        .applyInPandas(fn, _stats_schema(key, noun))
     )  # fmt: skip
+
+
+def window_start(since: pd.Timestamp) -> pd.Timestamp:
+    """The earliest event a catching-up run after ``since`` reads when the past is unchanged: the start of the
+    longest trailing window at ``since`` (an earlier event is in no window at ``since`` or later)."""
+    return since - pd.Timedelta(days=max(WINDOWS_DAYS))
 
 
 def _item_meta(items, previous, as_of: dt.date, created):
@@ -386,9 +417,21 @@ def run_stats(
     times = snapshot_times(snapshot_from, as_of, every)
     # Catching up after the last covered snapshot: the previous rows hold each entity's values at it.
     since = pd.Timestamp(covered, tz="UTC") if covered is not None and covered < snapshot_from else None
-    existing = {name: compact.read(spark, paths.table(name)) for name in STATS_TABLES}  # core.compact
     past_unchanged = since is not None and events_appended_since(cfg.paths.data_dir, as_of, covered)
     created = pd.Timestamp(run.started)
+    reads = {name: parquet_rows(canonical[name]) for name in ("items", "users")}
+    reads["interactions"] = (  # row groups wholly before the trailing windows are skipped (tables.rows_from)
+        rows_from(canonical["interactions"], "event_ts", window_start(since))
+        if past_unchanged
+        else parquet_rows(canonical["interactions"])
+    )
+    folds = {}
+
+    def previous(name: str, key: str, before: dt.date):
+        """Each key's latest row before ``before``, from the table's kept fold (core.latest), not the log."""
+        folds[name] = latest.rows(paths.table(name), key, before)
+        return spark.read.parquet(str(folds[name].path)) if folds[name].path else None
+
     with run.staging(paths.root) as staging:
         firsts = {n.ITEM_META_TABLE: as_of}
         if times:
@@ -397,16 +440,14 @@ def run_stats(
                 (n.USER_STATS_TABLE, users, n.USER_KEY, n.EVENTS),
             ):
                 rows = _entity_stats(spark, entities, interactions, key, noun, times,
-                                     latest_before(existing[name], key, snapshot_from), since, past_unchanged)  # fmt: skip
+                                     previous(name, key, snapshot_from), since, past_unchanged)  # fmt: skip
                 run.phase(
                     f"write {name}", lambda rows=rows, name=name: _write_stats(rows, created, staging / name)
                 )
                 firsts[name] = snapshot_from
         else:
             log(f"stats: snapshots are up to date (covered until {covered})")
-        meta = _item_meta(
-            items, latest_before(existing[n.ITEM_META_TABLE], n.ITEM_KEY, as_of), as_of, created
-        )
+        meta = _item_meta(items, previous(n.ITEM_META_TABLE, n.ITEM_KEY, as_of), as_of, created)
         run.phase(f"write {n.ITEM_META_TABLE}", lambda: meta.write.partitionBy("snapshot_date").parquet(
             str(staging / n.ITEM_META_TABLE)))  # fmt: skip
         counts = {name: parquet_rows(staging / name) for name in firsts}  # from the footers, no Spark job
@@ -419,6 +460,8 @@ def run_stats(
         "windows_days": list(WINDOWS_DAYS),
         "past_events_unchanged": past_unchanged,
         "counts": {"written": counts},
+        "reads": {**reads, "change_log": {name: f.rows_read for name, f in folds.items()}},
+        "change_log_folds": {name: {"mode": f.mode, "days": list(f.days)} for name, f in folds.items()},
         "published_partitions": published,
         "inputs": {k: str(v) for k, v in canonical.items()},
         "outputs": {t: str(paths.table(t)) for t in STATS_TABLES},
