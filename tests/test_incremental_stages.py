@@ -245,3 +245,30 @@ def test_stats_reads_its_tables_folds_and_on_appended_nights_the_trailing_window
     assert manifests[NIGHTS[0].isoformat()]["reads"]["change_log"] == dict.fromkeys(
         ("item_stats", "user_stats", "item_meta"), 0
     )
+
+
+def test_embed_reads_only_the_clicks_since_its_last_snapshot_on_appended_nights(runs):
+    """Nights 2 and 4 only appended events and changed no item text: the users' pass starts from each user's
+    prior state in their latest rows (recent_items, pooled_norm) and scans only the clicks since the last
+    snapshot; the first night and the late event's night read every click. That the rows then equal a fresh
+    full run's (U1's night-4 vector continues a January history) is test_users_night_after_night_..."""
+    from llmfeat.core.costs import parquet_rows
+    from llmfeat.core.tables import canonical_dir, rows_from, snapshot_dir
+
+    nightly_cfg, _, computed = runs
+    manifests = _embed_manifests(nightly_cfg)
+    how = [manifests[n.isoformat()]["snapshots"]["clicks_read"] for n in NIGHTS]
+    assert how[1] == how[3] == "since the last snapshot", how
+    assert how[0] == "all (not catching up)" and how[2] == "all (events before the last snapshot changed)", (
+        how
+    )
+    assert computed[NIGHTS[3]]["users"] == {"U1"}
+    for before, night in zip(NIGHTS[:-1], NIGHTS[1:], strict=True):
+        events = snapshot_dir(canonical_dir(nightly_cfg.paths.data_dir, "interactions"), night)
+        windowed = manifests[night.isoformat()]["snapshots"]["clicks_read"].startswith("since")
+        expected = (
+            rows_from(events, "event_ts", pd.Timestamp(before, tz="UTC"))
+            if windowed
+            else parquet_rows(events)
+        )
+        assert manifests[night.isoformat()]["reads"]["interactions"] == expected, night

@@ -104,9 +104,13 @@ def stage_rows(stage: str, summary: dict) -> dict | None:
     if stage == "embed":
         counts = summary.get("counts", {})
         parts = [counts.get("items", {}), counts.get("users", {}), counts.get("user_history", {})]
-        read = sum(parquet_rows(p) for k, p in summary.get("inputs", {}).items() if k == "interactions")
         written = sum(int(p.get("written", 0)) for p in parts)
-        history = _history(summary, written, skip=("quarantine",))
+        reads = summary.get("reads")
+        if reads:  # as it counted them: the clicks it scanned (all, or the row groups since its last snapshot)
+            read, history = int(reads["interactions"]), sum(int(n) for n in reads["change_log"].values())
+        else:
+            read = sum(parquet_rows(p) for k, p in summary.get("inputs", {}).items() if k == "interactions")
+            history = _history(summary, written, skip=("quarantine",))
         return {
             "read": sum(int(p.get("read", 0)) for p in parts) + read + history,
             "written": written,

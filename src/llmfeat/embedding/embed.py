@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from llmfeat.core import compact, tables
+from llmfeat.core import compact, latest, tables
 from llmfeat.core.changelog import (
     covered_until,
     events_appended_since,
     first_snapshot,
-    latest_before,
     publish_partitions,
     require_canonical,
     snapshot_times,
@@ -44,6 +43,7 @@ from llmfeat.core.layout import DataDir, EmbeddingPaths, embedding_paths  # noqa
 from llmfeat.core.results import EmbedResult
 from llmfeat.core.spark import buckets
 from llmfeat.core.stage_run import Phases, StageRun
+from llmfeat.core.tables import rows_from
 from llmfeat.data.sources.raw import InputError
 from llmfeat.data.texts import render_all, template_fields
 from llmfeat.embedding.encoder import (
@@ -54,7 +54,7 @@ from llmfeat.embedding.encoder import (
     model_token_limit,
     resolve_spec,
 )
-from llmfeat.embedding.user_state import UserStateParams, content_hash, user_snapshots
+from llmfeat.embedding.user_state import Prior, UserStateParams, content_hash, user_snapshots
 from llmfeat.feast.names import EMBEDDING_TABLES
 
 EMBED_TABLES = EMBEDDING_TABLES
@@ -433,14 +433,27 @@ def _count_rows(df, condition) -> tuple[int, int]:
 
 STATE_SCHEMA = (
     "kind string, user_id string, snapshot_ts timestamp, text string, content_hash string, n_history int, "
-    "embedding array<float>, n_clicks int, last_click_ts timestamp"
+    "recent_items array<string>, embedding array<float>, n_clicks int, last_click_ts timestamp, pooled_norm double"
 )
 STATE_COLUMNS = [c.split()[0] for c in STATE_SCHEMA.split(", ")]
+PRIOR_COLUMNS = ["_prior_items", "_prior_titles", "_prior_pooled", "_prior_norm", "_prior_last"]
+"""A profile's prior state in the windowed pass (``_prior_state``), from the user's latest rows."""
 
 
-def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams):
+def _prior(profile: dict) -> Prior:
+    """``user_state.Prior`` from a profile row of the windowed pass (no latest rows: a new user, nothing yet)."""
+    items, titles, pooled, norm, last = (profile.pop(c) for c in PRIOR_COLUMNS)
+    n = 0 if pd.isna(profile["_prev_clicks"]) else int(profile["_prev_clicks"])
+    items = [] if items is None else list(items)
+    titles = [] if titles is None else [t if isinstance(t, str) else "" for t in titles]
+    vector = np.asarray(pooled, dtype=np.float64) * float(norm) if n else None
+    return Prior(items, titles, vector, last if n else None, n)
+
+
+def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams, windowed: bool = False):
     """For cogroup(...).applyInPandas over buckets of users (``llmfeat.core.spark.buckets``): the profiles of
-    a bucket's users + their clicks -> text and history rows."""
+    a bucket's users + their clicks -> text and history rows. ``windowed``: the clicks are those since the
+    last covered snapshot only, and each profile carries the user's prior state (``_prior``)."""
 
     def states(profiles_pdf: pd.DataFrame, clicks_pdf: pd.DataFrame) -> pd.DataFrame:
         # Clicks of a user missing from the profiles (validation prevents it) are never looked up.
@@ -449,17 +462,19 @@ def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams):
         blank = dict.fromkeys(STATE_COLUMNS)
         rows = []
         for profile in profiles_pdf.drop(columns="_bucket").to_dict("records"):
+            prior = _prior(profile) if windowed else None
             prev_hash, prev_clicks = profile.pop("_prev_hash"), profile.pop("_prev_clicks")
             at = by_user.get(profile["user_id"])
             text_rows, hist_rows = user_snapshots(
                 profile, no_clicks if at is None else clicks_pdf.iloc[at], times, params,
                 prev_text_hash=None if pd.isna(prev_hash) else prev_hash,
-                prev_n_clicks=0 if pd.isna(prev_clicks) else int(prev_clicks),
+                prev_n_clicks=0 if pd.isna(prev_clicks) else int(prev_clicks), prior=prior,
             )  # fmt: skip
             rows += [{**blank, **r, "kind": "text"} for r in text_rows]
             rows += [{**blank, **r, "kind": "history"} for r in hist_rows]
         out = pd.DataFrame(rows, columns=STATE_COLUMNS).astype({"n_history": "Int32", "n_clicks": "Int32"})
-        out["embedding"] = out["embedding"].astype(object).where(out["embedding"].notna(), None)
+        for col in ("embedding", "recent_items"):
+            out[col] = out[col].astype(object).where(out[col].notna(), None)
         return out
 
     return states
@@ -498,9 +513,11 @@ def _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, s
 
 
 def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text, prev_hist, times,
-                 changed_items, since: pd.Timestamp | None, past_unchanged: bool = False):  # fmt: skip
+                 changed_items, since: pd.Timestamp | None, past_unchanged: bool = False,
+                 windowed: bool = False):  # fmt: skip
     """Point-in-time user texts and pooled-history vectors at each snapshot time; encode the new texts.
-    Catching up after ``since`` (the last covered snapshot), only the users that may change are computed."""
+    Catching up after ``since`` (the last covered snapshot), only the users that may change are computed;
+    ``windowed`` (``_windowed_users``): from their prior state and the clicks since ``since`` alone."""
     from pyspark.sql import functions as F
 
     params = UserStateParams(
@@ -509,6 +526,7 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     fields = [c for c in template_fields(params.template) if c not in ("history", "user_id", "updated_at")]
     empty_prev = run.spark.createDataFrame([], "user_id string, content_hash string, n_clicks int")
     # Each user's latest rows (a window over the whole change log), read twice below: computed once.
+    prior = _prior_state(prev_text, prev_hist, items) if windowed else None
     prev_text, prev_hist = run.phases.run("previous user rows", lambda: (
         (prev_text if prev_text is not None else empty_prev).select(
             "user_id", F.col("content_hash").alias("_prev_hash")).localCheckpoint(),
@@ -520,6 +538,9 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         .join(prev_text, "user_id", "left")
         .join(prev_hist, "user_id", "left")
     )
+    if windowed:  # the past is in each user's prior state: only the clicks since the last covered snapshot
+        interactions = interactions.where(F.col("event_ts") >= F.lit(since.to_pydatetime()))
+        profiles = profiles.join(prior, "user_id", "left")
     clicks = (
         interactions.where("label = 1")
         .select("user_id", "item_id", "event_ts")
@@ -547,12 +568,12 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
             .groupBy("_bucket")
         )
     )
-    states = states.applyInPandas(_user_states_fn(times, params), STATE_SCHEMA)
+    states = states.applyInPandas(_user_states_fn(times, params, windowed), STATE_SCHEMA)
     run.phases.run("build user snapshots", lambda: states.write.parquet(str(run.staging / "user_states")))
     states = run.spark.read.parquet(str(run.staging / "user_states"))
 
     texts = states.where("kind = 'text'").select(
-        "user_id", "snapshot_ts", "text", "content_hash", "n_history"
+        "user_id", "snapshot_ts", "text", "content_hash", "n_history", "recent_items"
     )
     non_empty = texts.where(F.length("text") > 0)
     vectors, n_encoded = run.phases.run("encode user texts", lambda: run.encode(non_empty, "users"))
@@ -568,11 +589,13 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         "n_tokens",
         "truncated",
         "n_history",
+        "recent_items",
         *snapshot,
     )
     hist_rows = run.tagged(
-        states.where("kind = 'history'"), "user_id", "embedding", "n_clicks", "last_click_ts", *snapshot
-    )
+        states.where("kind = 'history'"),
+        "user_id", "embedding", "n_clicks", "last_click_ts", "pooled_norm", *snapshot,
+    )  # fmt: skip
     n_written, n_truncated = run.write(text_rows, "user_text")
     n_written_hist, _ = run.write(hist_rows, "user_history")
     n_read, n_empty = _count_rows(texts, F.coalesce(F.length("text"), F.lit(0)) == 0)
@@ -584,6 +607,61 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         "user_history": {"written": n_written_hist},
     }  # fmt: skip
     return texts, counts
+
+
+def _prior_state(prev_text, prev_hist, items):
+    """Each user's prior state (``PRIOR_COLUMNS``) from their latest rows: the text row's ``recent_items`` with
+    their titles now (in order), the history row's vector, norm and last click."""
+    from pyspark.sql import functions as F
+
+    titled = (
+        prev_text.select("user_id", F.posexplode("recent_items").alias("_pos", "item_id"))
+        .join(items.select("item_id", "title"), "item_id", "left")
+        .groupBy("user_id")
+        .agg(F.sort_array(F.collect_list(F.struct("_pos", "item_id", "title"))).alias("_r"))
+        .select(
+            "user_id", F.col("_r.item_id").alias("_prior_items"), F.col("_r.title").alias("_prior_titles")
+        )
+    )
+    history = prev_hist.select(
+        "user_id", F.col("embedding").alias("_prior_pooled"), F.col("pooled_norm").alias("_prior_norm"),
+        F.col("last_click_ts").alias("_prior_last"),
+    )  # fmt: skip
+    return titled.join(history, "user_id", "full")
+
+
+def _windowed_users(
+    data_dir: Path, covered: dt.date, folds: dict, changed_items, past_unchanged: bool
+) -> str | None:
+    """None when tonight's users' pass may start from each user's prior state and read only the clicks since
+    ``covered`` (the windowed pass), else why not: the clicks before ``covered`` must be those the latest rows
+    were computed from (``past_unchanged``: an append-only night, ``changelog.events_appended_since``), no item text changed
+    tonight (a new title or vector reaches the whole history of its clickers), every latest row must carry the
+    state (``recent_items``, ``pooled_norm``: rows written before they existed do not), and every user of the
+    catalogue at ``covered`` must have a text row (a user who rendered empty then may have clicks before it)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    if not past_unchanged:
+        return "events before the last snapshot changed"
+    if not changed_items.isEmpty():
+        return "item texts changed"
+    text, hist = folds["user_text"], folds["user_history"]
+    if text.path is None or hist.path is None:
+        return "no user rows yet"
+    for fold, column in ((text, "recent_items"), (hist, "pooled_norm")):
+        if (
+            column not in pq.read_schema(fold.path).names
+            or pq.read_table(fold.path, columns=[column])[column].null_count
+        ):
+            return f"{fold.path.parent.parent.name} rows written before the prior state was kept ({column})"
+    texts = pq.read_table(text.path, columns=["user_id"])["user_id"]
+    users = pq.read_table(
+        tables.snapshot_dir(tables.canonical_dir(data_dir, "users"), covered), columns=["user_id"]
+    )
+    if pc.sum(pc.invert(pc.is_in(users["user_id"], texts))).as_py():
+        return "a user of the last snapshot has no text row"
+    return None
 
 
 QUARANTINE_SCHEMA = "table string, source_file string, row long, reason string, detail string, raw string"
@@ -678,7 +756,12 @@ def run_embed(
             created=pd.Timestamp(stage.started), udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows),
             pools=_reuse_pools(existing, resolved), phases=stage.phases, runtimes=set(),
         )  # fmt: skip
-        prev_items = latest_before(existing["item_text"], "item_id", as_of)
+        # each key's latest row from the table's kept fold (core.latest), not a window over the whole log
+        folds = {"item_text": latest.rows(paths.item_text, "item_id", as_of)}
+        folds.update({name: latest.rows(getattr(paths, name), "user_id", snapshot_from)
+                      for name in ("user_text", "user_history")})  # fmt: skip
+        prev = {name: spark.read.parquet(str(f.path)) if f.path else None for name, f in folds.items()}
+        prev_items = prev["item_text"]
         if same_items_since is not None:
             item_texts, item_vectors, changed_items, item_counts = _unchanged_items(
                 run, items, prev_items, tables.parquet_rows(canonical["items"]), same_items_since
@@ -692,12 +775,14 @@ def run_embed(
             changed_items = changed_items.unionByName(
                 item_texts.where(F.length("text") == 0).select("item_id")
             )
+        whole_history = (  # None: the windowed users' pass; else why every click is read
+            "not catching up" if since is None else
+            _windowed_users(cfg.paths.data_dir, covered, folds, changed_items, past_unchanged)
+        )  # fmt: skip
         if times:
             user_texts, user_counts = _embed_users(
-                run, users, interactions, items, item_vectors,
-                latest_before(existing["user_text"], "user_id", snapshot_from),
-                latest_before(existing["user_history"], "user_id", snapshot_from), times, changed_items, since,
-                past_unchanged,
+                run, users, interactions, items, item_vectors, prev["user_text"], prev["user_history"], times,
+                changed_items, since, past_unchanged, windowed=whole_history is None,
             )  # fmt: skip
         else:
             log(f"embed: user snapshots are up to date (covered until {covered})")
@@ -709,21 +794,37 @@ def run_embed(
             "publish", lambda: _publish(paths, staging, {"item_text": as_of, **users_from}, as_of)
         )
     snapshots = {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
-                 "count": len(times), "past_events_unchanged": past_unchanged}  # fmt: skip
+                 "count": len(times), "past_events_unchanged": past_unchanged,
+                 "clicks_read": "since the last snapshot" if whole_history is None else f"all ({whole_history})"}  # fmt: skip
+    windowed = times and whole_history is None
+    reads = {
+        "interactions": rows_from(canonical["interactions"], "event_ts", since) if windowed
+        else tables.parquet_rows(canonical["interactions"]),
+        # the reuse pools scan the text tables' stored hashes; user_history is read through its fold only
+        "change_log": {"item_text": _log_rows(paths.item_text, as_of), "user_text": _log_rows(paths.user_text, as_of),
+                       "user_history": folds["user_history"].rows_read},
+    }  # fmt: skip
     return stage.write_manifest(paths.manifests, _manifest(
         cfg, spark, model, run.runtimes, snapshots, {"items": item_counts, **user_counts}, canonical, paths,
-        published, item_pass), EmbedResult)  # fmt: skip
+        published, item_pass, reads), EmbedResult)  # fmt: skip
+
+
+def _log_rows(table: Path, before: dt.date) -> int:
+    """Rows of a change-log table's partitions dated before ``before`` (what a scan of it before tonight reads)."""
+    return sum(
+        tables.parquet_rows(tables.snapshot_dir(table, d)) for d in tables.snapshot_dates(table) if d < before
+    )
 
 
 def _manifest(cfg: Config, spark, model: dict, runtimes: set, snapshots: dict, counts: dict, canonical: dict,
-              paths, published, item_pass: dict) -> dict:  # fmt: skip
+              paths, published, item_pass: dict, reads: dict) -> dict:  # fmt: skip
     """The embed stage's manifest (what ``EmbedResult`` reads), keys in their written order."""
     return {
         "embedding_set": cfg.embed.embedding_set, **model, "runtime": sorted(runtimes) or ["(nothing encoded)"],
         "spark_master": spark.sparkContext.master, "snapshots": snapshots, "counts": counts,
         "inputs": {k: str(v) for k, v in canonical.items()},
         "outputs": {k: str(getattr(paths, k)) for k in (*EMBED_TABLES, "quarantine")},
-        "published_partitions": published, "item_pass": item_pass,
+        "published_partitions": published, "item_pass": item_pass, "reads": reads,
     }  # fmt: skip
 
 

@@ -43,8 +43,25 @@ class UserStateParams:
     half_life_days: float
 
 
-TEXT_COLUMNS = ["user_id", "snapshot_ts", "text", "content_hash", "n_history"]
-HISTORY_COLUMNS = ["user_id", "snapshot_ts", "embedding", "n_clicks", "last_click_ts"]
+TEXT_COLUMNS = ["user_id", "snapshot_ts", "text", "content_hash", "n_history", "recent_items"]
+HISTORY_COLUMNS = ["user_id", "snapshot_ts", "embedding", "n_clicks", "last_click_ts", "pooled_norm"]
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A user's state at the last covered snapshot, as their latest rows keep it, for a run that reads only the
+    clicks since (``embed``'s windowed pass): the item ids of the latest ``history_n`` clicks (oldest first, the
+    text row's ``recent_items``) and their titles now; the pooled sum (the history row's ``embedding`` times its
+    ``pooled_norm``: the time-decayed sum before normalising, relative to ``last_click``) and ``n_clicks``.
+
+    With exponential decay the sum after a later click is the old sum times the decay over the gap plus the
+    new click's vector, so the pooled vector continues from the prior exactly (up to float rounding)."""
+
+    items: list[str]
+    titles: list[str]
+    pooled: np.ndarray | None = None
+    last_click: pd.Timestamp | None = None
+    n_clicks: int = 0
 
 
 def user_snapshots(
@@ -54,12 +71,14 @@ def user_snapshots(
     params: UserStateParams,
     prev_text_hash: str | None = None,
     prev_n_clicks: int = 0,
+    prior: Prior | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Text rows and history rows for one user.
 
     ``clicks``: columns event_ts (UTC), item_id, title, embedding (item vector or None); any order. Clicks
     at the same instant are ordered by item_id, as in the canonical interactions table.
     ``prev_*``: the state of the user's latest row before ``times[0]`` (None / 0 for a new user).
+    ``prior``: ``clicks`` hold only the clicks after the prior state's (``Prior``); None: every click.
     """
     clicks = clicks.sort_values(["event_ts", "item_id"], kind="stable")
     ts = (
@@ -67,7 +86,13 @@ def user_snapshots(
         if len(clicks)
         else np.array([], dtype="datetime64[us]")
     )
-    titles = clicks["title"].tolist()
+    titles, item_ids = clicks["title"].tolist(), clicks["item_id"].tolist()
+    if prior is not None:
+        titles, item_ids = [*prior.titles, *titles], [*prior.items, *item_ids]
+    before = len(prior.items) if prior is not None else 0  # clicks known before ``clicks``
+    base_n = prior.n_clicks if prior is not None else 0
+    base_sum = prior.pooled if prior is not None and prior.n_clicks else None
+    base_ts = np.datetime64(_utc(prior.last_click).tz_localize(None), "us") if base_sum is not None else None
     has_vec = (
         clicks["embedding"].map(lambda v: v is not None and len(v) > 0).to_numpy(bool)
         if len(clicks)
@@ -84,22 +109,26 @@ def user_snapshots(
         if updated_at is not None and updated_at > s:
             continue  # the user does not exist yet at s
         s64 = np.datetime64(s.tz_convert("UTC").tz_localize(None), "us")
-        visible = int(np.searchsorted(ts, s64, side="left"))
-        recent = titles[max(0, visible - params.history_n) : visible][::-1]
+        visible = before + int(np.searchsorted(ts, s64, side="left"))
+        first = max(0, visible - params.history_n)
+        recent = titles[first:visible][::-1]
         text = render(params.template, {**profile, "history": history_text(recent)})
         digest = content_hash(text)
         if digest != prev_text_hash:
             text_rows.append({"user_id": profile["user_id"], "snapshot_ts": s, "text": text, "content_hash": digest,
-                              "n_history": len(recent)})  # fmt: skip
+                              "n_history": len(recent), "recent_items": item_ids[first:visible]})  # fmt: skip
             prev_text_hash = digest
         n_vec = int(np.searchsorted(vec_ts, s64, side="left"))
-        if n_vec > prev_n_clicks:
-            ages = (vec_ts[n_vec - 1] - vec_ts[:n_vec]).astype("int64").astype(np.float64)
-            weights = np.exp2(-ages / half_life_us)
-            pooled = weights @ vectors[:n_vec]
-            norm = np.linalg.norm(pooled)
+        if base_n + n_vec > prev_n_clicks:
+            last = vec_ts[n_vec - 1] if n_vec else base_ts
+            ages = (last - vec_ts[:n_vec]).astype("int64").astype(np.float64)
+            pooled = np.exp2(-ages / half_life_us) @ vectors[:n_vec] if n_vec else 0.0
+            if base_sum is not None:  # the prior sum, decayed over the gap to the newest click
+                pooled = pooled + base_sum * np.exp2(-float((last - base_ts).astype("int64")) / half_life_us)
+            norm = float(np.linalg.norm(pooled))
             hist_rows.append({"user_id": profile["user_id"], "snapshot_ts": s,
                               "embedding": (pooled / norm if norm > 0 else pooled).astype(np.float32),
-                              "n_clicks": n_vec, "last_click_ts": pd.Timestamp(vec_ts[n_vec - 1], tz="UTC")})  # fmt: skip
-            prev_n_clicks = n_vec
+                              "n_clicks": base_n + n_vec, "last_click_ts": pd.Timestamp(last, tz="UTC"),
+                              "pooled_norm": norm})  # fmt: skip
+            prev_n_clicks = base_n + n_vec
     return text_rows, hist_rows
