@@ -223,17 +223,15 @@ def test_stats_reads_its_tables_folds_and_on_appended_nights_the_trailing_window
         m["as_of"]: m
         for m in (json.loads(f.read_text()) for f in stats_paths(data_dir).manifests.glob("*.json"))
     }
-    for i, (before, night) in enumerate(zip(NIGHTS[:-1], NIGHTS[1:], strict=True)):
+    for before, night in zip(NIGHTS[:-1], NIGHTS[1:], strict=True):
         m = manifests[night.isoformat()]
-        # the first night with a log to read folds it whole, once; every later one folds the last night's rows
-        # (item_meta: none when no item's metadata changed that night)
-        modes = {t: f["mode"] for t, f in m["change_log_folds"].items()}
-        assert modes["item_stats"] == modes["user_stats"] == ("folded" if i else "rebuilt"), (night, modes)
-        assert modes["item_meta"] in (("folded", "unchanged") if i else ("rebuilt",)), (night, modes)
-        if i:
-            assert {t: f["days"] for t, f in m["change_log_folds"].items()}["item_stats"] == [
-                before.isoformat()
-            ]
+        # each run ends by folding in what it published, so the next one starts from the fold unchanged
+        folds = m["change_log_folds"]
+        assert {t: f["start"]["mode"] for t, f in folds.items()} == dict.fromkeys(folds, "unchanged"), night
+        assert folds["item_stats"]["after"] == {"mode": "folded", "days": [night.isoformat()]}, night
+        fold, tonight = _fold_rows(data_dir, "item_stats", night), _rows_of(data_dir, "item_stats", night)
+        # the fold at the start, then the same fold and tonight's partition to fold them
+        assert m["reads"]["change_log"]["item_stats"] == 2 * fold + tonight, night
         events = snapshot_dir(canonical_dir(data_dir, "interactions"), night)
         since = pd.Timestamp(before, tz="UTC")
         scanned = (
@@ -242,9 +240,24 @@ def test_stats_reads_its_tables_folds_and_on_appended_nights_the_trailing_window
             else parquet_rows(events)
         )
         assert m["reads"]["interactions"] == scanned, night
-    assert manifests[NIGHTS[0].isoformat()]["reads"]["change_log"] == dict.fromkeys(
-        ("item_stats", "user_stats", "item_meta"), 0
-    )
+    first = manifests[NIGHTS[0].isoformat()]["change_log_folds"]
+    assert {t: f["start"]["mode"] for t, f in first.items()} == dict.fromkeys(
+        first, "unchanged"
+    )  # nothing yet
+    assert {t: f["after"]["mode"] for t, f in first.items()} == dict.fromkeys(first, "rebuilt")
+
+
+def _rows_of(data_dir, table: str, night) -> int:
+    from llmfeat.core.costs import parquet_rows
+    from llmfeat.core.tables import snapshot_dir
+
+    return parquet_rows(snapshot_dir(stats_paths(data_dir).table(table), night))
+
+
+def _fold_rows(data_dir, table: str, before) -> int:
+    """Keys with a row in the partitions before ``before`` (the fold's rows), counted with pandas."""
+    rows = pq.read_table(stats_paths(data_dir).table(table)).to_pandas()
+    return rows[pd.to_datetime(rows["snapshot_date"].astype(str)).dt.date < before]["item_id"].nunique()
 
 
 def test_embed_reads_only_the_clicks_since_its_last_snapshot_on_appended_nights(runs):

@@ -793,6 +793,10 @@ def run_embed(
         published = stage.phase(
             "publish", lambda: _publish(paths, staging, {"item_text": as_of, **users_from}, as_of)
         )
+    # tonight's rows folded in now, so that the next night starts from one row per key (core.latest)
+    keys = {"item_text": "item_id", "user_text": "user_id", "user_history": "user_id"}
+    after = stage.phase("fold", lambda: {
+        t: latest.rows(getattr(paths, t), key, as_of + dt.timedelta(days=1)) for t, key in keys.items()})  # fmt: skip
     snapshots = {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
                  "count": len(times), "past_events_unchanged": past_unchanged,
                  "clicks_read": "since the last snapshot" if whole_history is None else f"all ({whole_history})"}  # fmt: skip
@@ -801,8 +805,9 @@ def run_embed(
         "interactions": rows_from(canonical["interactions"], "event_ts", since) if windowed
         else tables.parquet_rows(canonical["interactions"]),
         # the reuse pools scan the text tables' stored hashes; user_history is read through its fold only
-        "change_log": {"item_text": _log_rows(paths.item_text, as_of), "user_text": _log_rows(paths.user_text, as_of),
-                       "user_history": folds["user_history"].rows_read},
+        "change_log": {"item_text": _log_rows(paths.item_text, as_of) + after["item_text"].rows_read,
+                       "user_text": _log_rows(paths.user_text, as_of) + after["user_text"].rows_read,
+                       "user_history": folds["user_history"].rows_read + after["user_history"].rows_read},
     }  # fmt: skip
     return stage.write_manifest(paths.manifests, _manifest(
         cfg, spark, model, run.runtimes, snapshots, {"items": item_counts, **user_counts}, canonical, paths,

@@ -454,14 +454,20 @@ def run_stats(
         faults.reach("stats.after_write_before_commit")
         published = run.phase("publish", lambda: {
             t: publish_partitions(staging / t, paths.table(t), day, as_of) for t, day in firsts.items()})  # fmt: skip
+    # tonight's rows folded in now, so that the next night starts from one row per key (core.latest)
+    keys = {n.ITEM_STATS_TABLE: n.ITEM_KEY, n.USER_STATS_TABLE: n.USER_KEY, n.ITEM_META_TABLE: n.ITEM_KEY}
+    after = run.phase("fold", lambda: {
+        t: latest.rows(paths.table(t), keys[t], as_of + dt.timedelta(days=1)) for t in keys})  # fmt: skip
     return run.write_manifest(paths.manifests, {
         "snapshots": {"from": snapshot_from.isoformat(), "to": as_of.isoformat(), "every_days": every,
                       "count": len(times)},
         "windows_days": list(WINDOWS_DAYS),
         "past_events_unchanged": past_unchanged,
         "counts": {"written": counts},
-        "reads": {**reads, "change_log": {name: f.rows_read for name, f in folds.items()}},
-        "change_log_folds": {name: {"mode": f.mode, "days": list(f.days)} for name, f in folds.items()},
+        "reads": {**reads, "change_log": {name: f.rows_read + after[name].rows_read for name, f in folds.items()}},
+        "change_log_folds": {name: {"start": {"mode": f.mode, "days": list(f.days)},
+                                    "after": {"mode": after[name].mode, "days": list(after[name].days)}}
+                             for name, f in folds.items()},  # fmt: skip
         "published_partitions": published,
         "inputs": {k: str(v) for k, v in canonical.items()},
         "outputs": {t: str(paths.table(t)) for t in STATS_TABLES},
