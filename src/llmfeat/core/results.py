@@ -104,7 +104,7 @@ class IngestSummary(StageResult):
         """From ``ingest.IngestResult``."""
         return cls({"counts": r.counts, "notes": r.notes, "quarantined": r.quarantined,
                     "not_yet_visible": r.not_yet_visible, "outputs": {k: str(v) for k, v in r.outputs.items()},
-                    "writes": r.writes})  # fmt: skip
+                    "writes": r.writes, "deliveries": r.deliveries})  # fmt: skip
 
     @property
     def counts(self) -> dict:
@@ -124,6 +124,10 @@ class IngestSummary(StageResult):
 
         events = self.data.get("writes", {}).get("interactions")
         how = f"; interactions {describe_append(events)}" if events else ""
+        got = self.data.get("deliveries")
+        if got:
+            why = f", every file: {got['reason']}" if got.get("reason") else ""
+            how += f"; read {got['read']} of {got['delivered']} event file(s){why}"
         return f"{kept}; quarantined {self.quarantined}; not yet visible {self.not_yet_visible}{how}"
 
 

@@ -244,7 +244,7 @@ def _append_state(path: Path) -> dict | None:
 
 
 def write_appended_snapshot(
-    root: Path, snapshot_date: dt.date, table: pa.Table, time_column: str
+    root: Path, snapshot_date: dt.date, table: pa.Table, time_column: str, state_files: dict | None = None
 ) -> AppendWrite:
     """Write snapshot ``snapshot_date`` of an append-mostly table (events), in proportion to what is new.
 
@@ -256,60 +256,86 @@ def write_appended_snapshot(
     Part files are merged like a binary counter's carries: the new rows absorb each newest part no larger
     than them, then go into one file. A table of N rows grown by d a night keeps O(log(N/d)) parts, and each
     row is rewritten O(log(N/d)) times over its life: a night writes its new rows plus an amortised bounded
-    amount, never the whole history (docs/operations.md, "What a night costs").
+    amount, never the whole history (docs/operations.md, "What a night costs"). ``state_files``: more JSON
+    documents ({name: payload}) to write beside the parts (ingest's delivery state).
     """
     import pyarrow.compute as pc
 
     root = Path(root)
-    final = snapshot_dir(root, snapshot_date)
     earlier = [d for d in snapshot_dates(root) if d < snapshot_date]
     prev = _append_state(snapshot_dir(root, earlier[-1])) if earlier else None
     hashes = _row_hashes(table)  # once: the old rows' digest and the whole table's are sums of these
-    new = None
     reason = "no earlier snapshot" if not earlier else "the earlier snapshot has no append state"
     if prev is not None:
         cutoff = pa.scalar(
             _midnight(dt.date.fromisoformat(prev["as_of"])), type=table.schema.field(time_column).type
         )
-        before = pc.less(table[time_column], cutoff)
-        old_hashes = hashes[before.to_numpy(zero_copy_only=False)]
+        before = pc.less(table[time_column], cutoff).to_numpy(zero_copy_only=False)
+        old_hashes = hashes[before]
         if len(old_hashes) != prev["rows"] or _digest(old_hashes) != prev["digest"]:
             reason = (
                 f"rows stamped before {prev['as_of']} differ from snapshot {prev['as_of']}'s "
                 f"({len(old_hashes)} now, {prev['rows']} then): late, edited or removed rows"
             )
-            prev = None
         else:
-            new = table.filter(pc.invert(before))
+            return append_rows(
+                root, snapshot_date, table.filter(pa.array(~before)), state_files, _hashes=hashes[~before]
+            )
+    final = snapshot_dir(root, snapshot_date)
     with staged_dir(final) as staging:
-        if prev is None:
-            write_parquet(table, staging / PARQUET_FILE, EVENT_ROW_GROUP_ROWS)
-            parts = [{"file": PARQUET_FILE, "rows": table.num_rows}]
-            written, chain = table.num_rows, snapshot_date.isoformat()
-        else:
-            base = snapshot_dir(root, earlier[-1])
-            parts = [dict(p) for p in prev["parts"]]
-            for part in parts:
-                os.link(base / part["file"], staging / part["file"])
-            written, chain = 0, prev["append_chain_from"]
-            pending = new
-            for part in carried(parts, new.num_rows) if new.num_rows else []:
-                parts.remove(part)
-                pending = pa.concat_tables([pq.read_table(staging / part["file"]), pending])
-                (staging / part["file"]).unlink()
-            if new.num_rows:
-                name = f"part-{snapshot_date.isoformat()}.parquet"
-                write_parquet(pending, staging / name, EVENT_ROW_GROUP_ROWS)
-                parts.append({"file": name, "rows": pending.num_rows})
-                written = pending.num_rows
-        state = {"as_of": snapshot_date.isoformat(), "rows": table.num_rows, "digest": _digest(hashes), "parts": parts,
-                 "append_chain_from": chain}  # fmt: skip
-        write_json(staging / APPEND_STATE, state)
-    if prev is None:
-        return AppendWrite("full", table.num_rows, table.num_rows, written, len(parts), reason=reason,
-                           append_chain_from=chain)  # fmt: skip
-    return AppendWrite("append", table.num_rows, new.num_rows, written, len(parts), base=earlier[-1].isoformat(),
+        write_parquet(table, staging / PARQUET_FILE, EVENT_ROW_GROUP_ROWS)
+        parts = [{"file": PARQUET_FILE, "rows": table.num_rows}]
+        chain = snapshot_date.isoformat()
+        _write_states(staging, snapshot_date, table.num_rows, _digest(hashes), parts, chain, state_files)
+    return AppendWrite("full", table.num_rows, table.num_rows, table.num_rows, 1, reason=reason,
                        append_chain_from=chain)  # fmt: skip
+
+
+def append_rows(
+    root: Path, snapshot_date: dt.date, new: pa.Table, state_files: dict | None = None, _hashes=None
+) -> AppendWrite:
+    """Snapshot ``snapshot_date`` as the latest earlier snapshot P plus the rows ``new``, which the caller
+    knows are exactly the rows stamped since P 00:00 (``write_appended_snapshot`` checks it against the whole
+    table; ingest's delivery files know it without reading the old rows: data/deliveries.py). P's part files
+    are hard-linked, the new rows merged with the parts they carry into (``carried``); the row digest is P's
+    plus the new rows' (a sum of per-row hashes), so a later full check still holds."""
+    root = Path(root)
+    earlier = [d for d in snapshot_dates(root) if d < snapshot_date]
+    prev = _append_state(snapshot_dir(root, earlier[-1])) if earlier else None
+    if prev is None:
+        raise MissingInputError(
+            f"no earlier appended snapshot under {root} to append the rows of {snapshot_date} to"
+        )
+    hashes = _row_hashes(new) if _hashes is None else _hashes
+    digest = f"{(int(prev['digest'], 16) + int(hashes.sum(dtype='uint64'))) % 2**64:016x}"
+    base = snapshot_dir(root, earlier[-1])
+    with staged_dir(snapshot_dir(root, snapshot_date)) as staging:
+        parts = [dict(p) for p in prev["parts"]]
+        for part in parts:
+            os.link(base / part["file"], staging / part["file"])
+        written, pending = 0, new
+        for part in carried(parts, new.num_rows) if new.num_rows else []:
+            parts.remove(part)
+            pending = pa.concat_tables([pq.read_table(staging / part["file"]), pending])
+            (staging / part["file"]).unlink()
+        if new.num_rows:
+            name = f"part-{snapshot_date.isoformat()}.parquet"
+            write_parquet(pending, staging / name, EVENT_ROW_GROUP_ROWS)
+            parts.append({"file": name, "rows": pending.num_rows})
+            written = pending.num_rows
+        rows = prev["rows"] + new.num_rows
+        _write_states(staging, snapshot_date, rows, digest, parts, prev["append_chain_from"], state_files)
+    return AppendWrite("append", rows, new.num_rows, written, len(parts), base=earlier[-1].isoformat(),
+                       append_chain_from=prev["append_chain_from"])  # fmt: skip
+
+
+def _write_states(staging: Path, snapshot_date: dt.date, rows: int, digest: str, parts: list, chain: str,
+                  state_files: dict | None) -> None:  # fmt: skip
+    state = {"as_of": snapshot_date.isoformat(), "rows": rows, "digest": digest, "parts": parts,
+             "append_chain_from": chain}  # fmt: skip
+    write_json(staging / APPEND_STATE, state)
+    for name, payload in (state_files or {}).items():
+        write_json(staging / name, payload)
 
 
 def carried(parts: list[dict], new_rows: int) -> list[dict]:

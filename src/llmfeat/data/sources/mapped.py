@@ -26,6 +26,12 @@ catalogue alone is ingested, for content-based filtering)::
       dwell: dwell_seconds         # optional
       timestamp_format: iso
 
+Instead of one ``path``, ``interactions`` may name ``files``, a glob relative to the mapping file (e.g.
+``events/*.csv``): a landing directory where each delivery (a day's events, say) is a new file and a
+delivered file is never rewritten. Ingest then reads only the files it has not consumed yet
+(data/deliveries.py; docs/data.md); this needs ``items.updated_at`` and a ``users`` section with
+``updated_at``, whose defaults would otherwise come from the whole event history.
+
 Any other key, at the top level or inside a section, is refused (exit 3, naming the key and the file): a
 typo such as ``upated_at`` would otherwise silently fall back to a default. So are a YAML syntax error
 (naming the line) and an items file without a single data row.
@@ -62,7 +68,7 @@ INTERACTION_FIELDS = ("user_id", "item_id", "timestamp", "label", "rating", "imp
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "items": ("path", "id", "columns", "tags_separator", "updated_at", "timestamp_format"),
     "users": ("path", "id", "columns", "updated_at", "timestamp_format"),
-    "interactions": ("path", *INTERACTION_FIELDS, "timestamp_format"),
+    "interactions": ("path", "files", *INTERACTION_FIELDS, "timestamp_format"),
 }
 """Every key a section may hold; anything else is refused (a typo must not fall back to a default)."""
 
@@ -101,16 +107,46 @@ def read_spec(mapping_path: Path) -> dict:
         for key in value:
             if key not in SECTION_KEYS[section]:
                 raise _unknown_key(mapping_path, f"section {section!r}", key, SECTION_KEYS[section])
+    events = spec.get("interactions", {})
+    if "files" in events:
+        if "path" in events:
+            raise InputError(f"{mapping_path}: interactions has both 'path' and 'files'; name one")
+        if not spec["items"].get("updated_at") or not spec.get("users", {}).get("updated_at"):
+            raise InputError(
+                f"{mapping_path}: interactions.files needs items.updated_at and a users section with updated_at "
+                "(their defaults come from the whole event history, which a night of new files does not read)"
+            )
     return spec
 
 
-def load(mapping_path: Path, *, click_rating_threshold: float = 4.0) -> RawTables:
+def event_files(mapping_path: Path) -> list[Path] | None:
+    """The delivered event files (``interactions.files``), in name order; None when the mapping names one
+    ``path`` (or no interactions)."""
+    mapping_path = Path(mapping_path)
+    events = read_spec(mapping_path).get("interactions", {})
+    if "files" not in events:
+        return None
+    return sorted(p for p in mapping_path.parent.glob(events["files"]) if p.is_file())
+
+
+def load(
+    mapping_path: Path, *, click_rating_threshold: float = 4.0, files: list[Path] | None = None
+) -> RawTables:
+    """``files``: with ``interactions.files``, the delivered files to read (None: every one)."""
     mapping_path = Path(mapping_path)
     spec = read_spec(mapping_path)
     root = mapping_path.parent
 
     if "interactions" in spec:
-        inter = _interactions(root, spec["interactions"], mapping_path, click_rating_threshold)
+        sec = spec["interactions"]
+        if "files" in sec:
+            chosen = event_files(mapping_path) if files is None else files
+            parts = [
+                _interactions(root, {**sec, "path": f}, mapping_path, click_rating_threshold) for f in chosen
+            ]
+            inter = pd.concat(parts, ignore_index=True) if parts else _no_interactions()
+        else:
+            inter = _interactions(root, sec, mapping_path, click_rating_threshold)
         first_event = inter["event_ts"].min()
     else:  # a catalogue alone
         inter = _no_interactions()
