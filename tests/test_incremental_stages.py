@@ -262,7 +262,7 @@ def _fold_rows(data_dir, table: str, before) -> int:
 
 def test_embed_reads_only_the_clicks_since_its_last_snapshot_on_appended_nights(runs):
     """Nights 2 and 4 only appended events and changed no item text: the users' pass starts from each user's
-    prior state in their latest rows (recent_items, pooled_norm) and scans only the clicks since the last
+    prior state in their latest rows (recent_titles, pooled_norm) and scans only the clicks since the last
     snapshot; the first night and the late event's night read every click. That the rows then equal a fresh
     full run's (U1's night-4 vector continues a January history) is test_users_night_after_night_..."""
     from llmfeat.core.costs import parquet_rows

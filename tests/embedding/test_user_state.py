@@ -88,8 +88,7 @@ def test_naive_spark_timestamps_are_utc(naive):
 
 
 def test_a_run_from_the_prior_state_and_the_new_clicks_equals_one_over_every_click():
-    """``Prior``: the state the latest rows keep at a covered snapshot (recent item ids with their titles, the
-    pooled sum = vector x pooled_norm, the last click and the count), continued with only the later clicks,
+    """``Prior``: the state the latest rows keep at a covered snapshot (the recent clicks' titles, the pooled sum = vector x pooled_norm, the last click and the count), continued with only the later clicks,
     gives the rows a run over every click gives (texts exactly, vectors to float rounding)."""
     from llmfeat.embedding.user_state import Prior
 
@@ -108,9 +107,8 @@ def test_a_run_from_the_prior_state_and_the_new_clicks_equals_one_over_every_cli
     cut = ts(str(covered))
     before_rows = user_snapshots(profile, every, snapshot_times(dt.date(2024, 1, 2), covered, 1), P)
     text, hist = before_rows[0][-1], before_rows[1][-1]  # the latest rows at the covered snapshot
-    titles = dict(zip(every["item_id"], every["title"], strict=True))
-    prior = Prior(list(text["recent_items"]), [titles[i] for i in text["recent_items"]],
-                  hist["embedding"].astype(np.float64) * hist["pooled_norm"], hist["last_click_ts"], hist["n_clicks"])  # fmt: skip
+    prior = Prior(list(text["recent_titles"]), hist["embedding"].astype(np.float64) * hist["pooled_norm"],
+                  hist["last_click_ts"], hist["n_clicks"])  # fmt: skip
     later = snapshot_times(dt.date(2024, 1, 6), dt.date(2024, 1, 10), 1)
     want = user_snapshots(
         profile, every, later, P, prev_text_hash=text["content_hash"], prev_n_clicks=hist["n_clicks"]
@@ -118,8 +116,8 @@ def test_a_run_from_the_prior_state_and_the_new_clicks_equals_one_over_every_cli
     got = user_snapshots(profile, every[every["event_ts"] >= cut], later, P, prev_text_hash=text["content_hash"],
                          prev_n_clicks=hist["n_clicks"], prior=prior)  # fmt: skip
     assert len(want[0]) > 1 and len(want[1]) > 1  # the later days do change the text and the vector
-    assert [(r["snapshot_ts"], r["text"], r["recent_items"]) for r in got[0]] == [
-        (r["snapshot_ts"], r["text"], r["recent_items"]) for r in want[0]
+    assert [(r["snapshot_ts"], r["text"], r["recent_titles"]) for r in got[0]] == [
+        (r["snapshot_ts"], r["text"], r["recent_titles"]) for r in want[0]
     ]
     assert [(r["snapshot_ts"], r["n_clicks"], r["last_click_ts"]) for r in got[1]] == [
         (r["snapshot_ts"], r["n_clicks"], r["last_click_ts"]) for r in want[1]

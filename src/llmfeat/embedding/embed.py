@@ -433,21 +433,20 @@ def _count_rows(df, condition) -> tuple[int, int]:
 
 STATE_SCHEMA = (
     "kind string, user_id string, snapshot_ts timestamp, text string, content_hash string, n_history int, "
-    "recent_items array<string>, embedding array<float>, n_clicks int, last_click_ts timestamp, pooled_norm double"
+    "recent_titles array<string>, embedding array<float>, n_clicks int, last_click_ts timestamp, pooled_norm double"
 )
 STATE_COLUMNS = [c.split()[0] for c in STATE_SCHEMA.split(", ")]
-PRIOR_COLUMNS = ["_prior_items", "_prior_titles", "_prior_pooled", "_prior_norm", "_prior_last"]
-"""A profile's prior state in the windowed pass (``_prior_state``), from the user's latest rows."""
+PRIOR_COLUMNS = ["_prior_titles", "_prior_pooled", "_prior_norm", "_prior_last"]
+"""A profile's prior state in the windowed pass, from the user's latest rows (``_embed_users``)."""
 
 
 def _prior(profile: dict) -> Prior:
     """``user_state.Prior`` from a profile row of the windowed pass (no latest rows: a new user, nothing yet)."""
-    items, titles, pooled, norm, last = (profile.pop(c) for c in PRIOR_COLUMNS)
+    titles, pooled, norm, last = (profile.pop(c) for c in PRIOR_COLUMNS)
     n = 0 if pd.isna(profile["_prev_clicks"]) else int(profile["_prev_clicks"])
-    items = [] if items is None else list(items)
     titles = [] if titles is None else [t if isinstance(t, str) else "" for t in titles]
     vector = np.asarray(pooled, dtype=np.float64) * float(norm) if n else None
-    return Prior(items, titles, vector, last if n else None, n)
+    return Prior(titles, vector, last if n else None, n)
 
 
 def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams, windowed: bool = False):
@@ -473,7 +472,7 @@ def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams, windowed
             rows += [{**blank, **r, "kind": "text"} for r in text_rows]
             rows += [{**blank, **r, "kind": "history"} for r in hist_rows]
         out = pd.DataFrame(rows, columns=STATE_COLUMNS).astype({"n_history": "Int32", "n_clicks": "Int32"})
-        for col in ("embedding", "recent_items"):
+        for col in ("embedding", "recent_titles"):
             out[col] = out[col].astype(object).where(out[col].notna(), None)
         return out
 
@@ -524,14 +523,20 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         run.cfg.embed.user_template, run.cfg.embed.user_history_n, run.cfg.embed.history_half_life_days
     )
     fields = [c for c in template_fields(params.template) if c not in ("history", "user_id", "updated_at")]
-    empty_prev = run.spark.createDataFrame([], "user_id string, content_hash string, n_clicks int")
-    # Each user's latest rows (a window over the whole change log), read twice below: computed once.
-    prior = _prior_state(prev_text, prev_hist, items) if windowed else None
+    # each user's latest rows (their folds), read twice below: computed once; with the prior state the
+    # windowed pass continues from
+    prior_text = [F.col("recent_titles").alias("_prior_titles")] if windowed else []
+    prior_hist = [F.col("embedding").alias("_prior_pooled"), F.col("pooled_norm").alias("_prior_norm"),
+                  F.col("last_click_ts").alias("_prior_last")] if windowed else []  # fmt: skip
+    empty_text = "user_id string, content_hash string, recent_titles array<string>"
+    empty_hist = (
+        "user_id string, n_clicks int, embedding array<float>, pooled_norm double, last_click_ts timestamp"
+    )
     prev_text, prev_hist = run.phases.run("previous user rows", lambda: (
-        (prev_text if prev_text is not None else empty_prev).select(
-            "user_id", F.col("content_hash").alias("_prev_hash")).localCheckpoint(),
-        (prev_hist if prev_hist is not None else empty_prev).select(
-            "user_id", F.col("n_clicks").alias("_prev_clicks")).localCheckpoint(),
+        (prev_text if prev_text is not None else run.spark.createDataFrame([], empty_text)).select(
+            "user_id", F.col("content_hash").alias("_prev_hash"), *prior_text).localCheckpoint(),
+        (prev_hist if prev_hist is not None else run.spark.createDataFrame([], empty_hist)).select(
+            "user_id", F.col("n_clicks").alias("_prev_clicks"), *prior_hist).localCheckpoint(),
     ))  # fmt: skip
     profiles = (
         users.select("user_id", "updated_at", *fields)
@@ -540,7 +545,6 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     )
     if windowed:  # the past is in each user's prior state: only the clicks since the last covered snapshot
         interactions = interactions.where(F.col("event_ts") >= F.lit(since.to_pydatetime()))
-        profiles = profiles.join(prior, "user_id", "left")
     clicks = (
         interactions.where("label = 1")
         .select("user_id", "item_id", "event_ts")
@@ -573,7 +577,7 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     states = run.spark.read.parquet(str(run.staging / "user_states"))
 
     texts = states.where("kind = 'text'").select(
-        "user_id", "snapshot_ts", "text", "content_hash", "n_history", "recent_items"
+        "user_id", "snapshot_ts", "text", "content_hash", "n_history", "recent_titles"
     )
     non_empty = texts.where(F.length("text") > 0)
     vectors, n_encoded = run.phases.run("encode user texts", lambda: run.encode(non_empty, "users"))
@@ -589,7 +593,7 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         "n_tokens",
         "truncated",
         "n_history",
-        "recent_items",
+        "recent_titles",
         *snapshot,
     )
     hist_rows = run.tagged(
@@ -609,47 +613,31 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     return texts, counts
 
 
-def _prior_state(prev_text, prev_hist, items):
-    """Each user's prior state (``PRIOR_COLUMNS``) from their latest rows: the text row's ``recent_items`` with
-    their titles now (in order), the history row's vector, norm and last click."""
-    from pyspark.sql import functions as F
-
-    titled = (
-        prev_text.select("user_id", F.posexplode("recent_items").alias("_pos", "item_id"))
-        .join(items.select("item_id", "title"), "item_id", "left")
-        .groupBy("user_id")
-        .agg(F.sort_array(F.collect_list(F.struct("_pos", "item_id", "title"))).alias("_r"))
-        .select(
-            "user_id", F.col("_r.item_id").alias("_prior_items"), F.col("_r.title").alias("_prior_titles")
-        )
-    )
-    history = prev_hist.select(
-        "user_id", F.col("embedding").alias("_prior_pooled"), F.col("pooled_norm").alias("_prior_norm"),
-        F.col("last_click_ts").alias("_prior_last"),
-    )  # fmt: skip
-    return titled.join(history, "user_id", "full")
+def _items_changed(counts: dict) -> bool:
+    """Whether tonight's item pass wrote a new or changed text or found one that renders empty (its counts)."""
+    return bool(counts.get("written") or counts.get("quarantined"))
 
 
 def _windowed_users(
-    data_dir: Path, covered: dt.date, folds: dict, changed_items, past_unchanged: bool
+    data_dir: Path, covered: dt.date, folds: dict, items_changed: bool, past_unchanged: bool
 ) -> str | None:
     """None when tonight's users' pass may start from each user's prior state and read only the clicks since
     ``covered`` (the windowed pass), else why not: the clicks before ``covered`` must be those the latest rows
     were computed from (``past_unchanged``: an append-only night, ``changelog.events_appended_since``), no item text changed
     tonight (a new title or vector reaches the whole history of its clickers), every latest row must carry the
-    state (``recent_items``, ``pooled_norm``: rows written before they existed do not), and every user of the
+    state (``recent_titles``, ``pooled_norm``: rows written before they existed do not), and every user of the
     catalogue at ``covered`` must have a text row (a user who rendered empty then may have clicks before it)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     if not past_unchanged:
         return "events before the last snapshot changed"
-    if not changed_items.isEmpty():
+    if items_changed:
         return "item texts changed"
     text, hist = folds["user_text"], folds["user_history"]
     if text.path is None or hist.path is None:
         return "no user rows yet"
-    for fold, column in ((text, "recent_items"), (hist, "pooled_norm")):
+    for fold, column in ((text, "recent_titles"), (hist, "pooled_norm")):
         if (
             column not in pq.read_schema(fold.path).names
             or pq.read_table(fold.path, columns=[column])[column].null_count
@@ -777,7 +765,7 @@ def run_embed(
             )
         whole_history = (  # None: the windowed users' pass; else why every click is read
             "not catching up" if since is None else
-            _windowed_users(cfg.paths.data_dir, covered, folds, changed_items, past_unchanged)
+            _windowed_users(cfg.paths.data_dir, covered, folds, _items_changed(item_counts), past_unchanged)
         )  # fmt: skip
         if times:
             user_texts, user_counts = _embed_users(

@@ -43,21 +43,21 @@ class UserStateParams:
     half_life_days: float
 
 
-TEXT_COLUMNS = ["user_id", "snapshot_ts", "text", "content_hash", "n_history", "recent_items"]
+TEXT_COLUMNS = ["user_id", "snapshot_ts", "text", "content_hash", "n_history", "recent_titles"]
 HISTORY_COLUMNS = ["user_id", "snapshot_ts", "embedding", "n_clicks", "last_click_ts", "pooled_norm"]
 
 
 @dataclass(frozen=True)
 class Prior:
     """A user's state at the last covered snapshot, as their latest rows keep it, for a run that reads only the
-    clicks since (``embed``'s windowed pass): the item ids of the latest ``history_n`` clicks (oldest first, the
-    text row's ``recent_items``) and their titles now; the pooled sum (the history row's ``embedding`` times its
-    ``pooled_norm``: the time-decayed sum before normalising, relative to ``last_click``) and ``n_clicks``.
+    clicks since (``embed``'s windowed pass): the titles of the latest ``history_n`` clicks, oldest first (the
+    text row's ``recent_titles``: a title that changed since makes that pass read every click), the pooled sum
+    (the history row's ``embedding`` times its ``pooled_norm``: the time-decayed sum before normalising,
+    relative to ``last_click``) and ``n_clicks``.
 
     With exponential decay the sum after a later click is the old sum times the decay over the gap plus the
     new click's vector, so the pooled vector continues from the prior exactly (up to float rounding)."""
 
-    items: list[str]
     titles: list[str]
     pooled: np.ndarray | None = None
     last_click: pd.Timestamp | None = None
@@ -86,10 +86,10 @@ def user_snapshots(
         if len(clicks)
         else np.array([], dtype="datetime64[us]")
     )
-    titles, item_ids = clicks["title"].tolist(), clicks["item_id"].tolist()
+    titles = clicks["title"].tolist()
     if prior is not None:
-        titles, item_ids = [*prior.titles, *titles], [*prior.items, *item_ids]
-    before = len(prior.items) if prior is not None else 0  # clicks known before ``clicks``
+        titles = [*prior.titles, *titles]
+    before = len(prior.titles) if prior is not None else 0  # clicks known before ``clicks``
     base_n = prior.n_clicks if prior is not None else 0
     base_sum = prior.pooled if prior is not None and prior.n_clicks else None
     base_ts = np.datetime64(_utc(prior.last_click).tz_localize(None), "us") if base_sum is not None else None
@@ -116,7 +116,7 @@ def user_snapshots(
         digest = content_hash(text)
         if digest != prev_text_hash:
             text_rows.append({"user_id": profile["user_id"], "snapshot_ts": s, "text": text, "content_hash": digest,
-                              "n_history": len(recent), "recent_items": item_ids[first:visible]})  # fmt: skip
+                              "n_history": len(recent), "recent_titles": titles[first:visible]})  # fmt: skip
             prev_text_hash = digest
         n_vec = int(np.searchsorted(vec_ts, s64, side="left"))
         if base_n + n_vec > prev_n_clicks:
