@@ -78,8 +78,8 @@ def runs(spark, tmp_path_factory, request):
         """Record the keys ``module.name`` lets through, under "users" (embed) or the stats key column."""
         original = getattr(module, name)
 
-        def recorded(*args):
-            active = original(*args)
+        def recorded(*args, **kwargs):
+            active = original(*args, **kwargs)
             label = args[3] if module is stats else "users"  # stats: (entities, events, prev, key, ...)
             computed[night][label] = {r[0] for r in active.collect()}
             return active

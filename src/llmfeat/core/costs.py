@@ -106,7 +106,8 @@ def stage_rows(stage: str, summary: dict) -> dict | None:
         parts = [counts.get("items", {}), counts.get("users", {}), counts.get("user_history", {})]
         written = sum(int(p.get("written", 0)) for p in parts)
         reads = summary.get("reads")
-        if reads:  # as it counted them: the clicks it scanned (all, or the row groups since its last snapshot)
+        # as it counted them: the clicks it scanned (all, or the row groups since its last snapshot)
+        if reads:
             read, history = int(reads["interactions"]), sum(int(n) for n in reads["change_log"].values())
         else:
             read = sum(parquet_rows(p) for k, p in summary.get("inputs", {}).items() if k == "interactions")

@@ -480,7 +480,7 @@ def _user_states_fn(times: list[pd.Timestamp], params: UserStateParams, windowed
 
 
 def _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, since: pd.Timestamp,
-                           past_unchanged: bool = False):  # fmt: skip
+                           past_unchanged: bool = False, windowed: dict | None = None):  # fmt: skip
     """The users whose text or history row may differ after ``since`` (the last covered snapshot) from their
     latest rows: a profile updated at or after ``since``, a click at or after it, no text row yet, a click on
     an item whose text is new or changed tonight (its title may be in their history), or a count of clicks on
@@ -491,9 +491,17 @@ def _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, s
 
     ``past_unchanged``: the clicks before ``since`` are known to be those the previous rows were computed from
     (``changelog.events_appended_since``), so they are not recounted; ``changed_items`` then also holds the
-    items that render empty now (the one other way a count of clicks on embedded items can move)."""
+    items that render empty now (the one other way a count of clicks on embedded items can move).
+
+    ``windowed`` (the windowed users' pass: no changed item, the past unchanged): the same users found in the
+    driver from the files (``_windowed_active``), a small local table instead of a Spark job."""
     from pyspark.sql import functions as F
 
+    if windowed is not None:
+        found = _windowed_active(since, **windowed)
+        return users.sparkSession.createDataFrame(
+            pd.DataFrame({"user_id": found}, dtype=object), "user_id string"
+        )
     at = F.lit(since.to_pydatetime())
     found = (
         users.where(F.col("updated_at") >= at).select("user_id")
@@ -511,13 +519,37 @@ def _users_that_may_change(users, clicks, prev_text, prev_hist, changed_items, s
     return found.distinct()
 
 
+def _windowed_active(
+    since: pd.Timestamp, users: Path, items: Path, interactions: Path, text_fold: Path
+) -> list[str]:
+    """``_users_that_may_change`` for the windowed pass, read with pyarrow: users updated at or after ``since``,
+    users with a click (label 1, on a catalogue item) at or after it (the row groups before it are skipped),
+    and users without a text row. (No item changed and the past is unchanged, so no other user can move.)"""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    at = since.to_pydatetime()
+    people = pq.read_table(users, columns=["user_id", "updated_at"])
+    clicks = pq.read_table(interactions, columns=["user_id", "item_id", "label"],
+                           filters=[("event_ts", ">=", at), ("label", "=", 1)])  # fmt: skip
+    listed = pq.read_table(items, columns=["item_id"])["item_id"]
+    written = pq.read_table(text_fold, columns=["user_id"])["user_id"]
+    found = set(people.filter(pc.field("updated_at") >= at)["user_id"].to_pylist())
+    found |= set(clicks.filter(pc.is_in(clicks["item_id"], listed))["user_id"].to_pylist())
+    found |= set(people.filter(pc.invert(pc.is_in(people["user_id"], written)))["user_id"].to_pylist())
+    return sorted(found)
+
+
 def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text, prev_hist, times,
                  changed_items, since: pd.Timestamp | None, past_unchanged: bool = False,
-                 windowed: bool = False):  # fmt: skip
+                 text_fold: Path | None = None):  # fmt: skip
     """Point-in-time user texts and pooled-history vectors at each snapshot time; encode the new texts.
     Catching up after ``since`` (the last covered snapshot), only the users that may change are computed;
-    ``windowed`` (``_windowed_users``): from their prior state and the clicks since ``since`` alone."""
+    ``text_fold`` (the windowed pass, ``_windowed_users``; the user_text fold's file): from their prior state
+    and the clicks since ``since`` alone."""
     from pyspark.sql import functions as F
+
+    windowed = text_fold is not None
 
     params = UserStateParams(
         run.cfg.embed.user_template, run.cfg.embed.user_history_n, run.cfg.embed.history_half_life_days
@@ -532,12 +564,15 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     empty_hist = (
         "user_id string, n_clicks int, embedding array<float>, pooled_norm double, last_click_ts timestamp"
     )
-    prev_text, prev_hist = run.phases.run("previous user rows", lambda: (
-        (prev_text if prev_text is not None else run.spark.createDataFrame([], empty_text)).select(
-            "user_id", F.col("content_hash").alias("_prev_hash"), *prior_text).localCheckpoint(),
-        (prev_hist if prev_hist is not None else run.spark.createDataFrame([], empty_hist)).select(
-            "user_id", F.col("n_clicks").alias("_prev_clicks"), *prior_hist).localCheckpoint(),
-    ))  # fmt: skip
+    prev_text = (prev_text if prev_text is not None else run.spark.createDataFrame([], empty_text)).select(
+        "user_id", F.col("content_hash").alias("_prev_hash"), *prior_text
+    )
+    prev_hist = (prev_hist if prev_hist is not None else run.spark.createDataFrame([], empty_hist)).select(
+        "user_id", F.col("n_clicks").alias("_prev_clicks"), *prior_hist
+    )
+    if not windowed:  # read twice (the users that may change, the profiles): computed once
+        prev_text, prev_hist = run.phases.run(
+            "previous user rows", lambda: (prev_text.localCheckpoint(), prev_hist.localCheckpoint()))  # fmt: skip
     profiles = (
         users.select("user_id", "updated_at", *fields)
         .join(prev_text, "user_id", "left")
@@ -555,11 +590,15 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
     else:
         clicks = clicks.withColumn("embedding", F.lit(None).cast("array<float>"))
     if since is not None:
+        files = {n: tables.snapshot_dir(tables.canonical_dir(run.cfg.paths.data_dir, n), run.as_of)
+                 for n in ("users", "items", "interactions")}  # fmt: skip
         active = _users_that_may_change(
-            users, clicks, prev_text, prev_hist, changed_items, since, past_unchanged
-        )
-        # read twice below; computing it reads every click and change log
-        active = run.phases.run("users that may change", lambda: active.localCheckpoint())
+            users, clicks, prev_text, prev_hist, changed_items, since, past_unchanged,
+            windowed={**files, "text_fold": text_fold} if windowed else None,
+        )  # fmt: skip
+        # read twice below; computing it reads every click and change log (the windowed pass: a local table)
+        if not windowed:
+            active = run.phases.run("users that may change", lambda: active.localCheckpoint())
         profiles = profiles.join(active, "user_id", "left_semi")
         clicks = clicks.join(active, "user_id", "left_semi")
     bucket = buckets(run.spark, "user_id")  # many users per Python call (_user_states_fn), not one
@@ -770,7 +809,8 @@ def run_embed(
         if times:
             user_texts, user_counts = _embed_users(
                 run, users, interactions, items, item_vectors, prev["user_text"], prev["user_history"], times,
-                changed_items, since, past_unchanged, windowed=whole_history is None,
+                changed_items, since, past_unchanged,
+                text_fold=folds["user_text"].path if whole_history is None else None,
             )  # fmt: skip
         else:
             log(f"embed: user snapshots are up to date (covered until {covered})")
