@@ -555,8 +555,7 @@ def _embed_users(run: _Run, users, interactions, items, item_vectors, prev_text,
         run.cfg.embed.user_template, run.cfg.embed.user_history_n, run.cfg.embed.history_half_life_days
     )
     fields = [c for c in template_fields(params.template) if c not in ("history", "user_id", "updated_at")]
-    # each user's latest rows (their folds), read twice below: computed once; with the prior state the
-    # windowed pass continues from
+    # each user's latest rows (their folds), with the prior state the windowed pass continues from
     prior_text = [F.col("recent_titles").alias("_prior_titles")] if windowed else []
     prior_hist = [F.col("embedding").alias("_prior_pooled"), F.col("pooled_norm").alias("_prior_norm"),
                   F.col("last_click_ts").alias("_prior_last")] if windowed else []  # fmt: skip
@@ -662,10 +661,11 @@ def _windowed_users(
 ) -> str | None:
     """None when tonight's users' pass may start from each user's prior state and read only the clicks since
     ``covered`` (the windowed pass), else why not: the clicks before ``covered`` must be those the latest rows
-    were computed from (``past_unchanged``: an append-only night, ``changelog.events_appended_since``), no item text changed
-    tonight (a new title or vector reaches the whole history of its clickers), every latest row must carry the
-    state (``recent_titles``, ``pooled_norm``: rows written before they existed do not), and every user of the
-    catalogue at ``covered`` must have a text row (a user who rendered empty then may have clicks before it)."""
+    were computed from (``past_unchanged``: an append-only night, ``changelog.events_appended_since``), no
+    item text changed tonight (a new title or vector reaches the whole history of its clickers), every latest
+    row must carry the state (``recent_titles``, ``pooled_norm``: rows written before they existed do not),
+    and every user of the catalogue at ``covered`` must have a text row (a user who rendered empty then may
+    have clicks before it)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
