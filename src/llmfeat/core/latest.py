@@ -13,7 +13,8 @@ with "_"):
   unchanged and before D, only the partitions not folded in yet are read and folded (a night: the previous
   fold, one row per key, plus the partitions the last run published); otherwise (a partition superseded by a
   backfill or a forced redo, or a fold that already holds D or later) the fold is rebuilt from the compact
-  copy (``core.compact``), the whole log once;
+  copy (``core.compact``), the whole log once, in the driver (pyarrow: the table's columns in memory, the
+  embedding vectors included; the first night after an upgrade or a redo pays it);
 - a new fold is written under a hidden name and renamed, then ``_latest.json`` is replaced atomically, then the
   old file is deleted; files it does not name (left by a fold that died) are deleted first. Folds are
   serialised by an flock.

@@ -62,7 +62,10 @@ def run_ingest(cfg: Config, snapshot_date: dt.date) -> IngestResult:
     source_path = resolve_source_path(cfg)
     files = mapped.event_files(source_path) if cfg.ingest.source == "mapped" else None
     if files is not None:  # delivered event files: only the new ones are read
-        return _write(cfg, snapshot_date, source_path, *_deliveries(cfg, snapshot_date, source_path, files))
+        raw, checked, base, state, delivery = _deliveries(cfg, snapshot_date, source_path, files)
+        return _write(
+            cfg, snapshot_date, source_path, raw, checked, base=base, state=state, delivery=delivery
+        )
     raw = load_source(
         cfg.ingest.source, source_path, click_rating_threshold=cfg.ingest.click_rating_threshold
     )
@@ -78,7 +81,8 @@ def _validate(cfg: Config, raw, snapshot_date: dt.date):
 
 def _deliveries(cfg: Config, snapshot_date: dt.date, source_path: Path, files: list[Path]):
     """Read and validate the event files tonight needs (``deliveries.plan``), falling back to every file when
-    the incremental read cannot be exact; returns (raw, checked, plan, delivery state)."""
+    the incremental read cannot be exact; returns (raw tables, validated tables, the snapshot the rows are
+    appended to or None, tonight's delivery state, the summary's ``deliveries``)."""
     data_dir, threshold = cfg.paths.data_dir, cfg.ingest.click_rating_threshold
     root = tables.canonical_dir(data_dir, "interactions")
     plan = deliveries.plan(root, snapshot_date, files)
@@ -88,9 +92,7 @@ def _deliveries(cfg: Config, snapshot_date: dt.date, source_path: Path, files: l
         raw.interactions, reason = deliveries.new_rows(plan, raw.interactions)
         if reason is None:
             checked = _validate(cfg, raw, snapshot_date)
-            valid = {
-                n: set(getattr(checked, f"{n}s").column(f"{n}_id").to_pylist()) for n in ("item", "user")
-            }
+            valid = _valid_ids(checked)
             reason = deliveries.catalogue_reason(
                 tables.canonical_dir(data_dir, "items"), tables.canonical_dir(data_dir, "users"), plan.base,
                 plan.state, valid["item"], valid["user"],
@@ -100,7 +102,7 @@ def _deliveries(cfg: Config, snapshot_date: dt.date, source_path: Path, files: l
         raw = mapped.load(source_path, click_rating_threshold=threshold, files=files)
         checked = None
     checked = checked or _validate(cfg, raw, snapshot_date)
-    valid = {n: set(getattr(checked, f"{n}s").column(f"{n}_id").to_pylist()) for n in ("item", "user")}
+    valid = _valid_ids(checked)
     unknown = {
         n: {i.strip() for i in raw.interactions[f"{n}_id"].dropna()} - valid[n] for n in ("item", "user")
     }
@@ -108,6 +110,11 @@ def _deliveries(cfg: Config, snapshot_date: dt.date, source_path: Path, files: l
     summary = {"delivered": len(files), "read": len(plan.files), "appended_to": plan.base and plan.base.isoformat(),
                "reason": plan.reason}  # fmt: skip
     return raw, checked, plan.base, state, summary
+
+
+def _valid_ids(checked) -> dict[str, set]:
+    """The item and user ids that passed validation tonight."""
+    return {n: set(getattr(checked, f"{n}s").column(f"{n}_id").to_pylist()) for n in ("item", "user")}
 
 
 def _write(cfg: Config, snapshot_date: dt.date, source_path: Path, raw, checked, base=None, state=None,
