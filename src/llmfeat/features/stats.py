@@ -157,7 +157,7 @@ def entity_stats(
     ``entities``: ``key``, ``updated_at``, ``_prev_<stat>`` for every stat column and ``_prev_total`` (NaN when
     the entity has no previous row); ``events``: ``key``, ``event_ts``, ``label`` (0/1), any order.
 
-    ``totals_from``: ``events`` hold only the events from ``totals_from - max(windows)`` on (``_windowed``), and
+    ``totals_from``: ``events`` hold only the events from ``totals_from - max(windows)`` on (``window_start``), and
     each entity's previous row holds its values at ``totals_from``: the totals and the last event time are its
     previous row's plus what happened since. An entity without a previous row has no event before
     ``totals_from`` (it was not in the catalogue then, and ingest keeps no event of an unknown entity).
@@ -216,9 +216,8 @@ def entity_stats(
     values["clicks_total"] = clicks.astype(np.int32)
     values["ctr_total"] = np.where(total > 0, clicks / np.maximum(total, 1), 0.0).astype(np.float32)
     last = ev_ts[np.maximum(upto - 1, 0)] if len(ev_ts) else np.zeros_like(upto)
-    if (
-        totals_from is not None
-    ):  # no event of the entity among ``events`` yet: its last one is the previous row's
+    if totals_from is not None:
+        # no event of the entity among ``events`` yet: its last one is the previous row's
         stamps = pd.to_datetime(entities["_prev_last_event_ts"], utc=True).dt.tz_localize(None)
         prev_last = stamps.to_numpy("datetime64[us]").astype(np.int64)
         last = np.where(seen, last, prev_last[:, None])
