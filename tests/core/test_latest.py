@@ -1,5 +1,5 @@
 """llmfeat.core.latest: the kept fold of a change-log table holds each key's latest row before a date, equal to
-``changelog.latest_before`` over the whole log, and a night reads only the previous fold and the new partitions;
+a Spark window over the whole log (``latest_before`` below, how embed and stats read it before the fold), and a night reads only the previous fold and the new partitions;
 and ``tables.rows_from`` counts the row groups a recent-events reader scans."""
 
 import datetime as dt
@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmfeat.core import changelog, compact, latest, tables
+from llmfeat.core import compact, latest, tables
 
 DAY0 = dt.date(2024, 5, 1)
 KEYS = [f"k{i}" for i in range(40)]
@@ -36,9 +36,19 @@ def fold_rows(fold: latest.Fold) -> pd.DataFrame:
     return got.sort_values("item_id").reset_index(drop=True)
 
 
+def latest_before(df, key: str, before: dt.date):
+    """The reference: the latest row per ``key`` among partitions before ``before``, a Spark window."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy(key).orderBy(F.col("event_timestamp").desc(), F.col("created_timestamp").desc())
+    ranked = df.where(F.col("snapshot_date") < F.lit(before)).withColumn("_rn", F.row_number().over(w))
+    return ranked.where("_rn = 1").drop("_rn")
+
+
 def expected(spark, table, before: dt.date) -> pd.DataFrame:
-    """``changelog.latest_before`` over the whole log (Spark's window), the reference."""
-    rows = changelog.latest_before(compact.read(spark, table), "item_id", before).toPandas()
+    """``latest_before`` over the whole log (Spark's window), the reference."""
+    rows = latest_before(compact.read(spark, table), "item_id", before).toPandas()
     rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"]).dt.tz_localize("UTC")
     return rows.sort_values("item_id").reset_index(drop=True)
 

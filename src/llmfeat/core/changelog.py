@@ -76,22 +76,6 @@ def read_table(spark, path: Path):
     return spark.read.parquet(str(path)) if tables.snapshot_dates(path) else None
 
 
-def latest_before(df, key: str, before: dt.date):
-    """The latest row per ``key`` among partitions strictly before ``before`` (None when ``df`` is None)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    if df is None:
-        return None
-    w = Window.partitionBy(key).orderBy(F.col("event_timestamp").desc(), F.col("created_timestamp").desc())
-    return (
-        df.where(F.col("snapshot_date") < F.lit(before))
-        .withColumn("_rn", F.row_number().over(w))
-        .where("_rn = 1")
-        .drop("_rn")
-    )
-
-
 def publish_partitions(
     produced_root: Path, target: Path, first_day: dt.date, last_day: dt.date | None = None
 ) -> int:

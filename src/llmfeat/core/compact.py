@@ -23,7 +23,7 @@ kept in step by ``sync``:
 Every reader syncs first (``read``; ``feast.offline.sync_sources`` before Feast reads: publish's
 materialisation and ``historical_features``). The plain ``feast`` CLI reads the copy as of the last sync.
 The copy holds the table's columns and ``snapshot_date`` (a date column, as Spark infers the partition
-column), so ``changelog.latest_before`` filters it the same way; ``source_of`` maps a copy back to its table.
+column), so a reader filters it by date as it would the table; ``source_of`` maps a copy back to its table.
 """
 
 from __future__ import annotations

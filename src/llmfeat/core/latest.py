@@ -1,7 +1,7 @@
 """Each key's latest row of a change-log table, kept folded: what a catching-up stage reads instead of the log.
 
 A stage that catches up (stats) starts from each key's latest row before its first snapshot
-(``changelog.latest_before``: the row with the greatest ``(event_timestamp, created_timestamp)``). Read from
+(the row with the greatest ``(event_timestamp, created_timestamp)``, what a point-in-time join picks). Read from
 the whole change log, that costs every change row ever written, a number that grows every night. The latest
 row per key is a fold that only grows by adding partitions (a maximum per key does not depend on the order the
 rows arrive in), so it is kept in ``<table>/_latest/`` (``LATEST``; the table's own readers skip names starting
@@ -21,7 +21,7 @@ with "_"):
 
 Tie-break: rows of one key with the same ``(event_timestamp, created_timestamp)`` cannot come from two runs
 (a run stamps its own ``created_timestamp``) and one run writes one row per key and time, so the maximum is
-unique; equal to ``latest_before`` row for row (tests/core/test_latest.py).
+unique; equal to Spark's window over the whole log row for row (tests/core/test_latest.py).
 """
 
 from __future__ import annotations

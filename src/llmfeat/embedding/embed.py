@@ -762,7 +762,7 @@ def run_embed(
         spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
     )
     # each table's rows from its compact copy (a few files, not one per night: core.compact)
-    existing = {name: compact.read(spark, getattr(paths, name)) for name in EMBED_TABLES}
+    existing = {name: compact.read(spark, getattr(paths, name)) for name in ("item_text", "user_text")}
     stage.phase("check model ids", lambda: check_model(paths, current_model))
     covered = covered_until(paths.manifests)
     if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update
