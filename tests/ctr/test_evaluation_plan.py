@@ -79,3 +79,45 @@ def test_a_new_embedding_model_or_every_day_means_full(tmp_path):
 def test_evaluate_every_days_is_checked_at_load(tmp_path):
     with pytest.raises(ConfigError, match="train.evaluate_every_days"):
         _cfg(tmp_path, "train.evaluate_every_days=0")
+
+
+def test_a_refresh_trains_on_its_window_and_a_full_evaluation_on_every_row(tmp_path):
+    _run(_cfg(tmp_path), "r1", D - dt.timedelta(days=1))
+    assert plan_evaluation(_cfg(tmp_path), D).cfg.train.window_days == 30  # train.refresh_window_days
+    assert plan_evaluation(_cfg(tmp_path), D, forced=True).cfg.train.window_days is None  # full: every row
+    shorter = plan_evaluation(_cfg(tmp_path, "train.window_days=10"), D)
+    assert shorter.kind == "refresh" and shorter.cfg.train.window_days == 10  # the shorter of the two
+    assert plan_evaluation(_cfg(tmp_path, "train.window_days=45"), D).cfg.train.window_days == 30
+    off = _cfg(tmp_path, "train.refresh_window_days=null")
+    assert plan_evaluation(off, D).cfg.train.window_days is None
+    assert plan_evaluation(_cfg(tmp_path, "train.refresh_window_days=null", "train.window_days=45"),
+                           D).cfg.train.window_days == 45  # fmt: skip
+    with pytest.raises(ConfigError, match="train.refresh_window_days"):
+        _cfg(tmp_path, "train.refresh_window_days=0")
+
+
+def test_training_rows_since_a_date_reads_only_the_row_groups_from_it(tmp_path):
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    from llmfeat.core import tables
+    from llmfeat.ctr.train import training_rows
+
+    cfg = _cfg(tmp_path)
+    n = 4 * tables.EVENT_ROW_GROUP_ROWS
+    start = pd.Timestamp("1998-01-01", tz="UTC")
+    ts = start + pd.to_timedelta(np.linspace(0, 40 * 86_400, n, endpoint=False), unit="s")
+    events = pa.table({
+        "user_id": [f"u{i % 9}" for i in range(n)], "item_id": [f"i{i % 13}" for i in range(n)],
+        "event_ts": pa.array(ts, pa.timestamp("us", "UTC")), "label": pa.array([i % 2 for i in range(n)], pa.int8()),
+        "impression_id": [None] * n,
+    })  # fmt: skip
+    root = tables.canonical_dir(cfg.paths.data_dir, "interactions")
+    tables.write_appended_snapshot(root, D, events, "event_ts")
+    since = start + pd.Timedelta(days=25)  # in the third row group (days 20-30)
+    rows = training_rows(cfg, D, since=since)
+    assert len(rows) == int((ts >= since).sum()) and (rows["event_timestamp"] >= since).all()
+    assert len(training_rows(cfg, D)) == n
+    path = tables.snapshot_dir(root, D)
+    assert tables.rows_from(path, "event_ts", since) == 2 * tables.EVENT_ROW_GROUP_ROWS  # what the read scans

@@ -145,6 +145,15 @@ def test_a_refresh_night_trains_warm_on_the_first_protocol_and_points_at_the_ful
     refresh = run_train(cfg, night, log=lambda _: None, plan=plan)
     assert refresh["evaluation"] == "refresh" and list(refresh["protocols"]) == ["temporal"]
     assert refresh["warm_start"] == {"temporal/deep_lm": "warm"}  # from the full night's model
+    # on the last train.refresh_window_days (30) days only: fewer rows read back and fitted than the full run's
+    assert refresh["frame"]["window_days"] == 30 and full["frame"]["window_days"] is None
+    assert (
+        refresh["rows"] < full["rows"]
+        and refresh["frame"]["interactions_read"] < full["frame"]["interactions_read"]
+    )
+    assert refresh.rows_io["trained_on"] == refresh["rows"]
+    t1 = {run["evaluation"]: run["protocols"]["temporal"]["t1"] for run in (full, refresh)}
+    assert t1["refresh"] > t1["full"]  # the split's quantiles over the window
     # lr_lm is not in train.refresh_models: carried over unchanged, so the run stays complete for rankers
     assert refresh["carried_over"] == {"lr_lm": full["run_id"]}
     carried = Path(refresh["models"]["lr_lm"])

@@ -217,6 +217,11 @@ class TrainingConfig:
     refresh_models: list[CtrModel] = field(default_factory=lambda: ["popularity", "deep_lm"])
     """The models a refresh night retrains (the ones rankers load; ``llmfeat score`` takes deep_lm); the other
     models of ``models`` are carried over from the previous run unchanged, so every model stays loadable."""
+    refresh_window_days: int | None = 30
+    """On a refresh night the models are retrained, warm, on the labelled interactions of the last this many
+    days only (or ``window_days``, when shorter): what the night reads back and fits then follows the window,
+    not the stored history, while the warm start carries what the full evaluations learnt from all of it
+    (BENCHMARKS.md "Refresh window" compares it with a refresh on every row). None: refreshes use every row."""
     fetch_batch_rows: int = 100_000
     """Point-in-time rows asked of Feast per query (whole event days, so at least one day's): one query over
     the whole history holds every entity row in the Spark driver at once (140k rows ran 4 GiB out of heap);
@@ -230,6 +235,8 @@ class TrainingConfig:
                   "light_user_max", "min_interactions", "evaluate_every_days", "fetch_batch_rows")  # fmt: skip
         _check(self.window_days is None or self.window_days > 0, "train.window_days",
                f"must be a positive number of days or null, got {self.window_days}")  # fmt: skip
+        _check(self.refresh_window_days is None or self.refresh_window_days > 0, "train.refresh_window_days",
+               f"must be a positive number of days or null, got {self.refresh_window_days}")  # fmt: skip
         _device("train.device", self.device)
         _check(len(self.split_quantiles) == 2 and 0 < self.split_quantiles[0] < self.split_quantiles[1] < 1,
                "train.split_quantiles", f"must be two quantiles 0 < q1 < q2 < 1, got {self.split_quantiles}")  # fmt: skip

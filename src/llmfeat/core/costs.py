@@ -142,8 +142,9 @@ def stage_rows(stage: str, summary: dict) -> dict | None:
         frame = summary.get("frame") or {}
         if not summary.get("rows"):
             return None
+        labelled = int(frame.get("interactions_read", 0))  # the snapshot's rows scanned for the labels
         return {
-            "read": int(frame.get("fetched_rows", 0)) + int(frame.get("reused_rows", 0)),
+            "read": labelled + int(frame.get("fetched_rows", 0)) + int(frame.get("reused_rows", 0)),
             "written": int(frame.get("fetched_rows", 0)),
             "fetched_from_feast": int(frame.get("fetched_rows", 0)),
             "trained_on": int(summary["rows"]),

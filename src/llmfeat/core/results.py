@@ -235,7 +235,8 @@ class IndexResult(StageResult):
 
 @dataclass(eq=False)
 class TrainResult(StageResult):
-    """``rows_read``: training-frame rows fetched from Feast plus those reused; ``rows_written``: rows fetched
+    """``rows_read``: the interactions snapshot's rows scanned for the labelled rows (the window's row groups
+    only, with a training window) plus the training-frame rows fetched from Feast and reused; ``rows_written``: rows fetched
     and stored this run; ``rows_io["trained_on"]``: the rows the models were fitted on."""
 
     stage: ClassVar[str] = "train"

@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from llmfeat.core import tables
+from llmfeat.core import costs, tables
 from llmfeat.core.config import Config, reports_dir
 from llmfeat.core.errors import ConfigError, MissingInputError, ModelMismatchError, TooLittleDataError  # noqa: F401 - re-exported
 from llmfeat.core.layout import DataDir
@@ -76,10 +76,13 @@ def write_current(models: Path, run_id: str, run_dir: Path) -> Path:
     return tables.write_json(pointer, {"run_id": run_id, "path": os.path.relpath(run_dir, models)})
 
 
-def training_rows(cfg: Config, as_of: dt.date) -> pd.DataFrame:
+def training_rows(cfg: Config, as_of: dt.date, since: pd.Timestamp | None = None) -> pd.DataFrame:
+    """The labelled interactions of the snapshot ``as_of`` (with ``since``, those at or after it only: the
+    time-ordered row groups before it are not read, ``tables.rows_from``)."""
     path = tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), as_of)
-    inter = pd.read_parquet(path)
-    rows = inter[["user_id", "item_id", "event_ts", "label", "impression_id"]].copy()
+    columns = ["user_id", "item_id", "event_ts", "label", "impression_id"]
+    since_filter = None if since is None else [("event_ts", ">=", since)]
+    rows = pd.read_parquet(path, columns=columns, filters=since_filter)
     rows["event_timestamp"] = rows["event_ts"]
     return rows
 
@@ -232,8 +235,15 @@ def plan_evaluation(cfg: Config, as_of: dt.date, *, forced: bool = False) -> Eva
                               ref)  # fmt: skip
     t = cfg.train
     models = [m for m in t.models if m in t.refresh_models]
-    first = dataclasses.replace(t, protocols=t.protocols[:1], warm_start=True, models=models or t.models)
+    first = dataclasses.replace(t, protocols=t.protocols[:1], warm_start=True, models=models or t.models,
+                                window_days=refresh_window(t))  # fmt: skip
     return EvaluationPlan("refresh", dataclasses.replace(cfg, train=first), why, ref)
+
+
+def refresh_window(t) -> int | None:
+    """A refresh night's training window in days: ``refresh_window_days``, or ``window_days`` when shorter."""
+    days = [d for d in (t.window_days, t.refresh_window_days) if d is not None]
+    return min(days) if days else None
 
 
 def fetch_training_frame(
@@ -246,10 +256,10 @@ def fetch_training_frame(
     from llmfeat.feast.store import open_store
     from llmfeat.features import training_frames
 
-    rows = training_rows(cfg, as_of)
+    start = None
     if cfg.train.window_days is not None:  # only the window's rows are read back or fetched
         start = pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=cfg.train.window_days)
-        rows = rows[pd.to_datetime(rows["event_timestamp"], utc=True) >= start].reset_index(drop=True)
+    rows = training_rows(cfg, as_of, since=start)
     if len(rows) < cfg.train.min_interactions:
         raise TooLittleDataError(
             f"only {len(rows)} labelled interactions as of {as_of} "
@@ -262,17 +272,26 @@ def fetch_training_frame(
     )  # fmt: skip
     if stats is not None:
         stats.update(fetched.to_dict())
+        snapshot = tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), as_of)
+        stats["interactions_read"] = (
+            tables.rows_from(snapshot, "event_ts", start)
+            if start is not None
+            else costs.parquet_rows(snapshot)
+        )
+        stats["window_days"] = cfg.train.window_days
     return frame
 
 
 def run_train(
     cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print, frame: pd.DataFrame | None = None,
-    refresh: bool = False, plan: EvaluationPlan | None = None,
+    refresh: bool = False, plan: EvaluationPlan | None = None, predictions: dict | None = None,
 ) -> TrainResult:  # fmt: skip
     """Train and evaluate every configured model; returns the summary (also saved next to the models).
     ``frame``: the output of ``fetch_training_frame`` when the caller already has it (seed sweeps);
     ``refresh``: fetch the whole training frame again instead of only the days not stored yet;
-    ``plan``: the nightly's choice (``plan_evaluation``); its ``cfg`` replaces ``cfg``. None: a full evaluation."""
+    ``plan``: the nightly's choice (``plan_evaluation``); its ``cfg`` replaces ``cfg``. None: a full evaluation.
+    ``predictions``, when given, receives each protocol's test labels (``_labels``) and test predictions per
+    model, in the split's test order (for paired comparisons: bench/refresh_window.py)."""
     from llmfeat.ctr.report import write_report
 
     if plan is not None:
@@ -326,6 +345,8 @@ def run_train(
             summary["carried_over"] = _carry_over(fits.previous, out_dir, summary["models"])
     if cfg.train.warm_start:
         summary["warm_start"] = fits.warmed
+    if predictions is not None:
+        predictions.update(fits.predictions)
     write_report(report_dir, {**summary, "compared_sets": other_set_summaries(cfg, as_of)}, fits.curves,
                  fits.predictions)  # fmt: skip
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
