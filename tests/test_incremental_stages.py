@@ -285,3 +285,24 @@ def test_embed_reads_only_the_clicks_since_its_last_snapshot_on_appended_nights(
             else parquet_rows(events)
         )
         assert manifests[night.isoformat()]["reads"]["interactions"] == expected, night
+
+
+def test_a_catching_up_night_reuses_vectors_from_each_keys_latest_text_not_every_stored_one(runs):
+    """The first night renders every past snapshot's texts and pools every stored text (none yet); later nights
+    catch up, render only the new snapshot times' texts and pool only each key's latest stored text (the
+    folds): the text tables' reads are the fold at the start plus the fold and tonight's partition at the end,
+    not the change log, which grows night by night."""
+    nightly_cfg, _, _ = runs
+    manifests = _embed_manifests(nightly_cfg)
+    paths = embedding_paths(nightly_cfg.paths.data_dir, "default")
+    for night in NIGHTS[1:]:
+        reads = manifests[night.isoformat()]["reads"]["change_log"]
+        for table, key in (("item_text", "item_id"), ("user_text", "user_id")):
+            rows = pq.read_table(getattr(paths, table)).to_pandas()
+            day = pd.to_datetime(rows["snapshot_date"].astype(str)).dt.date
+            fold, tonight = rows[day < night][key].nunique(), int((day == night).sum())
+            assert reads[table] == 2 * fold + tonight, (night, table)
+            assert fold < int((day < night).sum()) or table == "item_text", (
+                night,
+                table,
+            )  # the log is longer

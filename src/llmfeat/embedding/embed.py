@@ -761,8 +761,6 @@ def run_embed(
     items, users, interactions = (
         spark.read.parquet(str(canonical[n])) for n in ("items", "users", "interactions")
     )
-    # each table's rows from its compact copy (a few files, not one per night: core.compact)
-    existing = {name: compact.read(spark, getattr(paths, name)) for name in ("item_text", "user_text")}
     stage.phase("check model ids", lambda: check_model(paths, current_model))
     covered = covered_until(paths.manifests)
     if snapshot_from is None:  # catch up from the last covered snapshot, or from the earliest user update
@@ -778,16 +776,23 @@ def run_embed(
     item_pass = _item_pass(cfg, as_of, model)
     same_items_since = _items_unchanged_since(paths, as_of, item_pass)
     with stage.staging(paths.root) as staging:
-        run = _Run(
-            spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim,
-            created=pd.Timestamp(stage.started), udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows),
-            pools=_reuse_pools(existing, resolved), phases=stage.phases, runtimes=set(),
-        )  # fmt: skip
         # each key's latest row from the table's kept fold (core.latest), not a window over the whole log
         folds = {"item_text": latest.rows(paths.item_text, "item_id", as_of)}
         folds.update({name: latest.rows(getattr(paths, name), "user_id", snapshot_from)
                       for name in ("user_text", "user_history")})  # fmt: skip
         prev = {name: spark.read.parquet(str(f.path)) if f.path else None for name, f in folds.items()}
+        # The texts a new text may reuse the vector of. Catching up, only the new snapshot times' texts are
+        # rendered, so each key's latest stored text (the folds: one row per key) is the pool; otherwise every
+        # text ever stored (the compact copies: a backfill renders past texts again).
+        existing = (
+            {name: prev[name] for name in POOL_TABLES} if since is not None
+            else {name: compact.read(spark, getattr(paths, name)) for name in POOL_TABLES}
+        )  # fmt: skip
+        run = _Run(
+            spark=spark, cfg=cfg, as_of=as_of, staging=staging, model_id=current_model, dim=dim,
+            created=pd.Timestamp(stage.started), udf=make_encoder_udf(spec, cfg.embed.udf_batch_rows),
+            pools=_reuse_pools(existing, resolved), phases=stage.phases, runtimes=set(),
+        )  # fmt: skip
         prev_items = prev["item_text"]
         if same_items_since is not None:
             item_texts, item_vectors, changed_items, item_counts = _unchanged_items(
@@ -832,10 +837,10 @@ def run_embed(
     reads = {
         "interactions": rows_from(canonical["interactions"], "event_ts", since) if windowed
         else tables.parquet_rows(canonical["interactions"]),
-        # the reuse pools scan the text tables' stored hashes; user_history is read through its fold only
-        "change_log": {"item_text": _log_rows(paths.item_text, as_of) + after["item_text"].rows_read,
-                       "user_text": _log_rows(paths.user_text, as_of) + after["user_text"].rows_read,
-                       "user_history": folds["user_history"].rows_read + after["user_history"].rows_read},
+        # the text tables through their folds (and, not catching up, the reuse pools' scan of every stored
+        # text); user_history through its fold only
+        "change_log": {t: folds[t].rows_read + (0 if since is not None else _log_rows(getattr(paths, t), as_of))
+                       + after[t].rows_read for t in keys},
     }  # fmt: skip
     return stage.write_manifest(paths.manifests, _manifest(
         cfg, spark, model, run.runtimes, snapshots, {"items": item_counts, **user_counts}, canonical, paths,
@@ -866,6 +871,9 @@ def _model_fields(spec, resolved, model: str, dim: int) -> dict:
     return {"model_id": model, "model_dir": spec.model_dir, "dim": dim, "pooling": resolved.pooling,
             "max_tokens": spec.max_tokens, "prompts": {"item": resolved.item_prompt, "user": resolved.user_prompt},
             "dims": resolved.dims}  # fmt: skip
+
+
+POOL_TABLES = ("item_text", "user_text")
 
 
 def _reuse_pools(existing: dict, resolved) -> dict:
