@@ -3,6 +3,7 @@ llmfeat.ctr.train.plan_evaluation), from the run summaries the train stage write
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 
@@ -121,3 +122,53 @@ def test_training_rows_since_a_date_reads_only_the_row_groups_from_it(tmp_path):
     assert len(training_rows(cfg, D)) == n
     path = tables.snapshot_dir(root, D)
     assert tables.rows_from(path, "event_ts", since) == 2 * tables.EVENT_ROW_GROUP_ROWS  # what the read scans
+
+
+def test_replay_draws_whole_stored_days_before_the_window_up_to_its_budget(tmp_path):
+    import pandas as pd
+
+    from llmfeat.features import training_frames
+
+    days = [dt.date(2024, 1, 1) + dt.timedelta(days=k) for k in range(10)]
+    for k, day in enumerate(
+        days
+    ):  # a stored frame's layout: a partition per event day, counted in state.json
+        part = tmp_path / f"event_day={day.isoformat()}"
+        part.mkdir()
+        rows = pd.DataFrame(
+            {"event_timestamp": [pd.Timestamp(day, tz="UTC")] * 10, "row": range(10 * k, 10 * k + 10)}
+        )
+        rows.to_parquet(part / "part-00000.parquet", index=False)
+    (tmp_path / "state.json").write_text(
+        json.dumps({"signature": None, "days": {d.isoformat(): 10 for d in days}})
+    )
+    before = dt.date(2024, 1, 8)
+    replay = training_frames.replay_days(tmp_path, before, rows=35, seed=1)
+    drawn = replay["event_timestamp"].dt.date
+    assert len(replay) == 30 and drawn.value_counts().eq(10).all() and (drawn < before).all()  # 3 whole days
+    assert replay.equals(training_frames.replay_days(tmp_path, before, rows=35, seed=1))  # seeded
+    assert {frozenset(training_frames.replay_days(tmp_path, before, 35, seed=s)["event_timestamp"]) for s in
+            range(6)} != {frozenset(replay["event_timestamp"])}  # another seed, other days  # fmt: skip
+    assert len(training_frames.replay_days(tmp_path, before, rows=5, seed=1)) == 10  # at least one whole day
+    assert training_frames.replay_days(tmp_path, before, rows=0, seed=1) is None
+    assert training_frames.replay_days(tmp_path, days[0], rows=35, seed=1) is None  # nothing stored before
+
+
+def test_a_windows_split_takes_its_quantiles_from_the_window_and_replayed_rows_only_train():
+    import pandas as pd
+
+    from llmfeat.ctr.train import _splits
+
+    ts = pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(range(100), unit="D")
+    frame = pd.DataFrame({"event_ts": ts, "user_id": "u", "item_id": "i", "label": 1})
+    t = load_config(None, []).train
+    start = pd.Timestamp("2024-03-11", tz="UTC")  # day 70: days 0-69 are the replayed older days
+    (split,) = _splits(frame, dataclasses.replace(t, protocols=["temporal"]), start)
+    inside = frame[frame["event_ts"] >= start]
+    assert pd.Timestamp(split.boundaries["t1"]) == inside["event_ts"].quantile(0.8, interpolation="lower")
+    assert len(split.test) == len(inside[inside["event_ts"] >= pd.Timestamp(split.boundaries["t2"])]) == 4
+    assert len(split.train) == 70 + 23  # every replayed row, and the window's rows before T1
+    (whole,) = _splits(
+        frame, dataclasses.replace(t, protocols=["temporal"])
+    )  # no window: all rows' quantiles
+    assert pd.Timestamp(whole.boundaries["t1"]) < pd.Timestamp(split.boundaries["t1"])

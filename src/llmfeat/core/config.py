@@ -222,6 +222,11 @@ class TrainingConfig:
     days only (or ``window_days``, when shorter): what the night reads back and fits then follows the window,
     not the stored history, while the warm start carries what the full evaluations learnt from all of it
     (BENCHMARKS.md "Refresh window" compares it with a refresh on every row). None: refreshes use every row."""
+    replay_rows: int = 30_000
+    """With a training window (``window_days``, or a refresh's ``refresh_window_days``): whole stored event days
+    from before the window, drawn at random (seeded by the date and ``seed``), up to this many rows, join the
+    training rows (never validation or test: the split's quantiles are the window's), so that a bounded
+    training set still sees older behaviour. 0: the window's rows only."""
     fetch_batch_rows: int = 100_000
     """Point-in-time rows asked of Feast per query (whole event days, so at least one day's): one query over
     the whole history holds every entity row in the Spark driver at once (140k rows ran 4 GiB out of heap);
@@ -233,6 +238,7 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         _positive("train", self, "epochs", "batch_size", "lr", "patience", "tfidf_dim", "leave_last_k",
                   "light_user_max", "min_interactions", "evaluate_every_days", "fetch_batch_rows")  # fmt: skip
+        _check(self.replay_rows >= 0, "train.replay_rows", f"must be 0 or more, got {self.replay_rows}")
         _check(self.window_days is None or self.window_days > 0, "train.window_days",
                f"must be a positive number of days or null, got {self.window_days}")  # fmt: skip
         _check(self.refresh_window_days is None or self.refresh_window_days > 0, "train.refresh_window_days",

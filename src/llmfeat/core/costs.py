@@ -144,7 +144,8 @@ def stage_rows(stage: str, summary: dict) -> dict | None:
             return None
         labelled = int(frame.get("interactions_read", 0))  # the snapshot's rows scanned for the labels
         return {
-            "read": labelled + int(frame.get("fetched_rows", 0)) + int(frame.get("reused_rows", 0)),
+            "read": labelled
+            + sum(int(frame.get(k, 0)) for k in ("fetched_rows", "reused_rows", "replayed_rows")),
             "written": int(frame.get("fetched_rows", 0)),
             "fetched_from_feast": int(frame.get("fetched_rows", 0)),
             "trained_on": int(summary["rows"]),

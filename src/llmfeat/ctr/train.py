@@ -246,6 +246,13 @@ def refresh_window(t) -> int | None:
     return min(days) if days else None
 
 
+def window_start(cfg: Config, as_of: dt.date) -> pd.Timestamp | None:
+    """The first instant of ``train.window_days`` before ``as_of`` (None: no window)."""
+    if cfg.train.window_days is None:
+        return None
+    return pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=cfg.train.window_days)
+
+
 def fetch_training_frame(
     cfg: Config, as_of: dt.date, *, log: Callable[[str], None] = print, refresh: bool = False,
     stats: dict | None = None,
@@ -256,9 +263,7 @@ def fetch_training_frame(
     from llmfeat.feast.store import open_store
     from llmfeat.features import training_frames
 
-    start = None
-    if cfg.train.window_days is not None:  # only the window's rows are read back or fetched
-        start = pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=cfg.train.window_days)
+    start = window_start(cfg, as_of)  # with a window, only its rows are read back or fetched (and a replay)
     rows = training_rows(cfg, as_of, since=start)
     if len(rows) < cfg.train.min_interactions:
         raise TooLittleDataError(
@@ -270,6 +275,13 @@ def fetch_training_frame(
         open_store(cfg), rows, root, embedding_model_id=embedded_model_id(cfg), refresh=refresh, log=log,
         batch_rows=cfg.train.fetch_batch_rows,
     )  # fmt: skip
+    if start is not None and cfg.train.replay_rows:  # older days for the training rows only (_splits)
+        replay = training_frames.replay_days(root, start.date(), cfg.train.replay_rows,
+                                             seed=as_of.toordinal() * 1_000 + cfg.train.seed)  # fmt: skip
+        if replay is not None:
+            replay["event_timestamp"] = pd.to_datetime(replay["event_timestamp"], utc=True)
+            frame = training_frames.sort_frame(pd.concat([replay, frame], ignore_index=True))
+            fetched.replayed_rows = len(replay)
     if stats is not None:
         stats.update(fetched.to_dict())
         snapshot = tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), as_of)
@@ -303,7 +315,7 @@ def run_train(
         frame = fetch_training_frame(cfg, as_of, log=log, refresh=refresh, stats=frame_stats)
     frame, dim, embedding_model_id = _checked_frame(frame)
     fetched = run.mark("features", run.started_clock)
-    splits = _splits(frame, cfg.train)
+    splits = _splits(frame, cfg.train, window_start(cfg, as_of))
     out_dir = models_dir(cfg) / run.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
     fits, tfidf = _Fits(), _tfidf_space(cfg, as_of)
@@ -397,13 +409,18 @@ def _tfidf_space(cfg: Config, as_of: dt.date) -> TfidfSpace | None:
     return TfidfSpace.fit(items["item_id"].tolist(), texts, dim=t.tfidf_dim, seed=t.seed)
 
 
-def _splits(frame: pd.DataFrame, t) -> list[Split]:
-    """One split per configured protocol (config.Protocol: temporal or leave_last_k)."""
+def _splits(frame: pd.DataFrame, t, window_start: pd.Timestamp | None = None) -> list[Split]:
+    """One split per configured protocol (config.Protocol: temporal or leave_last_k). With a training window the
+    temporal split's quantiles are the window's rows' (replayed older days only ever train)."""
     splits = []
     for protocol in t.protocols:
         if protocol == "temporal":
             t1 = pd.Timestamp(t.t1, tz="UTC") if t.t1 else None
             t2 = pd.Timestamp(t.t2, tz="UTC") if t.t2 else None
+            if window_start is not None and (t1 is None or t2 is None):
+                inside = frame[frame["event_ts"] >= window_start]
+                w = temporal_split(inside, t1, t2, tuple(t.split_quantiles)).boundaries
+                t1, t2 = pd.Timestamp(w["t1"]), pd.Timestamp(w["t2"])
             splits.append(temporal_split(frame, t1, t2, tuple(t.split_quantiles)))
         else:
             splits.append(leave_last_k(frame, t.leave_last_k))

@@ -51,6 +51,8 @@ class FrameStats:
     fetched_days: list[str] = field(default_factory=list)
     fetch_queries: int = 0
     invalidated: str | None = None
+    replayed_rows: int = 0
+    """Rows of older stored days added to a training window (``replay_days``), read back, not fetched."""
 
     def to_dict(self) -> dict:
         """For run summaries: the fetched days as a count and a range, not a list of every day."""
@@ -162,6 +164,26 @@ def fetch(
     frame = pd.concat(parts, ignore_index=True) if parts else historical_features(store, rows.iloc[:0])
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
     return sort_frame(frame), stats
+
+
+def replay_days(root: Path, before: dt.date, rows: int, seed: int) -> pd.DataFrame | None:
+    """Whole stored event days before ``before``, drawn at random (``seed``) until the next would take the total
+    past ``rows`` (at least one day when any is stored): a bounded sample of older rows for a training window;
+    None when there is none. Reads only the days drawn."""
+    import numpy as np
+
+    if rows <= 0:
+        return None
+    days = {d: n for d, n in _read_state(Path(root))["days"].items() if d < before.isoformat()}
+    picked, total = [], 0
+    for day in np.random.default_rng(seed).permutation(sorted(days)):
+        if picked and total + days[day] > rows:
+            break
+        picked.append(str(day))
+        total += days[day]
+    if not picked:
+        return None
+    return pd.concat(_read_days(Path(root), sorted(picked)).values(), ignore_index=True)
 
 
 def _read_days(root: Path, days: list[str]) -> dict[str, pd.DataFrame]:
