@@ -113,3 +113,20 @@ def test_index_and_adapt_results_record_what_the_nightly_recorded_before():
     assert marker.to_dict() == R.AdaptResult({k: adapt[k] for k in keep}).to_dict()
     assert (marker.validation_recall, marker.index_version, marker.rows_written) == (0.5, "v1", 5)
     assert R.TrainResult({"trained": True}).for_marker().data == {"trained": True}  # no key list: all kept
+
+
+def test_a_refresh_on_a_window_says_so_and_counts_every_row_it_read():
+    frame = {"rows": 300, "reused_rows": 290, "fetched_rows": 10, "replayed_rows": 500, "interactions_read": 400,
+             "window_days": 30}  # fmt: skip
+    result = R.TrainResult(
+        {"evaluation": "refresh", "rows": 800, "frame": frame, "headline": [], "report": None}
+    )
+    assert result.headline().startswith(
+        "refresh (first protocol, warm start); frame: 290 rows reused, 10 fetched; window 30 days + 500 replayed"
+    )
+    assert result.rows_io == {
+        "read": 400 + 290 + 10 + 500,
+        "written": 10,
+        "fetched_from_feast": 10,
+        "trained_on": 800,
+    }

@@ -267,6 +267,8 @@ class TrainResult(StageResult):
         frame = (
             f"frame: {f.get('reused_rows', 0)} rows reused, {f.get('fetched_rows', 0)} fetched; " if f else ""
         )
+        if f.get("window_days"):
+            frame += f"window {f['window_days']} days + {f.get('replayed_rows', 0)} replayed rows; "
         report = self.data.get("report")
         kind = "refresh (first protocol, warm start); " if self.data.get("evaluation") == "refresh" else ""
         line = kind + frame + "; ".join(heads) + f"; report {Path(report).resolve() if report else '-'}"
