@@ -235,9 +235,9 @@ class IndexResult(StageResult):
 
 @dataclass(eq=False)
 class TrainResult(StageResult):
-    """``rows_read``: the interactions snapshot's rows scanned for the labelled rows (the window's row groups
-    only, with a training window) plus the training-frame rows fetched from Feast and reused; ``rows_written``: rows fetched
-    and stored this run; ``rows_io["trained_on"]``: the rows the models were fitted on."""
+    """``rows_read``: the interactions snapshot's rows scanned for the labelled rows (with a training window, its
+    row groups only) plus the training-frame rows fetched from Feast, reused and replayed; ``rows_written``: rows
+    fetched and stored this run; ``rows_io["trained_on"]``: the rows the models were fitted on."""
 
     stage: ClassVar[str] = "train"
 
