@@ -219,9 +219,10 @@ class TrainingConfig:
     models of ``models`` are carried over from the previous run unchanged, so every model stays loadable."""
     refresh_window_days: int | None = 30
     """On a refresh night the models are retrained, warm, on the labelled interactions of the last this many
-    days only (or ``window_days``, when shorter): what the night reads back and fits then follows the window,
-    not the stored history, while the warm start carries what the full evaluations learnt from all of it
-    (BENCHMARKS.md "Refresh window" compares it with a refresh on every row). None: refreshes use every row."""
+    days (or ``window_days``, when shorter) and the ``replay_rows`` replay of older days: what the night reads
+    back and fits then follows the window and a constant, not the stored history, while the warm start carries
+    what the weekly full evaluation learnt from all of it (BENCHMARKS.md "Refresh window" compares a week of
+    such refreshes with refreshes on every row). None: refreshes use every row."""
     replay_rows: int = 30_000
     """With a training window (``window_days``, or a refresh's ``refresh_window_days``): whole stored event days
     from before the window, drawn at random (seeded by the date and ``seed``), up to this many rows, join the
