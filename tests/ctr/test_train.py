@@ -152,6 +152,9 @@ def test_a_refresh_night_trains_warm_on_the_first_protocol_and_points_at_the_ful
         and refresh["frame"]["interactions_read"] < full["frame"]["interactions_read"]
     )
     assert refresh.rows_io["trained_on"] == refresh["rows"]
+    replayed = refresh["frame"]["replayed_rows"]  # whole older days, up to train.replay_rows, train rows only
+    assert 0 < replayed <= 30_000 and refresh["rows"] == refresh["frame"]["rows"] + replayed
+    assert refresh["protocols"]["temporal"]["train"] > replayed
     t1 = {run["evaluation"]: run["protocols"]["temporal"]["t1"] for run in (full, refresh)}
     assert t1["refresh"] > t1["full"]  # the split's quantiles over the window
     # lr_lm is not in train.refresh_models: carried over unchanged, so the run stays complete for rankers

@@ -19,6 +19,7 @@ encoded once. One table never mixes model ids: a run with a different model is r
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,15 +170,32 @@ def make_encoder_udf(spec: EncoderSpec, batch_rows: int):
     return predict_batch_udf(make_predict_fn, return_type=return_type, batch_size=batch_rows)
 
 
-def stored_model_ids(path: Path) -> set[str]:
-    """The model ids in a published change-log table (its ``model_id`` column alone, read with pyarrow:
-    dictionary-encoded, milliseconds where a Spark job took seconds)."""
-    import pyarrow.dataset as ds
+MODEL_IDS = "_model_ids.json"
+"""Beside a change-log table's partitions (readers skip names starting with "_"): each partition's fingerprint
+and model ids, so that ``stored_model_ids`` reads only the partitions published since it last looked."""
 
-    if not tables.snapshot_dates(path):
+
+def stored_model_ids(path: Path) -> set[str]:
+    """The model ids in a published change-log table: each partition's ``model_id`` column (read with pyarrow:
+    dictionary-encoded, milliseconds where a Spark job took seconds), once per partition version
+    (``compact.partition_fingerprints``; remembered in ``MODEL_IDS``), so the check does not grow with history."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    wanted = compact.partition_fingerprints(path)
+    if not wanted:
         return set()
-    column = ds.dataset(str(path), format="parquet", partitioning="hive").to_table(columns=["model_id"])
-    return {v for v in column.column("model_id").unique().to_pylist() if v is not None}
+    memo = path / MODEL_IDS
+    known = json.loads(memo.read_text()).get("days", {}) if memo.is_file() else {}
+    days = {d: known[d] if d in known and known[d][0] == fp else None for d, fp in wanted.items()}
+    for d, seen in days.items():
+        if seen is None:
+            column = pq.read_table(tables.snapshot_dir(path, dt.date.fromisoformat(d)), columns=["model_id"])
+            ids = sorted(v for v in column.column("model_id").unique().to_pylist() if v is not None)
+            days[d] = [wanted[d], ids]
+    if days != known:
+        tables.write_json(memo, {"days": days})
+    return {i for _, ids in days.values() for i in ids}
 
 
 def check_model(paths: EmbeddingPaths, current: str) -> None:
