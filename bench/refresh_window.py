@@ -31,7 +31,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -107,18 +106,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every training run")
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "refresh_window.json")
     args = ap.parse_args()
-    from warm_start import ensure_snapshot  # bench/ (this script's folder) is on sys.path
+    from warm_start import ensure_snapshot, pointer_kept  # bench/ (this script's folder) is on sys.path
 
     base = [f"paths.data_dir={args.data_dir}", f"paths.reports_dir={args.data_dir / 'reports' / 'window_bench'}",
             "train.protocols=[temporal]", f"train.models=[{', '.join(args.models)}]"]  # fmt: skip
     cfg = load_config(None, base)
     models = models_dir(cfg)
-    saved = models / "current.json.before-bench"
-    if (models / "current.json").is_file():
-        shutil.copy2(models / "current.json", saved)
     torch.set_num_threads(args.threads)
     runs, per_origin = [], []
-    try:
+    with pointer_kept(models):
         for origin in map(dt.date.fromisoformat, args.origins):
             nights = [origin - dt.timedelta(days=k) for k in range(args.chain, -1, -1)]  # the full one first
             for night in nights:
@@ -176,9 +172,6 @@ def main() -> None:
                 print(json.dumps({k: runs[-1][k] for k in ("origin", "seed", "window_minus_all_auc")}
                                  | {"per_night": [c["window_minus_all_auc"] for c in chain]}), flush=True)  # fmt: skip
             per_origin.append(kept)
-    finally:
-        if saved.is_file():
-            os.replace(saved, models / "current.json")
     pooled = {}
     for m in args.models:
         d = [r["window_minus_all_auc"][m] for r in runs]

@@ -20,6 +20,7 @@ add model and report directories to the data directory; its ``current.json`` is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -60,6 +61,19 @@ def ensure_snapshot(cfg, day: dt.date) -> None:
 
     if not tables.snapshot_dir(tables.canonical_dir(cfg.paths.data_dir, "interactions"), day).is_dir():
         run_ingest(cfg, day)
+
+
+@contextlib.contextmanager
+def pointer_kept(models: Path):
+    """Keep the models directory's ``current.json`` (the bench's runs move it) and put it back at the end."""
+    saved = models / "current.json.before-bench"
+    if (models / "current.json").is_file():
+        shutil.copy2(models / "current.json", saved)
+    try:
+        yield
+    finally:
+        if saved.is_file():
+            os.replace(saved, models / "current.json")
 
 
 def history_lengths(base: list[str], window_days: int, dates: list[str], log) -> list[dict]:
@@ -111,15 +125,12 @@ def main() -> None:
             "train.protocols=[temporal]", f"train.models=[{', '.join(MODELS)}]"]  # fmt: skip
     cfg = load_config(None, base)
     models = models_dir(cfg)
-    saved = models / "current.json.before-bench"
-    if (models / "current.json").is_file():
-        shutil.copy2(models / "current.json", saved)
     torch.set_num_threads(args.threads)  # the same for every arm; 1 keeps a shared machine's other runs fair
     for d in (day, nxt):
         ensure_snapshot(cfg, d)
     frames = {d: fetch_training_frame(cfg, d, log=quiet) for d in (day, nxt)}
     runs = []
-    try:
+    with pointer_kept(models):
         for seed in args.seeds:
             cold_cfg = load_config(None, [*base, f"train.seed={seed}"])
             warm_cfg = load_config(None, [*base, f"train.seed={seed}", "train.warm_start=true"])
@@ -135,9 +146,6 @@ def main() -> None:
         window = (
             history_lengths(base, args.window_days, args.history_days, quiet) if args.window_days else None
         )
-    finally:
-        if saved.is_file():
-            os.replace(saved, models / "current.json")
     diffs = {}
     for m in MODELS:
         d = [r["warm"]["auc"][m] - r["cold"]["auc"][m] for r in runs]
