@@ -170,8 +170,8 @@ def make_encoder_udf(spec: EncoderSpec, batch_rows: int):
     return predict_batch_udf(make_predict_fn, return_type=return_type, batch_size=batch_rows)
 
 
-MODEL_IDS = "_model_ids.json"
-"""Beside a change-log table's partitions (readers skip names starting with "_"): each partition's fingerprint
+MODEL_IDS = ".model_ids.json"
+"""Beside a change-log table's partitions (hidden: readers skip names starting with "."): each partition's fingerprint
 and model ids, so that ``stored_model_ids`` reads only the partitions published since it last looked."""
 
 
@@ -800,10 +800,14 @@ def run_embed(
                       for name in ("user_text", "user_history")})  # fmt: skip
         prev = {name: spark.read.parquet(str(f.path)) if f.path else None for name, f in folds.items()}
         # The texts a new text may reuse the vector of. Catching up, only the new snapshot times' texts are
-        # rendered, so each key's latest stored text (the folds: one row per key) is the pool; otherwise every
-        # text ever stored (the compact copies: a backfill renders past texts again).
+        # rendered, so each key's latest stored text (the folds: one row per key) is the pool; otherwise (a
+        # backfill renders past texts again; a re-run finds tonight's rows already stored, past the folds) every
+        # text ever stored (the compact copies).
+        from_folds = since is not None and not _stored_from(
+            paths, {"item_text": as_of, "user_text": snapshot_from}
+        )
         existing = (
-            {name: prev[name] for name in POOL_TABLES} if since is not None
+            {name: prev[name] for name in POOL_TABLES} if from_folds
             else {name: compact.read(spark, getattr(paths, name)) for name in POOL_TABLES}
         )  # fmt: skip
         run = _Run(
@@ -857,7 +861,7 @@ def run_embed(
         else tables.parquet_rows(canonical["interactions"]),
         # the text tables through their folds (and, not catching up, the reuse pools' scan of every stored
         # text); user_history through its fold only
-        "change_log": {t: folds[t].rows_read + (0 if since is not None else _log_rows(getattr(paths, t), as_of))
+        "change_log": {t: folds[t].rows_read + (0 if from_folds else _log_rows(getattr(paths, t), as_of))
                        + after[t].rows_read for t in keys},
     }  # fmt: skip
     return stage.write_manifest(paths.manifests, _manifest(
@@ -892,6 +896,15 @@ def _model_fields(spec, resolved, model: str, dim: int) -> dict:
 
 
 POOL_TABLES = ("item_text", "user_text")
+
+
+def _stored_from(paths: EmbeddingPaths, firsts: dict[str, dt.date]) -> bool:
+    """Whether a table already holds a partition dated ``firsts[table]`` or later (a re-run or a redo)."""
+    for table, day in firsts.items():
+        dates = tables.snapshot_dates(getattr(paths, table))
+        if dates and dates[-1] >= day:
+            return True
+    return False
 
 
 def _reuse_pools(existing: dict, resolved) -> dict:
