@@ -84,13 +84,16 @@ def test_evaluate_every_days_is_checked_at_load(tmp_path):
 
 def test_a_refresh_trains_on_its_window_and_a_full_evaluation_on_every_row(tmp_path):
     _run(_cfg(tmp_path), "r1", D - dt.timedelta(days=1))
-    assert plan_evaluation(_cfg(tmp_path), D).cfg.train.window_days == 30  # train.refresh_window_days
-    assert plan_evaluation(_cfg(tmp_path), D, forced=True).cfg.train.window_days is None  # full: every row
-    shorter = plan_evaluation(_cfg(tmp_path, "train.window_days=10"), D)
+    on = "train.refresh_window_days=30"
+    assert plan_evaluation(_cfg(tmp_path, on), D).cfg.train.window_days == 30
+    assert (
+        plan_evaluation(_cfg(tmp_path, on), D, forced=True).cfg.train.window_days is None
+    )  # full: every row
+    shorter = plan_evaluation(_cfg(tmp_path, on, "train.window_days=10"), D)
     assert shorter.kind == "refresh" and shorter.cfg.train.window_days == 10  # the shorter of the two
-    assert plan_evaluation(_cfg(tmp_path, "train.window_days=45"), D).cfg.train.window_days == 30
-    off = _cfg(tmp_path, "train.refresh_window_days=null")
-    assert plan_evaluation(off, D).cfg.train.window_days is None
+    assert plan_evaluation(_cfg(tmp_path, on, "train.window_days=45"), D).cfg.train.window_days == 30
+    off = _cfg(tmp_path)  # the default: refreshes on every row (BENCHMARKS.md "Refresh window")
+    assert off.train.refresh_window_days is None and plan_evaluation(off, D).cfg.train.window_days is None
     assert plan_evaluation(_cfg(tmp_path, "train.refresh_window_days=null", "train.window_days=45"),
                            D).cfg.train.window_days == 45  # fmt: skip
     with pytest.raises(ConfigError, match="train.refresh_window_days"):

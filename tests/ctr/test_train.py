@@ -133,7 +133,8 @@ def test_a_refresh_night_trains_warm_on_the_first_protocol_and_points_at_the_ful
     from llmfeat.ctr.train import models_dir, plan_evaluation, run_dir_of, run_train
 
     cfg = _train_cfg(movielens_store, "train.protocols=[temporal, leave_last_k]",
-                     "train.models=[popularity, lr_lm, deep_lm]", "train.epochs=2")  # fmt: skip
+                     "train.models=[popularity, lr_lm, deep_lm]", "train.epochs=2",
+                     "train.refresh_window_days=30")  # fmt: skip
     night = dt.date(1998, 4, 23)  # the one ingested snapshot: the "next night" is the same date again
     first = plan_evaluation(cfg, night, forced=True)
     assert first.kind == "full" and first.reason == "train was forced"
