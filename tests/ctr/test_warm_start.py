@@ -3,7 +3,10 @@ ids mapped by id, and a cold start (with the reason) wherever a warm one could l
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -82,3 +85,51 @@ def test_only_the_temporal_protocol_with_no_later_previous_split():
         prev, "temporal", {"t1": now["t1"], "t2": "1998-03-19T00:00:00+00:00"}
     )
     assert warm_start.eligible(None, "temporal", now) == "no previous models"
+
+
+def test_a_warm_fit_keeps_the_ids_without_rows_tonight(tmp_path):
+    """A refresh that fits a sample of the history: ids of the previous model without a row tonight stay in the
+    vocabulary with their learnt rows, untouched by the fit (Adam's L2 term would otherwise zero them); a model
+    that started cold gives them the learnt unknown-id row."""
+    old_users, items = Vocab.fit(["u1", "u2", "u3"]), Vocab.fit(["a", "b"])
+    old, _ = _previous(tmp_path, old_users, items)
+    with torch.no_grad():
+        old.user_emb.weight.mul_(50)  # learnt rows, far from the 0.01 initialisation
+    _save_model(
+        tmp_path, "deep_x", old, "ids_stats", {"names": NAMES, "dim": 0}, old_users, items, "m1", [], KW
+    )
+    ids = {
+        "user_vocab": pd.Series(["u2", "u7"]),
+        "item_vocab": pd.Series(["a", "b"]),
+    }  # tonight: u1, u3 absent
+    vocabs = warm_start.carried_vocab(tmp_path, ids)
+    assert sorted(vocabs["user_vocab"].index) == ["u1", "u2", "u3", "u7"]
+    assert sorted(vocabs["item_vocab"].index) == ["a", "b"]
+    fixed = warm_start.fixed_rows(vocabs, ids)
+    users = vocabs["user_vocab"]
+    assert fixed["user_emb.weight"].tolist() == sorted([users.index["u1"], users.index["u3"]])
+    assert "item_emb.weight" not in fixed  # every item has rows tonight
+
+    kwargs = {**KW, "n_users": len(users)}
+    new = DeepCTR(**kwargs)
+    assert warm_start.load_into(new, tmp_path / "deep_x.pt", kwargs=kwargs, feature_set="ids_stats",
+                                dense_names=NAMES, users=users, items=vocabs["item_vocab"],
+                                embedding_model_id="m1") is None  # fmt: skip
+    rng = np.random.default_rng(0)
+    present = np.array([users.index["u2"], users.index["u7"]])
+    data = CtrInputs(rng.normal(size=(64, 6)).astype(np.float32), rng.choice(present, 64), rng.integers(1, 3, 64),
+                     rng.integers(0, 2, 64).astype(np.float32))  # fmt: skip
+    cfg = TrainConfig(epochs=3, batch_size=8, patience=3, weight_decay=1e-3)
+    held = fit(copy.deepcopy(new), data, data, cfg, fixed_rows=fixed).model.user_emb.weight.detach()
+    free = fit(copy.deepcopy(new), data, data, cfg).model.user_emb.weight.detach()
+    was = old.user_emb.weight.detach()
+    for uid in ("u1", "u3"):
+        assert torch.equal(held[users.index[uid]], was[old_users.index[uid]])
+        # the check can fail: without the held rows Adam's L2 step moves them by about lr per step
+        assert not torch.allclose(free[users.index[uid]], was[old_users.index[uid]], atol=1e-3)
+    assert not torch.equal(held[users.index["u2"]], was[old_users.index["u2"]])  # rows with data still learn
+
+    cold = DeepCTR(**kwargs)
+    warm_start.as_unknown(cold, fixed)
+    for uid in ("u1", "u3"):
+        assert torch.equal(cold.user_emb.weight[users.index[uid]], cold.user_emb.weight[0])

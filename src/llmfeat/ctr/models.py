@@ -175,9 +175,11 @@ def fit(
     validation: CtrInputs,
     cfg: TrainConfig,
     progress: Callable[[int, dict], None] | None = None,
+    fixed_rows: dict[str, torch.Tensor] | None = None,
 ) -> FitResult:
     """Adam on BCE; keeps the weights of the epoch with the best validation AUC; stops after ``patience``
-    epochs without improvement. Deterministic for a given seed on CPU."""
+    epochs without improvement. Deterministic for a given seed on CPU. ``fixed_rows``: parameter name -> rows
+    held at their starting values (a warm fit's ids without training rows: llmfeat.ctr.warm_start)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     dev = _device(cfg.device)
@@ -186,6 +188,9 @@ def fit(
     loss_fn = nn.BCEWithLogitsLoss()
     dense, users, items, labels = _tensors(train, dev)
     result = FitResult(model)
+    params = dict(model.named_parameters())
+    held = [(params[n], i.to(dev), params[n].detach()[i.to(dev)].clone()) for n, i in (fixed_rows or {}).items()
+            if n in params]  # fmt: skip
     best_auc, best_state, stale = -math.inf, copy.deepcopy(model.state_dict()), 0
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -197,6 +202,9 @@ def fit(
             loss = loss_fn(model(dense[idx], users[idx], items[idx]), labels[idx])
             loss.backward()
             opt.step()
+            with torch.no_grad():
+                for param, rows, values in held:
+                    param[rows] = values
             total += float(loss.detach()) * len(idx)
         probs = predict(model, validation, device=cfg.device)
         val_auc = auc(validation.labels, probs)

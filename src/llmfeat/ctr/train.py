@@ -466,7 +466,17 @@ def _fit_split(cfg: Config, as_of: dt.date, split: Split, frame: pd.DataFrame, d
     log(
         f"train: {split.protocol}: {len(train)} train / {len(split.validation)} validation / {len(test)} test rows"
     )
-    users, items_vocab = Vocab.fit(train["user_id"]), Vocab.fit(train["item_id"])
+    ids = {"user_vocab": train["user_id"], "item_vocab": train["item_id"]}
+    previous = fits.previous if t.warm_start else None
+    carry = (
+        previous is not None and warm_start.eligible(previous[0], split.protocol, split.boundaries) is None
+    )
+    # a warm fit keeps the previous model's ids too, their rows held (warm_start: carried_vocab, fixed_rows)
+    vocabs = (
+        warm_start.carried_vocab(previous[1], ids) if carry else {k: Vocab.fit(v) for k, v in ids.items()}
+    )
+    users, items_vocab = vocabs["user_vocab"], vocabs["item_vocab"]
+    fixed = warm_start.fixed_rows(vocabs, ids) if carry else {}
     # The TF-IDF pooled history may use any click before a row's snapshot, as the LM history does.
     clicks = frame[frame["label"] == 1][["user_id", "item_id", "event_ts"]]
     fits.curves[split.protocol] = {}
@@ -502,9 +512,14 @@ def _fit_split(cfg: Config, as_of: dt.date, split: Split, frame: pd.DataFrame, d
             if t.warm_start:
                 _warm(fits, model, name, fs, split, kwargs, tfidf.dim if fs == "tfidf" else dim, users, items_vocab,
                       embedding_model_id)  # fmt: skip
+            warmed = fits.warmed.get(f"{split.protocol}/{name}") == "warm"
             log(f"train: {split.protocol}: fitting {name} ({width} dense features) ...")
-            fitted = fit(model, data["train"], data["validation"], train_cfg,
+            fitted = fit(model, data["train"], data["validation"], train_cfg, fixed_rows=fixed if warmed else None,
                          progress=lambda e, r, n=name: log(f"train:   {n} epoch {e}: val AUC {r['val_auc']:.4f}"))  # fmt: skip
+            if (
+                fixed and not warmed
+            ):  # started cold: the carried ids learnt nothing, so they read as unknown ids
+                warm_start.as_unknown(fitted.model, fixed)
             fits.curves[split.protocol][name] = fitted.history
             fits.epochs[f"{split.protocol}/{name}"] = len(fitted.history)
             probs = predict(fitted.model, data["test"], device=t.device)
