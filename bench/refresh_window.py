@@ -12,7 +12,9 @@ Feast):
 2. then each night up to O, two arms, each warm from its own previous night's models:
    ``window``: the nightly's refresh (``fetch_training_frame`` + ``run_train`` with the window and replay);
    its temporal split (T1, T2) is the window's quantiles; ``all``: every row, with the same T1 and T2, so
-   both arms are tested on exactly the same rows (asserted) and differ only in the rows they fit on.
+   both arms are tested on exactly the same rows (asserted) and differ only in the rows they fit on
+   (and in ``--window-set`` overrides, which apply to the window arm only: a candidate refresh recipe against
+   the default refresh on every row).
 
 Reported per origin, seed and model: both arms' test AUC on night O (and each night's difference), rows fitted,
 fit seconds; pooled per model: the mean difference ``window - all`` on night O over origins and seeds with a
@@ -100,6 +102,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--window-days", type=int, default=30)
     ap.add_argument("--replay-rows", type=int, default=30_000, help="train.replay_rows (0: the window only)")
+    ap.add_argument(
+        "--window-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a configuration override of the window arm only (e.g. train.lr=0.0005)",
+    )
     ap.add_argument("--chain", type=int, default=6, help="refresh nights after the full fit (a week: 6)")
     ap.add_argument("--models", nargs="+", default=["popularity", "deep_lm"], help="train.refresh_models")
     ap.add_argument("--bootstrap", type=int, default=1000)
@@ -146,7 +155,7 @@ def main() -> None:
                     (models / "current.json").write_text(pointer["window"])
                     # the nightly's refresh: the window's rows and the replayed older days, as it reads them
                     win_cfg = load_config(None, [*warm, f"train.window_days={args.window_days}",
-                                                 f"train.replay_rows={args.replay_rows}"])  # fmt: skip
+                                                 f"train.replay_rows={args.replay_rows}", *args.window_set])  # fmt: skip
                     frame = fetch_training_frame(win_cfg, night, log=lambda _m: None)
                     window = fit(win_cfg, night, frame, args.models)
                     pointer["window"] = (models / "current.json").read_text()
@@ -183,6 +192,7 @@ def main() -> None:
     fit_s = {k: round(sum(r[k]["fit_seconds"] for r in runs), 1) for k in ("window", "all")}
     rows = {k: [r[k]["train_rows"] for r in runs if r["seed"] == args.seeds[0]] for k in ("window", "all")}
     out = {"bench": "refresh_window", "command": " ".join(["python", *sys.argv]), "window_days": args.window_days,
+           "window_set": args.window_set,
            "runs": runs, "pooled": pooled, "fit_seconds": fit_s, "train_rows_per_origin": rows,
            "test_rows_per_origin": [len(o["labels"]) for o in per_origin]}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

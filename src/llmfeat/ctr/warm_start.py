@@ -16,8 +16,9 @@ Only where it cannot leak or mislead:
   keeps its fresh initialisation, the "unknown" row (0) is carried over;
 - a warm fit's vocabulary is tonight's training ids *and* the previous model's (``carried_vocab``): a night that
   fits a sample of the history (a refresh window and its replay) would otherwise forget every user and item
-  that has no row in tonight's sample, and an id must be sampled night after night to keep its learnt row
-  (on MovieLens a week of such refreshes lost 0.01 AUC that way). The rows of ids without a training row
+  that has no row in tonight's sample (a ranker would then score that user as an unknown id), and an id must
+  be sampled night after night to keep its learnt row. On MovieLens this changed no test AUC measurably
+  (BENCHMARKS.md "Refresh window": most test users there are new users). The rows of ids without a training row
   tonight are held at their learnt values during the fit (``fixed_rows``): they get no gradient, and Adam's
   L2 term alone would move them by about the learning rate per step, to zero within a few batches.
 
