@@ -516,9 +516,8 @@ def _fit_split(cfg: Config, as_of: dt.date, split: Split, frame: pd.DataFrame, d
             log(f"train: {split.protocol}: fitting {name} ({width} dense features) ...")
             fitted = fit(model, data["train"], data["validation"], train_cfg, fixed_rows=fixed if warmed else None,
                          progress=lambda e, r, n=name: log(f"train:   {n} epoch {e}: val AUC {r['val_auc']:.4f}"))  # fmt: skip
-            if (
-                fixed and not warmed
-            ):  # started cold: the carried ids learnt nothing, so they read as unknown ids
+            if fixed and not warmed:
+                # started cold: the carried ids learnt nothing here, so they get the unknown-id row
                 warm_start.as_unknown(fitted.model, fixed)
             fits.curves[split.protocol][name] = fitted.history
             fits.epochs[f"{split.protocol}/{name}"] = len(fitted.history)
