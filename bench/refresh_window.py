@@ -10,11 +10,12 @@ Feast):
 
 1. the weekly full evaluation: a cold fit as of O - ``--chain`` (temporal protocol, ``--models``, seed s);
 2. then each night up to O, two arms, each warm from its own previous night's models:
-   ``window``: the nightly's refresh (``fetch_training_frame`` + ``run_train`` with the window and replay);
-   its temporal split (T1, T2) is the window's quantiles; ``all``: every row, with the same T1 and T2, so
-   both arms are tested on exactly the same rows (asserted) and differ only in the rows they fit on
-   (and in ``--window-set`` overrides, which apply to the window arm only: a candidate refresh recipe against
-   the default refresh on every row).
+   ``window``: the nightly's refresh (``fetch_training_frame`` + ``run_train`` with the window and replay, at
+   ``train.refresh_lr`` as the nightly's refresh fits); its temporal split (T1, T2) is the window's quantiles;
+   ``all``: every row at ``train.lr`` (the refresh before the window and ``refresh_lr`` were the default), with
+   the same T1 and T2, so both arms are tested on exactly the same rows (asserted) and differ only in the rows
+   they fit on and the learning rate (``--window-set`` / ``--all-set`` override either arm's configuration:
+   ``--window-set train.lr=0.002`` isolates the window, ``--all-set train.lr=0.0005`` the learning rate).
 
 Reported per origin, seed and model: both arms' test AUC on night O (and each night's difference), rows fitted,
 fit seconds; pooled per model: the mean difference ``window - all`` on night O over origins and seeds with a
@@ -107,7 +108,14 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a configuration override of the window arm only (e.g. train.lr=0.0005)",
+        help="a configuration override of the window arm only (e.g. train.lr=0.002)",
+    )
+    ap.add_argument(
+        "--all-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a configuration override of the every-row arm only (e.g. train.lr=0.0005)",
     )
     ap.add_argument("--chain", type=int, default=6, help="refresh nights after the full fit (a week: 6)")
     ap.add_argument("--models", nargs="+", default=["popularity", "deep_lm"], help="train.refresh_models")
@@ -120,6 +128,7 @@ def main() -> None:
     base = [f"paths.data_dir={args.data_dir}", f"paths.reports_dir={args.data_dir / 'reports' / 'window_bench'}",
             "train.protocols=[temporal]", f"train.models=[{', '.join(args.models)}]"]  # fmt: skip
     cfg = load_config(None, base)
+    refresh_lr = cfg.train.lr if cfg.train.refresh_lr is None else cfg.train.refresh_lr
     models = models_dir(cfg)
     torch.set_num_threads(args.threads)
     runs, per_origin = [], []
@@ -155,14 +164,15 @@ def main() -> None:
                     (models / "current.json").write_text(pointer["window"])
                     # the nightly's refresh: the window's rows and the replayed older days, as it reads them
                     win_cfg = load_config(None, [*warm, f"train.window_days={args.window_days}",
-                                                 f"train.replay_rows={args.replay_rows}", *args.window_set])  # fmt: skip
+                                                 f"train.replay_rows={args.replay_rows}", f"train.lr={refresh_lr}",
+                                                 *args.window_set])  # fmt: skip
                     frame = fetch_training_frame(win_cfg, night, log=lambda _m: None)
                     window = fit(win_cfg, night, frame, args.models)
                     pointer["window"] = (models / "current.json").read_text()
                     (models / "current.json").write_text(pointer["all"])
                     t1, t2 = window["split"]["t1"], window["split"]["t2"]
-                    every = fit(load_config(None, [*warm, f"train.t1={t1}", f"train.t2={t2}"]), night,
-                                frame_of(night), args.models)  # fmt: skip
+                    every = fit(load_config(None, [*warm, f"train.t1={t1}", f"train.t2={t2}", *args.all_set]),
+                                night, frame_of(night), args.models)  # fmt: skip
                     pointer["all"] = (models / "current.json").read_text()
                     w_pred, a_pred = window.pop("_pred"), every.pop("_pred")
                     if not np.array_equal(w_pred["_labels"], a_pred["_labels"]) or every["split"]["t2"] != t2:
@@ -192,7 +202,7 @@ def main() -> None:
     fit_s = {k: round(sum(r[k]["fit_seconds"] for r in runs), 1) for k in ("window", "all")}
     rows = {k: [r[k]["train_rows"] for r in runs if r["seed"] == args.seeds[0]] for k in ("window", "all")}
     out = {"bench": "refresh_window", "command": " ".join(["python", *sys.argv]), "window_days": args.window_days,
-           "window_set": args.window_set,
+           "window_set": [f"train.lr={refresh_lr}", *args.window_set], "all_set": args.all_set,
            "runs": runs, "pooled": pooled, "fit_seconds": fit_s, "train_rows_per_origin": rows,
            "test_rows_per_origin": [len(o["labels"]) for o in per_origin]}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -84,20 +84,31 @@ def test_evaluate_every_days_is_checked_at_load(tmp_path):
 
 def test_a_refresh_trains_on_its_window_and_a_full_evaluation_on_every_row(tmp_path):
     _run(_cfg(tmp_path), "r1", D - dt.timedelta(days=1))
-    on = "train.refresh_window_days=30"
-    assert plan_evaluation(_cfg(tmp_path, on), D).cfg.train.window_days == 30
-    assert (
-        plan_evaluation(_cfg(tmp_path, on), D, forced=True).cfg.train.window_days is None
-    )  # full: every row
-    shorter = plan_evaluation(_cfg(tmp_path, on, "train.window_days=10"), D)
+    default = _cfg(tmp_path)  # the default: refreshes on a 30-day window (BENCHMARKS.md "Refresh window")
+    assert default.train.refresh_window_days == 30 and plan_evaluation(default, D).cfg.train.window_days == 30
+    assert plan_evaluation(default, D, forced=True).cfg.train.window_days is None  # full: every row
+    shorter = plan_evaluation(_cfg(tmp_path, "train.window_days=10"), D)
     assert shorter.kind == "refresh" and shorter.cfg.train.window_days == 10  # the shorter of the two
-    assert plan_evaluation(_cfg(tmp_path, on, "train.window_days=45"), D).cfg.train.window_days == 30
-    off = _cfg(tmp_path)  # the default: refreshes on every row (BENCHMARKS.md "Refresh window")
-    assert off.train.refresh_window_days is None and plan_evaluation(off, D).cfg.train.window_days is None
+    assert plan_evaluation(_cfg(tmp_path, "train.window_days=45"), D).cfg.train.window_days == 30
+    off = _cfg(tmp_path, "train.refresh_window_days=null")  # refreshes on every row
+    assert plan_evaluation(off, D).cfg.train.window_days is None
     assert plan_evaluation(_cfg(tmp_path, "train.refresh_window_days=null", "train.window_days=45"),
                            D).cfg.train.window_days == 45  # fmt: skip
     with pytest.raises(ConfigError, match="train.refresh_window_days"):
         _cfg(tmp_path, "train.refresh_window_days=0")
+
+
+def test_a_refresh_fits_at_its_own_learning_rate_and_a_full_evaluation_at_lr(tmp_path):
+    _run(_cfg(tmp_path), "r1", D - dt.timedelta(days=1))
+    cfg = _cfg(tmp_path, "train.lr=0.004", "train.refresh_lr=0.001")
+    assert plan_evaluation(cfg, D).cfg.train.lr == 0.001
+    assert plan_evaluation(cfg, D, forced=True).cfg.train.lr == 0.004  # the weekly full fit: train.lr
+    assert plan_evaluation(_cfg(tmp_path, "train.lr=0.004", "train.refresh_lr=null"), D).cfg.train.lr == 0.004
+    assert _cfg(tmp_path).train.refresh_lr == pytest.approx(
+        _cfg(tmp_path).train.lr / 4
+    )  # the measured recipe
+    with pytest.raises(ConfigError, match="train.refresh_lr"):
+        _cfg(tmp_path, "train.refresh_lr=0")
 
 
 def test_training_rows_since_a_date_reads_only_the_row_groups_from_it(tmp_path):

@@ -133,8 +133,7 @@ def test_a_refresh_night_trains_warm_on_the_first_protocol_and_points_at_the_ful
     from llmfeat.ctr.train import models_dir, plan_evaluation, run_dir_of, run_train
 
     cfg = _train_cfg(movielens_store, "train.protocols=[temporal, leave_last_k]",
-                     "train.models=[popularity, lr_lm, deep_lm]", "train.epochs=2",
-                     "train.refresh_window_days=30")  # fmt: skip
+                     "train.models=[popularity, lr_lm, deep_lm]", "train.epochs=2")  # fmt: skip
     night = dt.date(1998, 4, 23)  # the one ingested snapshot: the "next night" is the same date again
     first = plan_evaluation(cfg, night, forced=True)
     assert first.kind == "full" and first.reason == "train was forced"
@@ -146,7 +145,7 @@ def test_a_refresh_night_trains_warm_on_the_first_protocol_and_points_at_the_ful
     refresh = run_train(cfg, night, log=lambda _: None, plan=plan)
     assert refresh["evaluation"] == "refresh" and list(refresh["protocols"]) == ["temporal"]
     assert refresh["warm_start"] == {"temporal/deep_lm": "warm"}  # from the full night's model
-    # on the last train.refresh_window_days (30) days only: fewer rows read back and fitted than the full run's
+    # on the last train.refresh_window_days (30, the default) days only: fewer rows read back and fitted than the full run's
     assert refresh["frame"]["window_days"] == 30 and full["frame"]["window_days"] is None
     assert (
         refresh["rows"] < full["rows"]

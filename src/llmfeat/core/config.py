@@ -217,13 +217,15 @@ class TrainingConfig:
     refresh_models: list[CtrModel] = field(default_factory=lambda: ["popularity", "deep_lm"])
     """The models a refresh night retrains (the ones rankers load; ``llmfeat score`` takes deep_lm); the other
     models of ``models`` are carried over from the previous run unchanged, so every model stays loadable."""
-    refresh_window_days: int | None = None
+    refresh_window_days: int | None = 30
     """On a refresh night, retrain the models warm on the labelled interactions of the last this many days (or
     ``window_days``, when shorter) and the ``replay_rows`` replay of older days only: what the night reads back
-    and fits then follows the window and a constant, not the stored history. Off by default (None: refreshes
-    use every row): on MovieLens a week of such refreshes lost 0.0107 AUC (paired bootstrap 95% [0.0039, 0.0170]) on origins not
-    looked at before (BENCHMARKS.md "Refresh window"); worth it where the stored history is too large to
-    refit nightly."""
+    and fits then follows the window and a constant, not the stored history. None: refreshes fit every stored
+    row. With ``refresh_lr`` a week of such refreshes is within noise of refreshes on every row at ``lr`` on
+    MovieLens (BENCHMARKS.md "Refresh window"; at ``lr`` itself the window lost 0.0107 AUC)."""
+    refresh_lr: float | None = 5e-4
+    """The learning rate of a refresh night's warm fits (None: ``lr``). A warm start on a window at the cold
+    fit's rate moves the model too far towards the window's rows; a quarter of it kept the week's AUC."""
     replay_rows: int = 30_000
     """With a training window (``window_days``, or a refresh's ``refresh_window_days``): whole stored event days
     from before the window, drawn at random (seeded by the date and ``seed``), up to this many rows, join the
@@ -245,6 +247,8 @@ class TrainingConfig:
                f"must be a positive number of days or null, got {self.window_days}")  # fmt: skip
         _check(self.refresh_window_days is None or self.refresh_window_days > 0, "train.refresh_window_days",
                f"must be a positive number of days or null, got {self.refresh_window_days}")  # fmt: skip
+        _check(self.refresh_lr is None or self.refresh_lr > 0, "train.refresh_lr",
+               f"must be a positive learning rate or null, got {self.refresh_lr}")  # fmt: skip
         _device("train.device", self.device)
         _check(len(self.split_quantiles) == 2 and 0 < self.split_quantiles[0] < self.split_quantiles[1] < 1,
                "train.split_quantiles", f"must be two quantiles 0 < q1 < q2 < 1, got {self.split_quantiles}")  # fmt: skip

@@ -235,8 +235,9 @@ def plan_evaluation(cfg: Config, as_of: dt.date, *, forced: bool = False) -> Eva
                               ref)  # fmt: skip
     t = cfg.train
     models = [m for m in t.models if m in t.refresh_models]
+    lr = t.lr if t.refresh_lr is None else t.refresh_lr
     first = dataclasses.replace(t, protocols=t.protocols[:1], warm_start=True, models=models or t.models,
-                                window_days=refresh_window(t))  # fmt: skip
+                                window_days=refresh_window(t), lr=lr)  # fmt: skip
     return EvaluationPlan("refresh", dataclasses.replace(cfg, train=first), why, ref)
 
 
