@@ -224,8 +224,8 @@ class TrainingConfig:
     row. With ``refresh_lr`` a week of such refreshes is within noise of refreshes on every row at ``lr`` on
     MovieLens (BENCHMARKS.md "Refresh window"; at ``lr`` itself the window lost 0.0107 AUC)."""
     refresh_lr: float | None = 5e-4
-    """The learning rate of a refresh night's warm fits (None: ``lr``). A warm start on a window at the cold
-    fit's rate moves the model too far towards the window's rows; a quarter of it kept the week's AUC."""
+    """The learning rate of a refresh night's warm fits (None: ``lr``). At the cold fit's rate a warm fit on the
+    window lost AUC (likely pulled towards the window's rows); a quarter of it kept the week's AUC (measured)."""
     replay_rows: int = 30_000
     """With a training window (``window_days``, or a refresh's ``refresh_window_days``): whole stored event days
     from before the window, drawn at random (seeded by the date and ``seed``), up to this many rows, join the
