@@ -95,7 +95,7 @@ def main() -> None:
     import torch
 
     from llmfeat.core.config import load_config
-    from llmfeat.ctr.train import fetch_training_frame, models_dir
+    from llmfeat.ctr.train import fetch_training_frame, models_dir, refresh_lr
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=REPO / "var" / "bench" / "day_over_day" / "data")
@@ -128,7 +128,7 @@ def main() -> None:
     base = [f"paths.data_dir={args.data_dir}", f"paths.reports_dir={args.data_dir / 'reports' / 'window_bench'}",
             "train.protocols=[temporal]", f"train.models=[{', '.join(args.models)}]"]  # fmt: skip
     cfg = load_config(None, base)
-    refresh_lr = cfg.train.lr if cfg.train.refresh_lr is None else cfg.train.refresh_lr
+    lr = refresh_lr(cfg.train)  # the nightly's refresh rate (plan_evaluation)
     models = models_dir(cfg)
     torch.set_num_threads(args.threads)
     runs, per_origin = [], []
@@ -164,7 +164,7 @@ def main() -> None:
                     (models / "current.json").write_text(pointer["window"])
                     # the nightly's refresh: the window's rows and the replayed older days, as it reads them
                     win_cfg = load_config(None, [*warm, f"train.window_days={args.window_days}",
-                                                 f"train.replay_rows={args.replay_rows}", f"train.lr={refresh_lr}",
+                                                 f"train.replay_rows={args.replay_rows}", f"train.lr={lr}",
                                                  *args.window_set])  # fmt: skip
                     frame = fetch_training_frame(win_cfg, night, log=lambda _m: None)
                     window = fit(win_cfg, night, frame, args.models)
@@ -202,7 +202,7 @@ def main() -> None:
     fit_s = {k: round(sum(r[k]["fit_seconds"] for r in runs), 1) for k in ("window", "all")}
     rows = {k: [r[k]["train_rows"] for r in runs if r["seed"] == args.seeds[0]] for k in ("window", "all")}
     out = {"bench": "refresh_window", "command": " ".join(["python", *sys.argv]), "window_days": args.window_days,
-           "window_set": [f"train.lr={refresh_lr}", *args.window_set], "all_set": args.all_set,
+           "window_set": [f"train.lr={lr}", *args.window_set], "all_set": args.all_set,
            "runs": runs, "pooled": pooled, "fit_seconds": fit_s, "train_rows_per_origin": rows,
            "test_rows_per_origin": [len(o["labels"]) for o in per_origin]}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

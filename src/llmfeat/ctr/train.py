@@ -235,9 +235,8 @@ def plan_evaluation(cfg: Config, as_of: dt.date, *, forced: bool = False) -> Eva
                               ref)  # fmt: skip
     t = cfg.train
     models = [m for m in t.models if m in t.refresh_models]
-    lr = t.lr if t.refresh_lr is None else t.refresh_lr
     first = dataclasses.replace(t, protocols=t.protocols[:1], warm_start=True, models=models or t.models,
-                                window_days=refresh_window(t), lr=lr)  # fmt: skip
+                                window_days=refresh_window(t), lr=refresh_lr(t))  # fmt: skip
     return EvaluationPlan("refresh", dataclasses.replace(cfg, train=first), why, ref)
 
 
@@ -245,6 +244,11 @@ def refresh_window(t) -> int | None:
     """A refresh night's training window in days: ``refresh_window_days``, or ``window_days`` when shorter."""
     days = [d for d in (t.window_days, t.refresh_window_days) if d is not None]
     return min(days) if days else None
+
+
+def refresh_lr(t) -> float:
+    """A refresh night's learning rate: ``refresh_lr``, or ``lr`` when it is None."""
+    return t.lr if t.refresh_lr is None else t.refresh_lr
 
 
 def window_start(cfg: Config, as_of: dt.date) -> pd.Timestamp | None:
