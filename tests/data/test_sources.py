@@ -22,6 +22,8 @@ def test_grouplens_layout(fixtures):
     assert inter["event_ts"].iloc[0] == pd.Timestamp(881250949, unit="s", tz="UTC")
     # no catalogue timestamps in MovieLens: the first interaction time stands in
     assert (raw.items["updated_at"] == inter["event_ts"].min()).all()
+    # the release date (u.item's third field) is catalogue metadata: released_at
+    assert items.loc["1", "released_at"] == pd.Timestamp("1995-01-01", tz="UTC")
 
 
 def test_click_threshold_is_configurable(fixtures):
@@ -35,6 +37,37 @@ def test_recbole_layout_real_data(movielens_dir):
     assert raw.items["_reject"].isna().all() and raw.interactions["_reject"].isna().all()
     toy = raw.items.set_index("item_id").loc["1"]
     assert toy["title"] == "Toy Story (1995)" and toy["category"] == "Animation, Children's, Comedy"
+    # release dates from the demo's ml-100k.release (GroupLens's u.item; RecBole keeps only the year)
+    released = raw.items.set_index("item_id")["released_at"]
+    assert released["10"] == pd.Timestamp("1996-01-22", tz="UTC")  # Richard III
+    assert released.isna().sum() == 1  # item 267 has no release date in u.item either
+
+
+def test_recbole_layout_without_the_release_file_has_no_release_dates(tmp_path, movielens_dir):
+    for name in ("ml-100k.inter", "ml-100k.item", "ml-100k.user"):
+        shutil.copy(movielens_dir / name, tmp_path / name)
+    raw = movielens.load(tmp_path)
+    assert len(raw.items) == 1682 and raw.items["released_at"].isna().all()
+
+
+def test_an_unreadable_release_date_is_quarantined_with_its_row(tmp_path, movielens_dir):
+    from llmfeat.data.validate import validate
+
+    for name in ("ml-100k.inter", "ml-100k.item", "ml-100k.user", "ml-100k.release"):
+        shutil.copy(movielens_dir / name, tmp_path / name)
+    text = (tmp_path / "ml-100k.release").read_text().replace("10\t22-Jan-1996\n", "10\t1996-01-22\n")
+    (tmp_path / "ml-100k.release").write_text(text)
+    out = validate(movielens.load(tmp_path), snapshot_time=pd.Timestamp("1998-04-23", tz="UTC"),
+                   max_text_chars=10_000, now=pd.Timestamp("1998-04-23", tz="UTC"))  # fmt: skip
+    quarantine = out.quarantine.to_pandas()
+    q = quarantine[quarantine["table"] == "items"]
+    assert (quarantine.loc[quarantine["table"] != "items", "reason"] == "UNKNOWN_ITEM").all()  # its ratings
+    assert list(q["reason"]) == ["BAD_TIMESTAMP"]
+    assert q["detail"].iloc[0] == "column 'released_at' = 1996-01-22 does not parse"
+    assert q["source_file"].iloc[0].endswith("ml-100k.item") and list(q["row"]) == [
+        11
+    ]  # item 10, header + 10
+    assert out.items.num_rows == 1681
 
 
 def test_movielens_missing_column_fails_fast(tmp_path, movielens_dir):

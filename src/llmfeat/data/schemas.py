@@ -18,6 +18,9 @@ ITEMS = pa.schema(
         pa.field("subcategory", pa.string()),
         pa.field("tags", pa.list_(pa.string())),
         pa.field("updated_at", UTC_TS, nullable=False),
+        # when the item became (or becomes) available -- a film's release, a book's publication -- null when
+        # unknown: catalogue metadata, not a version time (it may lie before, after or at updated_at)
+        pa.field("released_at", UTC_TS),
     ]
 )
 

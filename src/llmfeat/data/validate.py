@@ -193,6 +193,10 @@ def _entities(
     _check_length(v, df, checked, max_chars)
     _check_repetitive(v, df, checked)
     _check_timestamp(v, df, "updated_at", latest)
+    if "_released_at_raw" in df and "released_at" in df:  # optional: only a value that does not parse fails
+        raw = df["_released_at_raw"]
+        v.fail(df["released_at"].isna() & ~_blank(raw), "BAD_TIMESTAMP",
+               "column 'released_at' = " + raw.astype("string").fillna("") + " does not parse")  # fmt: skip
 
     # Duplicates among otherwise valid rows: the newest updated_at wins; on a tie, the later row.
     ok = df[v.ok].sort_values(["updated_at", "_row"])
@@ -263,6 +267,10 @@ def _to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
             out[f.name] = pd.to_numeric(out[f.name], errors="coerce")
         elif pa.types.is_list(f.type):
             out[f.name] = out[f.name].map(lambda v: list(v) if isinstance(v, list | tuple) else None)
+        elif (
+            pa.types.is_timestamp(f.type) and out[f.name].isna().all()
+        ):  # an optional column no source filled
+            out[f.name] = pd.Series(pd.NaT, index=out.index, dtype="datetime64[ns, UTC]")
     return pa.Table.from_pandas(out, schema=schema, preserve_index=False)
 
 

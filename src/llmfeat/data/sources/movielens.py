@@ -5,8 +5,10 @@
   ISO-8859-1 as GroupLens ships it).
 
 Mapping to the canonical tables: title keeps the release year ("Toy Story (1995)"), category is the
-comma-joined genre list, tags the genres. MovieLens has no catalogue or profile timestamps, so items and users
-get ``updated_at`` = the first interaction in the file ("the catalogue as of the start of the log").
+comma-joined genre list, tags the genres, ``released_at`` the release date (u.item's third field; in the RecBole
+layout an optional ``<stem>.release`` file, ``item_id`` and ``release_date``, which the demo writes; RecBole's own
+files keep only the year). MovieLens has no catalogue or profile timestamps, so items and users get
+``updated_at`` = the first interaction in the file ("the catalogue as of the start of the log").
 A rating >= ``click_rating_threshold`` (default 4) is a click: label 1.
 """
 
@@ -92,6 +94,15 @@ def _recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
         if title is not None and year and title.strip():
             title = f"{title} ({year})"
         items.append({**base(item_path, rec), "item_id": f[mc["item_id"]], "title": title, "genres": genres})
+    release_path = stem.with_suffix(".release")
+    if release_path.is_file():
+        rc = columns(release_path, ["item_id", "release_date"])
+        dates = {}
+        for rec in read_delimited(release_path, sep="\t", n_fields=len(rc), skip_header=True):
+            if rec.fields:
+                dates[rec.fields[rc["item_id"]].strip()] = rec.fields[rc["release_date"]]
+        for item in items:
+            item["_released_at_raw"] = dates.get((item["item_id"] or "").strip())
     users = []
     for rec in read_delimited(user_path, sep="\t", n_fields=len(uc), skip_header=True):
         f = rec.fields or [None] * len(uc)
@@ -103,7 +114,11 @@ def _recbole(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
             {**base(user_path, rec), "user_id": get("user_id"), "age": get("age"), "gender": get("gender"),
              "occupation": get("occupation"), "location": get("zip_code")}
         )  # fmt: skip
-    return frame(items, ITEM_COLS + ["genres"]), frame(users, USER_COLS), frame(inter, INTER_COLS)
+    return (
+        frame(items, ITEM_COLS + ["genres", "_released_at_raw"]),
+        frame(users, USER_COLS),
+        frame(inter, INTER_COLS),
+    )
 
 
 def _grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -127,7 +142,8 @@ def _grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
         f = rec.fields or [None] * n_item_fields
         flags = f[5:] if rec.fields else []
         genres = [g for g, flag in zip(GENRES, flags, strict=False) if flag == "1" and g != "unknown"]
-        items.append({**base(item_path, rec), "item_id": f[0], "title": f[1], "genres": genres})
+        items.append({**base(item_path, rec), "item_id": f[0], "title": f[1], "genres": genres,
+                      "_released_at_raw": f[2]})  # fmt: skip
     recs = list(read_delimited(user_path, sep="|", n_fields=5))
     check_first_record(user_path, recs, "a GroupLens u.user file")
     users = []
@@ -137,7 +153,11 @@ def _grouplens(directory: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFram
             {**base(user_path, rec), "user_id": f[0], "age": f[1], "gender": f[2], "occupation": f[3],
              "location": f[4]}
         )  # fmt: skip
-    return frame(items, ITEM_COLS + ["genres"]), frame(users, USER_COLS), frame(inter, INTER_COLS)
+    return (
+        frame(items, ITEM_COLS + ["genres", "_released_at_raw"]),
+        frame(users, USER_COLS),
+        frame(inter, INTER_COLS),
+    )
 
 
 def _finish(items: pd.DataFrame, users: pd.DataFrame, inter: pd.DataFrame, threshold: float) -> RawTables:
@@ -158,6 +178,8 @@ def _finish(items: pd.DataFrame, users: pd.DataFrame, inter: pd.DataFrame, thres
     items["tags"] = items["genres"].map(lambda g: list(g) if g else None)
     items = items.drop(columns=["genres"])
     items["updated_at"] = catalog_time
+    # GroupLens writes release dates as 01-Jan-1995; an unreadable one is quarantined (BAD_TIMESTAMP)
+    items["released_at"] = parse_timestamps(items["_released_at_raw"], fmt="%d-%b-%Y")
     users["age"] = pd.to_numeric(users["age"], errors="coerce")
     users["updated_at"] = catalog_time
     return RawTables(items=items, users=users, interactions=inter, notes={})

@@ -28,7 +28,16 @@ from llmfeat.core.errors import InputError  # noqa: F401 - re-exported
 PROVENANCE = ("_file", "_row", "_raw", "_reject", "_detail")
 
 # The columns a file loader's raw frames carry (the canonical ones, plus ``_event_ts_raw``).
-ITEM_COLS = ["item_id", "title", "description", "category", "subcategory", "tags", "updated_at"]
+ITEM_COLS = [
+    "item_id",
+    "title",
+    "description",
+    "category",
+    "subcategory",
+    "tags",
+    "updated_at",
+    "released_at",
+]
 USER_COLS = ["user_id", "age", "gender", "occupation", "location", "bio", "updated_at"]
 INTER_COLS = [
     "user_id",
