@@ -114,6 +114,7 @@ def make_data(
             "subcategory": None,
             "tags": [[category[i], "Tiny"] if i in tiny else [category[i]] for i in item_ids],
             "updated_at": pd.Timestamp(EARLIER, tz=UTC),
+            "released_at": pd.to_datetime(pd.Series([None] * len(item_ids)), utc=True),  # unknown
         }
     )
     canon = Path(data_dir) / "canonical"

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 torch = pytest.importorskip("torch")
 
+from llmfeat.core.config import AdaptConfig  # noqa: E402
 from llmfeat.core.results import AdaptResult  # noqa: E402
 from llmfeat.embedding import adapt as A  # noqa: E402
 from llmfeat.retrieval import evaluate as E  # noqa: E402
@@ -153,6 +154,16 @@ def test_fresh_slots_lift_the_best_items_without_clicks_and_nothing_else():
     assert order[1][2:].tolist() == [o for o in np.argsort(-base[1]) if o not in order[1][:2]]
 
 
+def test_fresh_candidates_are_the_recent_releases_without_clicks():
+    is_new = np.array([True, True, True, True, False, True])
+    age = np.array([10.0, 59.5, 61.0, -3.0, 5.0, np.nan])  # days since release at the cut; NaN: unknown
+    assert A.fresh_candidates(is_new, age, 60).tolist() == [True, True, False, False, False, False]
+    assert A.fresh_candidates(is_new, age, None).tolist() == is_new.tolist()  # any item without clicks
+    assert A.fresh_candidates(is_new, None, 60).tolist() == is_new.tolist()  # a catalogue without dates
+    cfg = AdaptConfig(fresh_slots=[0, 2, 3], fresh_release_days=[30, None])
+    assert A.fresh_grid(cfg) == [(0, None), (2, 30), (2, None), (3, 30), (3, None)]
+
+
 def test_text_popularity_prior_is_fitted_on_clicked_items_and_given_to_the_others():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(400, 8))
@@ -258,7 +269,9 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path, mo
     # the card's multiplier x the ridge prediction from the base set's frozen vectors
     from llmfeat.retrieval import retriever as R
 
-    assert {"window_days", "weight", "new_item_prior"} <= set(card["hybrid"])
+    assert {"window_days", "weight", "new_item_prior", "fresh_slots", "fresh_release_days"} <= set(
+        card["hybrid"]
+    )
     coef = np.linspace(-1, 1, base.vectors.shape[1])
     crafted = {**card, "hybrid": {"window_days": 7, "weight": 1.0, "new_item_prior": 2.0, "fresh_slots": 0,
                                   "text_popularity": {"coef": coef.tolist(), "intercept": 3.0, "ridge": 1.0}}}  # fmt: skip
@@ -282,6 +295,19 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path, mo
     brute = np.asarray(everything.scores) + 1.0 * hyb._prior[rows_all]
     assert got.ids == [everything.ids[j] for j in np.argsort(-brute, kind="stable")[:8]]
     assert set(got.ids) & set(new_ids)  # with this prior the new items do come up
+    # fresh slots limited to recent releases (card: fresh_release_days): only items without clicks released in
+    # the 30 days before the snapshot (items.released_at) may take them
+    released = _release_some_items(syn, as_of)
+    monkeypatch.setattr(A, "load_card", lambda _cfg: {**crafted, "hybrid": {**crafted["hybrid"], "fresh_slots": 2,
+                                                                           "fresh_release_days": 30}})  # fmt: skip
+    recent = R.load_hybrid(out_cfg, r)
+    age = (pd.Timestamp(as_of) - released).dt.days  # NaN: unknown
+    unclicked = set(r._item_ids[zero_clicks])
+    recent_new = [i for i in age.index[(age >= 0) & (age <= 30)] if i in unclicked]
+    want_rows = sorted(r._row_of.get_indexer(recent_new))
+    assert sorted(recent._fresh_rows.tolist()) == want_rows and 0 < len(want_rows) < len(unclicked)
+    got = recent.for_user(user, 5, hybrid=True)
+    assert set(got.ids[:2]) <= set(recent_new) and got.method.endswith("+fresh(2)")
     # mixing refused: frozen user vectors against the adapted index, a set of another base, the base set
     with pytest.raises(IndexModelMismatchError):
         check_model(mid, "test-model@0001")
@@ -295,6 +321,26 @@ def test_adapted_set_is_written_indexed_retrievable_and_never_mixed(tmp_path, mo
     for name, key in (("item_text", "item_id"), ("user_text", "user_id"), ("user_history", "user_id")):
         assert read_latest(root / name, key).model_id == s2["model_id"]
     assert A._existing_model_ids(root) == {s2["model_id"]}
+
+
+def _release_some_items(syn, as_of) -> pd.Series:
+    """Rewrite the canonical items snapshot with release dates: item j released j days before ``as_of`` (every
+    third one unknown, the last one released after it). Returns released_at (naive) by item id."""
+    import pyarrow as pa
+
+    from llmfeat.core import tables
+    from llmfeat.data import schemas
+
+    root = syn.data_dir / "canonical" / "items"
+    items = tables.read_snapshot(root, as_of).to_pandas()
+    day = pd.Timestamp(as_of, tz="UTC")
+    released = [None if j % 3 == 2 else day - pd.Timedelta(days=j) for j in range(len(items))]
+    released[-1] = day + pd.Timedelta(days=5)
+    items["released_at"] = pd.to_datetime(pd.Series(released), utc=True)
+    tables.write_snapshot(
+        root, as_of, pa.Table.from_pandas(items, schema=schemas.ITEMS, preserve_index=False)
+    )
+    return pd.Series(items["released_at"].dt.tz_localize(None).to_numpy(), index=items["item_id"])
 
 
 def _write_item_stats(syn, as_of):

@@ -3,6 +3,7 @@ never read the test window."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +202,10 @@ def test_adapter_runs_inside_the_evaluation_with_validation_selection():
             o["chosen"]["adapted"]["temperature"] in (0.1, 0.3) and 1 <= o["chosen"]["adapted"]["epochs"] <= 2
         )
         assert "_model" not in o["chosen"]["adapted"]  # trained weights stay out of the report
-        assert len(o["validation"]["adapted_fresh"]) == 2 and o["chosen"]["adapted_fresh"]["slots"] in (0, 2)
+        # no slots, then 2 slots with each release window; each scored overall and on the cold items
+        assert len(o["validation"]["adapted_fresh"]) == 1 + len(acfg.fresh_release_days)
+        assert all(set(v) == {"recall", "cold_recall"} for v in o["validation"]["adapted_fresh"].values())
+        assert o["chosen"]["adapted_fresh"]["slots"] in (0, 2)
     assert any(d["a"] == "adapted_hybrid" and d["b"] == "recent_popularity" for d in rep["differences"])
     assert any(d["a"] == "adapted_fresh" and d["b"] == "adapted_hybrid" for d in rep["differences"])
 
@@ -223,3 +227,39 @@ def test_the_report_goes_to_the_data_dirs_reports_unless_told_otherwise(tmp_path
         None, [f"paths.data_dir={tmp_path / 'd'}", f"paths.reports_dir={tmp_path / 'r'}", *quick]
     )
     assert Path(E.run_evaluate(other, None, log=lambda m: None)["path"]).parent == (tmp_path / "r").resolve()
+
+
+def test_choose_within_takes_the_best_cold_recall_inside_the_budget():
+    scores = [(0.200, 0.0), (0.199, 0.05), (0.197, 0.20), (0.150, 0.90), (0.199, float("nan"))]
+    assert E.choose_within(scores, 0.02) == 2  # 0.197 >= 0.98 x 0.2; 0.150 is outside the budget
+    assert E.choose_within(scores, 0.0) == 0  # no budget: only what costs nothing
+    assert E.choose_within(scores, 0.3) == 3
+    assert E.choose_within([(0.2, 0.1), (0.21, 0.1)], 0.1) == 1  # a tie on cold items: the better overall
+    assert E.choose_within([(0.2, float("nan")), (0.2, float("nan"))], 0.1) == 0  # no cold clicks: the first
+
+
+def test_release_dates_reach_the_context_as_item_ages_at_the_cut(tmp_path):
+    import pyarrow as pa
+
+    from llmfeat.core import tables
+    from llmfeat.data import schemas
+
+    root = tables.canonical_dir(tmp_path, "items")
+    as_of = dt.date(2024, 3, 1)
+    items = pd.DataFrame({"item_id": ["i0", "i1", "i2"], "title": ["a", "b", "c"], "description": None,
+                          "category": None, "subcategory": None, "tags": None,
+                          "updated_at": pd.Timestamp("2024-01-01", tz="UTC"),
+                          "released_at": pd.to_datetime(pd.Series(["2024-02-20", None, "2024-03-10"]), utc=True)})  # fmt: skip
+    tables.write_snapshot(
+        root, as_of, pa.Table.from_pandas(items, schema=schemas.ITEMS, preserve_index=False)
+    )
+    ids = np.array(["i2", "i0", "i1", "i9"], dtype=object)
+    released = E.read_release_dates(tmp_path, as_of, ids)
+    assert released[:2].tolist() == [np.datetime64("2024-03-10", "us"), np.datetime64("2024-02-20", "us")]
+    assert np.isnat(released[2:]).all()  # unknown date, unknown item
+    assert E.read_release_dates(tmp_path, dt.date(2024, 2, 1), ids) is None  # no snapshot that early
+    data = synthetic_data(1, n_items=4)
+    data = E.EvalData(data.user_ids, ids, data.inter, data.item_vecs, None, data.model_id, {}, released)
+    ctx = E.context(data.before(pd.Timestamp("2024-03-01")), pd.Timestamp("2024-03-01"))
+    np.testing.assert_allclose(ctx.item_age_days[:2], [-9.0, 10.0])
+    assert np.isnan(ctx.item_age_days[2:]).all()

@@ -572,7 +572,15 @@ class AdaptConfig:
     """L2 penalty of that ridge regression (unit-length LM vectors, an unpenalised intercept)."""
     fresh_slots: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
     """Reserved slots for items without clicks (ranked by their tower vector) tried on top of the hybrid score
-    in ``llmfeat evaluate`` (method ``adapted_fresh``); the best validation recall wins."""
+    (``llmfeat evaluate``'s method ``adapted_fresh``; the nightly stage's card, which the retriever applies)."""
+    fresh_release_days: list[int | None] = field(default_factory=lambda: [60, 120, None])
+    """Which items without clicks may take a fresh slot, tried with each slot count: those released (items.
+    released_at) in the last N days before the cut, not later; None: any item without clicks (also what every
+    value means on a catalogue without release dates)."""
+    fresh_tolerance: float = 0.02
+    """The share of the hybrid's validation recall@k the fresh slots may cost: among the (slots, release days)
+    candidates within it, the best validation recall on items without clicks wins (0: slots only when they cost
+    nothing; a product's exploration budget, set here rather than tuned)."""
     validation_days: int = 14
     """Nightly: the last N days before the snapshot are the validation window for early stopping."""
     seed: int = 7
@@ -589,6 +597,10 @@ class AdaptConfig:
                "negatives, cold_neighbours and tower_loss must be >= 0")  # fmt: skip
         _check(bool(self.fresh_slots) and all(n >= 0 for n in self.fresh_slots), "adapt.fresh_slots",
                f"must be a non-empty list of counts >= 0, got {self.fresh_slots}")  # fmt: skip
+        _check(bool(self.fresh_release_days) and all(d is None or d > 0 for d in self.fresh_release_days),
+               "adapt.fresh_release_days", f"must be a non-empty list of days > 0 or null, got {self.fresh_release_days}")  # fmt: skip
+        _check(0 <= self.fresh_tolerance < 1, "adapt.fresh_tolerance",
+               f"must be within [0, 1), got {self.fresh_tolerance}")  # fmt: skip
         _check(bool(self.new_item_prior) and all(b >= 0 for b in self.new_item_prior), "adapt.new_item_prior",
                f"must be a non-empty list of multipliers >= 0, got {self.new_item_prior}")  # fmt: skip
         _positive("adapt", self, "new_item_ridge")

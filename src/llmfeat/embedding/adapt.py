@@ -484,6 +484,25 @@ def fresh_slot_scores(base: np.ndarray, fresh: np.ndarray, is_new: np.ndarray, s
     return out
 
 
+def fresh_candidates(
+    is_new: np.ndarray, item_age_days: np.ndarray | None, release_days: int | None
+) -> np.ndarray:
+    """The items that may take a fresh slot: without clicks and, when ``release_days`` is set and release
+    dates are known, released in the last ``release_days`` days before the cut (not after it; an item without
+    a date is left out). Without dates, or with ``release_days`` None: every item without clicks."""
+    if release_days is None or item_age_days is None:
+        return np.asarray(is_new, bool)
+    age = np.nan_to_num(np.asarray(item_age_days, np.float64), nan=-1.0)
+    return np.asarray(is_new, bool) & (age >= 0) & (age <= float(release_days))
+
+
+def fresh_grid(cfg_adapt) -> list[tuple[int, int | None]]:
+    """(slots, release_days) candidates: no slots once, then every positive count with every window."""
+    return [(0, None)] + [
+        (int(n), d) for n in cfg_adapt.fresh_slots if n > 0 for d in cfg_adapt.fresh_release_days
+    ]
+
+
 # --- the methods `llmfeat evaluate` runs -------------------------------------------------------------------
 
 
@@ -554,10 +573,10 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
     def fit_fresh(ctx, params, val=None):
         hyb = params["hybrid"]
         U, IV = vectors_at(ctx, hyb["adapted"]["_model"])
-        is_new = ctx.item_clicks == 0
+        eligible = fresh_candidates(ctx.item_clicks == 0, ctx.item_age_days, params["release_days"])
         log_pop = prior_at(ctx, hyb["recent"], hyb["new_item_prior"])
         return E.Fit(lambda users: fresh_slot_scores(hybrid_scores(U[users], IV, log_pop, hyb["weight"]),
-                                                     U[users] @ IV.T, is_new, params["slots"]))  # fmt: skip
+                                                     U[users] @ IV.T, eligible, params["slots"]))  # fmt: skip
 
     return [
         E.Method("adapted", lambda ch: [{**base, "temperature": float(t)} for t in cfg_adapt.temperatures],
@@ -567,9 +586,9 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
                                                for w in cfg_adapt.hybrid_weights
                                                for b in cfg_adapt.new_item_prior],
                  fit_hybrid, needs_vectors=True),
-        E.Method("adapted_fresh", lambda ch: [{"hybrid": ch["adapted_hybrid"], "slots": int(n)}
-                                              for n in cfg_adapt.fresh_slots],
-                 fit_fresh, needs_vectors=True),
+        E.Method("adapted_fresh", lambda ch: [{"hybrid": ch["adapted_hybrid"], "slots": n, "release_days": d}
+                                              for n, d in fresh_grid(cfg_adapt)],
+                 fit_fresh, needs_vectors=True, cold_tolerance=cfg_adapt.fresh_tolerance),
     ]  # fmt: skip
 
 
@@ -763,7 +782,8 @@ def _train_best(a, v: ValidationSplit, k: int, log: Callable[[str], None]):
 def _choose_hybrid(a, model: AdaptedModel, v: ValidationSplit, k: int, plain_recall: float) -> dict:
     """The hybrid score's settings, on the validation split: the trailing window of the popularity prior (the
     ``clicks_<w>d`` that item_stats publishes), its weight, the multiplier of the text-predicted prior of items
-    without clicks, then reserved fresh slots on top. Each must beat the plain cosine's recall to be kept."""
+    without clicks, each kept only if it beats the plain cosine's recall; then reserved fresh slots on top, the
+    best validation recall on items without clicks within ``adapt.fresh_tolerance`` of the hybrid's recall."""
     from llmfeat.retrieval import evaluate as E
 
     ctx, tg = v.ctx, v.targets
@@ -784,19 +804,23 @@ def _choose_hybrid(a, model: AdaptedModel, v: ValidationSplit, k: int, plain_rec
                     hybrid = {"window_days": w_days, "weight": float(w), "new_item_prior": float(beta),
                               "val_recall": round(s, 5)}  # fmt: skip
     log_pop = prior(hybrid["window_days"] or 1, hybrid["new_item_prior"])
-    hybrid["fresh_slots"] = 0
 
-    def with_slots(n: int):
+    def with_slots(n: int, days: int | None):
+        eligible = fresh_candidates(~clicked, ctx.item_age_days, days)
+
         def score(users):
             base = hybrid_scores(U[users], IV, log_pop, hybrid["weight"])
-            return fresh_slot_scores(base, U[users] @ IV.T, ~clicked, n)
+            return fresh_slot_scores(base, U[users] @ IV.T, eligible, n)
 
         return score
 
-    for n in a.fresh_slots:
-        s = E.selection_score(with_slots(n), ctx, tg, k)
-        if s > hybrid["val_recall"] + 1e-12:
-            hybrid.update(fresh_slots=int(n), val_recall=round(s, 5))
+    # fresh slots: the best validation recall on items without clicks within the overall-recall budget
+    grid = fresh_grid(a)
+    scores = [E.selection_scores(with_slots(n, d), ctx, tg, k) for n, d in grid]
+    best = E.choose_within(scores, a.fresh_tolerance)
+    (n, days), (recall, cold) = grid[best], scores[best]
+    hybrid.update(fresh_slots=n, fresh_release_days=days, val_recall=round(recall, 5),
+                  val_cold_recall=None if np.isnan(cold) else round(cold, 5))  # fmt: skip
     return hybrid
 
 

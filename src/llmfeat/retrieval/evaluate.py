@@ -94,6 +94,8 @@ class EvalData:
     user_text: UserTextLog | None
     model_id: str | None
     info: dict = field(default_factory=dict)
+    item_released: np.ndarray | None = None
+    """(n_items,) datetime64[us] (naive UTC) of items.released_at, NaT where unknown; None: no such column."""
 
     @property
     def n_users(self) -> int:
@@ -111,7 +113,7 @@ class EvalData:
             m = text.event_ts <= np.datetime64(_naive(cut))
             text = UserTextLog(text.user_idx[m], text.event_ts[m], text.vectors[m])
         return EvalData(self.user_ids, self.item_ids, self.inter[keep].copy(), self.item_vecs, text, self.model_id,
-                        dict(self.info))  # fmt: skip
+                        dict(self.info), self.item_released)  # fmt: skip
 
 
 def _naive(ts) -> pd.Timestamp:
@@ -156,7 +158,30 @@ def load_eval_data(data_dir: Path, embedding_set: str | None, as_of: dt.date | N
     info = {"snapshot": days[-1].isoformat(), "interactions": len(frame), "clicks": int(frame["label"].sum()),
             "users": len(user_ids), "items": len(item_ids), "interactions_without_item_vector": info_dropped,
             "embedding_set": embedding_set, "model_id": model}  # fmt: skip
-    return EvalData(user_ids, item_ids, frame, item_vecs, text, model, info)
+    released = read_release_dates(data_dir, days[-1], item_ids)
+    info["items_with_release_date"] = None if released is None else int((~np.isnat(released)).sum())
+    return EvalData(user_ids, item_ids, frame, item_vecs, text, model, info, released)
+
+
+def read_release_dates(data_dir: Path, as_of: dt.date, item_ids: np.ndarray) -> np.ndarray | None:
+    """items.released_at of the canonical items snapshot of ``as_of`` (the latest before it if that day has
+    none), aligned with ``item_ids`` (NaT where unknown); None when no snapshot has the column or no item has
+    a date (a catalogue without release dates)."""
+    root = tables.canonical_dir(Path(data_dir), "items")
+    days = [d for d in tables.snapshot_dates(root) if d <= as_of]
+    if not days:
+        return None
+    snapshot = tables.read_snapshot(root, days[-1])
+    if "released_at" not in snapshot.column_names:  # written before the column existed
+        return None
+    t = snapshot.select(["item_id", "released_at"]).to_pandas()
+    if t["released_at"].isna().all():
+        return None
+    ts = pd.to_datetime(t["released_at"], utc=True).dt.tz_localize(None).to_numpy().astype("datetime64[us]")
+    rows = pd.Index(t["item_id"].astype(str)).get_indexer(pd.Index(item_ids.astype(str)))
+    out = np.full(len(item_ids), np.datetime64("NaT"), "datetime64[us]")
+    out[rows >= 0] = ts[rows[rows >= 0]]
+    return out
 
 
 def read_user_text_log(root: Path, user_ids: np.ndarray, as_of: dt.date) -> UserTextLog:
@@ -240,6 +265,8 @@ class Context:
     """Each user's earliest text vector (profile before their clicks), as of the cut."""
     cache: dict = field(default_factory=dict)
     """Fits shared between candidates of one context (e.g. EASE weights per lambda)."""
+    item_age_days: np.ndarray | None = None
+    """Days from each item's release to the cut (negative: released later; NaN: unknown); None without dates."""
 
     @property
     def item_clicks(self) -> np.ndarray:
@@ -264,8 +291,11 @@ def context(data: EvalData, cut: pd.Timestamp) -> Context:
     if data.user_text is not None:
         text, found = data.user_text.at(cut, data.n_users)
         first, _ = data.user_text.first_at(cut, data.n_users)
+    item_age = None
+    if data.item_released is not None:
+        item_age = (cut_np - data.item_released) / np.timedelta64(1, "s") / 86400.0  # NaT -> NaN
     return Context(cut, data.n_users, data.n_items, X, seen, clicks["u"].to_numpy(), clicks["i"].to_numpy(),
-                   age.astype(np.float64), data.item_vecs, text, found, first)  # fmt: skip
+                   age.astype(np.float64), data.item_vecs, text, found, first, item_age_days=item_age)  # fmt: skip
 
 
 @dataclass
@@ -373,6 +403,27 @@ def selection_score(fitted, ctx: Context, tg: Targets, k: int) -> float:
     return float(np.nanmean(m[f"recall@{k}"])) if len(tg) else float("nan")
 
 
+def selection_scores(fitted, ctx: Context, tg: Targets, k: int) -> tuple[float, float]:
+    """(recall@k over every held-out click, recall@k over those on items without a click before the cut: NaN
+    when there are none)."""
+    if not len(tg):
+        return float("nan"), float("nan")
+    m = user_metrics(score_users(fitted, ctx, tg, k), tg, (k,))
+    cold = m[f"cold_recall@{k}"]
+    return float(np.nanmean(m[f"recall@{k}"])), float(np.nanmean(cold)) if np.isfinite(cold).any() else float(
+        "nan"
+    )
+
+
+def choose_within(scores: list[tuple[float, float]], tolerance: float) -> int:
+    """The candidate (index) with the best cold-item recall among those whose overall recall is at most
+    ``tolerance`` (relative) below the best overall recall: new items get what the budget allows, and no more.
+    Ties (and NaN cold recalls) go to the better overall recall, then to the earlier candidate."""
+    floor = max(s for s, _ in scores) * (1.0 - tolerance) - 1e-12
+    within = [i for i, (s, _) in enumerate(scores) if s >= floor]
+    return max(within, key=lambda i: (np.nan_to_num(scores[i][1], nan=-1.0), scores[i][0], -i))
+
+
 # --- methods ------------------------------------------------------------------------------------------------
 
 
@@ -393,6 +444,9 @@ class Method:
     fit: Callable[..., Fit]
     """fit(ctx, params, val=None | (Targets, k)) -> Fit"""
     needs_vectors: bool = False
+    cold_tolerance: float | None = None
+    """None: the best validation recall wins. A number: :func:`choose_within` -- the best validation recall on
+    the cold items among the candidates that cost at most this share of the best overall recall."""
 
 
 def _tiebreak(ctx: Context) -> np.ndarray:
@@ -580,13 +634,21 @@ def select(
     ctx = context(data_sel, origin.t_val)
     tg = targets(data_sel, ctx, origin.t_val, origin.t_test)
     best, best_score, scores = None, -math.inf, {}
+    tried: list[tuple[dict, tuple[float, float]]] = []
     for params in method.grid(chosen):
         fitted = method.fit(ctx, params, val=(tg, k))
-        s = selection_score(fitted.score, ctx, tg, k)
         key = json.dumps(clean(params), sort_keys=True, default=str)
+        if method.cold_tolerance is not None:
+            both = selection_scores(fitted.score, ctx, tg, k)
+            tried.append(({**params, **fitted.chosen}, both))
+            scores[key] = {"recall": round(both[0], 5), "cold_recall": round(both[1], 5)}
+            continue
+        s = selection_score(fitted.score, ctx, tg, k)
         scores[key] = round(s, 5)
         if s > best_score:
             best, best_score = {**params, **fitted.chosen}, s
+    if tried:
+        best = tried[choose_within([t[1] for t in tried], method.cold_tolerance)][0]
     return best, scores
 
 

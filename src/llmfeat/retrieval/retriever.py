@@ -453,17 +453,19 @@ class Retriever:
         return self.search(self._vectors[row], k, exclude_rows=np.array([row], np.int64), item_filter=flt)
 
     def with_prior(self, log_popularity: np.ndarray, weight: float, *, new_rows: np.ndarray | None = None,
-                   fresh_slots: int = 0) -> Retriever:  # fmt: skip
+                   fresh_slots: int = 0, fresh_rows: np.ndarray | None = None) -> Retriever:  # fmt: skip
         """A copy whose ``for_user(..., hybrid=True)`` ranks by ``cos + weight * log_popularity[item]``
         (``log_popularity`` aligned with the index rows; see ``popularity_prior``), with the user's
-        ``fresh_slots`` nearest items among ``new_rows`` (items without clicks) first: an item without clicks
-        cannot win on a popularity-shaped score, so new items get reserved slots."""
+        ``fresh_slots`` nearest items among ``fresh_rows`` (default ``new_rows``, the items without clicks;
+        e.g. only the recent releases among them) first: an item without clicks cannot win on a
+        popularity-shaped score, so new items get reserved slots."""
         import copy
 
         out = copy.copy(self)
         out._prior = np.asarray(log_popularity, dtype=np.float32)
         out._prior_weight = float(weight)
         out._new_rows = np.unique(np.asarray(new_rows if new_rows is not None else [], np.int64))
+        out._fresh_rows = out._new_rows if fresh_rows is None else np.unique(np.asarray(fresh_rows, np.int64))
         out._fresh_slots = int(fresh_slots)
         return out
 
@@ -563,8 +565,12 @@ class Retriever:
         scores = cos + self._prior_weight * prior[rows]
         order = np.argsort(-scores, kind="stable")
         rows, scores, method = rows[order], scores[order], f"hybrid({wide.method})"
-        fresh = self._nearest_among(  # the fresh slots: the user's nearest items without clicks
-            user_id, new_rows, min(k, getattr(self, "_fresh_slots", 0)), categories, exclude_seen
+        fresh = self._nearest_among(  # the fresh slots: the user's nearest items without clicks (recent ones)
+            user_id,
+            getattr(self, "_fresh_rows", new_rows),
+            min(k, getattr(self, "_fresh_slots", 0)),
+            categories,
+            exclude_seen,
         )
         if fresh is not None and len(fresh.ids):
             new = self._row_of.get_indexer(pd.Index(fresh.ids, dtype=object))
@@ -942,7 +948,19 @@ def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
     if text_pop and len(new_rows):
         prior = prior.copy()
         prior[new_rows] = new_item_priors(cfg, card, [ids[r] for r in new_rows], as_of)
-    return retriever.with_prior(prior, weight, new_rows=new_rows, fresh_slots=slots)
+    fresh_rows = None
+    if slots and h.get("fresh_release_days"):  # only the recent releases among them (items.released_at)
+        from llmfeat.embedding.adapt import fresh_candidates
+        from llmfeat.retrieval.evaluate import read_release_dates
+
+        released = read_release_dates(cfg.paths.data_dir, as_of, np.asarray(ids, dtype=object))
+        is_new = np.zeros(len(ids), bool)
+        is_new[new_rows] = True
+        age = None
+        if released is not None:
+            age = (np.datetime64(pd.Timestamp(as_of).date(), "us") - released) / np.timedelta64(1, "D")
+        fresh_rows = np.nonzero(fresh_candidates(is_new, age, h["fresh_release_days"]))[0]
+    return retriever.with_prior(prior, weight, new_rows=new_rows, fresh_slots=slots, fresh_rows=fresh_rows)
 
 
 def new_item_priors(cfg: Config, card: dict, item_ids: Sequence[str], as_of) -> np.ndarray:
