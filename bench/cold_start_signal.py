@@ -15,12 +15,12 @@ window is never read), with the validation window [t_val, t_test) as the held-ou
 - the cold-only ranking (only items without a click ranked, as the `cold_start` slice): recall@20 of random,
   frozen LM user text and frozen LM history.
 
-With ``--release-dates PATH`` (the original GroupLens ``u.item``, ``movie id|title|release date|...``; the RecBole
-files the demo is built from carry only the release year, and no machine of ours can download the original, so
-it is not shipped): the same shares and the cold-only recall@20 of a **release-recency** ranking (the items
-released on or before ``t_val``, the latest first; undated or later-dated items last). It measures whether arrival
-metadata, which the item texts lack, would set the coming cold hits apart. Release dates are theatrical dates,
-and about a third of the 1997-98 films carry only a year (``01-Jan-YYYY``), which sorts them as the year's first.
+When the data dir's items carry ``released_at`` (the demo does: docs/data.md), or with ``--release-dates PATH``
+(a GroupLens ``u.item``, ``movie id|title|release date|...``, for a data dir ingested without them): the same
+shares and the cold-only recall@20 of a **release-recency** ranking (the items released on or before ``t_val``,
+the latest first; undated or later-dated items last). It measures whether arrival metadata, which the item texts
+lack, sets the coming cold hits apart. Release dates are theatrical dates, and about a third of the 1997-98 films
+carry only a year (``01-Jan-YYYY``), which sorts them as the year's first.
 """
 
 from __future__ import annotations
@@ -202,14 +202,18 @@ def main() -> int:
     ap.add_argument("--embedding-set", default="default")
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "cold_start_signal.json")
     ap.add_argument("--release-dates", type=Path, default=None,
-                    help="the original GroupLens ml-100k u.item (not shipped): adds the release-recency ranking")  # fmt: skip
+                    help="a GroupLens u.item whose release dates replace the data dir's items.released_at")  # fmt: skip
     args = ap.parse_args()
     from llmfeat.core.config import load_config
     from llmfeat.retrieval.evaluate import load_eval_data
 
     cfg = load_config(None)
     data = load_eval_data(args.data_dir, args.embedding_set)
-    release = None if args.release_dates is None else read_release_dates(args.release_dates, data.item_ids)
+    release = data.item_released
+    if args.release_dates is not None:
+        release = read_release_dates(args.release_dates, data.item_ids)
+    if release is not None:
+        release = release.astype("datetime64[D]")
     rows = run(data, cfg.evaluate, release)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
