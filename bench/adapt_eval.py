@@ -111,7 +111,9 @@ def render(report: dict, command: str, machine: str) -> str:
         "window of the same size just before its test window; every hyperparameter (recent-popularity window or "
         "half-life, ItemKNN neighbours, EASE lambda, blend weights, adapter temperature and epoch, hybrid weight, "
         "new-item prior multiplier) "
-        "chosen on validation recall@20; the test window read once; items seen before the cut excluded; paired "
+        "chosen on validation recall@20, except the fresh slots (count and release window): the best validation "
+        "recall@20 on the cold items within `adapt.fresh_tolerance` of the best overall validation recall@20; "
+        "the test window read once; items seen before the cut excluded; paired "
         "bootstrap over users within origins (1,000 draws). Slice `cold_start`: the `cold_item` clicks in the item "
         "cold-start protocol (only the items without a click before the cut are ranked; reported, never selected on).",
         "",
@@ -123,7 +125,12 @@ def render(report: dict, command: str, machine: str) -> str:
             f"{', '.join(str(a.get('temperature')) + ' / ' + str(a.get('epochs')) for a in adapted)}; hybrid weight: "
             f"{', '.join(str(h.get('weight')) for h in hybrid)}; new-item prior multiplier: "
             f"{', '.join(str(h.get('new_item_prior', 0.0)) for h in hybrid)}"
-            + (f"; fresh slots: {', '.join(str(f.get('slots')) for f in fresh)}" if any(fresh) else "")
+            + (
+                f"; fresh slots (release window, days): "
+                f"{', '.join(str(f.get('slots')) + (' (' + str(f.get('release_days')) + ')' if f.get('slots') else '') for f in fresh)}"
+                if any(fresh)
+                else ""
+            )
             + (
                 f"; CPU seconds of the training (all threads): {', '.join(f'{c} s' for c in cpu_s)}"
                 if cpu_s
