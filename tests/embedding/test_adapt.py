@@ -352,7 +352,8 @@ def _write_item_stats(syn, as_of):
     ids = syn.item_ids
     ts = pd.Timestamp(as_of, tz="UTC") - pd.Timedelta(days=1)
     clicks = pa.array([j % 5 for j in range(len(ids))], pa.int32())
-    t = pa.table({"item_id": pa.array(ids), "clicks_7d": clicks, "clicks_total": clicks,
+    windows = {f"clicks_{w}d": clicks for w in A.WINDOWS}  # every window the hybrid may choose
+    t = pa.table({"item_id": pa.array(ids), **windows, "clicks_total": clicks,
                   "event_timestamp": pa.array([ts] * len(ids), schemas.UTC_TS),
                   "created_timestamp": pa.array([ts] * len(ids), schemas.UTC_TS)})  # fmt: skip
     tables.write_snapshot(syn.data_dir / "features" / "item_stats", ts.date(), t)
@@ -382,3 +383,46 @@ def test_nightly_runs_adapt_only_when_enabled_and_redoes_it_after_embed(tmp_path
     calls.clear()
     nightly.run_nightly(on, day, force=("embed",), log=lambda m: None)
     assert ("adapt", True) in calls and calls[-1] == ("adapt", True)
+
+
+def test_the_service_answers_hybrid_requests_on_an_adapted_set_only(tmp_path):
+    import httpx
+
+    from llmfeat.retrieval.index import run_index
+    from llmfeat.retrieval.retriever import Retriever, load_hybrid
+    from llmfeat.retrieval.serve import RetrieverHolder, create_app
+    from tests.services import running
+
+    quiet = lambda m: None  # noqa: E731
+    syn, as_of = _adapt_data_dir(tmp_path)
+    cfg = _adapt_cfg(syn.data_dir)
+    A.run_adapt(cfg, as_of, log=quiet)
+    out_cfg = A.output_config(cfg)
+    run_index(out_cfg, as_of, log=quiet)
+    _write_item_stats(syn, as_of)
+    user = syn.user_ids[0]
+    want = load_hybrid(out_cfg, Retriever.load(out_cfg)).for_user(user, 5, hybrid=True)
+    plain = Retriever.load(out_cfg).for_user(user, 5)
+    url_path = f"/users/{user}/recommendations"
+    with (
+        running(create_app(RetrieverHolder.from_config(out_cfg))) as url,
+        httpx.Client(base_url=url, timeout=20) as c,
+    ):
+        got = c.get(url_path, params={"k": 5, "hybrid": "true"}).json()
+        assert [h["item_id"] for h in got["results"]] == want.ids and got["method"].startswith("hybrid")
+        again = c.get(url_path, params={"k": 5, "hybrid": "true"})  # cached apart from the plain answer
+        assert again.json()["results"] == got["results"] and again.headers.get("x-cache") == "hit"
+        assert [h["item_id"] for h in c.get(url_path, params={"k": 5}).json()["results"]] == plain.ids
+        posted = c.post(url_path, json={"k": 5, "hybrid": True}).json()
+        assert [h["item_id"] for h in posted["results"]] == want.ids
+        refused = c.get(url_path, params={"k": 5, "hybrid": "true", "allow": [want.ids[0]]})
+        assert refused.status_code == 422 and "category filters only" in refused.json()["detail"]
+    # the frozen set has no adapter card: a hybrid request is refused (409), a plain one is answered
+    run_index(cfg, as_of, log=quiet)
+    with (
+        running(create_app(RetrieverHolder.from_config(cfg))) as url,
+        httpx.Client(base_url=url, timeout=20) as c,
+    ):
+        refused = c.get(url_path, params={"k": 5, "hybrid": "true"})
+        assert refused.status_code == 409 and "llmfeat adapt" in refused.json()["detail"]
+        assert c.get(url_path, params={"k": 5}).status_code == 200

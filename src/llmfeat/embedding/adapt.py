@@ -856,12 +856,15 @@ def _write_set(out_root, data, items, users, has_vec, n_clicks, mid: str, snapsh
         (staging / "manifests" / f"{run_id}.json").write_text(json.dumps(manifest, indent=2, default=str))
 
 
+def card_path(cfg, embedding_set: str) -> Path:
+    """Where the card of the adapter that wrote ``embedding_set`` is (a set not written by one has none)."""
+    return DataDir(Path(cfg.paths.data_dir)).adapters(embedding_set) / CARD_FILE
+
+
 def load_card(cfg) -> dict:
     """The card of the adapter that made ``cfg.embed.embedding_set`` (or ``adapt.output_set``)."""
-    c = copy.deepcopy(cfg)
-    if cfg.embed.embedding_set != "default":
-        c.adapt.output_set = cfg.embed.embedding_set
-    path = adapter_dir(c) / CARD_FILE
+    default = cfg.embed.embedding_set == "default"
+    path = card_path(cfg, cfg.adapt.output_set if default else cfg.embed.embedding_set)
     if not path.is_file():
         raise MissingInputError(
             f"no adapter card at {path}: the hybrid score needs a set written by `llmfeat adapt`"

@@ -469,6 +469,11 @@ class Retriever:
         out._fresh_slots = int(fresh_slots)
         return out
 
+    @property
+    def has_prior(self) -> bool:
+        """Whether ``for_user(..., hybrid=True)`` can answer (``with_prior`` / ``load_hybrid`` was applied)."""
+        return getattr(self, "_prior", None) is not None
+
     def for_user(
         self,
         user_id: str,
@@ -961,6 +966,14 @@ def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
             age = (np.datetime64(pd.Timestamp(as_of).date(), "us") - released) / np.timedelta64(1, "D")
         fresh_rows = np.nonzero(fresh_candidates(is_new, age, h["fresh_release_days"]))[0]
     return retriever.with_prior(prior, weight, new_rows=new_rows, fresh_slots=slots, fresh_rows=fresh_rows)
+
+
+def load_hybrid_if_adapted(cfg: Config, retriever: Retriever) -> Retriever:
+    """``load_hybrid`` when the served set was written by ``llmfeat adapt`` (its card is there), else the
+    retriever as it is (a hybrid request on it is then refused): what ``llmfeat serve`` loads."""
+    from llmfeat.embedding.adapt import card_path
+
+    return load_hybrid(cfg, retriever) if card_path(cfg, cfg.embed.embedding_set).is_file() else retriever
 
 
 def new_item_priors(cfg: Config, card: dict, item_ids: Sequence[str], as_of) -> np.ndarray:

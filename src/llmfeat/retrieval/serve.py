@@ -41,7 +41,13 @@ from llmfeat.core.config import Config, ServeConfig
 from llmfeat.core.errors import ReloadError  # noqa: F401 - re-exported
 from llmfeat.core.reloading import PeriodicReload
 from llmfeat.retrieval.index import IndexModelMismatchError, current_version, index_root
-from llmfeat.retrieval.retriever import NotFoundError, Results, Retriever, UserVectorSource
+from llmfeat.retrieval.retriever import (
+    NotFoundError,
+    Results,
+    Retriever,
+    UserVectorSource,
+    load_hybrid_if_adapted,
+)
 
 log = logging.getLogger("llmfeat.serve")
 ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
@@ -83,7 +89,10 @@ class RetrieverHolder:
         hold = cfg.serve.hold_user_vectors
 
         def load(version: str | None) -> Retriever:
-            return Retriever.load(cfg, version=version, users=users, hold_users=hold)
+            # an adapted set also answers ?hybrid=true (prior from its card and item_stats, read per version)
+            return load_hybrid_if_adapted(
+                cfg, Retriever.load(cfg, version=version, users=users, hold_users=hold)
+            )
 
         return cls(load, lambda: current_version(root))
 
@@ -246,6 +255,9 @@ class Query_(BaseModel):
     allow: list[FilterId] | None = Field(None, description="Only these item ids (None: no allow-list)")
     deny: list[FilterId] | None = Field(None, description="Never these item ids")
     exclude_seen: bool = True
+    hybrid: bool = Field(
+        False, description="Adapted sets: cosine + weight x log recent popularity, fresh slots"
+    )
 
 
 def create_app(
@@ -310,6 +322,17 @@ def create_app(
         Query(max_length=1000, description="Never these item ids (repeatable; POST for more)"),
     ]
 
+    def check_hybrid(r: Retriever, hybrid: bool, allow, deny) -> None:
+        if not hybrid:
+            return
+        if not r.has_prior:
+            raise HTTPException(status_code=409, detail="hybrid scoring needs a set written by `llmfeat adapt` "
+                                f"(embed.embedding_set=adapted); this service serves index {r.version}")  # fmt: skip
+        if allow is not None or deny:
+            raise HTTPException(
+                status_code=422, detail="hybrid scoring takes category filters only, not allow/deny"
+            )
+
     def check(body: Query_) -> None:
         if body.k > k_max:
             raise HTTPException(status_code=422, detail=f"k must be within 1..{k_max}, got {body.k}")
@@ -349,24 +372,37 @@ def create_app(
         exclude_seen: bool = True,
         allow: Allow = None,
         deny: Deny = None,
+        hybrid: Annotated[
+            bool,
+            Query(
+                description="Adapted sets: cosine + weight x log recent popularity, "
+                "fresh slots for new items (docs/adapt.md)"
+            ),
+        ] = False,  # fmt: skip
     ) -> Response:
-        """Items closest to the user's vector, without the items the user already interacted with."""
+        """Items closest to the user's vector, without the items the user already interacted with; with
+        ``hybrid`` (an adapted set), re-ranked by the adapter's popularity prior (docs/adapt.md)."""
         r = provider.get()
+        check_hybrid(r, hybrid, allow, deny)
         key = None
         if allow is None and deny is None and cache is not None:
             token = r.answer_token(user_id)  # None: the user's vector is read live, the answer may change
-            key = ("user", user_id, k, _key(categories), exclude_seen, token) if token is not None else None
-        return _cached(cache, r, key, lambda: _response(
-            "user", user_id, k, r, r.for_user(user_id, k, categories, exclude_seen, allow=allow, deny=deny)))  # fmt: skip
+            key = (
+                ("user", user_id, k, _key(categories), exclude_seen, hybrid, token)
+                if token is not None
+                else None
+            )
+        return _cached(cache, r, key, lambda: _response("user", user_id, k, r, r.for_user(
+            user_id, k, categories, exclude_seen, allow=allow, deny=deny, hybrid=hybrid)))  # fmt: skip
 
     @app.post("/users/{user_id}/recommendations", response_model=Recommendations, responses=not_found)
     def for_user_post(user_id: UserId, body: Query_) -> Response:
         """As GET, with the filters in a JSON body (long allow-/deny-lists)."""
         check(body)
         r = provider.get()
-        res = r.for_user(
-            user_id, body.k, body.categories, body.exclude_seen, allow=body.allow, deny=body.deny
-        )
+        check_hybrid(r, body.hybrid, body.allow, body.deny)
+        res = r.for_user(user_id, body.k, body.categories, body.exclude_seen, allow=body.allow, deny=body.deny,
+                         hybrid=body.hybrid)  # fmt: skip
         return _response("user", user_id, body.k, r, res)
 
     @app.get("/health", response_model=Health)
