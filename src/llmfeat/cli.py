@@ -627,9 +627,8 @@ def adapt(
         if spark is not None:
             spark.stop()
     console.print(f"adapted set {result.embedding_set}: {result.model_id}")
-    console.print(
-        f"  {result.counts}; validation recall@20 {result.validation_recall}; hybrid {result.hybrid}"
-    )
+    hybrid = {k: v for k, v in (result.hybrid or {}).items() if k != "text_popularity"}  # 384 coefficients
+    console.print(f"  {result.counts}; validation recall@20 {result.validation_recall}; hybrid {hybrid}")
     console.print(f"  index {result.index_version}; seconds {result.seconds}")
 
 

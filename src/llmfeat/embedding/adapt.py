@@ -758,7 +758,7 @@ def run_adapt(cfg, as_of: dt.date, *, log: Callable[[str], None] = print) -> Ada
                 "users_text_tower": int((has_vec & (n_clicks == 0)).sum())}}  # fmt: skip
     _write_set(out_root, data, items, users, has_vec, n_clicks, mid, snapshot, created, manifest, started)
     log(f"adapt: {mid}: {len(items)} items, {int(has_vec.sum())} users; validation recall@{k} {res.best_val:.4f}, "
-        f"hybrid {hybrid}")  # fmt: skip
+        f"hybrid { {k2: v for k2, v in hybrid.items() if k2 != 'text_popularity'} }")  # fmt: skip
     return AdaptResult({k2: v for k2, v in manifest.items() if k2 not in ("history",)})
 
 
