@@ -325,7 +325,26 @@ def train_adapter(
     log: Callable[[str], None] = lambda m: None,
 ) -> TrainResult:
     """Train on the clicks (click_u, click_i) whose graph is ``X``. With ``validate`` (model -> validation
-    recall), stop early and keep the best epoch; without it, train exactly ``epochs`` epochs."""
+    recall), stop early and keep the best epoch; without it, train exactly ``epochs`` epochs. Repeatable: the
+    same data, params (seed, threads) and device give the same weights."""
+    torch = _torch()
+    # With more than one CPU thread the backward of the sparse propagation adds up in a thread-dependent
+    # order, so two runs drifted apart (another model id, other epochs chosen); PyTorch's deterministic
+    # algorithms remove that at no measurable cost here (docs/adapt.md). Process-wide in PyTorch, so restored.
+    was, was_warn = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)  # warn, not fail, where CUDA has no such kernel
+    try:
+        return _train_adapter(X, click_u, click_i, click_age_days, inputs, params, validate=validate,
+                              epochs=epochs, log=log)  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+
+
+def _train_adapter(X, click_u, click_i, click_age_days, inputs: Inputs, params: dict, *, validate, epochs, log,
+                   ) -> TrainResult:  # fmt: skip
     torch = _torch()
     started, cpu_started = time.perf_counter(), time.process_time()
     device = resolve_device(params.get("device", "auto"))
