@@ -25,6 +25,7 @@ items:
   columns: {title: title, category: category, tags: tags}
   tags_separator: "|"
   updated_at: updated_at
+  released_at: released_at
 users:
   path: users.csv
   id: user_id
@@ -49,7 +50,8 @@ def write_landing(ml_dir: Path, out: Path) -> Path:
     items = raw.items.assign(
         tags=raw.items["tags"].map(lambda t: "|".join(t) if t else None),
         updated_at=raw.items["updated_at"].dt.strftime(iso),
-    )[["item_id", "title", "category", "tags", "updated_at"]]
+        released_at=raw.items["released_at"].dt.strftime(iso),
+    )[["item_id", "title", "category", "tags", "updated_at", "released_at"]]
     items.to_csv(out / "items.csv", index=False)
     users = raw.users.assign(updated_at=raw.users["updated_at"].dt.strftime(iso))
     users[["user_id", "age", "gender", "occupation", "location", "updated_at"]].to_csv(

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -164,3 +165,20 @@ def test_catalogue_with_users_needs_their_updated_at(tmp_path):
     rc, out, _ = ingest(tmp_path, mapping, {"items.csv": ITEMS, "users.csv": users})
     assert rc == 3, out
     assert "users needs 'updated_at' when there is no interactions section" in out
+
+
+def test_release_dates_are_mapped_and_an_unreadable_one_is_quarantined(tmp_path):
+    items = (
+        "sku,name,blurb,modified,launch\n"
+        "A,Alpha kettle,A kettle.,2024-01-01T00:00:00Z,2023-11-20\n"
+        "B,Beta mug,A mug.,2024-01-01T00:00:00Z,\n"
+        "C,Gamma pot,A pot.,2024-01-01T00:00:00Z,next spring\n"
+    )
+    mapping = ITEMS_SECTION + "  released_at: launch\n"
+    rc, out, data = ingest(tmp_path, mapping, {"items.csv": items})
+    assert rc == 4, out  # C's date does not parse: quarantined, the others kept
+    got = table(data, "items").to_pandas().set_index("item_id")["released_at"]
+    assert got["A"] == pd.Timestamp("2023-11-20", tz="UTC") and got.isna()["B"]  # empty: unknown
+    q = table(data, "quarantine").to_pandas()
+    assert list(q["reason"]) == ["BAD_TIMESTAMP"] and list(q["row"]) == [4]
+    assert "column 'released_at' = next spring does not parse" in q["detail"].iloc[0]

@@ -41,6 +41,7 @@ import scipy.sparse as sp
 from llmfeat.core import tables
 from llmfeat.core.errors import ConfigError, MissingInputError
 from llmfeat.core.layout import embedding_paths
+from llmfeat.data.catalogue import read_release_dates
 
 SLICES = ("all", "warm_user", "new_user", "cold_item", "cold_start")
 
@@ -161,27 +162,6 @@ def load_eval_data(data_dir: Path, embedding_set: str | None, as_of: dt.date | N
     released = read_release_dates(data_dir, days[-1], item_ids)
     info["items_with_release_date"] = None if released is None else int((~np.isnat(released)).sum())
     return EvalData(user_ids, item_ids, frame, item_vecs, text, model, info, released)
-
-
-def read_release_dates(data_dir: Path, as_of: dt.date, item_ids: np.ndarray) -> np.ndarray | None:
-    """items.released_at of the canonical items snapshot of ``as_of`` (the latest before it if that day has
-    none), aligned with ``item_ids`` (NaT where unknown); None when no snapshot has the column or no item has
-    a date (a catalogue without release dates)."""
-    root = tables.canonical_dir(Path(data_dir), "items")
-    days = [d for d in tables.snapshot_dates(root) if d <= as_of]
-    if not days:
-        return None
-    snapshot = tables.read_snapshot(root, days[-1])
-    if "released_at" not in snapshot.column_names:  # written before the column existed
-        return None
-    t = snapshot.select(["item_id", "released_at"]).to_pandas()
-    if t["released_at"].isna().all():
-        return None
-    ts = pd.to_datetime(t["released_at"], utc=True).dt.tz_localize(None).to_numpy().astype("datetime64[us]")
-    rows = pd.Index(t["item_id"].astype(str)).get_indexer(pd.Index(item_ids.astype(str)))
-    out = np.full(len(item_ids), np.datetime64("NaT"), "datetime64[us]")
-    out[rows >= 0] = ts[rows[rows >= 0]]
-    return out
 
 
 def read_user_text_log(root: Path, user_ids: np.ndarray, as_of: dt.date) -> UserTextLog:
@@ -410,16 +390,18 @@ def selection_scores(fitted, ctx: Context, tg: Targets, k: int) -> tuple[float, 
         return float("nan"), float("nan")
     m = user_metrics(score_users(fitted, ctx, tg, k), tg, (k,))
     cold = m[f"cold_recall@{k}"]
-    return float(np.nanmean(m[f"recall@{k}"])), float(np.nanmean(cold)) if np.isfinite(cold).any() else float(
-        "nan"
-    )
+    cold_recall = float(np.nanmean(cold)) if np.isfinite(cold).any() else float("nan")
+    return float(np.nanmean(m[f"recall@{k}"])), cold_recall
 
 
 def choose_within(scores: list[tuple[float, float]], tolerance: float) -> int:
     """The candidate (index) with the best cold-item recall among those whose overall recall is at most
     ``tolerance`` (relative) below the best overall recall: new items get what the budget allows, and no more.
     Ties (and NaN cold recalls) go to the better overall recall, then to the earlier candidate."""
-    floor = max(s for s, _ in scores) * (1.0 - tolerance) - 1e-12
+    finite = [s for s, _ in scores if np.isfinite(s)]
+    if not finite:  # no validation targets at all: nothing to choose on, the first candidate
+        return 0
+    floor = max(finite) * (1.0 - tolerance) - 1e-12
     within = [i for i, (s, _) in enumerate(scores) if s >= floor]
     return max(within, key=lambda i: (np.nan_to_num(scores[i][1], nan=-1.0), scores[i][0], -i))
 
@@ -641,7 +623,10 @@ def select(
         if method.cold_tolerance is not None:
             both = selection_scores(fitted.score, ctx, tg, k)
             tried.append(({**params, **fitted.chosen}, both))
-            scores[key] = {"recall": round(both[0], 5), "cold_recall": round(both[1], 5)}
+            scores[key] = {
+                name: None if math.isnan(x) else round(x, 5)
+                for name, x in zip(("recall", "cold_recall"), both, strict=True)
+            }
             continue
         s = selection_score(fitted.score, ctx, tg, k)
         scores[key] = round(s, 5)

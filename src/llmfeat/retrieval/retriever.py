@@ -955,8 +955,8 @@ def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
         prior[new_rows] = new_item_priors(cfg, card, [ids[r] for r in new_rows], as_of)
     fresh_rows = None
     if slots and h.get("fresh_release_days"):  # only the recent releases among them (items.released_at)
+        from llmfeat.data.catalogue import read_release_dates
         from llmfeat.embedding.adapt import fresh_candidates
-        from llmfeat.retrieval.evaluate import read_release_dates
 
         released = read_release_dates(cfg.paths.data_dir, as_of, np.asarray(ids, dtype=object))
         is_new = np.zeros(len(ids), bool)

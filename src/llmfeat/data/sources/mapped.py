@@ -9,6 +9,7 @@ catalogue alone is ingested, for content-based filtering)::
       columns: {title: name, description: blurb, category: dept, subcategory: aisle, tags: labels}
       tags_separator: "|"          # when tags is one delimited string
       updated_at: modified         # omitted: the first interaction time (the epoch without interactions)
+      released_at: launch_date     # optional: when the item became available (docs/data.md)
       timestamp_format: iso        # iso (default), unix_s, unix_ms, or a strptime format
     users:                         # omitted: one user per id seen in interactions, no profile
       path: users.parquet
@@ -66,7 +67,7 @@ USER_FIELDS = ("age", "gender", "occupation", "location", "bio")
 INTERACTION_FIELDS = ("user_id", "item_id", "timestamp", "label", "rating", "impression_id", "dwell")
 
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
-    "items": ("path", "id", "columns", "tags_separator", "updated_at", "timestamp_format"),
+    "items": ("path", "id", "columns", "tags_separator", "updated_at", "released_at", "timestamp_format"),
     "users": ("path", "id", "columns", "updated_at", "timestamp_format"),
     "interactions": ("path", "files", *INTERACTION_FIELDS, "timestamp_format"),
 }
@@ -279,9 +280,9 @@ def _entities(
         )
     if name == "items" and not any(columns.get(f) for f in ITEM_FIELDS):
         raise InputError(f"{mapping_path}: items.columns must map at least one of {list(ITEM_FIELDS)}")
-    needed = [sec["id"], *[c for c in columns.values() if c]] + (
-        [sec["updated_at"]] if sec.get("updated_at") else []
-    )
+    needed = [sec["id"], *[c for c in columns.values() if c]] + [
+        sec[k] for k in ("updated_at", "released_at") if sec.get(k)
+    ]
     path, rows = _read(root, sec, mapping_path, name, needed)
     if name == "items" and not rows:
         raise InputError(f"{path}: the items file has no data rows (from {mapping_path}); nothing to ingest")
@@ -293,13 +294,19 @@ def _entities(
             src = columns.get(canon)
             row[canon] = r.get(src) if src else None
         row["_updated_at_raw"] = r.get(sec["updated_at"]) if sec.get("updated_at") else None
+        if sec.get("released_at"):
+            row["_released_at_raw"] = r.get(sec["released_at"])
         out.append(row)
-    df = frame(out, [id_col, *fields, "_updated_at_raw"])
+    df = frame(
+        out, [id_col, *fields, "_updated_at_raw"] + (["_released_at_raw"] if sec.get("released_at") else [])
+    )
     if sec.get("updated_at"):
         df["updated_at"] = _timestamps(df["_updated_at_raw"], sec.get("timestamp_format"))
     else:
         df["updated_at"] = default_ts
         df = df.drop(columns=["_updated_at_raw"])
+    if sec.get("released_at"):  # an unreadable value is quarantined by validation (BAD_TIMESTAMP)
+        df["released_at"] = _timestamps(df["_released_at_raw"], sec.get("timestamp_format"))
     if "tags" in fields:
         sep = sec.get("tags_separator", "|")
         df["tags"] = df["tags"].map(lambda v: _tags(v, sep))
