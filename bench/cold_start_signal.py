@@ -15,11 +15,10 @@ window is never read), with the validation window [t_val, t_test) as the held-ou
 - the cold-only ranking (only items without a click ranked, as the `cold_start` slice): recall@20 of random,
   frozen LM user text and frozen LM history.
 
-When the data dir's items carry ``released_at`` (the demo does: docs/data.md), or with ``--release-dates PATH``
-(a GroupLens ``u.item``, ``movie id|title|release date|...``, for a data dir ingested without them): the same
-shares and the cold-only recall@20 of a **release-recency** ranking (the items released on or before ``t_val``,
-the latest first; undated or later-dated items last). It measures whether arrival metadata, which the item texts
-lack, sets the coming cold hits apart. Release dates are theatrical dates, and about a third of the 1997-98 films
+When the data dir's items carry ``released_at`` (the demo's do: docs/data.md): the same shares and the
+cold-only recall@20 of a **release-recency** ranking (the items released on or before ``t_val``, the latest
+first; undated or later-dated items last). It measures whether arrival metadata, which the item texts lack,
+sets the coming cold hits apart. Release dates are theatrical dates, and about a third of the 1997-98 films
 carry only a year (``01-Jan-YYYY``), which sorts them as the year's first.
 """
 
@@ -35,34 +34,6 @@ import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-
-
-def read_release_dates(path: Path, item_ids: np.ndarray) -> np.ndarray:
-    """Release dates (datetime64[D], NaT where absent) of ``item_ids`` from a GroupLens ``u.item`` file."""
-    by_id: dict[str, np.datetime64] = {}
-    with open(path, encoding="latin-1") as f:
-        for line_no, line in enumerate(f, 1):
-            fields = line.rstrip("\n").split("|")
-            if not line.strip():
-                continue
-            if len(fields) < 3:
-                raise ValueError(
-                    f"{path}:{line_no}: expected 'movie id|title|release date|...', got {line[:80]!r}"
-                )
-            raw = fields[2].strip()
-            if not raw:
-                continue
-            for fmt in ("%d-%b-%Y", "%d-%m-%Y"):
-                try:
-                    by_id[fields[0].strip()] = np.datetime64(pd.to_datetime(raw, format=fmt).date(), "D")
-                    break
-                except ValueError:
-                    pass
-            else:
-                raise ValueError(
-                    f"{path}:{line_no}: release date {raw!r} is neither dd-Mon-yyyy nor dd-mm-yyyy"
-                )
-    return np.array([by_id.get(str(i), np.datetime64("NaT", "D")) for i in item_ids], dtype="datetime64[D]")
 
 
 def release_recency(release: np.ndarray, t: pd.Timestamp) -> np.ndarray:
@@ -112,7 +83,7 @@ def text_popularity_shares(data, t_val: pd.Timestamp, length: pd.Timedelta, trut
     return _top_shares(order, truth, total, tops)
 
 
-def origin_signal(data, origin, cfg_eval, release: np.ndarray | None = None) -> dict:
+def origin_signal(data, origin, cfg_eval) -> dict:
     """Everything for one origin, from ``data`` cut at the origin's test start (the caller's guarantee)."""
     from llmfeat.retrieval import evaluate as E
 
@@ -135,7 +106,8 @@ def origin_signal(data, origin, cfg_eval, release: np.ndarray | None = None) -> 
             data, origin.t_val, origin.t_test - origin.t_val, truth, cold
         ),
     }
-    recency = None if release is None else release_recency(release, origin.t_val)
+    released = data.item_released  # items.released_at, when the data dir has it
+    recency = None if released is None else release_recency(released.astype("datetime64[D]"), origin.t_val)
     if recency is not None:
         idx = np.flatnonzero(cold)
         order = idx[np.argsort(-recency[idx], kind="stable")]
@@ -163,13 +135,11 @@ def origin_signal(data, origin, cfg_eval, release: np.ndarray | None = None) -> 
     return out
 
 
-def run(data, cfg_eval, release: np.ndarray | None = None) -> list[dict]:
+def run(data, cfg_eval) -> list[dict]:
     from llmfeat.retrieval import evaluate as E
 
     origins = E.make_origins(data.inter["ts"].to_numpy(), cfg_eval.origins, cfg_eval.span)
-    return [
-        {"origin": o.index, **origin_signal(data.before(o.t_test), o, cfg_eval, release)} for o in origins
-    ]
+    return [{"origin": o.index, **origin_signal(data.before(o.t_test), o, cfg_eval)} for o in origins]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -201,20 +171,13 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=REPO / "var" / "data")
     ap.add_argument("--embedding-set", default="default")
     ap.add_argument("--out", type=Path, default=REPO / "var" / "bench" / "cold_start_signal.json")
-    ap.add_argument("--release-dates", type=Path, default=None,
-                    help="a GroupLens u.item whose release dates replace the data dir's items.released_at")  # fmt: skip
     args = ap.parse_args()
     from llmfeat.core.config import load_config
     from llmfeat.retrieval.evaluate import load_eval_data
 
     cfg = load_config(None)
     data = load_eval_data(args.data_dir, args.embedding_set)
-    release = data.item_released
-    if args.release_dates is not None:
-        release = read_release_dates(args.release_dates, data.item_ids)
-    if release is not None:
-        release = release.astype("datetime64[D]")
-    rows = run(data, cfg.evaluate, release)
+    rows = run(data, cfg.evaluate)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
     print(markdown(rows))
