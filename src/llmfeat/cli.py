@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmfeat.core.config import Config, load_config
@@ -42,9 +43,10 @@ def command(name: str | None = None, *, group: typer.Typer | None = None, **kwar
                 if code == Exit.FAILURE:
                     console.print(traceback.format_exc(), markup=False, style="dim")
                 kind, _, rest = message.partition(": ")
-                console.print(f"[red]{kind}:[/red] {rest}", highlight=False)
+                # escaped: a message quotes input (file names, column headers), and a "[/...]" in it is not markup
+                console.print(f"[red]{escape(kind)}:[/red] {escape(rest)}", highlight=False)
                 for hint in getattr(exc, "hints", ()):
-                    console.print(f"  {hint}", highlight=False)
+                    console.print(f"  {escape(str(hint))}", highlight=False)
                 raise typer.Exit(int(code)) from exc
 
         return (group or app).command(name, **kwargs)(guarded)
@@ -175,7 +177,7 @@ def embed(
 
         require_items(cfg.paths.data_dir, day)
     except (InputError, FileNotFoundError) as exc:
-        console.print(f"[red]input error:[/red] {exc}")
+        console.print(f"[red]input error:[/red] {escape(str(exc))}")
         raise typer.Exit(Exit.INPUT_ERROR) from exc
     spark = build_spark(cfg.spark)
     try:

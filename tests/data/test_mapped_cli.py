@@ -182,3 +182,11 @@ def test_release_dates_are_mapped_and_an_unreadable_one_is_quarantined(tmp_path)
     q = table(data, "quarantine").to_pandas()
     assert list(q["reason"]) == ["BAD_TIMESTAMP"] and list(q["row"]) == [4]
     assert "column 'released_at' = next spring does not parse" in q["detail"].iloc[0]
+
+
+def test_input_quoted_in_an_error_is_printed_as_it_is_not_as_markup(tmp_path):
+    """A header like "[/b]" in a user's file used to crash the error report itself (rich markup)."""
+    items = "sku,[/b] name [red]\nA,Alpha kettle\n"
+    rc, out, _ = ingest(tmp_path, ITEMS_SECTION, {"items.csv": items})
+    assert rc == 3, out
+    assert "[/b] name [red]" in out and "Traceback" not in out
