@@ -38,7 +38,9 @@ sys.path.insert(0, str(REPO / "src"))
 
 def release_recency(release: np.ndarray, t: pd.Timestamp) -> np.ndarray:
     """Per-item score at ``t``: minus the days since release; undated or later-dated items far below."""
-    age = (np.datetime64(t.date(), "D") - release).astype("timedelta64[D]").astype(np.float64)
+    from llmfeat.data.catalogue import days_since_release
+
+    age = days_since_release(release, t)
     return np.where(np.isnan(age) | (age < 0), -1e9, -age)
 
 
@@ -107,7 +109,7 @@ def origin_signal(data, origin, cfg_eval) -> dict:
         ),
     }
     released = data.item_released  # items.released_at, when the data dir has it
-    recency = None if released is None else release_recency(released.astype("datetime64[D]"), origin.t_val)
+    recency = None if released is None else release_recency(released, origin.t_val)
     if recency is not None:
         idx = np.flatnonzero(cold)
         order = idx[np.argsort(-recency[idx], kind="stable")]

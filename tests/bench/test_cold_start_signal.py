@@ -40,7 +40,7 @@ def test_release_recency_orders_the_new_items_when_the_items_have_release_dates(
     days = np.clip((np.arange(data.n_items) - 5) / (1.1 * data.n_items) * 120, 0, None).astype(int)
     released = (np.datetime64("2024-01-01", "D") + days.astype("timedelta64[D]")).astype("datetime64[us]")
     released[-1] = np.datetime64("NaT")
-    score = release_recency(released.astype("datetime64[D]"), pd.Timestamp("2024-02-01"))
+    score = release_recency(released, pd.Timestamp("2024-02-01"))
     assert score[-1] == -1e9  # undated: last
     out = released[:-1] <= np.datetime64("2024-02-01")
     assert (score[:-1][out] > -1e9).all() and (score[:-1][~out] == -1e9).all()  # not released yet: last too

@@ -174,6 +174,7 @@ def test_fresh_candidates_are_the_recent_releases_without_clicks():
     assert A.fresh_candidates(is_new, None, 60).tolist() == is_new.tolist()  # a catalogue without dates
     cfg = AdaptConfig(fresh_slots=[0, 2, 3], fresh_release_days=[30, None])
     assert A.fresh_grid(cfg) == [(0, None), (2, 30), (2, None), (3, 30), (3, None)]
+    assert A.fresh_grid(cfg, dated=False) == [(0, None), (2, None), (3, None)]  # no dates: windows all "any"
 
 
 def test_text_popularity_prior_is_fitted_on_clicked_items_and_given_to_the_others():

@@ -217,7 +217,7 @@ def test_the_report_goes_to_the_data_dirs_reports_unless_told_otherwise(tmp_path
     data.info.update(interactions=len(data.inter), clicks=int(data.inter["label"].sum()), users=data.n_users,
                      items=data.n_items)  # fmt: skip
     monkeypatch.setattr(E, "load_eval_data", lambda *a: data)
-    monkeypatch.setattr(E, "methods_for", lambda cfg: fast_methods(cfg.evaluate))
+    monkeypatch.setattr(E, "methods_for", lambda cfg, **_: fast_methods(cfg.evaluate))
     quick = ["evaluate.origins=2", "evaluate.ks=[5]", "evaluate.select_k=5", "evaluate.bootstrap=50"]
     cfg = load_config(None, [f"paths.data_dir={tmp_path / 'd'}", *quick])
     rep = E.run_evaluate(cfg, None, log=lambda m: None)
@@ -263,3 +263,8 @@ def test_release_dates_reach_the_context_as_item_ages_at_the_cut(tmp_path):
     ctx = E.context(data.before(pd.Timestamp("2024-03-01")), pd.Timestamp("2024-03-01"))
     np.testing.assert_allclose(ctx.item_age_days[:2], [-9.0, 10.0])
     assert np.isnan(ctx.item_age_days[2:]).all()
+    from llmfeat.data.catalogue import days_since_release
+
+    aware = days_since_release(released, pd.Timestamp("2024-03-01T12:00", tz="UTC"))  # a UTC cut, naive dates
+    np.testing.assert_allclose(aware[:2], [-8.5, 10.5])
+    assert days_since_release(None, pd.Timestamp("2024-03-01")) is None

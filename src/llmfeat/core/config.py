@@ -575,8 +575,8 @@ class AdaptConfig:
     (``llmfeat evaluate``'s method ``adapted_fresh``; the nightly stage's card, which the retriever applies)."""
     fresh_release_days: list[int | None] = field(default_factory=lambda: [60, 120, None])
     """Which items without clicks may take a fresh slot, tried with each slot count: those released (items.
-    released_at) in the last N days before the cut, not later; None: any item without clicks (also what every
-    value means on a catalogue without release dates)."""
+    released_at) in the last N days before the cut, not later; None: any item without clicks (the only one tried
+    on a catalogue without release dates)."""
     fresh_tolerance: float = 0.02
     """The share of the hybrid's validation recall@k the fresh slots may cost: among the (slots, release days)
     candidates within it, the best validation recall on items without clicks wins (0: slots only when they cost

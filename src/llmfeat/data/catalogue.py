@@ -30,3 +30,15 @@ def read_release_dates(data_dir: Path, as_of: dt.date, item_ids: np.ndarray) -> 
     out = np.full(len(item_ids), np.datetime64("NaT"), "datetime64[us]")
     out[rows >= 0] = ts[rows[rows >= 0]]
     return out
+
+
+def days_since_release(released: np.ndarray | None, cut) -> np.ndarray | None:
+    """Days from each release (``read_release_dates``) to ``cut``, fractional; negative: released after it; NaN:
+    unknown. None without release dates."""
+    if released is None:
+        return None
+    ts = pd.Timestamp(cut)
+    ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts  # naive UTC, as the release dates
+    return (
+        (np.datetime64(ts, "us") - np.asarray(released, "datetime64[us]")) / np.timedelta64(1, "s") / 86400.0
+    )

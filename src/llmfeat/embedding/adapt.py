@@ -515,11 +515,11 @@ def fresh_candidates(
     return np.asarray(is_new, bool) & (age >= 0) & (age <= float(release_days))
 
 
-def fresh_grid(cfg_adapt) -> list[tuple[int, int | None]]:
-    """(slots, release_days) candidates: no slots once, then every positive count with every window."""
-    return [(0, None)] + [
-        (int(n), d) for n in cfg_adapt.fresh_slots if n > 0 for d in cfg_adapt.fresh_release_days
-    ]
+def fresh_grid(cfg_adapt, dated: bool = True) -> list[tuple[int, int | None]]:
+    """(slots, release_days) candidates: no slots once, then every positive count with every window; without
+    release dates (``dated`` False) every window means "any item without clicks", so only that one."""
+    windows = cfg_adapt.fresh_release_days if dated else [None]
+    return [(0, None)] + [(int(n), d) for n in cfg_adapt.fresh_slots if n > 0 for d in windows]
 
 
 # --- the methods `llmfeat evaluate` runs -------------------------------------------------------------------
@@ -532,7 +532,7 @@ def adapter_params(cfg_adapt) -> dict:
             "half_life_days": a.half_life_days, "seed": a.seed, "device": a.device, "threads": a.threads}  # fmt: skip
 
 
-def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -> list:
+def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None, dated: bool = True) -> list:
     """``adapted`` (cosine of adapted vectors) and ``adapted_hybrid`` (+ w log recent popularity)."""
     from llmfeat.retrieval import evaluate as E
 
@@ -606,7 +606,7 @@ def evaluation_methods(cfg_adapt, log: Callable[[str], None] = lambda m: None) -
                                                for b in cfg_adapt.new_item_prior],
                  fit_hybrid, needs_vectors=True),
         E.Method("adapted_fresh", lambda ch: [{"hybrid": ch["adapted_hybrid"], "slots": n, "release_days": d}
-                                              for n, d in fresh_grid(cfg_adapt)],
+                                              for n, d in fresh_grid(cfg_adapt, dated)],
                  fit_fresh, needs_vectors=True, cold_tolerance=cfg_adapt.fresh_tolerance),
     ]  # fmt: skip
 
@@ -834,7 +834,7 @@ def _choose_hybrid(a, model: AdaptedModel, v: ValidationSplit, k: int, plain_rec
         return score
 
     # fresh slots: the best validation recall on items without clicks within the overall-recall budget
-    grid = fresh_grid(a)
+    grid = fresh_grid(a, dated=ctx.item_age_days is not None)
     scores = [E.selection_scores(with_slots(n, d), ctx, tg, k) for n, d in grid]
     best = E.choose_within(scores, a.fresh_tolerance)
     (n, days), (recall, cold) = grid[best], scores[best]

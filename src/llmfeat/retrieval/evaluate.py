@@ -41,7 +41,7 @@ import scipy.sparse as sp
 from llmfeat.core import tables
 from llmfeat.core.errors import ConfigError, MissingInputError
 from llmfeat.core.layout import embedding_paths
-from llmfeat.data.catalogue import read_release_dates
+from llmfeat.data.catalogue import days_since_release, read_release_dates
 
 SLICES = ("all", "warm_user", "new_user", "cold_item", "cold_start")
 
@@ -271,9 +271,7 @@ def context(data: EvalData, cut: pd.Timestamp) -> Context:
     if data.user_text is not None:
         text, found = data.user_text.at(cut, data.n_users)
         first, _ = data.user_text.first_at(cut, data.n_users)
-    item_age = None
-    if data.item_released is not None:
-        item_age = (cut_np - data.item_released) / np.timedelta64(1, "s") / 86400.0  # NaT -> NaN
+    item_age = days_since_release(data.item_released, cut)
     return Context(cut, data.n_users, data.n_items, X, seen, clicks["u"].to_numpy(), clicks["i"].to_numpy(),
                    age.astype(np.float64), data.item_vecs, text, found, first, item_age_days=item_age)  # fmt: skip
 
@@ -378,9 +376,8 @@ def cold_only(fitted: Callable[[np.ndarray], np.ndarray], ctx: Context) -> Calla
 
 
 def selection_score(fitted, ctx: Context, tg: Targets, k: int) -> float:
-    top = score_users(fitted, ctx, tg, k)
-    m = user_metrics(top, tg, (k,))
-    return float(np.nanmean(m[f"recall@{k}"])) if len(tg) else float("nan")
+    """Validation recall@k over every held-out click (what most candidates are chosen on)."""
+    return selection_scores(fitted, ctx, tg, k)[0]
 
 
 def selection_scores(fitted, ctx: Context, tg: Targets, k: int) -> tuple[float, float]:
@@ -857,14 +854,15 @@ def write_report(report: dict, out_dir: Path) -> Path:
     return path
 
 
-def methods_for(cfg) -> list[Method]:
+def methods_for(cfg, dated: bool = True) -> list[Method]:
     """The baselines, plus the adapter and its hybrid when ``evaluate.adapter`` is true; ``evaluate.methods``
-    keeps a subset (dependencies such as recent_popularity and ease are kept for the blends)."""
+    keeps a subset (dependencies such as recent_popularity and ease are kept for the blends). ``dated``: the
+    items have release dates (else the fresh slots' release windows are not tried: they would all be "any")."""
     methods = baseline_methods(cfg.evaluate)
     if cfg.evaluate.adapter:
         from llmfeat.embedding.adapt import evaluation_methods
 
-        methods += evaluation_methods(cfg.adapt)
+        methods += evaluation_methods(cfg.adapt, dated=dated)
     wanted = cfg.evaluate.methods
     if wanted:
         known = {m.name for m in methods}
@@ -889,7 +887,7 @@ def run_evaluate(cfg, as_of: dt.date | None, log: Callable[[str], None] = print)
     data = load_eval_data(cfg.paths.data_dir, cfg.embed.embedding_set, as_of)
     log(f"evaluate: {data.info['interactions']:,} interactions ({data.info['clicks']:,} clicks), "
         f"{data.info['users']} users, {data.info['items']} items, vectors of {data.model_id}")  # fmt: skip
-    report = run_evaluation(data, cfg.evaluate, methods_for(cfg), log)
+    report = run_evaluation(data, cfg.evaluate, methods_for(cfg, dated=data.item_released is not None), log)
     from llmfeat.core.config import reports_dir
 
     report["path"] = str(write_report(report, reports_dir(cfg)))

@@ -955,15 +955,13 @@ def load_hybrid(cfg: Config, retriever: Retriever) -> Retriever:
         prior[new_rows] = new_item_priors(cfg, card, [ids[r] for r in new_rows], as_of)
     fresh_rows = None
     if slots and h.get("fresh_release_days"):  # only the recent releases among them (items.released_at)
-        from llmfeat.data.catalogue import read_release_dates
+        from llmfeat.data.catalogue import days_since_release, read_release_dates
         from llmfeat.embedding.adapt import fresh_candidates
 
         released = read_release_dates(cfg.paths.data_dir, as_of, np.asarray(ids, dtype=object))
         is_new = np.zeros(len(ids), bool)
         is_new[new_rows] = True
-        age = None
-        if released is not None:
-            age = (np.datetime64(pd.Timestamp(as_of).date(), "us") - released) / np.timedelta64(1, "D")
+        age = days_since_release(released, pd.Timestamp(as_of))  # the snapshot, as the adapter's cut
         fresh_rows = np.nonzero(fresh_candidates(is_new, age, h["fresh_release_days"]))[0]
     return retriever.with_prior(prior, weight, new_rows=new_rows, fresh_slots=slots, fresh_rows=fresh_rows)
 
